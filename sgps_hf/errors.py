@@ -1,0 +1,30 @@
+"""Exception types raised at the library's boundaries.
+
+Every error a user can trigger with bad input is one of these, and its message says what to fix.
+They subclass the built-in type a caller would naturally catch (``ValueError``, ``OSError``), so
+``except ValueError`` keeps working for code that does not know about sgps_hf.
+"""
+
+
+class SGPSError(Exception):
+    """Base class of every sgps_hf error."""
+
+
+class DataError(SGPSError, ValueError):
+    """A dataset, split or episode request cannot be satisfied."""
+
+
+class InvalidTaskError(SGPSError, ValueError):
+    """A TaskSpec / ClassSpec (or the task file describing one) is malformed."""
+
+
+class ImageLoadError(SGPSError, ValueError):
+    """An image could not be read or is not a usable medical image."""
+
+
+class CheckpointError(SGPSError, ValueError):
+    """A synthesizer or classifier checkpoint is missing, unsafe or inconsistent with its config."""
+
+
+class SynthesisError(SGPSError, RuntimeError):
+    """Synthesis produced unusable weights (NaN/Inf) or could not run."""

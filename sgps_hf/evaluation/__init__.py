@@ -1,0 +1,1 @@
+"""Benchmark protocol, baselines and metrics."""

@@ -1,0 +1,200 @@
+"""The task a user describes: classes, each with a clinical text and a few example images.
+
+Validation of everything a user types or points at happens here, before any model code runs.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image
+
+from .errors import InvalidTaskError
+from .imaging import ImageInput, image_fingerprint, load_image
+
+MAX_CLASSES = 100
+MAX_IMAGES_PER_CLASS = 100
+MAX_NAME_CHARS = 100
+MAX_DESCRIPTION_CHARS = 20_000
+
+
+def _clean_text(text: str, what: str) -> str:
+    """Normalise Unicode and whitespace; reject control characters that would corrupt files/cards."""
+    if not isinstance(text, str):
+        raise InvalidTaskError(f"{what} must be a string, got {type(text).__name__}.")
+    text = unicodedata.normalize("NFC", text)
+    bad = sorted({hex(ord(ch)) for ch in text if unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\t\r"})
+    if bad:
+        raise InvalidTaskError(f"{what} contains control characters {', '.join(bad)}; remove them.")
+    return " ".join(text.split())
+
+
+@dataclass
+class ClassSpec:
+    """One class of a task.
+
+    Args:
+        name: the label the classifier predicts, e.g. ``"melanoma"``.
+        description: clinical text of what the finding looks like in this modality. May be empty when
+            the class has images (image-only synthesis).
+        images: example (support) images: file paths, PIL images, numpy arrays or bytes. May be empty
+            when the class has a description (text-only, zero-shot synthesis).
+    """
+
+    name: str
+    description: str = ""
+    images: Sequence[ImageInput] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.name = _clean_text(self.name, "Class name")
+        if not self.name:
+            raise InvalidTaskError("Class name is empty; give every class a short label such as 'melanoma'.")
+        if len(self.name) > MAX_NAME_CHARS:
+            raise InvalidTaskError(f"Class name {self.name[:40]!r}... is {len(self.name)} characters; keep it under {MAX_NAME_CHARS}.")
+        self.description = _clean_text(self.description if self.description is not None else "", f"Description of class {self.name!r}")
+        if len(self.description) > MAX_DESCRIPTION_CHARS:
+            raise InvalidTaskError(
+                f"Description of class {self.name!r} is {len(self.description)} characters; "
+                f"the limit is {MAX_DESCRIPTION_CHARS} (only the first {128} tokens are read anyway)."
+            )
+        if isinstance(self.images, (str, os.PathLike, bytes, Image.Image)):
+            self.images = [self.images]  # a single image given without a list
+        self.images = list(self.images)
+        if len(self.images) > MAX_IMAGES_PER_CLASS:
+            raise InvalidTaskError(f"Class {self.name!r} has {len(self.images)} images; the limit is {MAX_IMAGES_PER_CLASS}.")
+        if not self.images and not self.description:
+            raise InvalidTaskError(
+                f"Class {self.name!r} has neither a description nor images; give it a clinical text, "
+                "at least one example image, or both."
+            )
+
+    @property
+    def has_text(self) -> bool:
+        return bool(self.description)
+
+    @property
+    def has_images(self) -> bool:
+        return bool(self.images)
+
+    def load_images(self) -> list[Image.Image]:
+        """Decode this class's images to RGB (raises ImageLoadError naming the bad one)."""
+        return [load_image(image) for image in self.images]
+
+    def fingerprints(self) -> list[str]:
+        return [image_fingerprint(image) for image in self.images]
+
+
+@dataclass
+class TaskSpec:
+    """A diagnostic task: at least two classes with unique names.
+
+    Args:
+        classes: the classes, in the order the classifier's outputs will have.
+        name: a short identifier of the task (used in model cards and repo names).
+        modality: free text such as ``"dermoscopy"`` or ``"chest X-ray"`` (shown in model cards).
+    """
+
+    classes: Sequence[ClassSpec]
+    name: str = "custom-task"
+    modality: str = ""
+
+    def __post_init__(self) -> None:
+        self.classes = list(self.classes)
+        if not all(isinstance(c, ClassSpec) for c in self.classes):
+            raise InvalidTaskError("TaskSpec.classes must be a list of ClassSpec objects.")
+        if len(self.classes) < 2:
+            raise InvalidTaskError(f"A task needs at least 2 classes, got {len(self.classes)}; add another class.")
+        if len(self.classes) > MAX_CLASSES:
+            raise InvalidTaskError(f"A task may have at most {MAX_CLASSES} classes, got {len(self.classes)}.")
+        seen: dict[str, str] = {}
+        for cls in self.classes:
+            key = cls.name.casefold()
+            if key in seen:
+                raise InvalidTaskError(f"Duplicate class name {cls.name!r} (same as {seen[key]!r}); class names must be unique.")
+            seen[key] = cls.name
+        self.name = _clean_text(self.name, "Task name") or "custom-task"
+        self.modality = _clean_text(self.modality, "Modality")
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def descriptions(self) -> list[str]:
+        return [c.description for c in self.classes]
+
+    def to_dict(self, include_fingerprints: bool = True) -> dict[str, Any]:
+        """JSON-ready description of the task (images replaced by their sha256 fingerprints)."""
+        classes = []
+        for cls in self.classes:
+            entry: dict[str, Any] = {"name": cls.name, "description": cls.description, "num_images": len(cls.images)}
+            if include_fingerprints:
+                entry["image_sha256"] = cls.fingerprints()
+            classes.append(entry)
+        return {"name": self.name, "modality": self.modality, "classes": classes}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base_dir: str | os.PathLike | None = None) -> "TaskSpec":
+        """Build a task from plain data (the parsed task YAML/JSON).
+
+        Relative image paths are resolved against ``base_dir`` and must stay inside it.
+        """
+        if not isinstance(data, dict):
+            raise InvalidTaskError("A task file must contain a mapping with a 'classes' list.")
+        raw_classes = data.get("classes")
+        if not isinstance(raw_classes, list):
+            raise InvalidTaskError("A task needs a 'classes' list; each item has 'name', 'description' and 'images'.")
+        base = Path(base_dir).resolve() if base_dir is not None else None
+        classes = []
+        for index, item in enumerate(raw_classes):
+            if not isinstance(item, dict) or "name" not in item:
+                raise InvalidTaskError(f"Class #{index + 1} must be a mapping with at least a 'name'.")
+            unknown = set(item) - {"name", "description", "images"}
+            if unknown:
+                raise InvalidTaskError(f"Class #{index + 1} has unknown keys {sorted(unknown)}; allowed: name, description, images.")
+            images = item.get("images") or []
+            if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+                raise InvalidTaskError(f"'images' of class {item['name']!r} must be a list of file paths.")
+            classes.append(
+                ClassSpec(
+                    name=str(item["name"]),
+                    description=item.get("description") or "",
+                    images=[_resolve_image_path(p, base) for p in images],
+                )
+            )
+        unknown = set(data) - {"name", "modality", "classes"}
+        if unknown:
+            raise InvalidTaskError(f"Unknown task keys {sorted(unknown)}; allowed: name, modality, classes.")
+        return cls(classes=classes, name=str(data.get("name") or "custom-task"), modality=str(data.get("modality") or ""))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "TaskSpec":
+        """Load a task from a YAML or JSON file (see ``docs/task-format.md``)."""
+        import yaml
+
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidTaskError(f"Cannot read task file {path}: {exc}") from exc
+        try:
+            data = yaml.safe_load(text)  # JSON is a subset of YAML
+        except yaml.YAMLError as exc:
+            raise InvalidTaskError(f"Task file {path} is not valid YAML/JSON: {exc}") from exc
+        return cls.from_dict(data, base_dir=path.parent)
+
+
+def _resolve_image_path(path: str, base: Path | None) -> Path:
+    candidate = Path(path)
+    if candidate.is_absolute() or base is None:
+        return candidate
+    resolved = (base / candidate).resolve()
+    if base != resolved and base not in resolved.parents:
+        raise InvalidTaskError(
+            f"Image path {path!r} points outside the task folder {base}; keep images inside it or use an absolute path."
+        )
+    return resolved
