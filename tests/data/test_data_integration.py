@@ -1,0 +1,120 @@
+"""The real shared data: every task loads, the splits are sound, every class has a description."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sgps_hf.data import (
+    ClassPool,
+    EpisodeSampler,
+    available_description_tasks,
+    list_tasks,
+    load_descriptions,
+    load_splits,
+    make_splits,
+)
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_manifest_lists_27_tasks(real_manifest: dict, real_data_dir: Path):
+    tasks = list_tasks(real_data_dir)
+    assert len(tasks) == 27 == len(real_manifest["tasks"])
+    assert {t.family for t in tasks} == {"cytology", "dermatology", "hematology", "pathology", "radiology"}
+
+
+def test_every_task_loads_with_manifest_counts(real_arrays: dict, real_manifest: dict):
+    assert set(real_arrays) == set(real_manifest["tasks"])
+    for name, arrays in real_arrays.items():
+        assert arrays.class_counts() == real_manifest["tasks"][name]["classes"], name
+        assert arrays.images.shape[1:] == (32, 32, 3) and arrays.images.dtype == np.uint8
+        assert arrays.images.std() > 1, f"{name}: images look blank"
+
+
+def test_splits_disjoint_and_cover_every_class(real_manifest: dict):
+    splits = load_splits()
+    seen: dict[tuple[str, str], str] = {}
+    for task, classes in splits.meta_train.items():
+        seen.update({(task, c): "meta_train" for c in classes})
+    for task, classes in splits.meta_val.items():
+        for c in classes:
+            assert (task, c) not in seen, f"{task}/{c} in meta_train and meta_val"
+            seen[(task, c)] = "meta_val"
+    for task in splits.held_out_tasks:
+        assert task not in splits.meta_train and task not in splits.meta_val
+        for c in real_manifest["tasks"][task]["classes"]:
+            assert (task, c) not in seen
+            seen[(task, c)] = "held_out"
+    expected = {(t, c) for t, entry in real_manifest["tasks"].items() for c in entry["classes"]}
+    assert set(seen) == expected  # every class exactly once (a dict cannot hold a key twice)
+    assert all(splits.split_of(t, c) == s for (t, c), s in seen.items())
+    families = {real_manifest["tasks"][t]["family"] for t in splits.held_out_tasks}
+    assert len(families) == len(splits.held_out_tasks) == 5  # one per family
+
+
+def test_every_meta_val_slice_can_form_an_episode():
+    splits = load_splits()
+    assert all(len(classes) >= 2 for classes in splits.classes_of("meta_val").values())
+
+
+def test_splits_yaml_is_what_make_splits_regenerates(real_data_dir: Path, tmp_path: Path):
+    # The script's own main(), in-process (a subprocess would spend ~10 s importing the stack again).
+    spec = importlib.util.spec_from_file_location("make_splits", REPO / "scripts" / "make_splits.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "splits.yaml"
+    assert script.main(["--seed", "0", "--data-dir", str(real_data_dir), "--output", str(out)]) == 0
+    packaged = REPO / "sgps_hf" / "data" / "configs" / "splits.yaml"
+    assert out.read_text() == packaged.read_text()
+    assert make_splits(list_tasks(real_data_dir), seed=0).to_yaml() == packaged.read_text()
+
+
+def test_every_class_has_a_description(real_manifest: dict):
+    missing_files = sorted(set(real_manifest["tasks"]) - set(available_description_tasks()))
+    missing_classes = []
+    for task, entry in real_manifest["tasks"].items():
+        if task in missing_files:
+            continue
+        texts = load_descriptions(task)
+        missing_classes += [f"{task}/{c}" for c in entry["classes"] if c not in texts]
+    assert not missing_files and not missing_classes, (
+        f"tasks without a description file: {missing_files}; classes without a text: {missing_classes}"
+    )
+
+
+def test_episodes_from_every_meta_train_task(real_arrays: dict):
+    splits = load_splits()
+    pools = [
+        ClassPool(task, name, arrays.images_of(name), name)
+        for task, classes in splits.classes_of("meta_train").items()
+        for arrays in [real_arrays[task]]
+        for name in classes
+    ]
+    sampler = EpisodeSampler(pools, n_way=5, k_shot=(1, 5), q_query=5, seed=0)
+    assert set(sampler.tasks) == set(splits.classes_of("meta_train"))
+    episodes = [sampler.episode(i) for i in range(200)]
+    assert len({e.task for e in episodes}) >= 15
+    assert all(e.support.shape[1:] == (3, 32, 32) for e in episodes)
+
+
+def test_cli_summary_lists_every_task(real_data_dir: Path, real_manifest: dict):
+    script = Path(sys.executable).parent / "sgps"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "sgps_hf.cli"]
+    result = subprocess.run(
+        [*command, "data", "summary", "--data-dir", str(real_data_dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    rows = [line.split()[0] for line in result.stdout.splitlines()]
+    assert all(task in rows for task in real_manifest["tasks"])
+    assert "total: 27 tasks" in result.stdout and "18543" in result.stdout
+    assert result.stdout.count("held_out") == 5
