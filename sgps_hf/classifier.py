@@ -125,8 +125,11 @@ class SynthesizedClassifier:
         return metrics
 
     # -- persistence ----------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write the classifier folder atomically (a crash never leaves a half-written folder)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, repo_id: str | None = None) -> Path:
+        """Write the classifier folder atomically (a crash never leaves a half-written folder).
+
+        ``repo_id``: the Hub repo the folder is meant for; the model card's usage snippets then name it.
+        """
         from .model_card import classifier_card
 
         descriptions = {c["name"]: c["description"] for c in self.info["task"]["classes"] if c["description"]}
@@ -141,7 +144,7 @@ class SynthesizedClassifier:
             )
             _drop_num_classes_from_model_args(staging / "config.json")
             (staging / TASK_FILE).write_text(json.dumps(self.info, indent=2, ensure_ascii=False), encoding="utf-8")
-            classifier_card(self).save(staging / "README.md")
+            classifier_card(self, repo_id=repo_id).save(staging / "README.md")
         return Path(save_directory)
 
     def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None, commit_message: str = "Add synthesized classifier") -> str:
@@ -153,7 +156,7 @@ class SynthesizedClassifier:
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = self.save_pretrained(Path(tmp) / "classifier")
+            folder = self.save_pretrained(Path(tmp) / "classifier", repo_id=repo_id)
             commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
         return str(commit)
 

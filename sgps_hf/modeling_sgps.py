@@ -21,6 +21,7 @@ materialises it as a plain timm model (the shipped classifier).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -104,6 +105,46 @@ class SGPSSynthesizer(PreTrainedModel):
             self.lowrank_gate = nn.Linear(hidden, config.lowrank_rank * len(config.lowrank_modules))
         self.post_init()
         self._zero_generators()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, then every tensor moved into memory of its own.
+
+        transformers can leave loaded tensors as views at arbitrary byte offsets of the checkpoint; CPU kernels
+        take different SIMD paths for differently aligned inputs, so the same checkpoint would synthesize
+        slightly different bits than the model that saved it. Freshly allocated (aligned) copies make the
+        synthesized weights depend only on the task and the checkpoint.
+        """
+        commit = None
+        name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        if name is not None and not os.path.isdir(str(name)):
+            # transformers >= 5 no longer records the Hub commit on the config: resolve it here (and load exactly
+            # that commit), so classifiers synthesized by this model name the revision they came from.
+            from transformers.utils.hub import resolve_revision
+
+            revision = resolve_revision(
+                str(name), kwargs.get("revision"), token=kwargs.get("token"),
+                local_files_only=bool(kwargs.get("local_files_only", False)), cache_dir=kwargs.get("cache_dir"),
+            )
+            commit = getattr(revision, "resolved", None)
+            if commit:
+                kwargs["revision"] = revision
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model._own_tensors()
+        if commit:
+            model.config._commit_hash = commit  # read by classifier.synthesizer_provenance; never serialised
+        return loaded
+
+    @torch.no_grad()
+    def _own_tensors(self) -> None:
+        for module in self.modules():
+            for param in module._parameters.values():
+                if param is not None:
+                    param.data = param.data.clone(memory_format=torch.contiguous_format)
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    module._buffers[name] = buf.clone(memory_format=torch.contiguous_format)
 
     # -- initialisation -------------------------------------------------------------------------
     def _init_weights(self, module: nn.Module) -> None:

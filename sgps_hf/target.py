@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .configuration_sgps import SGPSConfig
+from .errors import SynthesisError
 
 HEAD_WEIGHT = "classifier.weight"
 HEAD_BIAS = "classifier.bias"
@@ -61,8 +62,17 @@ def measure_features(body: nn.Module, tensors: Mapping[str, Tensor], images: Ten
     that the synthesized classifier then uses in eval mode.
     """
     stats = {name: buf.detach().clone() for name, buf in tensors.items() if _is_stat_buffer(name)}
-    with training_mode(body, True):
-        features = functional_call(body, {**tensors, **stats}, (images,))
+    try:
+        with training_mode(body, True):
+            features = functional_call(body, {**tensors, **stats}, (images,))
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        raise SynthesisError(
+            f"{images.shape[0]} support image(s) of {images.shape[-1]} px leave a 1x1 feature map with a single value per "
+            "channel, which has no batch statistics: give the task at least 2 support images in total, or use a "
+            "synthesizer whose image_size is above 32."
+        ) from exc
     return features, stats
 
 

