@@ -104,10 +104,110 @@ def _format_table(header: list[str], rows: list[list[str]], right_aligned: Colle
 
 
 # --------------------------------------------------------------------------------------------------
+# sgps quickstart / synthesize / predict / push / train
+
+
+def _register_quickstart(subparsers: Subparsers) -> None:
+    quick = subparsers.add_parser(
+        "quickstart",
+        help="synthesize and score classifiers for the held-out tasks with the bundled synthesizer",
+        description="For every held-out task of the shared data: pick up to N classes, one (or --shots) image and the "
+        "clinical text per class, synthesize a classifier in one forward pass, score it on the other images and save it.",
+    )
+    quick.add_argument("--synthesizer", default=None, help="checkpoint folder or Hub id (default: the bundled DEFAULT_CHECKPOINT)")
+    quick.add_argument("--data-dir", default=None, help="folder of task folders (default: SGPS_DATA_DIR or ../shared/data)")
+    quick.add_argument("--out", default="outputs/quickstart", help="where the synthesized classifiers are saved")
+    quick.add_argument("--ways", type=int, default=5)
+    quick.add_argument("--shots", type=int, default=1)
+    quick.add_argument("--seed", type=int, default=0)
+    quick.set_defaults(handler=_quickstart)
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from . import DEFAULT_CHECKPOINT
+    from .quickstart import format_results, run_quickstart
+
+    results = run_quickstart(args.synthesizer or DEFAULT_CHECKPOINT, args.data_dir, args.out, n_way=args.ways, shots=args.shots, seed=args.seed)
+    print(format_results(results))
+    print(f"Classifiers saved under {args.out}/ (load one with timm.create_model('local-dir:<folder>', pretrained=True)).")
+    return 0
+
+
+def _register_synthesize(subparsers: Subparsers) -> None:
+    synth = subparsers.add_parser("synthesize", help="synthesize a classifier from a task file (YAML/JSON)")
+    synth.add_argument("--task", required=True, help="task file: name, modality, classes (name, description, images)")
+    synth.add_argument("--out", required=True, help="output folder of the classifier (timm layout + model card)")
+    synth.add_argument("--synthesizer", default=None, help="checkpoint folder or Hub id (default: bundled)")
+    synth.set_defaults(handler=_synthesize)
+
+
+def _synthesize(args: argparse.Namespace) -> int:
+    from . import DEFAULT_CHECKPOINT, SGPSProcessor, SGPSSynthesizer, TaskSpec
+
+    task = TaskSpec.from_file(args.task)
+    checkpoint = args.synthesizer or DEFAULT_CHECKPOINT
+    classifier = SGPSSynthesizer.from_pretrained(checkpoint).synthesize(task, processor=SGPSProcessor.from_pretrained(checkpoint))
+    print(f"Saved {classifier} to {classifier.save_pretrained(args.out)}")
+    return 0
+
+
+def _register_predict(subparsers: Subparsers) -> None:
+    predict = subparsers.add_parser("predict", help="classify images with a synthesized classifier")
+    predict.add_argument("--classifier", required=True, help="classifier folder or Hub id")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.set_defaults(handler=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .classifier import SynthesizedClassifier
+
+    classifier = SynthesizedClassifier.from_pretrained(args.classifier)
+    for path, probs in zip(args.images, classifier.predict(args.images)):
+        top = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
+        print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
+    return 0
+
+
+def _register_push(subparsers: Subparsers) -> None:
+    push = subparsers.add_parser("push", help="upload a saved classifier to a Hub repo (respects HF_ENDPOINT)")
+    push.add_argument("--classifier", required=True, help="classifier folder")
+    push.add_argument("--repo-id", required=True, help="e.g. my-user/my-classifier")
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(handler=_push)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .classifier import SynthesizedClassifier
+
+    url = SynthesizedClassifier.from_pretrained(args.classifier).push_to_hub(args.repo_id, private=args.private or None)
+    print(f"Pushed to {args.repo_id}: {url}")
+    return 0
+
+
+def _register_train(subparsers: Subparsers) -> None:
+    from .training.config import add_arguments
+
+    train = subparsers.add_parser("train", help="meta-train a synthesizer (same as scripts/train.py)")
+    add_arguments(train)
+    train.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .training import train
+    from .training.config import config_from_args
+
+    print(f"Exported synthesizer: {train(config_from_args(args), resume=args.resume)}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 # Entry point
 
 #: Functions that add one command group each to the top-level subparsers.
-COMMANDS: list[Callable[[Subparsers], None]] = [_register_data]
+COMMANDS: list[Callable[[Subparsers], None]] = [
+    _register_data, _register_quickstart, _register_synthesize, _register_predict, _register_push, _register_train,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,7 +61,7 @@ class SGPSConfig(PretrainedConfig):
         film_bottleneck: int = 32,
         lowrank_rank: int = 4,
         lowrank_modules: list[str] | None = None,
-        logit_scale_init: float = 0.05,
+        logit_scale_init: float = 0.01,
         support_statistics: bool = True,
         **kwargs: Any,
     ) -> None:

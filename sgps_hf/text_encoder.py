@@ -55,3 +55,13 @@ def embed_tokens(encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor) 
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
     return nn.functional.normalize(pooled, dim=-1)
+
+
+def embed_texts(name: str, texts: list[str], max_length: int = 128, batch_size: int = 64) -> Tensor:
+    """Embeddings [len(texts), dim] of many texts at once (meta-training precomputes every class text)."""
+    tokenizer, encoder = load_tokenizer(name), load_text_encoder(name)
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        chunks.append(embed_tokens(encoder, batch["input_ids"], batch["attention_mask"]))
+    return torch.cat(chunks) if chunks else torch.zeros(0, encoder.config.hidden_size)
