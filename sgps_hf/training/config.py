@@ -1,0 +1,142 @@
+"""Meta-training configuration: a YAML/JSON file plus ``--key value`` overrides on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+
+@dataclass
+class TrainingConfig:
+    """Everything that defines a meta-training run (saved next to its checkpoints).
+
+    Data: by default the classes of ``../shared/data`` in the ``meta_train`` split (held-out tasks are
+    never loaded); ``train_sources`` instead names imagefolder directories or Hub datasets (an image
+    column and a ClassLabel column), every class of which is used for meta-training.
+    """
+
+    output_dir: str = "runs/sgps"
+    data_dir: str | None = None
+    train_sources: list[str] = field(default_factory=list)
+    val_sources: list[str] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
+
+    pretrain_epochs: int = 0
+    pretrain_batch_size: int = 128
+    pretrain_learning_rate: float = 3e-3
+    steps: int = 3000
+    n_way: int = 5
+    k_shot: list[int] = field(default_factory=lambda: [1, 5])
+    q_query: int = 5
+    text_dropout: float = 0.2
+    image_dropout: float = 0.15
+    augment: bool = True
+
+    learning_rate: float = 1e-3
+    base_learning_rate: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"
+    seed: int = 0
+
+    log_every: int = 10
+    eval_every: int = 250
+    eval_episodes: int = 60
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    max_minutes: float | None = None
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        k_shot = self.k_shot
+        if _is_int(k_shot):
+            k_shot = [k_shot, k_shot]
+        elif isinstance(k_shot, (list, tuple)) and len(k_shot) == 1:  # `--k-shot 5`: a fixed K
+            k_shot = [k_shot[0], k_shot[0]]
+        if not (isinstance(k_shot, (list, tuple)) and len(k_shot) == 2 and all(map(_is_int, k_shot)) and 1 <= k_shot[0] <= k_shot[1]):
+            raise ValueError(f"k_shot must be [min, max] with 1 <= min <= max, got {self.k_shot!r}.")
+        self.k_shot = list(k_shot)
+        for name in ("q_query", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.n_way < 2:
+            raise ValueError("n_way must be at least 2.")
+        if not 0 <= self.text_dropout + self.image_dropout < 1:
+            raise ValueError("text_dropout + image_dropout must be in [0, 1).")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}.")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainingConfig":
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Unknown training config keys in {path}: {sorted(unknown)}.")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``, ``--resume`` and one ``--<field>`` override per config field."""
+    parser.add_argument("--config", help="YAML/JSON training config; flags below override it")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    for f in dataclasses.fields(TrainingConfig):
+        flag = "--" + f.name.replace("_", "-")
+        # SUPPRESS: a flag not given leaves no attribute, so `--max-minutes none` can override a file's value.
+        if f.name == "model":
+            parser.add_argument(flag, metavar="JSON", type=json.loads, default=argparse.SUPPRESS, help="SGPSConfig overrides as JSON")
+        elif f.name in ("k_shot", "train_sources", "val_sources"):
+            parser.add_argument(flag, nargs="+", type=int if f.name == "k_shot" else str, default=argparse.SUPPRESS)
+        elif f.type in ("bool",):
+            parser.add_argument(flag, type=_bool, metavar="BOOL", default=argparse.SUPPRESS)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            parser.add_argument(flag, type=kind if "None" not in str(f.type) else _optional(kind), default=argparse.SUPPRESS)
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional(kind):
+    return lambda s: None if s.lower() == "none" else kind(s)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    base = TrainingConfig.from_file(args.config).to_dict() if args.config else {}
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingConfig) if hasattr(args, f.name)}
+    return TrainingConfig(**{**base, **overrides})
+
+
+def parse_training_args(argv: Sequence[str] | None = None) -> tuple[TrainingConfig, bool]:
+    parser = argparse.ArgumentParser(description="Meta-train an SGPS synthesizer with Accelerate.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return config_from_args(args), args.resume

@@ -1,0 +1,363 @@
+"""Episodic meta-training of the SGPS synthesizer with Accelerate.
+
+One optimizer step = ``gradient_accumulation_steps`` episodes per process. Episode ``i`` is a pure
+function of ``(seed, i)`` (see :class:`~sgps_hf.data.episodes.EpisodeSampler`), so a resumed run sees
+exactly the episodes an uninterrupted run would, and DDP ranks take disjoint episode indices.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, broadcast, set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from ..configuration_sgps import SGPSConfig
+from ..data.episodes import Episode, EpisodeSampler
+from ..image_processing_sgps import SGPSImageProcessor
+from ..model_card import synthesizer_card
+from ..modeling_sgps import SGPSSynthesizer
+from ..processing_sgps import SGPSProcessor
+from ..text_encoder import embed_texts
+from .config import TrainingConfig
+from .pools import training_pools
+from .pretrain import pretrain_body
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_PREFIX = "checkpoint-"
+# TrainingConfig.schedule -> transformers scheduler name ("constant" honours warmup_steps like the others).
+_SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+@dataclass
+class TrainerState:
+    """Progress that must survive a restart (saved by ``accelerator.save_state``)."""
+
+    step: int = 0
+    best_val_accuracy: float = -1.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    pretrain_history: list[dict[str, float]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "best_val_accuracy": self.best_val_accuracy,
+            "history": self.history, "pretrain_history": self.pretrain_history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.best_val_accuracy, self.history = state["step"], state["best_val_accuracy"], state["history"]
+        self.pretrain_history = state.get("pretrain_history", [])
+
+
+class TextBank:
+    """Frozen-encoder embeddings of every class text, computed once per run."""
+
+    def __init__(self, model_config: SGPSConfig, texts: list[str]) -> None:
+        unique = sorted(set(texts))
+        vectors = embed_texts(model_config.text_encoder, unique, model_config.max_text_length)
+        self._index = {text: row for text, row in zip(unique, vectors)}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return torch.stack([self._index[t] for t in texts])
+
+
+def episode_inputs(episode: Episode, processor: SGPSImageProcessor, texts: TextBank, augment_seed: int | None) -> dict[str, Any]:
+    """Model inputs for one episode (modality dropout applied; optional flips as augmentation)."""
+    support, query = episode.support, episode.query
+    if augment_seed is not None:
+        rng = np.random.default_rng(augment_seed)
+        support, query = _random_flips(support, rng), _random_flips(query, rng)
+    num_classes = len(episode.class_names)
+    inputs: dict[str, Any] = {
+        "num_classes": num_classes,
+        "query_pixel_values": processor.normalize_uint8(query),
+        "query_labels": episode.query_labels,
+        "text_embeds": texts(episode.class_texts),
+        "text_mask": torch.full((num_classes,), bool(episode.use_text)),
+    }
+    if episode.use_images:
+        inputs["support_pixel_values"] = processor.normalize_uint8(support)
+        inputs["support_labels"] = episode.support_labels
+    return inputs
+
+
+def _random_flips(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    flips = rng.random((images.shape[0], 2)) < 0.5
+    out = images.clone()
+    for i, (horizontal, vertical) in enumerate(flips):
+        if horizontal:
+            out[i] = out[i].flip(-1)
+        if vertical:
+            out[i] = out[i].flip(-2)
+    return out
+
+
+def build_model(config: TrainingConfig) -> SGPSSynthesizer:
+    if config.init_from:
+        return SGPSSynthesizer.from_pretrained(config.init_from)
+    return SGPSSynthesizer(SGPSConfig(**config.model))
+
+
+def _optimizer(model: SGPSSynthesizer, config: TrainingConfig) -> torch.optim.Optimizer:
+    """The meta-learned base weights move slower than the freshly initialised generators."""
+    base = [p for n, p in model.named_parameters() if n.startswith("target.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("target.")]
+    groups = [
+        {"params": base, "lr": config.base_learning_rate},
+        {"params": rest, "lr": config.learning_rate},
+    ]
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+@torch.no_grad()
+def evaluate_episodes(model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank) -> float:
+    """Mean query accuracy over fixed episodes (eval mode: no dropout, no statistics tracking)."""
+    was_training = model.training
+    model.eval()
+    accuracies = []
+    for episode in episodes:
+        inputs = episode_inputs(episode, processor, texts, augment_seed=None)
+        logits = model(**inputs, return_weights=False).logits
+        accuracies.append((logits.argmax(-1) == inputs["query_labels"]).float().mean().item())
+    model.train(was_training)
+    return float(np.mean(accuracies)) if accuracies else float("nan")
+
+
+def train(config: TrainingConfig, resume: bool = False) -> Path:
+    """Run (or resume) meta-training; returns the folder of the exported final synthesizer."""
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    output = Path(config.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # The schedule is defined in optimizer steps: step it once per optimizer step ourselves. (Accelerate's
+        # default steps a prepared scheduler num_processes times per step, so under DDP a cosine schedule
+        # would reach its end halfway through and then rise again.)
+        step_scheduler_with_optimizer=False,
+    )
+    set_seed(config.seed)
+    model = build_model(config)
+    image_processor = SGPSImageProcessor.from_sgps_config(model.config)
+    train_pools, val_pools, data_summary = training_pools(config, model.config.image_size)
+    texts = TextBank(model.config, [p.text for p in train_pools + val_pools])
+    sampler = EpisodeSampler(
+        train_pools, n_way=config.n_way, k_shot=tuple(config.k_shot), q_query=config.q_query,
+        seed=config.seed, text_dropout=config.text_dropout, image_dropout=config.image_dropout,
+    )
+    val_episodes = _validation_episodes(val_pools, config)
+
+    state = TrainerState()
+    if config.pretrain_epochs and not (resume and _checkpoints(output)):
+        # Pre-training runs before the first checkpoint; a resumed run finds its result in the checkpoint.
+        state.pretrain_history = pretrain_body(accelerator, model.target, train_pools, image_processor, config)
+    optimizer = _optimizer(model, config)
+    scheduler = get_scheduler(
+        _SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.register_for_checkpointing(state)
+    log = _CsvLog(output / "log.csv", enabled=accelerator.is_main_process)
+    if resume:
+        _resume(accelerator, output, state)
+        log.truncate_after(state.step)  # rows a killed run wrote after its newest checkpoint are redone
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        for stale in output.glob(f".{CHECKPOINT_PREFIX}*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)  # a save interrupted by a kill; never a checkpoint
+        config.save(output / "training_config.json")
+    unwrapped: SGPSSynthesizer = accelerator.unwrap_model(model)
+    deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else None
+
+    world, rank, accum = accelerator.num_processes, accelerator.process_index, config.gradient_accumulation_steps
+    bar = tqdm(total=config.steps, initial=state.step, desc="meta-training", disable=not accelerator.is_main_process)
+    window: list[tuple[float, float]] = []
+    started = time.monotonic()
+    model.train()
+    while state.step < config.steps:
+        for micro in range(accum):
+            index = (state.step * accum + micro) * world + rank
+            episode = sampler.episode(index)
+            seed = config.seed * 1_000_003 + index if config.augment else None
+            inputs = episode_inputs(episode, image_processor, texts, seed)
+            with accelerator.accumulate(model):
+                output_step = model(**inputs, return_weights=False)
+                accelerator.backward(output_step.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            accuracy = (output_step.logits.argmax(-1) == inputs["query_labels"]).float().mean().item()
+            window.append((output_step.loss.item(), accuracy))
+        state.step += 1
+        bar.update(1)
+        done = state.step >= config.steps or (deadline is not None and time.monotonic() > deadline)
+        if deadline is not None and world > 1:  # every rank must stop at the same step (collectives)
+            done = bool(broadcast(torch.tensor([int(done)], device=accelerator.device), from_process=0).item())
+        if state.step % config.log_every == 0 or done:
+            loss, acc = np.mean(window, axis=0)
+            rate = len(window) * world / max(time.monotonic() - started, 1e-9)
+            row = {"step": state.step, "loss": float(loss), "episode_accuracy": float(acc), "lr": scheduler.get_last_lr()[-1], "episodes_per_s": rate}
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", eps=f"{rate:.2f}")
+            log.write(row)
+            window, started = [], time.monotonic()
+        if state.step % config.eval_every == 0 or done:
+            val_accuracy = evaluate_episodes(unwrapped, val_episodes, image_processor, texts)
+            state.history.append({"step": state.step, "val_accuracy": val_accuracy})
+            log.write({"step": state.step, "val_accuracy": val_accuracy})
+            accelerator.print(f"step {state.step}: meta-val accuracy {val_accuracy:.4f}")
+            if val_accuracy > state.best_val_accuracy and accelerator.is_main_process:
+                state.best_val_accuracy = val_accuracy
+                _export(unwrapped, output / "best", config, state, data_summary)
+        if state.step % config.checkpoint_every == 0 or done:
+            _save_checkpoint(accelerator, output, state, config.keep_checkpoints)
+        if done:
+            break
+    bar.close()
+    accelerator.wait_for_everyone()
+    final = output / "final"
+    if accelerator.is_main_process:
+        _export(unwrapped, final, config, state, data_summary)
+        _plot_learning_curve(output)
+    accelerator.end_training()
+    return final
+
+
+def _validation_episodes(pools: list, config: TrainingConfig) -> list[Episode]:
+    if not pools:
+        return []
+    sampler = EpisodeSampler(pools, n_way=config.n_way, k_shot=tuple(config.k_shot), q_query=config.q_query, seed=config.seed + 9_999)
+    return [sampler.episode(i) for i in range(config.eval_episodes)]
+
+
+def _checkpoints(output: Path) -> list[Path]:
+    found = [p for p in output.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def _save_checkpoint(accelerator: Accelerator, output: Path, state: TrainerState, keep: int) -> None:
+    """``save_state`` into a staging folder, then rename: a kill mid-save never corrupts the newest checkpoint."""
+    target = output / f"{CHECKPOINT_PREFIX}{state.step}"
+    staging = output / f".{target.name}.partial"
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+        for old in _checkpoints(output)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _resume(accelerator: Accelerator, output: Path, state: TrainerState) -> None:
+    checkpoints = _checkpoints(output)
+    if not checkpoints:
+        accelerator.print(f"--resume: no checkpoint in {output}; starting from scratch.")
+        return
+    accelerator.load_state(str(checkpoints[-1]))
+    accelerator.print(f"Resumed from {checkpoints[-1]} at step {state.step}.")
+
+
+def _export(model: SGPSSynthesizer, folder: Path, config: TrainingConfig, state: TrainerState, data_summary: dict[str, Any]) -> None:
+    """save_pretrained + processor + generated synthesizer card, atomically."""
+    from ..atomic import atomic_directory
+
+    with atomic_directory(folder) as staging:
+        model.save_pretrained(staging)
+        SGPSProcessor.from_sgps_config(model.config).save_pretrained(staging)
+        training = {
+            "episodes": f"{state.step} optimizer steps x {config.gradient_accumulation_steps} episode(s)",
+            "episode shape": f"{config.n_way}-way, {config.k_shot[0]}-{config.k_shot[1]}-shot, {config.q_query} queries/class; "
+            f"text-only {config.image_dropout:.0%}, image-only {config.text_dropout:.0%} of episodes",
+            "data": data_summary.get("description", ""),
+            "meta-train classes": data_summary.get("num_train_classes"),
+            "meta-val classes": data_summary.get("num_val_classes"),
+            "held-out tasks (never seen)": ", ".join(data_summary.get("held_out_tasks", [])) or "n/a",
+            "best meta-val accuracy": f"{state.best_val_accuracy:.4f}",
+            "validation curve": ", ".join(f"{h['step']}: {h['val_accuracy']:.3f}" for h in state.history[-10:]),
+            "body pre-training": (
+                f"{config.pretrain_epochs} supervised epochs on the meta-train classes, last train accuracy "
+                f"{state.pretrain_history[-1]['accuracy']:.3f}" if state.pretrain_history else "none"
+            ),
+            "optimizer": f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, seed {config.seed}",
+        }
+        synthesizer_card(folder.name, model.config, training).save(staging / "README.md")
+        (staging / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
+
+
+class _CsvLog:
+    """Append-only CSV of training rows (machine-readable; survives restarts)."""
+
+    FIELDS = ["step", "loss", "episode_accuracy", "lr", "episodes_per_s", "val_accuracy"]
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the rows of steps after ``step``."""
+        if not self.enabled or not self.path.exists():
+            return
+        with self.path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        kept = [row for row in rows if (row.get("step") or "").isdigit() and int(row["step"]) <= step]
+        if len(kept) < len(rows):
+            with self.path.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
+                writer.writeheader()
+                writer.writerows(kept)
+
+    def write(self, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def _plot_learning_curve(output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader((output / "log.csv").open()))
+    train = [(int(r["step"]), float(r["episode_accuracy"]), float(r["loss"])) for r in rows if r["loss"]]
+    val = [(int(r["step"]), float(r["val_accuracy"])) for r in rows if r["val_accuracy"]]
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        steps, accs, losses = zip(*train)
+        window = max(1, len(accs) // 20)
+        smooth = np.convolve(accs, np.ones(window) / window, mode="valid")
+        ax_acc.plot(steps[window - 1 :], smooth, label="train episodes (smoothed)")
+        ax_loss.plot(steps, losses)
+    if val:
+        ax_acc.plot(*zip(*val), "o-", label="meta-val episodes")
+    ax_acc.set(xlabel="step", ylabel="query accuracy", title="SGPS meta-training")
+    ax_acc.legend()
+    ax_loss.set(xlabel="step", ylabel="query cross-entropy")
+    fig.tight_layout()
+    fig.savefig(output / "learning_curve.png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,201 @@
+"""TrainingConfig: YAML/JSON file + ``--key value`` overrides, and the validation of every run-defining field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sgps_hf.training.config import TrainingConfig, parse_training_args
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_YAML = PROJECT_ROOT / "scripts" / "configs" / "default.yaml"
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+# -- precedence ------------------------------------------------------------------------------------------------
+
+
+def test_cli_flags_override_the_file_which_overrides_the_defaults(tmp_path):
+    config_file = write_yaml(
+        tmp_path / "run.yaml",
+        {
+            "output_dir": "runs/from-file",
+            "steps": 50,
+            "n_way": 3,
+            "k_shot": [2, 4],
+            "learning_rate": 0.005,
+            "augment": True,
+            "max_minutes": 30,
+            "train_sources": ["/data/a", "/data/b"],
+            "model": {"hidden_size": 64, "image_size": 48},
+        },
+    )
+    config, resume = parse_training_args(
+        [
+            "--config", str(config_file),
+            "--steps", "7",
+            "--k-shot", "1", "3",
+            "--learning-rate", "3e-4",
+            "--augment", "false",
+            "--max-minutes", "none",
+            "--train-sources", "/data/c",
+            "--model", '{"hidden_size": 16}',
+            "--num-threads", "1",
+        ]
+    )
+    assert resume is False
+    # CLI wins over the file ...
+    assert config.steps == 7 and isinstance(config.steps, int)
+    assert config.k_shot == [1, 3]
+    assert config.learning_rate == pytest.approx(3e-4) and isinstance(config.learning_rate, float)
+    assert config.augment is False
+    assert config.max_minutes is None
+    assert config.train_sources == ["/data/c"]
+    assert config.model == {"hidden_size": 16}  # --model replaces the file's model dict as a whole
+    assert config.num_threads == 1
+    # ... the file wins over the defaults where no flag was given ...
+    assert config.output_dir == "runs/from-file"
+    assert config.n_way == 3
+    # ... and the defaults fill the rest.
+    defaults = TrainingConfig()
+    assert config.q_query == defaults.q_query
+    assert config.schedule == defaults.schedule
+    assert config.base_learning_rate == defaults.base_learning_rate
+
+
+def test_without_flags_the_file_is_taken_verbatim(tmp_path):
+    data = {"steps": 12, "n_way": 4, "k_shot": [2, 2], "schedule": "linear", "val_sources": ["/v"], "seed": 3}
+    config, resume = parse_training_args(["--config", str(write_yaml(tmp_path / "c.yaml", data)), "--resume"])
+    assert resume is True
+    assert {key: getattr(config, key) for key in data} == data
+
+
+def test_flags_alone_need_no_file():
+    config, _ = parse_training_args(["--steps", "5", "--output-dir", "x", "--data-dir", "none", "--eval-every", "2"])
+    assert (config.steps, config.output_dir, config.data_dir, config.eval_every) == (5, "x", None, 2)
+    assert config.k_shot == TrainingConfig().k_shot
+
+
+def test_default_yaml_is_a_valid_config_and_flags_still_override_it():
+    data = yaml.safe_load(DEFAULT_YAML.read_text(encoding="utf-8"))
+    config, _ = parse_training_args(["--config", str(DEFAULT_YAML), "--steps", "4", "--output-dir", "elsewhere"])
+    assert (config.steps, config.output_dir) == (4, "elsewhere")
+    assert config.model == data["model"]
+    assert config.k_shot == data["k_shot"] and config.schedule == data["schedule"]
+
+
+def test_saved_json_round_trips(tmp_path):
+    config = TrainingConfig(steps=9, k_shot=[1, 2], model={"hidden_size": 8}, train_sources=["/a"], max_minutes=1.5)
+    config.save(tmp_path / "training_config.json")
+    assert json.loads((tmp_path / "training_config.json").read_text())["steps"] == 9
+    assert TrainingConfig.from_file(tmp_path / "training_config.json") == config
+    again, _ = parse_training_args(["--config", str(tmp_path / "training_config.json")])
+    assert again == config
+
+
+@pytest.mark.parametrize(("value", "expected"), [(3, [3, 3]), ([2], [2, 2]), ([1, 5], [1, 5]), ((2, 4), [2, 4])])
+def test_k_shot_forms(value, expected):
+    assert TrainingConfig(k_shot=value).k_shot == expected
+
+
+def test_a_single_k_shot_flag_means_a_fixed_k():
+    config, _ = parse_training_args(["--k-shot", "5"])
+    assert config.k_shot == [5, 5]
+
+
+# -- validation ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k_shot", [[0, 2], [3, 1], [1, 2, 3], [], 0, "1-5", [1.5, 2], [True, 2]])
+def test_bad_k_shot_is_refused(k_shot):
+    with pytest.raises(ValueError, match="k_shot"):
+        TrainingConfig(k_shot=k_shot)
+
+
+def test_bad_k_shot_in_a_file_or_on_the_command_line_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="k_shot"):
+        TrainingConfig.from_file(write_yaml(tmp_path / "c.yaml", {"k_shot": [4, 2]}))
+    with pytest.raises(ValueError, match="k_shot"):
+        parse_training_args(["--k-shot", "0", "3"])
+    with pytest.raises(SystemExit):  # not an integer: argparse refuses it
+        parse_training_args(["--k-shot", "one"])
+
+
+@pytest.mark.parametrize("text", ["maybe", "2", ""])
+def test_bad_booleans_are_refused_not_read_as_false(text):
+    with pytest.raises(SystemExit):
+        parse_training_args(["--augment", text])
+
+
+@pytest.mark.parametrize(("text", "expected"), [("true", True), ("Yes", True), ("1", True), ("false", False), ("no", False), ("0", False)])
+def test_booleans(text, expected):
+    assert parse_training_args(["--augment", text])[0].augment is expected
+
+
+def test_unknown_keys_in_the_file_are_named(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", {"steps": 3, "learning_rat": 0.1, "kshot": 2})
+    with pytest.raises(ValueError, match=r"Unknown training config keys.*\['kshot', 'learning_rat'\]"):
+        TrainingConfig.from_file(path)
+    with pytest.raises(ValueError, match="learning_rat"):
+        parse_training_args(["--config", str(path)])
+
+
+def test_unknown_flags_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_training_args(["--learning-rte", "0.1"])
+    assert "--learning-rte" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("schedule", ["exponential", "Cosine", ""])
+def test_bad_schedule_is_refused(schedule, tmp_path):
+    with pytest.raises(ValueError, match="schedule must be cosine, linear or constant"):
+        TrainingConfig(schedule=schedule)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainingConfig.from_file(write_yaml(tmp_path / "c.yaml", {"schedule": schedule}))
+    with pytest.raises(ValueError, match="schedule"):
+        parse_training_args(["--schedule", schedule])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("n_way", 1, "n_way"),
+        ("text_dropout", 0.9, "dropout"),
+        ("image_dropout", -0.5, "dropout"),
+        ("mixed_precision", "fp8", "mixed_precision"),
+        ("checkpoint_every", 0, "checkpoint_every"),
+        ("eval_every", 0, "eval_every"),
+        ("log_every", -1, "log_every"),
+        ("keep_checkpoints", 0, "keep_checkpoints"),
+        ("gradient_accumulation_steps", 0, "gradient_accumulation_steps"),
+        ("q_query", 0, "q_query"),
+        ("checkpoint_every", 2.5, "checkpoint_every"),
+    ],
+)
+def test_other_invalid_values_are_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig(**{field: value})
+
+
+def test_every_field_has_a_flag():
+    """Each config field can be overridden from the command line with its dashed name."""
+    for f in dataclasses.fields(TrainingConfig):
+        if f.name in ("model", "k_shot", "train_sources", "val_sources"):
+            continue
+        value = {"bool": "false", "str": "x"}.get(str(f.type), "3")
+        if f.name in ("schedule",):
+            value = "linear"
+        elif f.name == "mixed_precision":
+            value = "bf16"
+        elif "float" in str(f.type):
+            value = "0.25"
+        config, _ = parse_training_args(["--" + f.name.replace("_", "-"), value])
+        assert getattr(config, f.name) != getattr(TrainingConfig(), f.name), f.name
