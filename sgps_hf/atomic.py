@@ -45,6 +45,36 @@ def atomic_directory(destination: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_update(destination: str | os.PathLike) -> Iterator[Path]:
+    """Like :func:`atomic_directory`, but the staging folder starts as a copy of ``destination``'s current files.
+
+    For ``save_pretrained`` methods that add their files to a folder (transformers semantics) rather than
+    replacing it: what the caller writes overwrites the copies, the rest of the folder survives the swap.
+    The files are copied, never hard-linked: an in-place rewrite of a hard link would change the live version too.
+    """
+    source = Path(destination)
+    with atomic_directory(destination) as staging:
+        if source.is_dir():
+            shutil.copytree(source, staging, symlinks=True, dirs_exist_ok=True)
+        yield staging
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file atomically: a temporary file in the same folder, fsynced, then renamed over ``path``."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def _recover(destination: Path) -> None:
     """Clean up after an earlier interrupted save: put a retired previous version back, drop staging folders."""
     retired = sorted(destination.parent.glob(f".{destination.name}.old-*"))

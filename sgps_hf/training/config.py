@@ -91,7 +91,10 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        """Write the config as JSON, atomically (a run killed while saving keeps the previous file)."""
+        from ..atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ exactly the episodes an uninterrupted run would, and DDP ranks take disjoint epi
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from ..atomic import atomic_write_text
 from ..configuration_sgps import SGPSConfig
 from ..data.episodes import Episode, EpisodeSampler
 from ..image_processing_sgps import SGPSImageProcessor
@@ -301,7 +303,7 @@ def _export(model: SGPSSynthesizer, folder: Path, config: TrainingConfig, state:
             ),
             "optimizer": f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, seed {config.seed}",
         }
-        synthesizer_card(folder.name, model.config, training).save(staging / "README.md")
+        synthesizer_card(Path(config.output_dir).name, model.config, training).save(staging / "README.md")
         (staging / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
 
 
@@ -321,10 +323,12 @@ class _CsvLog:
             rows = list(csv.DictReader(handle))
         kept = [row for row in rows if (row.get("step") or "").isdigit() and int(row["step"]) <= step]
         if len(kept) < len(rows):
-            with self.path.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
-                writer.writeheader()
-                writer.writerows(kept)
+            # Atomically: a kill during the rewrite must not lose the rows that are kept.
+            buffer = io.StringIO(newline="")
+            writer = csv.DictWriter(buffer, fieldnames=self.FIELDS)
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write_text(self.path, buffer.getvalue())
 
     def write(self, row: dict[str, float]) -> None:
         if not self.enabled:

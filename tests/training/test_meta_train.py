@@ -240,6 +240,7 @@ def test_single_process_run_writes_log_curve_checkpoints_and_exports(reference_r
         assert "meta-val classes**: 4" in card and "meta-train classes**: 8" in card
         assert f"best meta-val accuracy**: {best_val:.4f}" in card
         assert "validation curve" in card
+        assert f"# SGPS synthesizer: `{output.name}`" in card, "the card is named after the run, not the export folder"
     final_card = (output / "final" / "README.md").read_text()
     assert f"{STEPS} optimizer steps" in final_card
     assert ", ".join(f"{int(r['step'])}: {r['val_accuracy']:.3f}" for r in val) in final_card
@@ -356,6 +357,65 @@ def test_sigkill_then_resume_continues_from_the_newest_complete_checkpoint(refer
     assert [int(r["step"]) for r in train] == list(range(1, STEPS + 1)), "rows after the checkpoint are redone, not duplicated"
     assert [int(r["step"]) for r in val] == list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
     # The crash cost time, not correctness: same weights as the uninterrupted run.
+    assert_same_tensors(output / "final" / "model.safetensors", reference / "final" / "model.safetensors")
+
+
+# Runs scripts/train.py with Accelerator.save_state patched to pause once the staging folder of checkpoint PAUSE_AT is
+# fully written (before it is renamed into place): the kill lands inside a checkpoint save, every time.
+PAUSE_IN_SAVE = """
+import runpy, sys, time
+from pathlib import Path
+import accelerate
+
+flag, pause_at, script, *args = sys.argv[1:]
+original = accelerate.Accelerator.save_state
+
+def save_state(self, output_dir=None, **kwargs):
+    result = original(self, output_dir, **kwargs)
+    if Path(output_dir).name == f".checkpoint-{pause_at}.partial":
+        Path(flag).write_text("paused")
+        time.sleep(300)
+    return result
+
+accelerate.Accelerator.save_state = save_state
+sys.argv = [script, *args]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+@pytest.mark.e2e
+def test_sigkill_inside_a_checkpoint_save_then_resume(reference_run, sources, train_env, tmp_path):
+    """Killed while writing checkpoint 2*CHECKPOINT_EVERY: the previous checkpoint is intact, the resume loses at most
+    one checkpoint interval, cleans up the half-written checkpoint and still ends bit-identical to the reference."""
+    from safetensors.torch import load_file
+
+    reference, _ = reference_run
+    output, flag, pause_at = tmp_path / "run", tmp_path / "paused", 2 * CHECKPOINT_EVERY
+    command = [sys.executable, "-c", PAUSE_IN_SAVE, str(flag), str(pause_at), str(TRAIN_SCRIPT), *train_args(output, sources, **{"log-every": 1})]
+    log_file = (tmp_path / "killed.log").open("w")
+    process = subprocess.Popen(command, env=train_env, cwd=PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not flag.exists():
+            assert process.poll() is None, f"training ended before pausing:\n{(tmp_path / 'killed.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "training never reached the checkpoint save"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log_file.close()
+
+    assert (output / f".checkpoint-{pause_at}.partial" / "model.safetensors").is_file(), "killed inside the save"
+    assert checkpoint_steps(output) == [CHECKPOINT_EVERY], "the interrupted checkpoint never appears as complete"
+    previous = output / f"checkpoint-{CHECKPOINT_EVERY}"
+    assert all(t.isfinite().all() for t in load_file(previous / "model.safetensors").values() if t.is_floating_point())
+    assert int(read_log(output)[0][-1]["step"]) - CHECKPOINT_EVERY <= CHECKPOINT_EVERY, "at most one interval is lost"
+
+    resumed = run_training(train_args(output, sources, resume=True, **{"log-every": 1}), train_env)
+    assert f"Resumed from {previous} at step {CHECKPOINT_EVERY}." in resumed.stdout
+    assert not list(output.glob(".checkpoint-*")), "the half-written checkpoint is removed"
     assert_same_tensors(output / "final" / "model.safetensors", reference / "final" / "model.safetensors")
 
 
