@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -21,3 +23,49 @@ def classification_metrics(probs: np.ndarray, labels: Sequence[int], num_classes
         if tp + fp + fn:
             f1s.append(2 * tp / (2 * tp + fp + fn))
     return {"accuracy": float(np.mean(preds == labels)), "macro_f1": float(np.mean(f1s))}
+
+
+# --------------------------------------------------------------------------------------------------
+# The benchmark's metrics: local ``evaluate`` modules shipped in ``metric_modules/<name>/<name>.py``.
+
+#: Names of the packaged metric modules.
+METRIC_NAMES = ("accuracy", "macro_f1", "auroc", "ece")
+
+
+def metric_module_path(name: str) -> Path:
+    """Folder of the packaged ``evaluate`` module ``name`` (``evaluate.load`` accepts it as is)."""
+    if name not in METRIC_NAMES:
+        raise ValueError(f"Unknown metric {name!r}; packaged metrics: {', '.join(METRIC_NAMES)}.")
+    return Path(__file__).resolve().parent / "metric_modules" / name
+
+
+@lru_cache(maxsize=None)
+def load_metric(name: str) -> Any:
+    """``evaluate.load`` of a packaged metric by path (no Hub access), cached per process."""
+    import evaluate
+
+    return evaluate.load(str(metric_module_path(name)))
+
+
+def episode_scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1 and macro one-vs-rest AUROC of one episode's queries, through ``evaluate``."""
+    preds = probs.argmax(-1)
+    return {
+        "accuracy": load_metric("accuracy").compute(predictions=preds, references=labels)["accuracy"],
+        "macro_f1": load_metric("macro_f1").compute(predictions=preds, references=labels)["macro_f1"],
+        "auroc": load_metric("auroc").compute(predictions=probs, references=labels)["auroc"],
+    }
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
+    """ECE and reliability bins of pooled predictions (per-episode ECE on ~75 queries is too noisy)."""
+    return load_metric("ece").compute(predictions=probs, references=labels, n_bins=n_bins)
+
+
+def mean_ci(values: Iterable[float]) -> dict[str, float]:
+    """Mean over episodes with a 95% confidence half-width (normal approximation); NaN episodes skipped."""
+    array = np.asarray([v for v in values if not np.isnan(v)], dtype=np.float64)
+    if array.size == 0:
+        return {"mean": float("nan"), "ci95": float("nan"), "n": 0}
+    ci = 1.96 * array.std(ddof=1) / np.sqrt(array.size) if array.size > 1 else float("nan")
+    return {"mean": float(array.mean()), "ci95": float(ci), "n": int(array.size)}

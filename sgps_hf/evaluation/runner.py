@@ -1,0 +1,176 @@
+"""Command line of the benchmark: ``scripts/evaluate.py`` and ``sgps evaluate`` share these arguments.
+
+Full run (the numbers in benchmarks/RESULTS.md), about 30-40 minutes on 2 CPU cores of which the
+baselines' one-off training takes most; a re-run loads the cached baselines::
+
+    python scripts/evaluate.py --split held_out --out benchmarks/results --report benchmarks/RESULTS.md
+
+Any imagefolder directory of classes (or a Hub dataset) can be evaluated instead::
+
+    python scripts/evaluate.py --data-dir my_task/ --descriptions texts.json --ways 5 --shots 0 1 5 --episodes 600 --out results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..data.splits import SPLIT_NAMES
+
+logger = logging.getLogger(__name__)
+
+#: Settings of ``--quick``: every criterion exercised on a handful of episodes (for tests and smoke runs).
+QUICK = dict(episodes=3, curve_shots=(1, 2), curve_episodes=2, gap_episodes=2, shift_episodes=2, tune_episodes=2, speed_episodes=1,
+             finetune_steps=3, fomaml_test_steps=2, probe_lrs=(0.01, 0.1), finetune_lrs=(3e-4, 1e-3), fomaml_lr_factors=(1.0, 2.0))
+QUICK_BUDGET = dict(steps=4, val_episodes=2, eval_every=2, fomaml_inner_steps=1, fomaml_inner_lrs=(0.01, 0.03))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("what to evaluate")
+    data.add_argument("--synthesizer", default=None, help="synthesizer folder or Hub id (default: the bundled checkpoint)")
+    data.add_argument("--data-dir", default=None, help="with --split: the folder of task folders (default ../shared/data); "
+                      "without: one imagefolder directory of classes (<class>/<image>) or a Hub dataset name")
+    data.add_argument("--split", choices=SPLIT_NAMES, default=None, help="evaluate on a split of the shared data (default held_out when no --data-dir)")
+    data.add_argument("--descriptions", default=None, help="JSON file class -> clinical text (default: built-in texts, else the class name)")
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument("--ways", type=int, default=5)
+    protocol.add_argument("--shots", type=int, nargs="+", default=[0, 1, 5], help="0 = text only (zero-shot; SGPS only)")
+    protocol.add_argument("--episodes", type=int, default=100, help="episodes per shot of the main table (the issue's 600 works, ~5x slower)")
+    protocol.add_argument("--queries", type=int, default=15, help="query images per class")
+    protocol.add_argument("--seed", type=int, default=0)
+    protocol.add_argument("--focus-shot", type=int, default=5, help="shot of the gap, calibration, domain-shift, tuning and speed criteria")
+    protocol.add_argument("--curve-shots", type=int, nargs="+", default=[1, 2, 5, 10, 20])
+    for name, default in (("curve", 15), ("gap", 25), ("shift", 30), ("tune", 15), ("speed", 5)):
+        protocol.add_argument(f"--{name}-episodes", type=int, default=default)
+    protocol.add_argument("--severity", type=int, default=3, choices=range(1, 6), help="corruption severity of the domain-shift criterion")
+    protocol.add_argument("--finetune-steps", type=int, default=20, help="step budget of all-layer fine-tuning")
+    protocol.add_argument("--fomaml-test-steps", type=int, default=10, help="FOMAML inner steps at test time")
+    baselines = parser.add_argument_group("baseline training (defaults: the synthesizer's own training_config.json)")
+    baselines.add_argument("--train-config", default=None, help="TrainingConfig YAML/JSON the baselines copy (data, pre-training, episodes, seed)")
+    baselines.add_argument("--train-sources", nargs="+", default=None, help="meta-train imagefolders/Hub datasets (override the config)")
+    baselines.add_argument("--val-sources", nargs="+", default=None, help="meta-val imagefolders/Hub datasets (override the config)")
+    baselines.add_argument("--baseline-steps", type=int, default=None, help="meta-training episodes of ProtoNet/FOMAML (default: the SGPS run's steps)")
+    baselines.add_argument("--pretrain-epochs", type=int, default=None, help="override the body pre-training epochs")
+    baselines.add_argument("--baseline-val-episodes", type=int, default=40, help="meta-val episodes for baseline checkpoint selection")
+    baselines.add_argument("--cache-dir", default="runs/benchmark-cache", help="where trained baselines are cached (safetensors)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", required=True, help="output folder: results.json, results.md, PNG plots")
+    run.add_argument("--report", default=None, help="also write the Markdown report here (e.g. benchmarks/RESULTS.md), plot links relative to it")
+    run.add_argument("--quick", action="store_true", help="a few episodes and steps per criterion (smoke test; numbers meaningless)")
+    run.add_argument("--num-threads", type=int, default=2)
+
+
+def _training_config(args: argparse.Namespace, synthesizer_path: str) -> Any:
+    from ..training.config import TrainingConfig
+
+    path = Path(args.train_config) if args.train_config else Path(synthesizer_path) / "training_config.json"
+    if path.is_file():
+        config = TrainingConfig.from_file(path)
+    else:
+        logger.warning("No training config at %s: the baselines use TrainingConfig defaults.", path)
+        config = TrainingConfig()
+    overrides: dict[str, Any] = {}
+    if args.train_sources is not None:
+        overrides.update(train_sources=list(args.train_sources), val_sources=list(args.val_sources or []))
+    if args.pretrain_epochs is not None:
+        overrides["pretrain_epochs"] = args.pretrain_epochs
+    if args.quick:
+        overrides["pretrain_epochs"] = min(overrides.get("pretrain_epochs", config.pretrain_epochs), 1)
+    return replace(config, **overrides)
+
+
+def _bench_config(args: argparse.Namespace) -> Any:
+    from .benchmark import BenchmarkConfig
+
+    given = {f.name: getattr(args, f.name) for f in fields(BenchmarkConfig) if hasattr(args, f.name)}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+    return BenchmarkConfig(**{**given, **(QUICK if args.quick else {})})
+
+
+def _eval_pools(args: argparse.Namespace, image_size: int) -> tuple[list[Any], str]:
+    from .sources import dataset_pools, split_pools
+
+    if args.split is None and args.data_dir is not None:
+        return dataset_pools(args.data_dir, image_size, args.descriptions), f"dataset {args.data_dir}"
+    split = args.split or "held_out"
+    if args.descriptions:
+        raise SystemExit("--descriptions applies to --data-dir datasets; the shared splits use the packaged descriptions.")
+    return split_pools(split, image_size, args.data_dir), f"{split} split of {args.data_dir or 'the shared data'}"
+
+
+def environment(threads: int) -> str:
+    import torch
+
+    return (f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{os.cpu_count()} CPUs, {threads} torch threads")
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark described by ``args``; writes results.json, results.md and plots into ``--out``."""
+    import torch
+
+    from .. import DEFAULT_CHECKPOINT
+    from ..modeling_sgps import SGPSSynthesizer
+    from ..training.pools import training_pools
+    from .benchmark import run_benchmark
+    from .meta_baselines import BaselineBudget
+    from .report import render_markdown, write_plots
+    from .sources import subgroup_metadata
+
+    torch.set_num_threads(args.num_threads)
+    started = time.time()
+    synthesizer_path = args.synthesizer or DEFAULT_CHECKPOINT
+    synthesizer = SGPSSynthesizer.from_pretrained(synthesizer_path)
+    image_size = synthesizer.config.image_size
+    config = _training_config(args, synthesizer_path)
+    budget = BaselineBudget(steps=args.baseline_steps or config.steps, learning_rate=config.base_learning_rate,
+                            val_episodes=args.baseline_val_episodes, eval_every=max(1, config.eval_every * 2))
+    if args.quick:
+        budget = replace(budget, **{**QUICK_BUDGET, "steps": min(budget.steps, QUICK_BUDGET["steps"])})
+    eval_pools, data_label = _eval_pools(args, image_size)
+    train_pools, val_pools, _ = training_pools(config, image_size)
+    subgroups = subgroup_metadata(args.data_dir if args.split is None else None, args.split or ("held_out" if args.data_dir is None else None),
+                                  args.data_dir if args.split else None)
+    results = run_benchmark(synthesizer, eval_pools, train_pools, val_pools, config, budget, _bench_config(args), args.cache_dir, subgroups)
+    command = "python scripts/evaluate.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    results["run"] = {"command": command, "environment": environment(args.num_threads), "synthesizer": str(synthesizer_path),
+                      "data": data_label, "quick": bool(args.quick), "wall_seconds": time.time() - started,
+                      "baseline_budget": vars(budget) if hasattr(budget, "__dict__") else str(budget)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default), encoding="utf-8")
+    plots = write_plots(results, out)
+    (out / "results.md").write_text(render_markdown(results, plots), encoding="utf-8")
+    if args.report:
+        report = Path(args.report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        relative = {k: os.path.relpath(out / v, report.parent) for k, v in plots.items()}
+        report.write_text(render_markdown(results, relative), encoding="utf-8")
+    return results
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    results = run(args, argv if argv is not None else sys.argv[1:])
+    print(f"Wrote {Path(args.out) / 'results.json'} and results.md ({results['run']['wall_seconds']:.0f} s).")
+    return 0
