@@ -4,14 +4,18 @@ Saved in timm's Hub layout (``model.safetensors`` + ``config.json`` with ``label
 ``pretrained_cfg``), so it loads without this library:
 ``timm.create_model("local-dir:<dir>", pretrained=True)``, ``timm.create_model("hf-hub:<repo>",
 pretrained=True)`` or ``transformers.pipeline("image-classification", model=<dir>)``. Next to it:
-``README.md`` (the generated model card) and ``sgps_task.json`` (task, fingerprints, provenance).
+``README.md`` (the generated model card), ``sgps_task.json`` (task, fingerprints, provenance), the support
+images (``support/``, see :mod:`sgps_hf.support`; left out of Hub pushes by default because they are patient
+data) and the task files of earlier versions (``versions/v<N>/sgps_task.json``, see :mod:`sgps_hf.adaptation`).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -25,6 +29,8 @@ from .atomic import atomic_directory
 from .errors import CheckpointError
 from .image_processing_sgps import SGPSImageProcessor
 from .imaging import ImageInput
+from .safe_loading import check_tensors, expected_tensors, pickle_files, read_header
+from .support import Support, clean_image, read_support, support_available, support_manifest, write_support
 from .target import materialize
 
 if TYPE_CHECKING:
@@ -33,7 +39,9 @@ if TYPE_CHECKING:
 
 TASK_FILE = "sgps_task.json"
 WEIGHTS_FILE = "model.safetensors"
+VERSIONS_DIR = "versions"
 FORMAT_VERSION = 1
+_VERSION_FOLDER = re.compile(r"v([0-9]{1,6})")
 
 
 class SynthesizedClassifier:
@@ -43,14 +51,39 @@ class SynthesizedClassifier:
         model: the timm model (eval mode), usable directly as an ``nn.Module``.
         label_names: class names in output order.
         info: JSON-ready provenance: task (classes, clinical texts, support-image sha256),
-            synthesizer id and revision, data config, metrics and version history.
+            synthesizer id and revision, data config, metrics, version and changelog.
+        versions: the ``info`` of every earlier version (oldest first), written to ``versions/``.
     """
 
-    def __init__(self, model: nn.Module, label_names: Sequence[str], info: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        label_names: Sequence[str],
+        info: dict[str, Any],
+        support: Support | None = None,
+        versions: Sequence[dict[str, Any]] = (),
+        support_folder: Path | None = None,
+    ) -> None:
         self.model = model.eval()
         self.label_names = list(label_names)
         self.info = info
+        self.versions = [copy.deepcopy(v) for v in versions]
         self.image_processor = SGPSImageProcessor(**_processor_kwargs(info["data_config"]))
+        self._support = support
+        self._support_folder = support_folder  # read lazily: predicting never needs the support images
+
+    @property
+    def support(self) -> Support | None:
+        """The support images per class (RGB, as the synthesizer saw them), or None when this copy lacks them."""
+        if self._support is None and self._support_folder is not None:
+            if support_available(self._support_folder, self.info.get("support")):
+                self._support = read_support(self._support_folder, self.info["support"])
+            self._support_folder = None
+        return self._support
+
+    @property
+    def version(self) -> int:
+        return int(self.info.get("version", 1))
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -58,6 +91,7 @@ class SynthesizedClassifier:
         cls, synthesizer: "SGPSSynthesizer", weights: Mapping[str, Tensor], task: "TaskSpec", image_processor: SGPSImageProcessor
     ) -> "SynthesizedClassifier":
         config = synthesizer.config
+        support = {cls.name: [clean_image(image) for image in cls.load_images()] for cls in task.classes}
         info = {
             "format_version": FORMAT_VERSION,
             "sgps_hf_version": __version__,
@@ -68,9 +102,11 @@ class SynthesizedClassifier:
             "data_config": image_processor.timm_data_config(),
             "weights_sha256": state_dict_sha256(weights),
             "metrics": None,
+            "version": 1,
             "history": [],
+            "support": support_manifest(task.class_names, support),
         }
-        return cls(materialize(config, weights), task.class_names, info)
+        return cls(materialize(config, weights), task.class_names, info, support=support)
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None) -> "SynthesizedClassifier":
@@ -81,16 +117,23 @@ class SynthesizedClassifier:
 
             folder = Path(snapshot_download(str(path_or_repo_id), revision=revision, token=token))
         if not (folder / WEIGHTS_FILE).is_file():
-            pickles = sorted(p.name for p in folder.glob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"})
+            pickles = pickle_files(folder)
             hint = f" It has {pickles}: pickle files are refused for safety; re-save as safetensors." if pickles else ""
             raise CheckpointError(f"No {WEIGHTS_FILE} in {folder}.{hint}")
         try:
             info = json.loads((folder / TASK_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{folder} has no readable {TASK_FILE}; is it a classifier saved by sgps_hf? ({exc})") from exc
-        model = timm.create_model(f"local-dir:{folder}", pretrained=True)
-        label_names = json.loads((folder / "config.json").read_text(encoding="utf-8"))["label_names"]
-        return cls(model, label_names, info)
+        _check_task_file(info, folder)
+        architecture, label_names, model_args = _read_timm_config(folder)
+        num_classes = len(label_names)
+        expected = _buildable(lambda: timm.create_model(architecture, pretrained=False, num_classes=num_classes, **model_args), folder)
+        check_tensors(read_header([folder / WEIGHTS_FILE]), expected, folder, "classifier")
+        try:
+            model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+        except (RuntimeError, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"timm cannot load the classifier in {folder} ({exc}); save it again with save_pretrained.") from exc
+        return cls(model, label_names, info, versions=_read_versions(folder), support_folder=folder)
 
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -125,13 +168,16 @@ class SynthesizedClassifier:
         return metrics
 
     # -- persistence ----------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, repo_id: str | None = None) -> Path:
+    def save_pretrained(self, save_directory: str | os.PathLike, repo_id: str | None = None, include_support: bool = True) -> Path:
         """Write the classifier folder atomically (a crash never leaves a half-written folder).
 
         ``repo_id``: the Hub repo the folder is meant for; the model card's usage snippets then name it.
+        ``include_support``: also store the support images (patient data) under ``support/``, which
+        ``SGPSSynthesizer.update`` needs to re-synthesize; skipped when this copy has none.
         """
         from .model_card import classifier_card
 
+        support = self.support if include_support else None
         descriptions = {c["name"]: c["description"] for c in self.info["task"]["classes"] if c["description"]}
         with atomic_directory(save_directory) as staging:
             timm.models.save_for_hf(
@@ -144,11 +190,31 @@ class SynthesizedClassifier:
             )
             _drop_num_classes_from_model_args(staging / "config.json")
             (staging / TASK_FILE).write_text(json.dumps(self.info, indent=2, ensure_ascii=False), encoding="utf-8")
-            classifier_card(self, repo_id=repo_id).save(staging / "README.md")
+            if support is not None and self.info.get("support"):
+                write_support(staging, self.info["support"], support)
+            for previous in self.versions:
+                version_dir = staging / VERSIONS_DIR / f"v{int(previous.get('version', 1))}"
+                version_dir.mkdir(parents=True, exist_ok=True)
+                (version_dir / TASK_FILE).write_text(json.dumps(previous, indent=2, ensure_ascii=False), encoding="utf-8")
+            card = classifier_card(self, repo_id=repo_id, support_included=support is not None and bool(self.info.get("support")))
+            card.save(staging / "README.md")
         return Path(save_directory)
 
-    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None, commit_message: str = "Add synthesized classifier") -> str:
-        """Create ``repo_id`` if needed and upload the saved folder; returns the commit URL."""
+    def push_to_hub(
+        self,
+        repo_id: str,
+        token: str | None = None,
+        private: bool | None = None,
+        commit_message: str = "Add synthesized classifier",
+        include_support: bool = False,
+    ) -> str:
+        """Create ``repo_id`` if needed and upload the saved folder; returns the commit URL.
+
+        ``include_support`` defaults to False: the support images are patient data and a Hub repo is
+        easily made public, so only their sha256 fingerprints are uploaded unless you opt in (for example
+        to a private repo of your institution, when consent and de-identification allow it). Without them
+        the pushed copy classifies normally but cannot be adapted with ``SGPSSynthesizer.update``.
+        """
         import tempfile
 
         from huggingface_hub import HfApi
@@ -156,8 +222,11 @@ class SynthesizedClassifier:
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = self.save_pretrained(Path(tmp) / "classifier", repo_id=repo_id)
-            commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+            folder = self.save_pretrained(Path(tmp) / "classifier", repo_id=repo_id, include_support=include_support)
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                delete_patterns=None if include_support else ["support/**"],  # never leave old support images behind
+            )
         return str(commit)
 
     def __repr__(self) -> str:
@@ -178,6 +247,79 @@ def state_dict_sha256(tensors: Mapping[str, Tensor]) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _read_versions(folder: Path) -> list[dict[str, Any]]:
+    """The task files of earlier versions (``versions/v<N>/sgps_task.json``), oldest first."""
+    versions = []
+    root = folder / VERSIONS_DIR
+    if not root.is_dir():
+        return versions
+    for entry in root.iterdir():
+        match = _VERSION_FOLDER.fullmatch(entry.name)
+        if match and (entry / TASK_FILE).is_file():
+            try:
+                versions.append((int(match.group(1)), json.loads((entry / TASK_FILE).read_text(encoding="utf-8"))))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"{entry / TASK_FILE} is unreadable ({exc}); restore it or delete that version folder.") from exc
+    return [info for _, info in sorted(versions, key=lambda item: item[0])]
+
+
+def _read_timm_config(folder: Path) -> tuple[str, list[str], dict[str, Any]]:
+    """(architecture, label names, model_args) of a saved classifier's config.json; CheckpointError naming what is wrong."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{folder} has no readable config.json ({exc}); save the classifier again with save_pretrained.") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"config.json in {folder} must be a JSON object with architecture, num_classes and label_names.")
+    architecture, labels, model_args = config.get("architecture"), config.get("label_names"), config.get("model_args", {})
+    problems = []
+    if not isinstance(architecture, str) or not architecture:
+        problems.append("'architecture' must name a timm model")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(label, str) for label in labels):
+        problems.append("'label_names' must be a list of at least 2 class names")
+    elif config.get("num_classes", len(labels)) != len(labels):
+        problems.append(f"'num_classes' is {config.get('num_classes')!r} but there are {len(labels)} label_names")
+    if not isinstance(config.get("pretrained_cfg", {}), dict):
+        problems.append("'pretrained_cfg' must be an object (input_size, mean, std, ...)")
+    if not isinstance(model_args, dict) or set(model_args) & _LOADER_ARGS or not all(_is_scalar(v) for v in model_args.values()):
+        problems.append(f"'model_args' must be an object of plain timm model arguments (none of {sorted(_LOADER_ARGS)})")
+    if problems:
+        raise CheckpointError(f"config.json in {folder} is invalid: {'; '.join(problems)}. Save the classifier again with save_pretrained.")
+    return architecture, labels, model_args
+
+
+# model_args that would make timm load other files or override what the folder says: never taken from a config.json.
+_LOADER_ARGS = {"num_classes", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "features_only"}
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _check_task_file(info: Any, folder: Path) -> None:
+    """The parts of sgps_task.json that loading needs (the rest is provenance, shown as-is)."""
+    bad = [key for key in ("task", "target", "data_config") if not isinstance(info, dict) or not isinstance(info.get(key), dict)]
+    if not bad:
+        try:
+            processor = SGPSImageProcessor(**_processor_kwargs(info["data_config"]))
+            valid = len(processor.image_mean) == len(processor.image_std) == 3 and min(processor.image_std) > 0 and processor.image_size >= 8
+            valid = valid and processor.interpolation in ("bilinear", "bicubic")
+        except (KeyError, TypeError, ValueError, IndexError):
+            valid = False
+        if not valid:
+            bad.append("data_config (input_size, 3 mean and 3 positive std values, interpolation)")
+    if bad:
+        raise CheckpointError(f"{TASK_FILE} in {folder} lacks a valid {', '.join(bad)}; save the classifier again with save_pretrained.")
+
+
+def _buildable(build: Any, folder: Path) -> dict[str, Any]:
+    """Tensor specs of the model config.json describes, or CheckpointError when timm cannot build it."""
+    try:
+        return expected_tensors(build)
+    except (RuntimeError, ValueError, TypeError, KeyError, AssertionError, AttributeError) as exc:  # unknown architecture, bad args
+        raise CheckpointError(f"config.json in {folder} describes a model timm cannot build ({type(exc).__name__}: {exc}).") from exc
 
 
 def _drop_num_classes_from_model_args(config_path: Path) -> None:

@@ -174,13 +174,17 @@ def _register_push(subparsers: Subparsers) -> None:
     push.add_argument("--classifier", required=True, help="classifier folder")
     push.add_argument("--repo-id", required=True, help="e.g. my-user/my-classifier")
     push.add_argument("--private", action="store_true")
+    push.add_argument("--include-support", action="store_true",
+                      help="also upload the support images (patient data; left out by default, only fingerprints go)")
     push.set_defaults(handler=_push)
 
 
 def _push(args: argparse.Namespace) -> int:
     from .classifier import SynthesizedClassifier
 
-    url = SynthesizedClassifier.from_pretrained(args.classifier).push_to_hub(args.repo_id, private=args.private or None)
+    url = SynthesizedClassifier.from_pretrained(args.classifier).push_to_hub(
+        args.repo_id, private=args.private or None, include_support=args.include_support
+    )
     print(f"Pushed to {args.repo_id}: {url}")
     return 0
 
@@ -202,11 +206,96 @@ def _train(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# sgps update / demo
+
+
+def _register_update(subparsers: Subparsers) -> None:
+    update = subparsers.add_parser(
+        "update",
+        help="add newly verified cases to classes of a classifier and re-synthesize it (keeps a version history)",
+        description="Re-synthesize a saved classifier from its stored support images plus new cases. The previous "
+        "version's task file goes to versions/, the model card gains a changelog entry.",
+    )
+    update.add_argument("--classifier", required=True, help="classifier folder written by `sgps synthesize` (with support/)")
+    update.add_argument("--add", required=True, action="append", nargs="+", metavar="CLASS=IMAGE",
+                        help="a new case, e.g. --add melanoma=case17.png melanoma=case18.dcm (repeatable)")
+    update.add_argument("--out", default=None, help="write the updated classifier here (default: update the folder in place)")
+    update.add_argument("--synthesizer", default=None,
+                        help="checkpoint folder or Hub id (default: the one that made the classifier if it is a local folder, else the bundled one)")
+    update.set_defaults(handler=_update)
+
+
+def _update(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import DEFAULT_CHECKPOINT, SGPSProcessor, SGPSSynthesizer
+    from .classifier import SynthesizedClassifier
+
+    classifier = SynthesizedClassifier.from_pretrained(args.classifier)
+    additions = _parse_additions([item for group in args.add for item in group], classifier.label_names)
+    recorded = classifier.info["synthesizer"]["name_or_path"]
+    checkpoint = args.synthesizer or (recorded if Path(recorded).is_dir() else DEFAULT_CHECKPOINT)
+    synth = SGPSSynthesizer.from_pretrained(checkpoint)
+    updated = synth.update(classifier, additions, processor=SGPSProcessor.from_pretrained(checkpoint))
+    folder = updated.save_pretrained(args.out or args.classifier)
+    print(f"Version {updated.version} saved to {folder}: {updated.info['history'][-1]['summary']}")
+    return 0
+
+
+def _parse_additions(items: list[str], label_names: list[str]) -> dict[str, list[str]]:
+    """``CLASS=IMAGE`` items -> {class: [images]}; the class is the longest known name before an '='."""
+    from .errors import InvalidTaskError
+
+    additions: dict[str, list[str]] = {}
+    for item in items:
+        splits = [i for i, ch in enumerate(item) if ch == "=" and item[:i] in label_names]
+        if not splits:
+            raise InvalidTaskError(f"--add {item!r} is not CLASS=IMAGE with CLASS one of {label_names}.")
+        cut = max(splits)
+        additions.setdefault(item[:cut], []).append(item[cut + 1 :])
+    return additions
+
+
+def _register_demo(subparsers: Subparsers) -> None:
+    demo = subparsers.add_parser("demo", help="launch the Gradio app (build a task, synthesize, try, adapt, download/push)")
+    demo.add_argument("--synthesizer", default=None, help="checkpoint folder or Hub id (default: the bundled DEFAULT_CHECKPOINT)")
+    demo.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 exposes it to your network)")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default: patient data)")
+    demo.add_argument("--data-dir", default=None, help="folder of example tasks (default: SGPS_DATA_DIR or ../shared/data; optional)")
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo_app import build_demo, launch_demo
+
+    launch_demo(build_demo(args.synthesizer, data_dir=args.data_dir), host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def _register_evaluate(subparsers: Subparsers) -> None:
+    from .evaluation.runner import add_arguments
+
+    evaluate = subparsers.add_parser("evaluate", help="few-shot benchmark against baselines (same as scripts/evaluate.py)")
+    add_arguments(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.runner import run
+
+    results = run(args, sys.argv[1:])
+    print(f"Wrote {args.out}/results.json and results.md ({results['run']['wall_seconds']:.0f} s).")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 # Entry point
 
 #: Functions that add one command group each to the top-level subparsers.
 COMMANDS: list[Callable[[Subparsers], None]] = [
     _register_data, _register_quickstart, _register_synthesize, _register_predict, _register_push, _register_train,
+    _register_update, _register_demo, _register_evaluate,
 ]
 
 

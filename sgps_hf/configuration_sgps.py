@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -66,28 +68,37 @@ class SGPSConfig(PretrainedConfig):
         **kwargs: Any,
     ) -> None:
         self.target_architecture = target_architecture
-        self.channel_multiplier = float(channel_multiplier)
-        self.depth_multiplier = float(depth_multiplier)
-        self.image_size = int(image_size)
+        self.channel_multiplier = _coerce(float, "channel_multiplier", channel_multiplier)
+        self.depth_multiplier = _coerce(float, "depth_multiplier", depth_multiplier)
+        self.image_size = _coerce(int, "image_size", image_size)
         self.image_mean = list(image_mean) if image_mean is not None else [0.485, 0.456, 0.406]
         self.image_std = list(image_std) if image_std is not None else [0.229, 0.224, 0.225]
         self.interpolation = interpolation
         self.text_encoder = text_encoder
-        self.text_embed_dim = int(text_embed_dim)
-        self.max_text_length = int(max_text_length)
-        self.hidden_size = int(hidden_size)
-        self.num_context_layers = int(num_context_layers)
-        self.num_attention_heads = int(num_attention_heads)
-        self.context_dropout = float(context_dropout)
-        self.film_bottleneck = int(film_bottleneck)
-        self.lowrank_rank = int(lowrank_rank)
+        self.text_embed_dim = _coerce(int, "text_embed_dim", text_embed_dim)
+        self.max_text_length = _coerce(int, "max_text_length", max_text_length)
+        self.hidden_size = _coerce(int, "hidden_size", hidden_size)
+        self.num_context_layers = _coerce(int, "num_context_layers", num_context_layers)
+        self.num_attention_heads = _coerce(int, "num_attention_heads", num_attention_heads)
+        self.context_dropout = _coerce(float, "context_dropout", context_dropout)
+        self.film_bottleneck = _coerce(int, "film_bottleneck", film_bottleneck)
+        self.lowrank_rank = _coerce(int, "lowrank_rank", lowrank_rank)
         self.lowrank_modules = list(lowrank_modules) if lowrank_modules is not None else ["conv_head"]
-        self.logit_scale_init = float(logit_scale_init)
+        self.logit_scale_init = _coerce(float, "logit_scale_init", logit_scale_init)
         self.support_statistics = bool(support_statistics)
         super().__init__(**kwargs)
         self._validate()
 
     def _validate(self) -> None:
+        # Sizes that would crash model construction (a division by zero, a negative layer width) are caught here.
+        for name in ("hidden_size", "num_attention_heads", "text_embed_dim", "max_text_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        for name in ("num_context_layers", "film_bottleneck", "lowrank_rank"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}.")
+        if not 0 <= self.context_dropout < 1:
+            raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}.")
         if self.image_size < 16:
             raise ValueError(f"image_size must be at least 16 pixels, got {self.image_size}.")
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
@@ -108,3 +119,18 @@ class SGPSConfig(PretrainedConfig):
     def target_model_args(self) -> dict[str, float]:
         """Keyword arguments that rebuild the target network with timm (never `num_classes`)."""
         return {"channel_multiplier": self.channel_multiplier, "depth_multiplier": self.depth_multiplier}
+
+
+def _coerce(kind: type, name: str, value: Any) -> Any:
+    """``kind(value)``, or a ValueError that names the config field (a hand-edited config.json gets a useful message)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):  # numpy scalars are Real too
+        raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}.")
+    try:
+        result = kind(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}.") from exc
+    if kind is float and not math.isfinite(result):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    if kind is int and isinstance(value, float) and value != result:
+        raise ValueError(f"{name} must be a whole number, got {value!r}.")
+    return result

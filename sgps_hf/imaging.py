@@ -23,6 +23,7 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
 MIN_IMAGE_SIDE = 8
 MAX_IMAGE_PIXELS = 100_000_000  # a 10,000 x 10,000 slide thumbnail is fine; larger is a mistake
 MAX_FILE_BYTES = 512 * 1024 * 1024
+MAX_DICOM_VALUES = 4 * MAX_IMAGE_PIXELS  # all frames x samples of a DICOM volume (we keep one slice)
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 
@@ -61,6 +62,8 @@ def image_fingerprint(source: ImageInput) -> str:
 
 
 def _open_path(path: Path) -> Image.Image:
+    if "\x00" in str(path) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in str(path)):  # os.stat would raise a bare ValueError
+        raise ImageLoadError(f"Image path {str(path)!r} contains a NUL character or an unpaired surrogate; fix the file name.")
     if not path.exists():
         raise ImageLoadError(f"Image file not found: {path}. Check the path (relative paths are resolved from {Path.cwd()}).")
     if not path.is_file():
@@ -86,12 +89,16 @@ def _open_bytes(data: bytes, name: str) -> Image.Image:
         image.load()
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own guard, for headers far beyond MAX_IMAGE_PIXELS
+        raise ImageLoadError(f"Image {name} is too large to decode safely ({exc}). Downscale it first.") from exc
+    except UnidentifiedImageError as exc:
         raise ImageLoadError(
             f"Cannot read {name} as an image ({exc}). Supported formats: PNG, JPEG, TIFF, BMP, GIF, WebP and DICOM."
         ) from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageLoadError(f"Image {name} is corrupt or truncated ({exc}). Re-export or re-download it.") from exc
+    except Exception as exc:  # PIL's decoders raise many types on malformed data (KeyError, TypeError, struct.error...)
+        raise ImageLoadError(
+            f"Image {name} is corrupt or truncated ({type(exc).__name__}: {exc}). Re-export or re-download it."
+        ) from exc
     return image
 
 
@@ -105,7 +112,10 @@ def _open_dicom(data: bytes, name: str) -> Image.Image:
 
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+        _check_dicom_size(dataset, name)
         pixels = dataset.pixel_array
+    except ImageLoadError:
+        raise
     except Exception as exc:  # pydicom raises many types for bad or compressed files
         raise ImageLoadError(
             f"Cannot decode DICOM pixel data of {name} ({type(exc).__name__}: {exc}). "
@@ -123,9 +133,25 @@ def _open_dicom(data: bytes, name: str) -> Image.Image:
     return _from_array(np.asarray(pixels), what=f"DICOM {name}")
 
 
+def _check_dicom_size(dataset, name: str) -> None:
+    """Refuse oversized DICOM before decoding: compressed pixel data can expand far beyond the file's size."""
+    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    if rows and columns:
+        _check_size((columns, rows), f"DICOM {name}")
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+        if rows * columns * max(frames, 1) * max(samples, 1) > MAX_DICOM_VALUES:
+            raise ImageLoadError(
+                f"DICOM {name} holds {frames} frames of {columns}x{rows} pixels; the limit is {MAX_DICOM_VALUES / 1e6:.0f} M values. "
+                "Export the slice you need as PNG or downscale it first."
+            )
+
+
 def _from_array(array: np.ndarray, what: str) -> Image.Image:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
+    if array.dtype.kind not in "biuf":  # object, string, complex, datetime...: not pixel intensities
+        raise ImageLoadError(f"{what} has dtype {array.dtype}; pass integer, float or bool pixel values.")
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ImageLoadError(f"{what} has shape {array.shape}; expected H x W (grayscale) or H x W x 3/4 (RGB/RGBA).")
     _check_size((array.shape[1], array.shape[0]), what)
@@ -163,8 +189,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     _check_size(image.size, "input")
     try:
         image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
-    except (OSError, ValueError, SyntaxError):
-        pass  # a broken EXIF block should not make the pixels unusable
+    except Exception:  # noqa: BLE001 - a broken EXIF block (any parser error) should not make the pixels unusable
+        pass
     if image.mode == "RGB":
         return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):

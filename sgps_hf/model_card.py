@@ -10,20 +10,27 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 if TYPE_CHECKING:
     from .classifier import SynthesizedClassifier
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "model_cards"
+# A symlink to the top-level model_cards/ folder, so that wheels ship the templates as package data.
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 LICENSE = "apache-2.0"
 
 
 def _template(name: str) -> Path:
     path = TEMPLATES / name
     if not path.is_file():
-        raise FileNotFoundError(f"Model card template {path} is missing; install sgps-hf from its source tree (pip install -e).")
+        raise FileNotFoundError(f"Model card template {path} is missing; reinstall sgps-hf (its templates are package data).")
     return path
 
 
-def classifier_card(classifier: "SynthesizedClassifier", repo_id: str | None = None) -> ModelCard:
-    """The card of a synthesized classifier: metadata, classes with their texts, fingerprints, provenance."""
+def classifier_card(classifier: "SynthesizedClassifier", repo_id: str | None = None, support_included: bool | None = None) -> ModelCard:
+    """The card of a synthesized classifier: metadata, classes with their texts, fingerprints, provenance.
+
+    ``support_included``: whether the folder the card goes into holds the support images (its privacy
+    section says so); by default, whether this classifier has them in memory or on disk.
+    """
     info = classifier.info
+    if support_included is None:
+        support_included = classifier.support is not None and bool(info.get("support"))
     task = info["task"]
     eval_results = None
     metrics = info.get("metrics")
@@ -54,6 +61,8 @@ def classifier_card(classifier: "SynthesizedClassifier", repo_id: str | None = N
         info=info,
         repo_id=repo_id or "<your-user>/<this-repo>",
         num_support=sum(c["num_images"] for c in task["classes"]),
+        support_included=support_included,
+        versions=[v.get("version", 1) for v in getattr(classifier, "versions", [])],
     )
 
 

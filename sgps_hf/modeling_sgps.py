@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +32,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_sgps import SGPSConfig
-from .errors import SynthesisError
+from .errors import CheckpointError, SynthesisError
 from .target import HEAD_BIAS, HEAD_WEIGHT, batchnorm_layers, classify, create_target, measure_features, pointwise_conv
 from .text_encoder import embed_tokens, load_text_encoder
 
@@ -129,12 +130,34 @@ class SGPSSynthesizer(PreTrainedModel):
             commit = getattr(revision, "resolved", None)
             if commit:
                 kwargs["revision"] = revision
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if name is not None:
+            _check_checkpoint(cls, str(name), kwargs, commit)
+        kwargs["use_safetensors"] = True  # never fall back to pickle files (pytorch_model.bin & co.)
+        want_info = bool(kwargs.pop("output_loading_info", False))
+        try:
+            model, info = super().from_pretrained(*args, **kwargs, output_loading_info=True)
+        except (RuntimeError, OSError, ValueError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
+            raise CheckpointError(f"Cannot load the synthesizer from {name}: {exc}") from exc
+        _check_loading_info(info, name)
         model._own_tensors()
         if commit:
             model.config._commit_hash = commit  # read by classifier.synthesizer_provenance; never serialised
-        return loaded
+        return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained``, atomically: a crash or kill midway leaves the previous folder intact.
+
+        Files already in the folder that this save does not write (a processor saved there first, a README) are kept,
+        as with transformers' own save_pretrained.
+        """
+        from .atomic import atomic_update
+
+        if kwargs.get("push_to_hub"):
+            kwargs.setdefault("repo_id", Path(save_directory).name)  # not the name of the staging folder
+        with atomic_update(save_directory) as staging:
+            super().save_pretrained(str(staging), *args, **kwargs)
 
     @torch.no_grad()
     def _own_tensors(self) -> None:
@@ -318,6 +341,68 @@ class SGPSSynthesizer(PreTrainedModel):
         if bad:
             raise SynthesisError(f"Synthesis produced NaN/Inf in {len(bad)} tensors (e.g. {bad[0]}); the checkpoint may be corrupt.")
         return SynthesizedClassifier.from_weights(self, weights, task, processor.image_processor)
+
+    def update(
+        self, classifier: "SynthesizedClassifier", additions: "Mapping[str, Any]", processor: "SGPSProcessor | None" = None
+    ) -> "SynthesizedClassifier":
+        """Add newly verified cases ``{class name: [images]}`` to ``classifier`` and re-synthesize it.
+
+        Returns a new classifier (version + 1, changelog entry, previous version kept in ``versions``) whose
+        weights equal a fresh synthesis of the enlarged support set; see :mod:`sgps_hf.adaptation`.
+        """
+        from .adaptation import update_classifier
+
+        return update_classifier(self, classifier, additions, processor=processor)
+
+
+def _check_checkpoint(cls: type, name: str, kwargs: dict, commit: str | None) -> None:
+    """Refuse pickle-only checkpoints and weights that do not match the config, before transformers loads anything."""
+    from .safe_loading import check_tensors, expected_tensors, read_header, require_safetensors
+
+    folder = _checkpoint_folder(name, kwargs, commit)
+    config = kwargs.get("config")
+    if not isinstance(config, SGPSConfig):
+        config = _load_config(folder)
+    files = require_safetensors(folder, "SGPS synthesizer")
+    try:
+        expected = expected_tensors(lambda: cls(config))
+    except (ValueError, TypeError, RuntimeError, KeyError, AttributeError) as exc:  # e.g. a target timm cannot build
+        raise CheckpointError(f"The config.json in {folder} describes a synthesizer that cannot be built ({exc}); fix or re-save it.") from exc
+    check_tensors(read_header(files), expected, folder, "synthesizer")
+
+
+def _checkpoint_folder(name: str, kwargs: dict, commit: str | None) -> Path:
+    """The local folder holding the checkpoint's config and weights (downloaded first for a Hub repo)."""
+    subfolder = kwargs.get("subfolder") or ""
+    if os.path.isdir(name):
+        return Path(name) / subfolder
+    from huggingface_hub import snapshot_download
+
+    patterns = [f"{subfolder}/*" if subfolder else "*"]
+    folder = snapshot_download(
+        name, revision=commit or kwargs.get("revision"), token=kwargs.get("token"), cache_dir=kwargs.get("cache_dir"),
+        local_files_only=bool(kwargs.get("local_files_only", False)),
+        allow_patterns=[p + suffix for p in patterns for suffix in (".json", ".safetensors")],
+    )
+    return Path(folder) / subfolder
+
+
+def _load_config(folder: Path) -> SGPSConfig:
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"No config.json in {folder}; a synthesizer checkpoint needs its config next to model.safetensors.")
+    try:
+        return SGPSConfig.from_pretrained(folder)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"The config.json in {folder} is invalid ({exc}); fix the named value or re-save the synthesizer.") from exc
+
+
+def _check_loading_info(info: dict, name: object) -> None:
+    """Second line of defence (sharded or unusual checkpoints): transformers must have loaded every tensor exactly."""
+    problems = {key: list(info.get(key) or []) for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
+    problems = {key: values for key, values in problems.items() if values}
+    if problems:
+        detail = "; ".join(f"{key}: {values[:5]}" for key, values in problems.items())
+        raise CheckpointError(f"The weights of {name} do not match its config ({detail}); save the synthesizer again with save_pretrained.")
 
 
 def _class_means(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -24,6 +26,17 @@ class SGPSProcessor(ProcessorMixin):
     def __init__(self, image_processor: SGPSImageProcessor | None = None, tokenizer: Any = None, max_text_length: int = 128, **kwargs: Any) -> None:
         self.max_text_length = int(max_text_length)
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """``ProcessorMixin.save_pretrained``, atomically (files of other savers already in the folder are kept)."""
+        from .atomic import atomic_update
+
+        if kwargs.get("push_to_hub"):
+            kwargs.setdefault("repo_id", Path(save_directory).name)  # not the name of the staging folder
+        with atomic_update(save_directory) as staging:
+            files = super().save_pretrained(str(staging), *args, **kwargs)
+        # transformers returns the paths it wrote: name them where they are now.
+        return [str(Path(save_directory) / Path(f).relative_to(staging)) for f in files] if isinstance(files, list) else files
 
     @classmethod
     def from_sgps_config(cls, config: Any) -> "SGPSProcessor":

@@ -5,6 +5,7 @@ Validation of everything a user types or points at happens here, before any mode
 
 from __future__ import annotations
 
+import json
 import os
 import unicodedata
 from dataclasses import dataclass, field
@@ -182,13 +183,21 @@ class TaskSpec:
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidTaskError(f"Cannot read task file {path}: {exc}") from exc
         try:
-            data = yaml.safe_load(text)  # JSON is a subset of YAML
-        except yaml.YAMLError as exc:
-            raise InvalidTaskError(f"Task file {path} is not valid YAML/JSON: {exc}") from exc
+            # JSON first: PyYAML reads the JSON escapes of a non-BMP character ("\\ud83e\\ude7a", what json.dumps
+            # writes for an emoji) as two unpaired surrogates, which would then be rejected as invalid text.
+            data = json.loads(text)
+        except ValueError:
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise InvalidTaskError(f"Task file {path} is not valid YAML/JSON: {exc}") from exc
         return cls.from_dict(data, base_dir=path.parent)
 
 
 def _resolve_image_path(path: str, base: Path | None) -> Path:
+    if "\x00" in path or any(unicodedata.category(ch) == "Cs" for ch in path):
+        # The OS cannot open such a name (Path.resolve would raise a bare ValueError/UnicodeEncodeError).
+        raise InvalidTaskError(f"Image path {path!r} contains a NUL character or an unpaired surrogate; fix the file name.")
     candidate = Path(path)
     if candidate.is_absolute() or base is None:
         return candidate

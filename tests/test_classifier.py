@@ -22,7 +22,7 @@ from sgps_hf.classifier import state_dict_sha256
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-EXPECTED_FILES = {"model.safetensors", "config.json", "README.md", "sgps_task.json"}
+EXPECTED_FILES = {"model.safetensors", "config.json", "README.md", "sgps_task.json", "support"}  # support/: the support images (sgps_hf.support)
 
 
 @pytest.fixture(scope="module")

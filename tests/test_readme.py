@@ -25,7 +25,7 @@ def test_readme_gives_exactly_two_setup_commands_and_ci_runs_the_test_one():
     main_cmd, test_cmd = setup
     for cmd in setup:
         assert "torch==2.14.1 torchvision==0.29.1" in cmd and "\n" not in cmd.strip()
-    assert "sgps quickstart" in main_cmd
+    assert "sgps quickstart" in main_cmd and "sgps demo" in main_cmd
     assert "pytest" in test_cmd
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "README.md" in ci and "pytest" in ci and "set -euo pipefail" in ci
@@ -40,7 +40,7 @@ def test_readme_python_example_runs_against_a_local_hub(hub_env, tmp_path):
 
     if not (Path(DEFAULT_CHECKPOINT) / "model.safetensors").is_file():
         pytest.fail(f"the bundled checkpoint is missing: {DEFAULT_CHECKPOINT}")
-    (example,) = _blocks("python")
+    (example,) = [block for block in _blocks("python") if "push_to_hub" in block]
     repo_id = hub_env.new_repo_id("skin-lesions-classifier")
     code = example.replace("my-user/skin-lesions-classifier", repo_id)
     code = code.replace('Path("../shared/data/', f'Path("{SHARED}/')
