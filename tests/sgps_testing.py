@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -134,3 +136,30 @@ def last_json_line(stdout: str):
         except json.JSONDecodeError:
             continue
     raise AssertionError(f"no JSON line in subprocess output:\n{stdout[-2000:]}")
+
+
+def sigkill_when_paused(code: str, args: Sequence[str], flag: Path, timeout: float = 150) -> None:
+    """Run ``code`` in a fresh interpreter, wait until it writes ``flag`` (where it pauses), then SIGKILL it.
+
+    The kill tests use this to interrupt a save at a chosen point, every time, without timing guesses.
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, cwd=str(PROJECT_ROOT.parent),
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not flag.exists():
+            if child.poll() is not None:
+                pytest.fail(f"child exited before pausing: {child.communicate()[1].decode()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("child never reached the pause point")
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+        child.stderr.close()

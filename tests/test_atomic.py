@@ -1,15 +1,10 @@
 """atomic_directory: an interrupted save (exception or SIGKILL) never damages the previous version."""
 
 import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import pytest
 import torch
-from sgps_testing import PROJECT_ROOT, synthetic_task, tiny_synthesizer
+from sgps_testing import sigkill_when_paused, synthetic_task, tiny_synthesizer
 
 from sgps_hf import SynthesizedClassifier
 from sgps_hf import atomic
@@ -183,27 +178,7 @@ def test_sigkill_during_save_pretrained(two_versions, tmp_path, point):
     old.save_pretrained(destination)
     old_files = snapshot(destination)
     flag = tmp_path / "paused.flag"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(CHILD), str(source), str(destination), str(flag), point],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(PROJECT_ROOT.parent),
-    )
-    try:
-        deadline = time.monotonic() + 150
-        while not flag.exists():
-            if child.poll() is not None:
-                pytest.fail(f"child exited before pausing: {child.communicate()[1].decode()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("child never reached the pause point")
-            time.sleep(0.05)
-        os.kill(child.pid, signal.SIGKILL)
-        assert child.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        child.stdout.close()
-        child.stderr.close()
+    sigkill_when_paused(CHILD, [str(source), str(destination), str(flag), point], flag)
 
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".classifier.")]
     assert leftovers, "the kill did not interrupt the save (no staging folder left behind)"

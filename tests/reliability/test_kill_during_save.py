@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import pytest
-from sgps_testing import PROJECT_ROOT, tiny_synthesizer
+from sgps_testing import sigkill_when_paused, tiny_synthesizer
 
 from sgps_hf import SGPSProcessor, SGPSSynthesizer
 from sgps_hf.atomic import atomic_update, atomic_write_text
@@ -49,27 +44,6 @@ def file_hashes(folder) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def run_until_paused(args: list[str], flag, timeout: float = 150) -> None:
-    """Start the child, wait for its pause flag, SIGKILL it."""
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CHILD), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, cwd=str(PROJECT_ROOT.parent))
-    try:
-        deadline = time.monotonic() + timeout
-        while not flag.exists():
-            if child.poll() is not None:
-                pytest.fail(f"child exited before pausing: {child.communicate()[1].decode()[-3000:]}")
-            assert time.monotonic() < deadline, "child never reached the pause point"
-            time.sleep(0.05)
-        os.kill(child.pid, signal.SIGKILL)
-        assert child.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        child.stdout.close()
-        child.stderr.close()
-
-
 @pytest.mark.e2e
 def test_sigkill_during_synthesizer_save_keeps_the_previous_version(tmp_path):
     old, new = tiny_synthesizer(seed=0), tiny_synthesizer(seed=1)
@@ -80,7 +54,7 @@ def test_sigkill_during_synthesizer_save_keeps_the_previous_version(tmp_path):
     before = file_hashes(destination)
     new.save_pretrained(tmp_path / "new-source")
 
-    run_until_paused([str(tmp_path / "new-source"), str(destination), str(tmp_path / "flag")], tmp_path / "flag")
+    sigkill_when_paused(CHILD, [str(tmp_path / "new-source"), str(destination), str(tmp_path / "flag")], tmp_path / "flag")
 
     staging = [p for p in tmp_path.iterdir() if p.name.startswith(".synth.tmp-")]
     assert staging and (staging[0] / "model.safetensors").is_file(), "the kill really interrupted a save in progress"
