@@ -206,33 +206,24 @@ def _pick_split(splits: DatasetDict, split: str, origin: str) -> Dataset:
 
 
 def _image_column(dataset: Dataset, requested: str | None) -> str:
-    if requested is not None:
-        _require_column(dataset, requested, "image_column")
-        return requested
-    found = [name for name, feature in dataset.features.items() if isinstance(feature, Image)]
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise DataError(
-            f"No column with an Image feature among {list(dataset.features)}; pass image_column=... "
-            "(a column of file paths or image bytes is cast to Image)."
-        )
-    raise DataError(f"Several Image columns {found}: pass image_column=... to choose one.")
+    return _feature_column(dataset, requested, Image, "image_column", "an Image", "a column of file paths or image bytes is cast to Image")
 
 
 def _label_column(dataset: Dataset, requested: str | None) -> str:
+    return _feature_column(dataset, requested, ClassLabel, "label_column", "a ClassLabel", "a string or integer column is class-encoded")
+
+
+def _feature_column(dataset: Dataset, requested: str | None, feature_type: type, argument: str, feature: str, hint: str) -> str:
+    """The ``requested`` column, else the only column whose feature is a ``feature_type``."""
     if requested is not None:
-        _require_column(dataset, requested, "label_column")
+        _require_column(dataset, requested, argument)
         return requested
-    found = [name for name, feature in dataset.features.items() if isinstance(feature, ClassLabel)]
+    found = [name for name, value in dataset.features.items() if isinstance(value, feature_type)]
     if len(found) == 1:
         return found[0]
     if not found:
-        raise DataError(
-            f"No column with a ClassLabel feature among {list(dataset.features)}; pass label_column=... "
-            "(a string or integer column is class-encoded)."
-        )
-    raise DataError(f"Several ClassLabel columns {found}: pass label_column=... to choose one.")
+        raise DataError(f"No column with {feature} feature among {list(dataset.features)}; pass {argument}=... ({hint}).")
+    raise DataError(f"Several {feature_type.__name__} columns {found}: pass {argument}=... to choose one.")
 
 
 def _require_column(dataset: Dataset, name: str, argument: str) -> None:
