@@ -73,19 +73,19 @@ class MetaTraining:
         from sgps_hf.data import EpisodeSampler
         from sgps_hf.image_processing_sgps import SGPSImageProcessor
         from sgps_hf.training.config import TrainingConfig
-        from sgps_hf.training.meta_train import TextBank, _optimizer, episode_inputs
+        from sgps_hf.training.meta_train import TextBank, build_optimizer, episode_inputs
 
         self._episode_inputs = episode_inputs
         config = TrainingConfig(learning_rate=args.learning_rate, base_learning_rate=args.learning_rate)
         self.model = SGPSSynthesizer(model_config).train()
-        self.optimizer = _optimizer(self.model, config)
+        self.optimizer = build_optimizer(self.model, config)
         self.max_grad_norm = config.max_grad_norm
         self.processor = SGPSImageProcessor.from_sgps_config(model_config)
         self.texts = TextBank(model_config, [pool.text for pool in pools])
         self.sampler = EpisodeSampler(pools, n_way=args.n_way, k_shot=args.k_shot, q_query=args.q_query, seed=args.seed)
         self.seed, self.index = args.seed, 0
         self.images_per_step = args.n_way * (args.k_shot + args.q_query)
-        self.image_passes_per_step = args.n_way * (2 * args.k_shot + args.q_query)  # support twice, query once
+        self.image_passes_per_step = args.n_way * (2 * args.k_shot + args.q_query)  # support twice (once forward only), query once
         self.phases = Phases()
 
     def step(self) -> float:
@@ -124,12 +124,12 @@ class SupervisedTraining:
         self.phases = Phases()
 
     def step(self) -> float:
-        from sgps_hf.training.meta_train import _random_flips
+        from sgps_hf.training.meta_train import random_flips
 
         clock = self.phases.start()
         rows = self.rng.choice(len(self.images), size=self.batch_size, replace=False)
         images = torch.from_numpy(np.ascontiguousarray(self.images[rows].transpose(0, 3, 1, 2)))
-        pixels = self.processor.normalize_uint8(_random_flips(images, self.rng))
+        pixels = self.processor.normalize_uint8(random_flips(images, self.rng))
         clock.lap("data")
         loss = nn.functional.cross_entropy(self.model(pixels), torch.from_numpy(self.labels[rows]))
         clock.lap("forward")
@@ -364,13 +364,16 @@ def render_markdown(r: dict, json_name: str) -> str:
     for label, part in (("(a) meta-training", meta), ("(b) supervised", sup)):
         ms = part["mean_ms_per_step"]
         lines.append(f"| {label} | " + " | ".join(f"{ms.get(p, 0):.0f}" for p in phases) + f" | {sum(ms.values()):.0f} | {part['image_passes_per_step']} |")
-    bound = episode["images"] / meta["image_passes_per_step"]
+    # A backward pass costs about twice its forward pass: weigh passes with a backward 3, forward-only passes 1.
+    forward_only = episode["n_way"] * episode["k_shot"]
+    bound = 3 * episode["images"] / (3 * (meta["image_passes_per_step"] - forward_only) + forward_only)
     lines += [
         "",
-        f"A meta-training step sends the support set through the body twice (base features for the task context, then "
-        f"the modulated body whose batch statistics and prototypes form the classifier) and the queries once: "
-        f"{meta['image_passes_per_step']} image passes (forward and backward) for {episode['images']} images. Counting "
-        f"body passes alone, the ratio would be about {bound:.2f}; the hypernetwork itself (context transformer, FiLM and "
+        f"A meta-training step sends the support set through the body twice (base features for the task context, "
+        f"forward only; then the modulated body whose features form the prototypes) and the queries once: "
+        f"{meta['image_passes_per_step']} image passes for {episode['images']} images, "
+        f"{meta['image_passes_per_step'] - forward_only} of them with a backward pass. Counting body passes alone "
+        f"(a backward pass costing about two forward passes), the ratio would be about {bound:.2f}; the hypernetwork itself (context transformer, FiLM and "
         "low-rank generators, the functional calls) and the smaller batches per pass "
         f"({episode['n_way'] * episode['k_shot']} support or {episode['n_way'] * episode['q_query']} query images instead of "
         f"{episode['images']}) cost the rest.",

@@ -1,4 +1,4 @@
-"""Held-out-task accuracy of synthesizer checkpoints versus chance and an untrained synthesizer.
+"""Held-out-task accuracy of synthesizer checkpoints versus chance and untrained synthesizers.
 
     python scripts/heldout_eval.py --checkpoint sgps_hf/checkpoints/sgps-effv2-b0-64 [--checkpoint other ...] \
         --episodes 100 --out benchmarks/heldout_accuracy.md
@@ -36,8 +36,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.num_threads)
 
-    torch.manual_seed(args.seed)
-    models = {"untrained (random init)": SGPSSynthesizer(SGPSConfig())}
+    models = {}
+    # Two untrained references: the default config (random body, so its BatchNorm statistics are meaningless) and
+    # one that measures statistics on the support set, which makes a random body a fair nearest-centroid rule.
+    for name, support_statistics in (("untrained (random init)", False), ("untrained (random init, support statistics)", True)):
+        torch.manual_seed(args.seed)
+        models[name] = SGPSSynthesizer(SGPSConfig(support_statistics=support_statistics))
     for path in args.checkpoint:
         models[path] = SGPSSynthesizer.from_pretrained(path)
     pools = build_pools("held_out", models["untrained (random init)"].config.image_size)

@@ -8,9 +8,10 @@ into the full state dict of a timm EfficientNet-V2 in one forward pass:
    (the order of classes does not matter), and the mean token summarises the task.
 2. The task token generates FiLM scale/shift deltas, folded into every BatchNorm's affine
    parameters, and low-rank deltas folded into selected pointwise convolutions.
-3. The support images go through the *modulated* body; their batch statistics become the
-   classifier's BatchNorm running statistics, and their per-class means are the image prototypes.
-   Text prototypes come from the class texts; a learned gate mixes both per class.
+3. The support images go through the *modulated* body, normalised with the meta-learned BatchNorm
+   running statistics (or, with ``support_statistics``, their own batch statistics, which then
+   become the classifier's); their per-class means are the image prototypes. Text prototypes come
+   from the class texts; a learned gate mixes both per class.
 4. The head is the exact linear form of a nearest-prototype rule,
    ``logit_c = s * (2 p_c . f - |p_c|^2 + delta_c(f))``, plus generated per-class corrections.
 
@@ -33,8 +34,12 @@ from transformers.utils import ModelOutput
 
 from .configuration_sgps import SGPSConfig
 from .errors import CheckpointError, SynthesisError
-from .target import HEAD_BIAS, HEAD_WEIGHT, batchnorm_layers, classify, create_target, measure_features, pointwise_conv
+from .target import (
+    HEAD_BIAS, HEAD_WEIGHT, batchnorm_layers, body_features, classify, create_target, measure_features, pointwise_conv,
+)
 from .text_encoder import embed_tokens, load_text_encoder
+
+PROTOTYPE_GATE_INIT = 3.0  # sigmoid(3) = 0.95: the initial weight of image over text prototypes
 
 if TYPE_CHECKING:
     from .classifier import SynthesizedClassifier
@@ -181,6 +186,10 @@ class SGPSSynthesizer(PreTrainedModel):
         with torch.no_grad():
             nn.init.zeros_(self.head_delta.weight)
             nn.init.zeros_(self.head_delta.bias)
+            # Start from the image prototypes (gate ~0.95) wherever a class has images: the text prototypes are
+            # untrained noise at first, and an even mix would throw away most of what the support images say.
+            nn.init.zeros_(self.prototype_gate.weight)
+            nn.init.constant_(self.prototype_gate.bias, PROTOTYPE_GATE_INIT)
             if self.film is not None:
                 nn.init.zeros_(self.film[-1].weight)
                 nn.init.zeros_(self.film[-1].bias)
@@ -224,16 +233,18 @@ class SGPSSynthesizer(PreTrainedModel):
 
         base_prototypes = None
         if has_support:
-            base_features, _ = measure_features(self.target, {**base, **buffers}, support_pixel_values)
+            # The unmodulated pass only conditions the generators; no gradient through it saves a backward pass.
+            with torch.no_grad():
+                base_features, _ = self._support_features({**base, **buffers}, support_pixel_values)
             base_prototypes = _class_means(base_features, support_labels, num_classes)
         tokens = self._class_tokens(base_prototypes, image_mask, text_embeds, text_mask)
         task_token = tokens.mean(0)
 
         params = self._modulate(base, task_token)
         if has_support:
-            features, stats = measure_features(self.target, {**params, **buffers}, support_pixel_values)
+            features, stats = self._support_features({**params, **buffers}, support_pixel_values)
             image_prototypes = _class_means(features, support_labels, num_classes)
-            if self.config.support_statistics:
+            if stats is not None:
                 buffers = stats
                 self._track_statistics(stats)
         else:
@@ -250,6 +261,16 @@ class SGPSSynthesizer(PreTrainedModel):
         weight = scale * (2 * prototypes + delta[:, :-1])
         bias = scale * (delta[:, -1] - prototypes.pow(2).sum(-1))
         return {**params, **buffers, HEAD_WEIGHT: weight, HEAD_BIAS: bias}
+
+    def _support_features(self, tensors: dict[str, Tensor], images: Tensor) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """Support features normalised exactly as the synthesized classifier will normalise its queries.
+
+        With ``support_statistics`` the support set's own batch statistics (returned, to become the classifier's
+        running statistics); otherwise the meta-learned running statistics (eval mode), returned as None.
+        """
+        if self.config.support_statistics:
+            return measure_features(self.target, tensors, images)
+        return body_features(self.target, tensors, images), None
 
     def _class_tokens(self, image_prototypes: Tensor | None, image_mask: Tensor, text_embeds: Tensor, text_mask: Tensor) -> Tensor:
         num_classes = text_embeds.shape[0]

@@ -159,16 +159,36 @@ def test_each_kind_of_task_gives_a_working_classifier(synth, processor, tasks, k
     assert list(prediction) == classifier.label_names
 
 
-def test_text_only_task_uses_meta_learned_statistics_and_image_tasks_their_own(synth, processor, tasks):
-    base = {k: v for k, v in synth.target.state_dict().items() if k.endswith(("running_mean", "running_var"))}
-    text_only = synth.synthesize(tasks["text-only"], processor=processor).model.state_dict()
-    mixed = synth.synthesize(tasks["mixed"], processor=processor).model.state_dict()
+def test_support_statistics_option_measures_image_tasks_and_falls_back_for_text_only(processor, tasks):
+    stats_synth = tiny_synthesizer(seed=0, support_statistics=True)
+    base = {k: v for k, v in stats_synth.target.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    text_only = stats_synth.synthesize(tasks["text-only"], processor=processor).model.state_dict()
+    mixed = stats_synth.synthesize(tasks["mixed"], processor=processor).model.state_dict()
     assert all(torch.equal(text_only[k], v) for k, v in base.items())
     assert not any(torch.equal(mixed[k], v) for k, v in base.items() if k.endswith("running_mean"))
 
-    no_stats = tiny_synthesizer(seed=0, support_statistics=False)
-    plain = no_stats.synthesize(tasks["mixed"], processor=processor).model.state_dict()
-    assert all(torch.equal(plain[k], v) for k, v in base.items())
+
+def test_by_default_every_classifier_keeps_the_meta_learned_statistics(synth, processor, tasks):
+    assert synth.config.support_statistics is False
+    base = {k: v for k, v in synth.target.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    for kind in ("mixed", "text-only", "image-only"):
+        weights = synth.synthesize(tasks[kind], processor=processor).model.state_dict()
+        assert all(torch.equal(weights[k], v) for k, v in base.items()), kind
+
+
+def test_image_prototypes_are_the_classifiers_own_features_of_the_support_images(synth, processor, tasks):
+    # Untrained: the generators are zero, so the head is exactly the nearest-prototype rule on the features the
+    # shipped classifier itself computes (eval mode): support and queries are normalised the same way.
+    classifier = synth.synthesize(tasks["image-only"], processor=processor)
+    inputs = processor.prepare_task(tasks["image-only"])
+    with torch.no_grad():
+        features = classifier.model.forward_head(classifier.model.forward_features(inputs["support_pixel_values"]), pre_logits=True)
+    labels = inputs["support_labels"]
+    prototypes = torch.stack([features[labels == c].mean(0) for c in range(3)])
+    scale = synth.log_logit_scale.exp().detach()
+    state = classifier.model.state_dict()
+    torch.testing.assert_close(state["classifier.weight"], scale * 2 * prototypes, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(state["classifier.bias"], -scale * prototypes.pow(2).sum(-1), rtol=1e-4, atol=1e-6)
 
 
 def test_task_content_drives_the_weights(synth, processor, tmp_path):
@@ -211,15 +231,19 @@ def test_num_classes_is_inferred_or_required(synth, processor, tasks):
 
 def test_single_support_image_in_a_task(synth, processor):
     task = TaskSpec([ClassSpec("a", images=[noise_image(1)]), ClassSpec("b", "dark irregular plaque")])
-    # 32 px: the last feature map is 1x1, so a single support image has no batch statistics: a clear error
+    # The default normalises with the meta-learned statistics: one image is enough at any size
+    assert torch.isfinite(synth.synthesize(task, processor=processor).predict_proba(noise_image(2))).all()
+    # With support statistics at 32 px the last feature map is 1x1, so a single support image has no batch
+    # statistics: a clear error
+    stats_synth = tiny_synthesizer(seed=0, support_statistics=True)
     with pytest.raises(SynthesisError, match="at least 2 support images"):
-        synth.synthesize(task, processor=processor)
-    # 64 px (the default): the last feature map is 2x2 and one image is enough
-    synth64 = tiny_synthesizer(seed=0, image_size=64)
+        stats_synth.synthesize(task, processor=processor)
+    # 64 px: the last feature map is 2x2 and one image is enough
+    synth64 = tiny_synthesizer(seed=0, image_size=64, support_statistics=True)
     classifier = synth64.synthesize(task)
     assert torch.isfinite(classifier.predict_proba(noise_image(2))).all()
     two = TaskSpec([ClassSpec("a", images=[noise_image(1)]), ClassSpec("b", images=[noise_image(3)])])
-    assert torch.isfinite(synth.synthesize(two, processor=processor).predict_proba(noise_image(2))).all()
+    assert torch.isfinite(stats_synth.synthesize(two, processor=processor).predict_proba(noise_image(2))).all()
 
 
 @pytest.mark.parametrize("key", ["target.conv_stem.weight", "head_delta.bias", "log_logit_scale"])
@@ -236,7 +260,14 @@ def test_nan_weights_in_a_checkpoint_raise_synthesis_error(synth, tasks, tmp_pat
 def test_loss_is_differentiable_wrt_generators_and_base_weights(processor, tasks, queries):
     synth = tiny_synthesizer(seed=1)
     synth.train()
-    out = forward(synth, processor, tasks["mixed"], query_pixel_values=queries, query_labels=torch.tensor([0, 1, 2, 0]))
+    labels = torch.tensor([0, 1, 2, 0])
+    # Every consumer of the context starts at zero (generators, prototype gate weight), so the context transformer
+    # first receives gradient after one optimizer step, as LoRA's down-projection does after its zero up-projection.
+    optimizer = torch.optim.SGD(synth.parameters(), lr=0.1)
+    forward(synth, processor, tasks["mixed"], query_pixel_values=queries, query_labels=labels).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    out = forward(synth, processor, tasks["mixed"], query_pixel_values=queries, query_labels=labels)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     out.loss.backward()
     grads = {name: p.grad for name, p in synth.named_parameters()}
@@ -250,15 +281,16 @@ def test_loss_is_differentiable_wrt_generators_and_base_weights(processor, tasks
         assert grads[name] is not None and grads[name].abs().sum() > 0, name
 
 
-def test_train_mode_forward_tracks_fallback_statistics(processor, tasks):
-    synth = tiny_synthesizer(seed=0)
+@pytest.mark.parametrize("support_statistics", [True, False])
+def test_only_support_statistics_training_tracks_fallback_statistics(processor, tasks, support_statistics):
+    synth = tiny_synthesizer(seed=0, support_statistics=support_statistics)
     before = synth.target.bn1.running_mean.clone()
     with torch.no_grad():
         forward(synth, processor, tasks["mixed"])  # eval: no tracking
         assert torch.equal(synth.target.bn1.running_mean, before)
         synth.train()
         forward(synth, processor, tasks["mixed"])
-    assert not torch.equal(synth.target.bn1.running_mean, before)
+    assert torch.equal(synth.target.bn1.running_mean, before) is not support_statistics
 
 
 @pytest.mark.parametrize("overrides", [{"film_bottleneck": 0, "lowrank_rank": 0}, {"lowrank_modules": ["conv_head", "blocks.1.0.conv_pwl"]}])

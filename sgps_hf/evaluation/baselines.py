@@ -57,10 +57,10 @@ def _eval_features(body: nn.Module, images: Tensor, batch_size: int = 256) -> Te
 def with_support_statistics(body: nn.Module, support: Tensor) -> nn.Module:
     """A copy of ``body`` whose BatchNorm running statistics are those of the (normalised) support images.
 
-    The SGPS meta-learned base keeps, as running statistics, only the fallback of text-only synthesis
-    (a running mean of many tasks' statistics); with them its image features collapse to a constant.
-    SGPS itself classifies with statistics measured on the support set, so methods that start from the
-    same base get the same treatment: measured on the support only, never on the queries.
+    A synthesizer trained with ``support_statistics`` keeps, as running statistics, only the fallback of
+    text-only synthesis (a running mean of many tasks' statistics); with them its image features collapse
+    to a constant. Such a synthesizer classifies with statistics measured on the support set, so methods
+    that start from its base get the same treatment: measured on the support only, never on the queries.
     """
     copy_ = copy.deepcopy(body)
     for module in copy_.modules():
@@ -204,7 +204,7 @@ class LinearProbeMethod:
     lr: float = 0.01
     steps: int = 100
     weight_decay: float = 1e-4
-    support_statistics: bool = False  # see with_support_statistics (True for the SGPS meta-learned base)
+    support_statistics: bool = False  # see with_support_statistics (True for a base trained with support statistics)
     name: str = "Fine-tune head (linear probe)"
     needs_images: bool = True
 
@@ -244,7 +244,7 @@ class FineTuneMethod:
     weight_decay: float = 1e-4
     probe_lr: float = 0.01
     probe_steps: int = 100
-    support_statistics: bool = False  # see with_support_statistics (True for the SGPS meta-learned base)
+    support_statistics: bool = False  # see with_support_statistics (True for a base trained with support statistics)
     seed: int = 0
     name: str = "Fine-tune all layers"
     needs_images: bool = True

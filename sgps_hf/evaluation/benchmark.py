@@ -220,8 +220,10 @@ def build_methods(synthesizer: SGPSSynthesizer, texts: TextBank, config: Trainin
         SGPS_TEXT: SGPSMethod(synthesizer, texts, True, False, SGPS_TEXT),
         "ProtoNet": ProtoNetMethod(protonet.eval(), processor),
         "FOMAML": FOMAMLMethod(fomaml.eval(), processor, inner_lr, bench.fomaml_test_steps),
-        "Fine-tune all layers": FineTuneMethod(base, processor, steps=bench.finetune_steps, support_statistics=True, seed=bench.seed),
-        "Fine-tune head (linear probe)": LinearProbeMethod(base, processor, support_statistics=True),
+        # Normalised as SGPS normalises with this base: support statistics only where the checkpoint uses them.
+        "Fine-tune all layers": FineTuneMethod(base, processor, steps=bench.finetune_steps,
+                                               support_statistics=model_config.support_statistics, seed=bench.seed),
+        "Fine-tune head (linear probe)": LinearProbeMethod(base, processor, support_statistics=model_config.support_statistics),
         "Nearest neighbour": NearestNeighbourMethod(body.eval(), processor),
     }
     training = {

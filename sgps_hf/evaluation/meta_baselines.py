@@ -39,7 +39,7 @@ from ..image_processing_sgps import SGPSImageProcessor
 from ..target import create_target
 from ..training.config import TrainingConfig
 # Shared with SGPS meta-training on purpose: identical flips, checkpoint layout and validation episodes.
-from ..training.meta_train import _SCHEDULES, TrainerState, _checkpoints, _random_flips, _save_checkpoint, _validation_episodes
+from ..training.meta_train import SCHEDULES, TrainerState, list_checkpoints, random_flips, save_checkpoint, validation_episodes
 from ..training.pretrain import pretrain_body
 from .baselines import FOMAMLMethod, HeadedBody, ProtoNetMethod, inner_loop, squared_distances, zero_head
 
@@ -178,7 +178,7 @@ def meta_train_baseline(
         _load_into(best, model)
         return model, json.loads((output / "done.json").read_text(encoding="utf-8"))
 
-    val_episodes = _validation_episodes(val_pools, replace(config, eval_episodes=budget.val_episodes)) or []
+    val_episodes = validation_episodes(val_pools, replace(config, eval_episodes=budget.val_episodes)) or []
     info: dict[str, Any] = {"stage": kind, **payload}
     if kind == "fomaml":
         if not val_episodes:
@@ -193,13 +193,13 @@ def _run_meta_training(kind: str, model: nn.Module, processor: SGPSImageProcesso
     set_seed(config.seed)
     params = [p for n, p in model.named_parameters() if not n.startswith("head.")]
     optimizer = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(_SCHEDULES[config.schedule], optimizer, num_warmup_steps=min(config.warmup_steps, budget.steps // 10),
+    scheduler = get_scheduler(SCHEDULES[config.schedule], optimizer, num_warmup_steps=min(config.warmup_steps, budget.steps // 10),
                               num_training_steps=budget.steps)
     prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     state = TrainerState()
     accelerator.register_for_checkpointing(state)
-    if _checkpoints(output):
-        accelerator.load_state(str(_checkpoints(output)[-1]))
+    if list_checkpoints(output):
+        accelerator.load_state(str(list_checkpoints(output)[-1]))
         logger.info("Resumed %s meta-training at step %d.", kind, state.step)
     sampler = EpisodeSampler(train_pools, n_way=config.n_way, k_shot=tuple(config.k_shot), q_query=config.q_query, seed=config.seed,
                              text_dropout=config.text_dropout, image_dropout=config.image_dropout)
@@ -227,7 +227,7 @@ def _run_meta_training(kind: str, model: nn.Module, processor: SGPSImageProcesso
                 state.best_val_accuracy = accuracy
                 _save(output / "best", unwrapped, {**info, "step": state.step, "val_accuracy": accuracy})
         if state.step % config.checkpoint_every == 0 or done:
-            _save_checkpoint(accelerator, output, state, keep=1)
+            save_checkpoint(accelerator, output, state, keep=1)
     bar.close()
     if not val_episodes:  # nothing to select on: keep the final weights
         _save(output / "best", unwrapped, {**info, "step": state.step})
@@ -242,7 +242,7 @@ def _episode_loss(kind: str, model: nn.Module, episode: Episode, processor: SGPS
     support, query = episode.support, episode.query
     if config.augment:  # the flips SGPS meta-training applied to this very episode
         rng = np.random.default_rng(config.seed * 1_000_003 + episode.index)
-        support, query = _random_flips(support, rng), _random_flips(query, rng)
+        support, query = random_flips(support, rng), random_flips(query, rng)
     support, query = processor.normalize_uint8(support), processor.normalize_uint8(query)
     n = len(episode.class_names)
     model.eval()  # BatchNorm on running statistics, as at test time (see baselines.py)

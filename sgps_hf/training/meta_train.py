@@ -41,7 +41,7 @@ from .pretrain import pretrain_body
 logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
 # TrainingConfig.schedule -> transformers scheduler name ("constant" honours warmup_steps like the others).
-_SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 @dataclass
@@ -81,7 +81,7 @@ def episode_inputs(episode: Episode, processor: SGPSImageProcessor, texts: TextB
     support, query = episode.support, episode.query
     if augment_seed is not None:
         rng = np.random.default_rng(augment_seed)
-        support, query = _random_flips(support, rng), _random_flips(query, rng)
+        support, query = random_flips(support, rng), random_flips(query, rng)
     num_classes = len(episode.class_names)
     inputs: dict[str, Any] = {
         "num_classes": num_classes,
@@ -96,7 +96,7 @@ def episode_inputs(episode: Episode, processor: SGPSImageProcessor, texts: TextB
     return inputs
 
 
-def _random_flips(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+def random_flips(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     flips = rng.random((images.shape[0], 2)) < 0.5
     out = images.clone()
     for i, (horizontal, vertical) in enumerate(flips):
@@ -113,7 +113,7 @@ def build_model(config: TrainingConfig) -> SGPSSynthesizer:
     return SGPSSynthesizer(SGPSConfig(**config.model))
 
 
-def _optimizer(model: SGPSSynthesizer, config: TrainingConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: SGPSSynthesizer, config: TrainingConfig) -> torch.optim.Optimizer:
     """The meta-learned base weights move slower than the freshly initialised generators."""
     base = [p for n, p in model.named_parameters() if n.startswith("target.")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("target.")]
@@ -161,15 +161,15 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
         train_pools, n_way=config.n_way, k_shot=tuple(config.k_shot), q_query=config.q_query,
         seed=config.seed, text_dropout=config.text_dropout, image_dropout=config.image_dropout,
     )
-    val_episodes = _validation_episodes(val_pools, config)
+    val_episodes = validation_episodes(val_pools, config)
 
     state = TrainerState()
-    if config.pretrain_epochs and not (resume and _checkpoints(output)):
+    if config.pretrain_epochs and not (resume and list_checkpoints(output)):
         # Pre-training runs before the first checkpoint; a resumed run finds its result in the checkpoint.
         state.pretrain_history = pretrain_body(accelerator, model.target, train_pools, image_processor, config)
-    optimizer = _optimizer(model, config)
+    optimizer = build_optimizer(model, config)
     scheduler = get_scheduler(
-        _SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
+        SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.register_for_checkpointing(state)
@@ -228,7 +228,7 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
                 state.best_val_accuracy = val_accuracy
                 _export(unwrapped, output / "best", config, state, data_summary)
         if state.step % config.checkpoint_every == 0 or done:
-            _save_checkpoint(accelerator, output, state, config.keep_checkpoints)
+            save_checkpoint(accelerator, output, state, config.keep_checkpoints)
         if done:
             break
     bar.close()
@@ -241,19 +241,19 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
     return final
 
 
-def _validation_episodes(pools: list, config: TrainingConfig) -> list[Episode]:
+def validation_episodes(pools: list, config: TrainingConfig) -> list[Episode]:
     if not pools:
         return []
     sampler = EpisodeSampler(pools, n_way=config.n_way, k_shot=tuple(config.k_shot), q_query=config.q_query, seed=config.seed + 9_999)
     return [sampler.episode(i) for i in range(config.eval_episodes)]
 
 
-def _checkpoints(output: Path) -> list[Path]:
+def list_checkpoints(output: Path) -> list[Path]:
     found = [p for p in output.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def _save_checkpoint(accelerator: Accelerator, output: Path, state: TrainerState, keep: int) -> None:
+def save_checkpoint(accelerator: Accelerator, output: Path, state: TrainerState, keep: int) -> None:
     """``save_state`` into a staging folder, then rename: a kill mid-save never corrupts the newest checkpoint."""
     target = output / f"{CHECKPOINT_PREFIX}{state.step}"
     staging = output / f".{target.name}.partial"
@@ -266,13 +266,13 @@ def _save_checkpoint(accelerator: Accelerator, output: Path, state: TrainerState
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
-        for old in _checkpoints(output)[:-keep]:
+        for old in list_checkpoints(output)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
 def _resume(accelerator: Accelerator, output: Path, state: TrainerState) -> None:
-    checkpoints = _checkpoints(output)
+    checkpoints = list_checkpoints(output)
     if not checkpoints:
         accelerator.print(f"--resume: no checkpoint in {output}; starting from scratch.")
         return
