@@ -1,7 +1,7 @@
 """Command line of the benchmark: ``scripts/evaluate.py`` and ``sgps evaluate`` share these arguments.
 
-Full run (the numbers in benchmarks/RESULTS.md), about 30-40 minutes on 2 CPU cores of which the
-baselines' one-off training takes most; a re-run loads the cached baselines::
+Full run (the numbers in benchmarks/RESULTS.md): about 70 minutes with one torch thread on 2 CPU cores, of
+which the baselines' one-off training takes 35; a re-run loads the cached baselines and takes about 27::
 
     python scripts/evaluate.py --split held_out --out benchmarks/results --report benchmarks/RESULTS.md
 
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
                                   args.data_dir if args.split else None)
     results = run_benchmark(synthesizer, eval_pools, train_pools, val_pools, config, budget, _bench_config(args), args.cache_dir, subgroups)
     command = "python scripts/evaluate.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    results["run"] = {"command": command, "environment": environment(args.num_threads), "synthesizer": str(synthesizer_path),
+    results["run"] = {"command": command, "environment": environment(args.num_threads), "synthesizer": _display_path(synthesizer_path),
                       "data": data_label, "quick": bool(args.quick), "wall_seconds": time.time() - started,
                       "baseline_budget": vars(budget) if hasattr(budget, "__dict__") else str(budget)}
     out = Path(args.out)
@@ -156,6 +156,14 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
         relative = {k: os.path.relpath(out / v, report.parent) for k, v in plots.items()}
         report.write_text(render_markdown(results, relative), encoding="utf-8")
     return results
+
+
+def _display_path(path: str) -> str:
+    """A local checkpoint inside the working directory as a relative path (reports are committed; no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
 
 
 def _json_default(value: Any) -> Any:

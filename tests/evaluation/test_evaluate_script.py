@@ -94,3 +94,14 @@ def test_unknown_description_class_is_a_clear_error(bench_data, tmp_path):
     texts.write_text(json.dumps({"melanoma": "dark lesion"}))
     with pytest.raises(DataError, match="melanoma"):
         dataset_pools(str(bench_data["eval"]), 32, texts)
+
+
+def test_reports_name_a_checkpoint_inside_the_working_directory_by_its_relative_path(tmp_path, monkeypatch):
+    from sgps_hf.evaluation.runner import _display_path
+
+    (tmp_path / "ckpt").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _display_path(str(tmp_path / "ckpt")) == "ckpt"  # committed reports carry no machine paths
+    elsewhere = str(tmp_path.parent / "other")
+    assert _display_path(elsewhere) == elsewhere
+    assert _display_path("org/sgps-model") == "org/sgps-model"  # a Hub id stays as given
