@@ -36,6 +36,19 @@ TINY = dict(
 )
 
 
+# Autouse wherever a conftest imports it (tests/data, tests/evaluation): those suites build dataset caches.
+@pytest.fixture(scope="session", autouse=True)
+def isolated_caches(tmp_path_factory: pytest.TempPathFactory):
+    """Send the ``datasets`` cache and sgps_hf's array cache to a per-session temporary folder."""
+    import datasets.config
+
+    root = tmp_path_factory.mktemp("caches")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", root / "datasets")
+        patch.setenv("SGPS_CACHE_DIR", str(root / "sgps"))
+        yield root
+
+
 def tiny_config(**overrides):
     from sgps_hf import SGPSConfig
 

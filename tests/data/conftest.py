@@ -9,23 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sgps_testing import isolated_caches  # noqa: F401  (autouse: the suite's caches stay per session)
 
 REAL_DATA_DIR = Path(
     os.environ.get("SGPS_DATA_DIR") or Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 ).resolve()
 REAL_IMAGE_SIZE = 32  # small: the integration tests decode every real image once per session
-
-
-@pytest.fixture(scope="session", autouse=True)
-def isolated_caches(tmp_path_factory: pytest.TempPathFactory):
-    """Send the ``datasets`` cache and sgps_hf's array cache to a per-session temporary folder."""
-    import datasets.config
-
-    root = tmp_path_factory.mktemp("caches")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", root / "datasets")
-        patch.setenv("SGPS_CACHE_DIR", str(root / "sgps"))
-        yield root
 
 
 ImageSpec = tuple[str, tuple[int, int]]  # (PIL mode, (width, height))

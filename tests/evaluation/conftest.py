@@ -7,18 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-
-@pytest.fixture(scope="session", autouse=True)
-def isolated_caches(tmp_path_factory: pytest.TempPathFactory):
-    """Keep the ``datasets`` cache and sgps_hf's array cache out of the user's home."""
-    import datasets.config
-
-    root = tmp_path_factory.mktemp("caches")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", root / "datasets")
-        patch.setenv("SGPS_CACHE_DIR", str(root / "sgps"))
-        yield root
+from sgps_testing import isolated_caches  # noqa: F401  (autouse: the suite's caches stay per session)
 
 
 def make_imagefolder(root: Path, classes: int, per_class: int, seed: int) -> Path:
