@@ -51,6 +51,15 @@ def copy_of(originals, tmp_path, name):
     return folder
 
 
+def copy_with_config_edit(originals, tmp_path, name, edit):
+    """A copy of the saved ``name`` folder whose config.json has the keys of ``edit`` overwritten."""
+    folder = copy_of(originals, tmp_path, name)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(edit)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 LOADERS = {
     "synth": lambda folder: SGPSSynthesizer.from_pretrained(folder),
     "auto": lambda folder: AutoModel.from_pretrained(folder),
@@ -129,10 +138,8 @@ def test_tensors_that_do_not_match_the_config_are_rejected(originals, tmp_path, 
 
 def test_a_config_from_another_synthesizer_is_rejected_before_allocating(originals, tmp_path):
     """A config.json asking for a huge model is compared with the weights on the meta device, never allocated."""
-    folder = copy_of(originals, tmp_path, "synth")
-    config = json.loads((folder / "config.json").read_text())
-    config.update(hidden_size=65_536, num_attention_heads=2)  # ~100 GB of generator weights if it were built
-    (folder / "config.json").write_text(json.dumps(config))
+    # ~100 GB of generator weights if it were built
+    folder = copy_with_config_edit(originals, tmp_path, "synth", {"hidden_size": 65_536, "num_attention_heads": 2})
     with pytest.raises(CheckpointError, match="wrong shape"):
         SGPSSynthesizer.from_pretrained(folder)
 
@@ -149,10 +156,7 @@ def test_a_config_from_another_synthesizer_is_rejected_before_allocating(origina
     ],
 )
 def test_invalid_synthesizer_configs_name_the_field(originals, tmp_path, edit, message):
-    folder = copy_of(originals, tmp_path, "synth")
-    config = json.loads((folder / "config.json").read_text())
-    config.update(edit)
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = copy_with_config_edit(originals, tmp_path, "synth", edit)
     with pytest.raises(CheckpointError, match=message):
         SGPSSynthesizer.from_pretrained(folder)
 
@@ -169,10 +173,7 @@ def test_invalid_synthesizer_configs_name_the_field(originals, tmp_path, edit, m
     ],
 )
 def test_invalid_classifier_configs_are_rejected(originals, tmp_path, edit, message):
-    folder = copy_of(originals, tmp_path, "classifier")
-    config = json.loads((folder / "config.json").read_text())
-    config.update(edit)
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = copy_with_config_edit(originals, tmp_path, "classifier", edit)
     with pytest.raises(CheckpointError, match=message):
         SynthesizedClassifier.from_pretrained(folder)
 
