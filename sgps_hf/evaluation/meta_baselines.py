@@ -198,8 +198,9 @@ def _run_meta_training(kind: str, model: nn.Module, processor: SGPSImageProcesso
     prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     state = TrainerState()
     accelerator.register_for_checkpointing(state)
-    if list_checkpoints(output):
-        accelerator.load_state(str(list_checkpoints(output)[-1]))
+    checkpoints = list_checkpoints(output)
+    if checkpoints:
+        accelerator.load_state(str(checkpoints[-1]))
         logger.info("Resumed %s meta-training at step %d.", kind, state.step)
     sampler = EpisodeSampler(train_pools, n_way=config.n_way, k_shot=tuple(config.k_shot), q_query=config.q_query, seed=config.seed,
                              text_dropout=config.text_dropout, image_dropout=config.image_dropout)
