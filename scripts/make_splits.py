@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Generate the meta-learning splits file ``sgps_hf/data/configs/splits.yaml``.
 
-Deterministic: the same seed, data directory and held-out tasks always give byte-identical output.
+Deterministic: the same data directory and task lists always give byte-identical output.
 
-    python scripts/make_splits.py --seed 0                 # rewrite the packaged splits.yaml
-    python scripts/make_splits.py --seed 0 --output -      # print instead
+    python scripts/make_splits.py                 # rewrite the packaged splits.yaml
+    python scripts/make_splits.py --output -      # print instead
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 from sgps_hf.data.registry import list_tasks
-from sgps_hf.data.splits import DEFAULT_HELD_OUT_TASKS, default_splits_path, make_splits
+from sgps_hf.data.splits import DEFAULT_HELD_OUT_TASKS, DEFAULT_META_VAL_TASKS, default_splits_path, make_splits
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the class split (default 0)")
     parser.add_argument(
         "--data-dir", default=None, help="folder of task folders (default: SGPS_DATA_DIR or ../shared/data)"
     )
@@ -31,14 +30,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=list(DEFAULT_HELD_OUT_TASKS),
         metavar="TASK",
-        help="whole tasks to hold out (default: one per family)",
+        help="whole tasks to hold out for the reported results (default: DEFAULT_HELD_OUT_TASKS)",
+    )
+    parser.add_argument(
+        "--meta-val",
+        nargs="+",
+        default=list(DEFAULT_META_VAL_TASKS),
+        metavar="TASK",
+        help="whole tasks for model selection (default: DEFAULT_META_VAL_TASKS)",
     )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    splits = make_splits(list_tasks(args.data_dir), seed=args.seed, held_out_tasks=args.held_out)
+    splits = make_splits(list_tasks(args.data_dir), held_out_tasks=args.held_out, meta_val_tasks=args.meta_val)
     text = splits.to_yaml()
     if args.output == "-":
         sys.stdout.write(text)
@@ -49,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     n_train = sum(map(len, splits.meta_train.values()))
     n_val = sum(map(len, splits.meta_val.values()))
     print(
-        f"wrote {output}: {len(splits.held_out_tasks)} held-out tasks, "
-        f"{n_train} meta_train and {n_val} meta_val classes"
+        f"wrote {output}: {len(splits.held_out_tasks)} held-out tasks, {len(splits.meta_val_tasks)} meta-val tasks "
+        f"({n_val} classes), {n_train} meta_train classes"
     )
     return 0
 

@@ -21,13 +21,13 @@ def data_root(make_imagefolder, tmp_path: Path) -> Path:
 
 
 def test_summary_table(data_root: Path, tmp_path: Path, capsys):
-    splits = make_splits(list_tasks(data_root), seed=0, held_out_tasks=["task-held"])
+    splits = make_splits(list_tasks(data_root), held_out_tasks=["task-held"], meta_val_tasks=["task-b"])
     (tmp_path / "splits.yaml").write_text(splits.to_yaml())
     assert main(["data", "summary", "--data-dir", str(data_root), "--splits", str(tmp_path / "splits.yaml")]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("task-")}
-    assert lines["task-a"][1:5] == ["unknown", "5", "10", "3/2"]
-    assert lines["task-b"][1:5] == ["unknown", "2", "4", "2/0"]
+    assert lines["task-a"][1:5] == ["unknown", "5", "10", "5/0"]
+    assert lines["task-b"][1:5] == ["unknown", "2", "4", "0/2"]
     assert lines["task-held"][1:5] == ["unknown", "2", "2", "held_out"]
     assert "total: 3 tasks" in out and "5/2/2 train/val/held-out classes" in out
 

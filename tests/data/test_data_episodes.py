@@ -206,21 +206,21 @@ def data_root(make_imagefolder, tmp_path: Path) -> Path:
 
 
 def test_build_pools_per_split(data_root: Path, tmp_path: Path, caplog):
-    splits = make_splits(list_tasks(data_root), seed=0, held_out_tasks=["held"])
+    splits = make_splits(list_tasks(data_root), held_out_tasks=["held"], meta_val_tasks=["task-a"])
     with caplog.at_level(logging.WARNING, logger="sgps_hf.data.episodes"):
         train = build_pools("meta_train", 8, data_root, splits=splits, cache_dir=tmp_path / "c")
     train_log = caplog.text
     val = build_pools("meta_val", 8, data_root, splits=splits, cache_dir=tmp_path / "c")
     held = build_pools("held_out", 8, data_root, splits=splits, cache_dir=tmp_path / "c")
     as_set = lambda pools: {(p.task, p.class_name) for p in pools}  # noqa: E731
-    assert len(val) == 2 and {p.task for p in val} == {"task-a"}
+    assert len(val) == 5 and {p.task for p in val} == {"task-a"}
     assert as_set(held) == {("held", "x"), ("held", "y")}
-    assert len(train) == 3 + 2 and not as_set(train) & as_set(val)
+    assert len(train) == 2 and not as_set(train) & as_set(val)
     assert all(p.images.shape[1:] == (8, 8, 3) and p.images.dtype == np.uint8 for p in train + val + held)
     texts = {p.class_name: p.text for p in train}
     assert texts["not_described_class"] == "not described class"
     assert "1 class(es) of derm-clinical-dermnet (not_described_class)" in train_log  # melanoma is described
-    only = build_pools("meta_train", 8, data_root, splits=splits, tasks=["task-a"], cache_dir=tmp_path / "c")
+    only = build_pools("meta_val", 8, data_root, splits=splits, tasks=["task-a"], cache_dir=tmp_path / "c")
     assert {p.task for p in only} == {"task-a"}
     with pytest.raises(DataError, match="no classes in split"):
         build_pools("meta_val", 8, data_root, splits=splits, tasks=["held"])
@@ -236,6 +236,6 @@ def test_build_pools_uses_packaged_descriptions(data_root: Path, tmp_path: Path)
     expected = class_description("derm-clinical-dermnet", "melanoma")
     if expected is None:
         pytest.skip("no packaged description of derm-clinical-dermnet/melanoma")
-    splits = make_splits(list_tasks(data_root), seed=0, held_out_tasks=["held"])
+    splits = make_splits(list_tasks(data_root), held_out_tasks=["held"], meta_val_tasks=[])
     pools = build_pools("meta_train", 8, data_root, splits=splits, tasks=["derm-clinical-dermnet"], cache_dir=tmp_path)
     assert {p.class_name: p.text for p in pools}["melanoma"] == expected
