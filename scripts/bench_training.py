@@ -124,7 +124,7 @@ class SupervisedTraining:
         self.phases = Phases()
 
     def step(self) -> float:
-        from sgps_hf.training.meta_train import random_flips
+        from sgps_hf.training.augment import random_flips
 
         clock = self.phases.start()
         rows = self.rng.choice(len(self.images), size=self.batch_size, replace=False)

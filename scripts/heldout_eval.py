@@ -1,6 +1,6 @@
 """Held-out-task accuracy of synthesizer checkpoints versus chance and untrained synthesizers.
 
-    python scripts/heldout_eval.py --checkpoint sgps_hf/checkpoints/sgps-effv2-b0-64 [--checkpoint other ...] \
+    python scripts/heldout_eval.py --checkpoint sgps_hf/checkpoints/sgps-lite0-128 [--checkpoint other ...] \
         --episodes 100 --out benchmarks/heldout_accuracy.md
 
 Episodes are drawn only from the held-out tasks (never seen in meta-training); the checkpoint to ship is

@@ -15,7 +15,7 @@ from .processing_sgps import SGPSProcessor  # noqa: E402
 from .task import ClassSpec, TaskSpec  # noqa: E402
 
 #: The bundled, meta-trained default synthesizer (a local folder: works offline).
-DEFAULT_CHECKPOINT = str(Path(__file__).resolve().parent / "checkpoints" / "sgps-effv2-b0-64")
+DEFAULT_CHECKPOINT = str(Path(__file__).resolve().parent / "checkpoints" / "sgps-lite0-128")
 
 AutoConfig.register(SGPSConfig.model_type, SGPSConfig, exist_ok=True)
 AutoModel.register(SGPSConfig, SGPSSynthesizer, exist_ok=True)

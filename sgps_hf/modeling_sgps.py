@@ -1,22 +1,20 @@
-"""SGPSSynthesizer: a hypernetwork that writes a complete EfficientNet-V2 classifier for a task.
+"""SGPSSynthesizer (v2): writes a complete timm EfficientNet classifier for a task in one forward pass.
 
-``w = H(c; theta)``: the task context ``c`` (support images + clinical texts of each class) is turned
-into the full state dict of a timm EfficientNet-V2 in one forward pass:
+``w = H(c; theta)``: the task context ``c`` (support images + clinical texts of each class) becomes the
+full state dict of a timm classifier, with no gradient step:
 
-1. Support images go through the meta-learned base body; their per-class mean features and the
-   class texts become one token per class. A set transformer lets the classes attend to each other
-   (the order of classes does not matter), and the mean token summarises the task.
-2. The task token generates FiLM scale/shift deltas, folded into every BatchNorm's affine
-   parameters, and low-rank deltas folded into selected pointwise convolutions.
-3. The support images go through the *modulated* body, normalised with the meta-learned BatchNorm
-   running statistics (or, with ``support_statistics``, their own batch statistics, which then
-   become the classifier's); their per-class means are the image prototypes. Text prototypes come
-   from the class texts; a learned gate mixes both per class.
-4. The head is the exact linear form of a nearest-prototype rule,
-   ``logit_c = s * (2 p_c . f - |p_c|^2 + delta_c(f))``, plus generated per-class corrections.
+1. The body is the meta-learned base (by default ImageNet EfficientNet-Lite0 at 128 px); it is copied
+   unchanged into every classifier, BatchNorm running statistics included.
+2. Each support image enters under the dihedral ``support_views`` (identity and horizontal flip by
+   default): deterministic support augmentation.
+3. The clinical texts generate a class weight each (``text_to_weight``), used as the prior mean of the
+   head with a meta-learned, shot-dependent strength.
+4. The head is solved in closed form from the support features (:mod:`sgps_hf.heads`: standardised
+   features, kernel ridge regression around the text prior, a shot-dependent regulariser) and folded
+   into the timm model's ordinary ``classifier`` layer. With no images the head is the text prior alone.
 
-The output is an ordinary state dict; :mod:`sgps_hf.target` runs it functionally (meta-training) or
-materialises it as a plain timm model (the shipped classifier).
+:mod:`sgps_hf.target` runs the result functionally (meta-training) or materialises it as a plain timm
+model (the shipped classifier).
 """
 
 from __future__ import annotations
@@ -34,12 +32,9 @@ from transformers.utils import ModelOutput
 
 from .configuration_sgps import SGPSConfig
 from .errors import CheckpointError, SynthesisError
-from .target import (
-    HEAD_BIAS, HEAD_WEIGHT, batchnorm_layers, body_features, classify, create_target, measure_features, pointwise_conv,
-)
+from .heads import fold_linear, ridge_head, standardize, support_shots
+from .target import HEAD_BIAS, HEAD_WEIGHT, body_features, create_target
 from .text_encoder import embed_tokens, load_text_encoder
-
-PROTOTYPE_GATE_INIT = 3.0  # sigmoid(3) = 0.95: the initial weight of image over text prototypes
 
 if TYPE_CHECKING:
     from .classifier import SynthesizedClassifier
@@ -73,42 +68,22 @@ class SGPSSynthesizer(PreTrainedModel):
     def __init__(self, config: SGPSConfig) -> None:
         super().__init__(config)
         self.target = create_target(config, num_classes=0)
-        for _, bn in batchnorm_layers(self.target):
-            bn.momentum = 1.0  # a train-mode pass stores exactly its batch statistics (see target.measure_features)
         features, hidden, text_dim = self.target.num_features, config.hidden_size, config.text_embed_dim
-
-        self.image_to_token = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, hidden))
-        self.text_to_token = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden))
-        self.missing_image_token = nn.Parameter(torch.zeros(hidden))
-        self.missing_text_token = nn.Parameter(torch.zeros(hidden))
-        layer = nn.TransformerEncoderLayer(
-            hidden, config.num_attention_heads, 2 * hidden, config.context_dropout, batch_first=True, norm_first=True
+        # Mean body feature of the meta-training images: the centre of text-only tasks (set by meta-training).
+        self.register_buffer("feature_mean", torch.zeros(features))
+        self.log_feature_scale = nn.Parameter(torch.zeros(features))
+        self.text_to_weight = nn.Sequential(
+            nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden), nn.GELU(), nn.Dropout(config.text_dropout_rate),
+            nn.Linear(hidden, features),
         )
-        self.context = nn.TransformerEncoder(layer, config.num_context_layers, enable_nested_tensor=False)
-        self.context_norm = nn.LayerNorm(hidden)
-
-        self.text_to_prototype = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, features))
-        self.prototype_gate = nn.Linear(hidden, 1)
-        self.head_delta = nn.Linear(hidden, features + 1)
+        # log(ridge) is affine in log(1 + shots): meta-learned, shot-dependent.
+        self.ridge_coefficients = nn.Parameter(torch.tensor([math.log(config.ridge_init), 0.0]))
+        # The strength of the text prior beside images, log(strength) affine in log(shots), is calibrated on
+        # meta-validation tasks (calibrate_prior_strength), not learned on meta-train episodes: on those the text
+        # generator has seen every class, so a learned strength would trust the texts far more than unseen tasks allow.
+        self.register_buffer("prior_coefficients", torch.tensor([math.log(config.prior_init), 0.0]))
+        self.log_zero_shot_scale = nn.Parameter(torch.zeros(()))
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale_init)))
-
-        self._bn_names = [name for name, _ in batchnorm_layers(self.target)]
-        self._bn_sizes = [bn.num_features for _, bn in batchnorm_layers(self.target)]
-        self.film = None
-        if config.film_bottleneck > 0:
-            self.film = nn.Sequential(
-                nn.Linear(hidden, config.film_bottleneck), nn.GELU(), nn.Linear(config.film_bottleneck, 2 * sum(self._bn_sizes))
-            )
-        self.lowrank_a = nn.ParameterDict()
-        self.lowrank_b = nn.ParameterDict()
-        self.lowrank_gate = None
-        if config.lowrank_rank > 0 and config.lowrank_modules:
-            for name in config.lowrank_modules:
-                conv = pointwise_conv(self.target, name)
-                key = name.replace(".", "__")
-                self.lowrank_a[key] = nn.Parameter(torch.zeros(conv.out_channels, config.lowrank_rank))
-                self.lowrank_b[key] = nn.Parameter(torch.randn(config.lowrank_rank, conv.in_channels) / math.sqrt(conv.in_channels))
-            self.lowrank_gate = nn.Linear(hidden, config.lowrank_rank * len(config.lowrank_modules))
         self.post_init()
         self._zero_generators()
 
@@ -178,27 +153,30 @@ class SGPSSynthesizer(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """Keep timm's own initialisation of the target and PyTorch's defaults elsewhere.
 
-        Generators start at zero (see `_zero_generators`), so an untrained synthesizer already emits
-        a valid nearest-prototype classifier around the base weights.
+        The text generator's last layer starts at zero (see `_zero_generators`), so an untrained synthesizer
+        already emits the closed-form ridge classifier of the support images.
         """
 
     def _zero_generators(self) -> None:
         with torch.no_grad():
-            nn.init.zeros_(self.head_delta.weight)
-            nn.init.zeros_(self.head_delta.bias)
-            # Start from the image prototypes (gate ~0.95) wherever a class has images: the text prototypes are
-            # untrained noise at first, and an even mix would throw away most of what the support images say.
-            nn.init.zeros_(self.prototype_gate.weight)
-            nn.init.constant_(self.prototype_gate.bias, PROTOTYPE_GATE_INIT)
-            if self.film is not None:
-                nn.init.zeros_(self.film[-1].weight)
-                nn.init.zeros_(self.film[-1].bias)
+            nn.init.zeros_(self.text_to_weight[-1].weight)
+            nn.init.zeros_(self.text_to_weight[-1].bias)
 
     # -- text -----------------------------------------------------------------------------------
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Embeddings of the clinical texts from the frozen encoder (not part of this model's weights)."""
         encoder = load_text_encoder(self.config.text_encoder)
         return embed_tokens(encoder, input_ids.cpu(), attention_mask.cpu()).to(self.device)
+
+    # -- features -------------------------------------------------------------------------------
+    def support_view_features(self, pixel_values: Tensor) -> Tensor:
+        """Body features of every support image under every ``support_views`` transform: [S, V, D]."""
+        tensors = self.body_tensors()
+        views = [body_features(self.target, tensors, apply_view(pixel_values, view)) for view in self.config.support_views]
+        return torch.stack(views, dim=1)
+
+    def body_tensors(self) -> dict[str, Tensor]:
+        return {**dict(self.target.named_parameters()), **dict(self.target.named_buffers())}
 
     # -- synthesis ------------------------------------------------------------------------------
     def generate_weights(
@@ -208,6 +186,7 @@ class SGPSSynthesizer(PreTrainedModel):
         support_labels: Tensor | None = None,
         text_embeds: Tensor | None = None,
         text_mask: Tensor | None = None,
+        support_features: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The full state dict of a ``num_classes``-way target classifier for this task.
 
@@ -217,11 +196,13 @@ class SGPSSynthesizer(PreTrainedModel):
             support_labels: class index of each support image [S].
             text_embeds: text embeddings [C, text_embed_dim] (rows of classes without text are ignored).
             text_mask: [C] bool, which classes have a text.
+            support_features: instead of pixels, precomputed :meth:`support_view_features` [S, V, D]
+                (meta-training on a frozen body caches them).
         """
         device = self.log_logit_scale.device
-        base = dict(self.target.named_parameters())
-        buffers = dict(self.target.named_buffers())
-        has_support = support_pixel_values is not None and support_pixel_values.shape[0] > 0
+        if support_features is None and support_pixel_values is not None and support_pixel_values.shape[0] > 0:
+            support_features = self.support_view_features(support_pixel_values)
+        has_support = support_features is not None and support_features.shape[0] > 0
         image_mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
         if has_support:
             image_mask[support_labels.unique()] = True
@@ -231,79 +212,38 @@ class SGPSSynthesizer(PreTrainedModel):
         if not bool((image_mask | text_mask).all()):
             raise SynthesisError("Every class needs at least one support image or a clinical text.")
 
-        base_prototypes = None
+        shots = support_shots(support_labels, num_classes).to(device) if has_support else torch.zeros((), device=device)
+        scale = self.log_feature_scale.exp()
+        # The texts generate pseudo-prototypes in the standardised feature space; divided by D they are in the units
+        # of the ridge solution, whose large-regulariser limit is the image prototypes (see sgps_hf.heads).
+        prototypes = self.text_to_weight(text_embeds) * text_mask.unsqueeze(1)  # [C, D]
+        prior = prototypes.T / prototypes.shape[1]  # [D, C]
         if has_support:
-            # The unmodulated pass only conditions the generators; no gradient through it saves a backward pass.
-            with torch.no_grad():
-                base_features, _ = self._support_features({**base, **buffers}, support_pixel_values)
-            base_prototypes = _class_means(base_features, support_labels, num_classes)
-        tokens = self._class_tokens(base_prototypes, image_mask, text_embeds, text_mask)
-        task_token = tokens.mean(0)
-
-        params = self._modulate(base, task_token)
+            # Beside images the generator gets no gradient: it learns from text-only episodes alone (see __init__).
+            prior = torch.exp(self.prior_coefficients[0] + self.prior_coefficients[1] * torch.log(shots)) * prior.detach()
+        else:
+            prior = self.log_zero_shot_scale.exp() * prior
         if has_support:
-            features, stats = self._support_features({**params, **buffers}, support_pixel_values)
-            image_prototypes = _class_means(features, support_labels, num_classes)
-            if stats is not None:
-                buffers = stats
-                self._track_statistics(stats)
+            views = support_features.shape[1]
+            rows = support_features.reshape(-1, support_features.shape[-1])
+            mean = rows.mean(0)
+            labels = support_labels.repeat_interleave(views)
+            ridge = self._coefficient(self.ridge_coefficients, shots)
+            weights = ridge_head(standardize(rows, mean, scale), labels, num_classes, ridge, prior)
         else:
-            image_prototypes = torch.zeros(num_classes, self.target.num_features, device=device)
+            mean, weights = self.feature_mean, prior
+        head_weight, head_bias = fold_linear(weights, mean, scale, self.log_logit_scale.exp())
+        return {**self.body_tensors(), HEAD_WEIGHT: head_weight, HEAD_BIAS: head_bias}
 
-        text_prototypes = self.text_to_prototype(text_embeds)
-        gate = torch.sigmoid(self.prototype_gate(tokens))
-        mixed = gate * image_prototypes + (1 - gate) * text_prototypes
-        both, image_only = (image_mask & text_mask).unsqueeze(1), (image_mask & ~text_mask).unsqueeze(1)
-        prototypes = torch.where(both, mixed, torch.where(image_only, image_prototypes, text_prototypes))
+    @staticmethod
+    def _coefficient(coefficients: Tensor, shots: Tensor) -> Tensor:
+        return torch.exp(coefficients[0] + coefficients[1] * torch.log1p(shots))
 
-        delta = self.head_delta(tokens)
-        scale = self.log_logit_scale.exp()
-        weight = scale * (2 * prototypes + delta[:, :-1])
-        bias = scale * (delta[:, -1] - prototypes.pow(2).sum(-1))
-        return {**params, **buffers, HEAD_WEIGHT: weight, HEAD_BIAS: bias}
-
-    def _support_features(self, tensors: dict[str, Tensor], images: Tensor) -> tuple[Tensor, dict[str, Tensor] | None]:
-        """Support features normalised exactly as the synthesized classifier will normalise its queries.
-
-        With ``support_statistics`` the support set's own batch statistics (returned, to become the classifier's
-        running statistics); otherwise the meta-learned running statistics (eval mode), returned as None.
-        """
-        if self.config.support_statistics:
-            return measure_features(self.target, tensors, images)
-        return body_features(self.target, tensors, images), None
-
-    def _class_tokens(self, image_prototypes: Tensor | None, image_mask: Tensor, text_embeds: Tensor, text_mask: Tensor) -> Tensor:
-        num_classes = text_embeds.shape[0]
-        if image_prototypes is None:
-            image_part = self.missing_image_token.expand(num_classes, -1)
-        else:
-            image_part = torch.where(image_mask.unsqueeze(1), self.image_to_token(image_prototypes), self.missing_image_token)
-        text_part = torch.where(text_mask.unsqueeze(1), self.text_to_token(text_embeds), self.missing_text_token)
-        return self.context_norm(self.context((image_part + text_part).unsqueeze(0)).squeeze(0))
-
-    def _modulate(self, base: dict[str, Tensor], task_token: Tensor) -> dict[str, Tensor]:
-        params = dict(base)
-        if self.film is not None:
-            scales, shifts = self.film(task_token).split(sum(self._bn_sizes))
-            for name, d_scale, d_shift in zip(self._bn_names, scales.split(self._bn_sizes), shifts.split(self._bn_sizes)):
-                params[f"{name}.weight"] = base[f"{name}.weight"] * (1 + d_scale)
-                params[f"{name}.bias"] = base[f"{name}.bias"] + d_shift
-        if self.lowrank_gate is not None:
-            gates = self.lowrank_gate(task_token).split(self.config.lowrank_rank)
-            for name, gate in zip(self.config.lowrank_modules, gates):
-                key = name.replace(".", "__")
-                delta = (self.lowrank_a[key] * gate) @ self.lowrank_b[key]
-                params[f"{name}.weight"] = base[f"{name}.weight"] + delta[:, :, None, None]
-        return params
-
-    @torch.no_grad()
-    def _track_statistics(self, stats: dict[str, Tensor], momentum: float = 0.05) -> None:
-        """Meta-learn the fallback statistics for text-only tasks: a running mean of support statistics."""
-        if not self.training:
-            return
-        for name, buf in self.target.named_buffers():
-            if buf.is_floating_point() and name in stats:
-                buf.lerp_(stats[name], momentum)
+    def set_prior_strength(self, at_one_shot: float, at_five_shots: float) -> None:
+        """Strength of the text prior beside images, interpolated log-linearly in the number of shots."""
+        low, high = math.log(max(at_one_shot, 1e-6)), math.log(max(at_five_shots, 1e-6))
+        with torch.no_grad():
+            self.prior_coefficients.copy_(torch.tensor([low, (high - low) / math.log(5.0)]))
 
     def forward(
         self,
@@ -317,8 +257,14 @@ class SGPSSynthesizer(PreTrainedModel):
         query_pixel_values: Tensor | None = None,
         query_labels: Tensor | None = None,
         return_weights: bool = True,
+        support_features: Tensor | None = None,
+        query_features: Tensor | None = None,
     ) -> SGPSOutput:
-        """Synthesize weights for one task and, when queries are given, classify them with those weights."""
+        """Synthesize weights for one task and, when queries are given, classify them with those weights.
+
+        ``support_features`` / ``query_features`` (body features, see :meth:`support_view_features`) may
+        replace the pixels when the body is frozen and its features are cached.
+        """
         if num_classes is None:
             if text_mask is not None:
                 num_classes = int(text_mask.shape[0])
@@ -328,10 +274,14 @@ class SGPSSynthesizer(PreTrainedModel):
                 raise ValueError("Pass num_classes (or text_mask / support_labels from which it can be read).")
         if text_embeds is None and input_ids is not None:
             text_embeds = self.encode_text(input_ids, attention_mask)
-        weights = self.generate_weights(num_classes, support_pixel_values, support_labels, text_embeds, text_mask)
+        weights = self.generate_weights(
+            num_classes, support_pixel_values, support_labels, text_embeds, text_mask, support_features=support_features
+        )
         logits = loss = None
-        if query_pixel_values is not None:
-            logits = classify(self.target, weights, query_pixel_values)
+        if query_features is None and query_pixel_values is not None:
+            query_features = body_features(self.target, self.body_tensors(), query_pixel_values)
+        if query_features is not None:
+            logits = nn.functional.linear(query_features, weights[HEAD_WEIGHT], weights[HEAD_BIAS])
             if query_labels is not None:
                 loss = nn.functional.cross_entropy(logits, query_labels)
         return SGPSOutput(loss=loss, logits=logits, weights=weights if return_weights else None)
@@ -426,9 +376,15 @@ def _check_loading_info(info: dict, name: object) -> None:
         raise CheckpointError(f"The weights of {name} do not match its config ({detail}); save the synthesizer again with save_pretrained.")
 
 
-def _class_means(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """Per-class mean of ``features``; classes without support rows get zeros (masked later)."""
-    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
-    sums = sums.index_add(0, labels, features)
-    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).to(features.dtype)
-    return sums / counts.unsqueeze(1)
+def apply_view(images: Tensor, view: str) -> Tensor:
+    """One of the dihedral ``SUPPORT_VIEWS`` of a batch [N, C, H, W] (square images)."""
+    if view == "identity":
+        return images
+    if view == "hflip":
+        return images.flip(-1)
+    if view == "vflip":
+        return images.flip(-2)
+    if view == "transpose":
+        return images.transpose(-2, -1)
+    turns = {"rot90": 1, "rot180": 2, "rot270": 3}[view]
+    return torch.rot90(images, turns, dims=(-2, -1))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import count
 
 import numpy as np
@@ -72,6 +72,9 @@ class Episode:
     use_text: bool = True
     use_images: bool = True
     index: int = -1
+    #: Per class: the rows of its pool that were drawn (first ``k_shot`` support, then the queries), so cached
+    #: per-image data (body features) can be looked up as ``cache[(task, class_name)][rows[j]]``.
+    rows: list[np.ndarray] = field(default_factory=list, compare=False, repr=False)
 
 
 class EpisodeSampler:
@@ -151,6 +154,7 @@ class EpisodeSampler:
             use_text=use_text,
             use_images=use_images,
             index=index,
+            rows=picks,
         )
 
     def __getitem__(self, index: int) -> Episode:

@@ -32,6 +32,7 @@ from ..data.episodes import Episode
 from ..image_processing_sgps import SGPSImageProcessor
 from ..modeling_sgps import SGPSSynthesizer
 from ..target import classify
+from ..training.augment import random_flips
 
 Predictor = Callable[[Tensor], Tensor]  # uint8 query images [n, 3, H, W] -> logits [n, num_classes]
 
@@ -68,13 +69,6 @@ def with_support_statistics(body: nn.Module, support: Tensor) -> nn.Module:
             module.momentum = 1.0  # one train-mode pass stores exactly the batch statistics
     copy_.train()(support)
     return copy_.eval()
-
-
-def _random_flips(images: Tensor, generator: torch.Generator) -> Tensor:
-    """Random horizontal/vertical flips (medical images have no canonical left/right orientation)."""
-    flips = torch.rand(images.shape[0], 2, generator=generator) < 0.5
-    images = torch.where(flips[:, 0, None, None, None], images.flip(-1), images)
-    return torch.where(flips[:, 1, None, None, None], images.flip(-2), images)
 
 
 @dataclass
@@ -265,7 +259,7 @@ class FineTuneMethod:
             if self.trace is not None and step % self.trace_every == 0:
                 self.trace(step, predict)
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(_random_flips(support, generator)), labels).backward()
+            nn.functional.cross_entropy(model(random_flips(support, generator)), labels).backward()
             optimizer.step()
         if self.trace is not None:
             self.trace(self.steps, predict)
@@ -308,7 +302,7 @@ def inner_loop(model: HeadedBody, params: dict[str, Tensor], buffers: dict[str, 
     params = {name: value.detach() for name, value in params.items()}
     model.eval()
     for _ in range(steps):
-        x = _random_flips(images, generator) if generator is not None else images
+        x = random_flips(images, generator) if generator is not None else images
         grads = grad_fn(params, x)
         params = {name: value - lr * grads[name] for name, value in params.items()}
     return params

@@ -39,7 +39,8 @@ from ..image_processing_sgps import SGPSImageProcessor
 from ..target import create_target
 from ..training.config import TrainingConfig
 # Shared with SGPS meta-training on purpose: identical flips, checkpoint layout and validation episodes.
-from ..training.meta_train import SCHEDULES, TrainerState, list_checkpoints, random_flips, save_checkpoint, validation_episodes
+from ..training.augment import random_flips
+from ..training.meta_train import SCHEDULES, TrainerState, list_checkpoints, save_checkpoint, validation_episodes
 from ..training.pretrain import pretrain_body
 from .baselines import FOMAMLMethod, HeadedBody, ProtoNetMethod, inner_loop, squared_distances, zero_head
 

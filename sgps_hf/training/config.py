@@ -29,6 +29,9 @@ class TrainingConfig:
     init_from: str | None = None
 
     pretrain_epochs: int = 0
+    pretrain_samples_per_epoch: int | None = None  # None: as many draws as there are meta-train images
+    body_interpolation: float = 1.0
+    freeze_body: bool = True
     pretrain_batch_size: int = 128
     pretrain_learning_rate: float = 3e-3
     steps: int = 3000
@@ -70,6 +73,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not 0 <= self.body_interpolation <= 1:
+            raise ValueError(f"body_interpolation must be in [0, 1], got {self.body_interpolation!r}.")
         if self.n_way < 2:
             raise ValueError("n_way must be at least 2.")
         if not 0 <= self.text_dropout + self.image_dropout < 1:

@@ -34,9 +34,12 @@ from ..model_card import synthesizer_card
 from ..modeling_sgps import SGPSSynthesizer
 from ..processing_sgps import SGPSProcessor
 from ..text_encoder import embed_texts
+from ..backbones import load_pretrained_body
+from .augment import random_flips
 from .config import TrainingConfig
+from .feature_cache import PoolKey, episode_features, pool_features
 from .pools import training_pools
-from .pretrain import pretrain_body
+from .pretrain import interpolate_bodies, pretrain_body
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -52,6 +55,7 @@ class TrainerState:
     best_val_accuracy: float = -1.0
     history: list[dict[str, float]] = field(default_factory=list)
     pretrain_history: list[dict[str, float]] = field(default_factory=list)
+    prior_calibration: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -76,47 +80,60 @@ class TextBank:
         return torch.stack([self._index[t] for t in texts])
 
 
-def episode_inputs(episode: Episode, processor: SGPSImageProcessor, texts: TextBank, augment_seed: int | None) -> dict[str, Any]:
-    """Model inputs for one episode (modality dropout applied; optional flips as augmentation)."""
-    support, query = episode.support, episode.query
-    if augment_seed is not None:
-        rng = np.random.default_rng(augment_seed)
-        support, query = random_flips(support, rng), random_flips(query, rng)
+def episode_inputs(
+    episode: Episode, processor: SGPSImageProcessor, texts: TextBank, augment_seed: int | None,
+    features: dict[PoolKey, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Model inputs for one episode (modality dropout applied; optional flips as augmentation).
+
+    With ``features`` (cached body features of a frozen body) the inputs are features, not pixels; the
+    augmentation then shows each query under a random one of the cached support views.
+    """
     num_classes = len(episode.class_names)
     inputs: dict[str, Any] = {
         "num_classes": num_classes,
-        "query_pixel_values": processor.normalize_uint8(query),
         "query_labels": episode.query_labels,
         "text_embeds": texts(episode.class_texts),
         "text_mask": torch.full((num_classes,), bool(episode.use_text)),
     }
+    rng = np.random.default_rng(augment_seed) if augment_seed is not None else None
+    if features is not None:
+        support, query = episode_features(episode, features)
+        if rng is None:
+            inputs["query_features"] = query
+        else:
+            all_views = torch.cat([features[(episode.task, n)][torch.from_numpy(r[episode.k_shot:])] for n, r in zip(episode.class_names, episode.rows)])
+            view = torch.from_numpy(rng.integers(0, all_views.shape[1], size=all_views.shape[0]))
+            inputs["query_features"] = all_views[torch.arange(all_views.shape[0]), view]
+        if episode.use_images:
+            inputs["support_features"] = support
+            inputs["support_labels"] = episode.support_labels
+        return inputs
+    support, query = episode.support, episode.query
+    if rng is not None:
+        support, query = random_flips(support, rng), random_flips(query, rng)
+    inputs["query_pixel_values"] = processor.normalize_uint8(query)
     if episode.use_images:
         inputs["support_pixel_values"] = processor.normalize_uint8(support)
         inputs["support_labels"] = episode.support_labels
     return inputs
 
 
-def random_flips(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    flips = rng.random((images.shape[0], 2)) < 0.5
-    out = images.clone()
-    for i, (horizontal, vertical) in enumerate(flips):
-        if horizontal:
-            out[i] = out[i].flip(-1)
-        if vertical:
-            out[i] = out[i].flip(-2)
-    return out
-
-
 def build_model(config: TrainingConfig) -> SGPSSynthesizer:
+    """The synthesizer a run starts from: ``init_from``, or a new one whose body holds ``body_init`` weights."""
     if config.init_from:
         return SGPSSynthesizer.from_pretrained(config.init_from)
-    return SGPSSynthesizer(SGPSConfig(**config.model))
+    model = SGPSSynthesizer(SGPSConfig(**config.model))
+    if model.config.body_init != "none":
+        load_pretrained_body(model.target, model.config.body_init)
+    return model
 
 
 def build_optimizer(model: SGPSSynthesizer, config: TrainingConfig) -> torch.optim.Optimizer:
     """The meta-learned base weights move slower than the freshly initialised generators."""
-    base = [p for n, p in model.named_parameters() if n.startswith("target.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("target.")]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a frozen body has none
+    base = [p for n, p in trainable if n.startswith("target.")]
+    rest = [p for n, p in trainable if not n.startswith("target.")]
     groups = [
         {"params": base, "lr": config.base_learning_rate},
         {"params": rest, "lr": config.learning_rate},
@@ -125,13 +142,16 @@ def build_optimizer(model: SGPSSynthesizer, config: TrainingConfig) -> torch.opt
 
 
 @torch.no_grad()
-def evaluate_episodes(model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank) -> float:
-    """Mean query accuracy over fixed episodes (eval mode: no dropout, no statistics tracking)."""
+def evaluate_episodes(
+    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    features: dict[PoolKey, torch.Tensor] | None = None,
+) -> float:
+    """Mean query accuracy over fixed episodes (eval mode: no dropout)."""
     was_training = model.training
     model.eval()
     accuracies = []
     for episode in episodes:
-        inputs = episode_inputs(episode, processor, texts, augment_seed=None)
+        inputs = episode_inputs(episode, processor, texts, augment_seed=None, features=features)
         logits = model(**inputs, return_weights=False).logits
         accuracies.append((logits.argmax(-1) == inputs["query_labels"]).float().mean().item())
     model.train(was_training)
@@ -166,7 +186,12 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
     state = TrainerState()
     if config.pretrain_epochs and not (resume and list_checkpoints(output)):
         # Pre-training runs before the first checkpoint; a resumed run finds its result in the checkpoint.
+        start = {name: tensor.clone() for name, tensor in model.target.state_dict().items()}
         state.pretrain_history = pretrain_body(accelerator, model.target, train_pools, image_processor, config)
+        if config.body_interpolation < 1:
+            model.target.load_state_dict(interpolate_bodies(model.target.state_dict(), start, config.body_interpolation))
+    if config.freeze_body:
+        model.target.requires_grad_(False)
     optimizer = build_optimizer(model, config)
     scheduler = get_scheduler(
         SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
@@ -183,6 +208,11 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
             shutil.rmtree(stale, ignore_errors=True)  # a save interrupted by a kill; never a checkpoint
         config.save(output / "training_config.json")
     unwrapped: SGPSSynthesizer = accelerator.unwrap_model(model)
+    features = None
+    if config.freeze_body:  # after a resume, so that the restored body is the one featurised
+        features = pool_features(unwrapped, train_pools + val_pools, image_processor)
+        with torch.no_grad():
+            unwrapped.feature_mean.copy_(torch.cat([features[(p.task, p.class_name)][:, 0] for p in train_pools]).mean(0))
     deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else None
 
     world, rank, accum = accelerator.num_processes, accelerator.process_index, config.gradient_accumulation_steps
@@ -195,7 +225,7 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
             index = (state.step * accum + micro) * world + rank
             episode = sampler.episode(index)
             seed = config.seed * 1_000_003 + index if config.augment else None
-            inputs = episode_inputs(episode, image_processor, texts, seed)
+            inputs = episode_inputs(episode, image_processor, texts, seed, features)
             with accelerator.accumulate(model):
                 output_step = model(**inputs, return_weights=False)
                 accelerator.backward(output_step.loss)
@@ -220,7 +250,7 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
             log.write(row)
             window, started = [], time.monotonic()
         if state.step % config.eval_every == 0 or done:
-            val_accuracy = evaluate_episodes(unwrapped, val_episodes, image_processor, texts)
+            val_accuracy = evaluate_episodes(unwrapped, val_episodes, image_processor, texts, features)
             state.history.append({"step": state.step, "val_accuracy": val_accuracy})
             log.write({"step": state.step, "val_accuracy": val_accuracy})
             accelerator.print(f"step {state.step}: meta-val accuracy {val_accuracy:.4f}")
@@ -235,10 +265,43 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
     accelerator.wait_for_everyone()
     final = output / "final"
     if accelerator.is_main_process:
+        state.prior_calibration = calibrate_prior_strength(unwrapped, val_episodes, image_processor, texts, features)
         _export(unwrapped, final, config, state, data_summary)
+        best = output / "best"
+        if best.is_dir():  # the best step's synthesizer gets the same post-hoc calibration
+            best_model = SGPSSynthesizer.from_pretrained(best)
+            state.prior_calibration = calibrate_prior_strength(best_model, val_episodes, image_processor, texts, features)
+            _export(best_model, best, config, state, data_summary)
         _plot_learning_curve(output)
     accelerator.end_training()
     return final
+
+
+#: Candidate strengths of the text prior beside 1 and 5 support images (0 = ignore the texts when images exist).
+PRIOR_STRENGTHS = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+def calibrate_prior_strength(
+    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    features: dict[PoolKey, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Choose the text prior's strength at 1 and 5 shots on meta-val episodes (whole unseen tasks); set it on ``model``.
+
+    The text generator is learned on meta-train classes, whose texts it has seen, so how far to trust it on a
+    new task is a hyperparameter for validation tasks, not a parameter for training episodes. Ties go to the
+    weaker prior.
+    """
+    if not episodes:
+        return {"note": "no meta-val episodes: prior strength left at its initial value"}
+    scores: dict[str, dict[float, float]] = {}
+    for shots in (1, 5):
+        chosen = [e for e in episodes if e.use_images and e.use_text and (e.k_shot <= 2 if shots == 1 else e.k_shot >= 3)]
+        for strength in PRIOR_STRENGTHS:
+            model.set_prior_strength(strength, strength)
+            scores.setdefault(str(shots), {})[strength] = evaluate_episodes(model, chosen, processor, texts, features) if chosen else 0.0
+    best = {shots: max(PRIOR_STRENGTHS, key=lambda v: (round(by[v], 6), -v)) for shots, by in scores.items()}
+    model.set_prior_strength(best["1"], best["5"])
+    return {"scores": scores, "chosen": best}
 
 
 def validation_episodes(pools: list, config: TrainingConfig) -> list[Episode]:
@@ -301,6 +364,7 @@ def _export(model: SGPSSynthesizer, folder: Path, config: TrainingConfig, state:
                 f"{config.pretrain_epochs} supervised epochs on the meta-train classes, last train accuracy "
                 f"{state.pretrain_history[-1]['accuracy']:.3f}" if state.pretrain_history else "none"
             ),
+            "text prior strength (chosen on meta-val)": json.dumps(state.prior_calibration.get("chosen", {})),
             "optimizer": f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, seed {config.seed}",
         }
         synthesizer_card(Path(config.output_dir).name, model.config, training).save(staging / "README.md")

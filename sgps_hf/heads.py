@@ -1,0 +1,55 @@
+"""The closed-form classifier head of synthesizer v2, as pure tensor functions.
+
+Given support features, the head is solved inside the forward pass (no gradient step):
+
+1. Features are standardised, ``z = (f - mu) * gamma``: ``mu`` the mean support feature of the task
+   (task centering; a meta-learned mean for text-only tasks), ``gamma`` a meta-learned per-feature scale.
+2. Kernel ridge regression onto centred one-hot targets, around a prior mean ``W0`` (the class weights
+   generated from the clinical texts, scaled by a meta-learned, shot-dependent strength):
+   ``W = W0 + Z^T (Z Z^T / D + lambda I)^-1 (Y - Z W0 / D) / D``. The dual form costs one S x S solve
+   (S support rows), and as ``lambda`` grows the image part tends to the class sums of ``z``: the
+   nearest-prototype rule is its limit (R2D2, Bertinetto et al. 2019).
+3. The whole map is affine in ``f``, so it folds into one ordinary linear layer: centering goes into the
+   bias, the scale into the weight (:func:`fold_linear`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def standardize(features: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
+    """``(features - mean) * scale`` (the head's input space)."""
+    return (features - mean) * scale
+
+
+def ridge_head(z: Tensor, labels: Tensor, num_classes: int, ridge: Tensor, prior: Tensor | None = None) -> Tensor:
+    """Class weights ``W`` [D, C] of kernel ridge regression from support rows ``z`` [S, D] to one-hot ``labels``.
+
+    ``prior`` [D, C] is the mean the solution shrinks towards (zeros when None); ``ridge`` the
+    positive regulariser ``lambda`` relative to the mean squared feature norm.
+    """
+    dim = z.shape[1]
+    targets = torch.nn.functional.one_hot(labels, num_classes).to(z.dtype) - 1.0 / num_classes
+    if prior is not None:
+        targets = targets - z @ prior / dim
+    gram = z @ z.T / dim
+    eye = torch.eye(z.shape[0], dtype=z.dtype, device=z.device)
+    alpha = torch.linalg.solve(gram + ridge * eye, targets)
+    weights = z.T @ alpha / dim
+    return weights if prior is None else prior + weights
+
+
+def fold_linear(weights: Tensor, mean: Tensor, scale: Tensor, logit_scale: Tensor) -> tuple[Tensor, Tensor]:
+    """``logit_scale * standardize(f) @ weights`` as a linear layer: (weight [C, D], bias [C]) acting on ``f``."""
+    scaled = logit_scale * weights * scale.unsqueeze(1)  # [D, C]
+    return scaled.T.contiguous(), -(mean @ scaled)
+
+
+def support_shots(labels: Tensor, num_classes: int) -> Tensor:
+    """Mean number of support images per class that has any (0 for a text-only task)."""
+    if labels.numel() == 0:
+        return torch.zeros(())
+    counts = torch.bincount(labels, minlength=num_classes)
+    return counts[counts > 0].float().mean()
