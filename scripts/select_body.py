@@ -58,7 +58,7 @@ def adapted_body(model: SGPSSynthesizer, args: argparse.Namespace, processor: SG
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.target.state_dict().items()}, path)
     path.with_suffix(".json").write_text(json.dumps(history))
-    return model.target.state_dict(), history
+    return {k: v.clone() for k, v in model.target.state_dict().items()}, history
 
 
 @torch.no_grad()

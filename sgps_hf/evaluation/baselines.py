@@ -1,37 +1,38 @@
 """Few-shot methods compared by the benchmark, behind one interface.
 
 Every method turns an episode's support set (and class texts) into a predictor of query logits:
-``predictor = method.adapt(episode)``, then ``logits = predictor(query_uint8)``. All of them use the
-same target architecture (the synthesizer's timm EfficientNet-V2 body) and the same image
-normalisation, and none of them ever sees the query labels.
+``predictor = method.adapt(episode)``, then ``logits = predictor(query_uint8)``. All of them stand on
+the *same* body, the synthesizer's own (by default the frozen ImageNet EfficientNet-Lite0 at 128 px),
+with the same image normalisation, and none of them ever sees the query labels.
 
 * :class:`SGPSMethod`: the synthesizer (image + text, image only, or text only).
-* :class:`ProtoNetMethod`: squared-euclidean nearest prototype in a meta-trained body (Snell et al. 2017).
-* :class:`NearestNeighbourMethod`: 1-nearest support image in a body's feature space.
-* :class:`LinearProbeMethod`: logistic regression on frozen body features (head-only fine-tuning).
-* :class:`FineTuneMethod`: all layers fine-tuned for a fixed step budget after a linear-probe head
-  initialisation (LP-FT, Kumar et al. 2022: it beats fine-tuning from a random head).
-* :class:`FOMAMLMethod`: SGD on all layers from a meta-learned initialisation (first-order MAML).
+* :class:`ProtoNetMethod`: squared-euclidean nearest prototype (the ProtoNet rule, Snell et al. 2017).
+* :class:`NearestNeighbourMethod`: 1-nearest support image in the body's feature space.
+* :class:`LinearProbeMethod`: logistic regression on the frozen body features (head-only fine-tuning).
+* :class:`FineTuneMethod`: the body (all layers, or its top stages) fine-tuned for a fixed step budget after
+  a linear-probe head initialisation (LP-FT, Kumar et al. 2022: it beats fine-tuning from a random head).
 
-BatchNorm stays in eval mode (running statistics) in every gradient-based method: with 5-25 support
-images, batch statistics are too noisy to train on and would make predictions depend on the query batch.
+The frozen body's features are memoised per image (:class:`FeatureMemo`), so methods that share the body
+pay for each image once. BatchNorm stays in eval mode (running statistics) in every gradient-based method:
+with 5-25 support images, batch statistics are too noisy to train on and would make predictions depend on
+the query batch.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ..data.episodes import Episode
 from ..image_processing_sgps import SGPSImageProcessor
-from ..modeling_sgps import SGPSSynthesizer
-from ..target import classify
+from ..modeling_sgps import SGPSSynthesizer, apply_view
+from ..target import HEAD_BIAS, HEAD_WEIGHT
 from ..training.augment import random_flips
 
 Predictor = Callable[[Tensor], Tensor]  # uint8 query images [n, 3, H, W] -> logits [n, num_classes]
@@ -54,21 +55,26 @@ def _eval_features(body: nn.Module, images: Tensor, batch_size: int = 256) -> Te
     return torch.cat([body(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
-@torch.no_grad()
-def with_support_statistics(body: nn.Module, support: Tensor) -> nn.Module:
-    """A copy of ``body`` whose BatchNorm running statistics are those of the (normalised) support images.
+class FeatureMemo(nn.Module):
+    """A frozen module (eval mode) whose output for each image is computed once and then looked up.
 
-    A synthesizer trained with ``support_statistics`` keeps, as running statistics, only the fallback of
-    text-only synthesis (a running mean of many tasks' statistics); with them its image features collapse
-    to a constant. Such a synthesizer classifies with statistics measured on the support set, so methods
-    that start from its base get the same treatment: measured on the support only, never on the queries.
+    Images are keyed by their bytes, so the same support or query image met by several methods, or again in
+    a later episode, costs one forward pass. The memo holds features, not images (a few KB per image).
     """
-    copy_ = copy.deepcopy(body)
-    for module in copy_.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum = 1.0  # one train-mode pass stores exactly the batch statistics
-    copy_.train()(support)
-    return copy_.eval()
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module.eval().requires_grad_(False)
+        self._memo: dict[bytes, Tensor] = {}
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        keys = [hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest() for image in images]
+        missing = [i for i, key in enumerate(keys) if key not in self._memo]
+        if missing:
+            new = _eval_features(self.module, images[missing])
+            self._memo.update({keys[i]: feature for i, feature in zip(missing, new)})
+        return torch.stack([self._memo[key] for key in keys])
 
 
 @dataclass
@@ -80,6 +86,7 @@ class SGPSMethod:
     use_text: bool = True
     use_images: bool = True
     name: str = "SGPS (image + text)"
+    features: "FeatureMemo | None" = field(default=None, repr=False)  # the shared body's memo (default: its own)
 
     def __post_init__(self) -> None:
         if not (self.use_text or self.use_images):
@@ -87,16 +94,20 @@ class SGPSMethod:
         self.needs_images = self.use_images
         self.processor = SGPSImageProcessor.from_sgps_config(self.synthesizer.config)
         self.synthesizer.eval()
+        if self.features is None:
+            self.features = FeatureMemo(self.synthesizer.target)
 
     @torch.no_grad()
     def adapt(self, episode: Episode) -> Predictor:
         n = len(episode.class_names)
         inputs: dict[str, Any] = {"text_embeds": self.text_bank(episode.class_texts), "text_mask": torch.full((n,), self.use_text)}
         if self.use_images:
-            inputs.update(support_pixel_values=self.processor.normalize_uint8(episode.support), support_labels=episode.support_labels)
+            support = self.processor.normalize_uint8(episode.support)
+            views = [self.features(apply_view(support, view)) for view in self.synthesizer.config.support_views]
+            inputs.update(support_features=torch.stack(views, dim=1), support_labels=episode.support_labels)
         weights = self.synthesizer.generate_weights(n, **inputs)
-        body = self.synthesizer.target
-        return torch.no_grad()(lambda images: classify(body, weights, self.processor.normalize_uint8(images)))
+        head = weights[HEAD_WEIGHT], weights[HEAD_BIAS]
+        return torch.no_grad()(lambda images: nn.functional.linear(self.features(self.processor.normalize_uint8(images)), *head))
 
     def describe(self) -> dict[str, Any]:
         return {"support images": self.use_images, "class texts": self.use_text, "gradient steps": 0}
@@ -191,148 +202,102 @@ def fit_linear_head(features: Tensor, labels: Tensor, num_classes: int, steps: i
 
 @dataclass
 class LinearProbeMethod:
-    """Head-only fine-tuning: logistic regression on frozen features of the meta-learned base body."""
+    """Head-only fine-tuning: logistic regression on the frozen body features."""
 
     body: nn.Module
     processor: SGPSImageProcessor
     lr: float = 0.01
     steps: int = 100
     weight_decay: float = 1e-4
-    support_statistics: bool = False  # see with_support_statistics (True for a base trained with support statistics)
     name: str = "Fine-tune head (linear probe)"
     needs_images: bool = True
 
     def adapt(self, episode: Episode) -> Predictor:
-        support = self.processor.normalize_uint8(episode.support)
-        body = with_support_statistics(self.body, support) if self.support_statistics else self.body
         with torch.no_grad():
-            features = _eval_features(body, support)
+            features = _eval_features(self.body, self.processor.normalize_uint8(episode.support))
         head = fit_linear_head(features, episode.support_labels, len(episode.class_names), self.steps, self.lr, self.weight_decay)
 
         @torch.no_grad()
         def predict(images: Tensor) -> Tensor:
-            return head(_eval_features(body, self.processor.normalize_uint8(images)))
+            return head(_eval_features(self.body, self.processor.normalize_uint8(images)))
 
         return predict
 
     def describe(self) -> dict[str, Any]:
         return {"lr": self.lr, "steps": self.steps, "weight_decay": self.weight_decay, "optimizer": "Adam, full batch",
-                "BatchNorm statistics": "support set" if self.support_statistics else "body's running statistics"}
+                "BatchNorm statistics": "body's running statistics"}
 
 
 @dataclass
 class FineTuneMethod:
-    """All layers fine-tuned from the meta-learned base for ``steps`` Adam steps (LP-FT).
+    """The body fine-tuned for ``steps`` Adam steps after a linear-probe head initialisation (LP-FT).
 
-    The head starts as the linear probe of :class:`LinearProbeMethod` (``probe_lr``/``probe_steps``),
-    so that fine-tuning starts from a sensible classifier instead of destroying features with the
-    gradients of a random head. Support batches get random flips. ``trace`` (optional) is called
-    after every ``trace_every`` steps with ``(step, predictor)``: the benchmark uses it to find how
-    long fine-tuning takes to reach its best accuracy.
+    ``top_blocks`` = None trains all layers; k trains only the last k block stages, ``conv_head`` and the head,
+    with the frozen stages below memoised per image (the same method at a fraction of the CPU cost). The head
+    starts as the linear probe of :class:`LinearProbeMethod` (``probe_lr``/``probe_steps``), so fine-tuning
+    starts from a sensible classifier instead of destroying features with the gradients of a random head.
+    Support batches get random flips. ``trace`` (optional) is called after every ``trace_every`` steps with
+    ``(step, predictor)``: the benchmark uses it to find how long fine-tuning takes to reach its best accuracy.
     """
 
     body: nn.Module
     processor: SGPSImageProcessor
     lr: float = 3e-4
-    steps: int = 25
+    steps: int = 20
     weight_decay: float = 1e-4
     probe_lr: float = 0.01
     probe_steps: int = 100
-    support_statistics: bool = False  # see with_support_statistics (True for a base trained with support statistics)
+    top_blocks: int | None = None
     seed: int = 0
     name: str = "Fine-tune all layers"
     needs_images: bool = True
     trace: Callable[[int, Predictor], None] | None = field(default=None, repr=False)
     trace_every: int = 5
 
+    def __post_init__(self) -> None:
+        bottom, self._top = split_body(self.body, self.top_blocks)
+        self._bottom = FeatureMemo(bottom) if bottom is not None else None
+
     def adapt(self, episode: Episode) -> Predictor:
-        support = self.processor.normalize_uint8(episode.support)
-        body = with_support_statistics(self.body, support) if self.support_statistics else copy.deepcopy(self.body).eval()
+        support = self._below(self.processor.normalize_uint8(episode.support))
+        top = copy.deepcopy(self._top).eval()
         labels, n = episode.support_labels, len(episode.class_names)
         with torch.no_grad():
-            features = _eval_features(body, support)
-        model = nn.Sequential(body, fit_linear_head(features, labels, n, self.probe_steps, self.probe_lr, self.weight_decay)).eval()
+            features = _eval_features(top, support)
+        model = nn.Sequential(top, fit_linear_head(features, labels, n, self.probe_steps, self.probe_lr, self.weight_decay)).eval()
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + max(episode.index, 0))
-        predict = torch.no_grad()(lambda images: model(self.processor.normalize_uint8(images)))
+        predict = torch.no_grad()(lambda images: model(self._below(self.processor.normalize_uint8(images))))
         for step in range(self.steps):
             if self.trace is not None and step % self.trace_every == 0:
                 self.trace(step, predict)
             optimizer.zero_grad()
+            # Flips of the frozen stages' feature maps stand in for flipped images when only the top is trained.
             nn.functional.cross_entropy(model(random_flips(support, generator)), labels).backward()
             optimizer.step()
         if self.trace is not None:
             self.trace(self.steps, predict)
         return predict
 
+    def _below(self, images: Tensor) -> Tensor:
+        return self._bottom(images) if self._bottom is not None else images
+
     def describe(self) -> dict[str, Any]:
+        trained = "all layers" if self.top_blocks is None else f"last {self.top_blocks} block stages + conv_head + head"
         return {
-            "lr": self.lr, "steps": self.steps, "weight_decay": self.weight_decay, "optimizer": "Adam, full support batch, flips",
-            "head init": f"linear probe ({self.probe_steps} steps, lr {self.probe_lr})",
-            "BatchNorm statistics": "support set" if self.support_statistics else "body's running statistics",
+            "lr": self.lr, "steps": self.steps, "weight_decay": self.weight_decay, "trained": trained,
+            "optimizer": "Adam, full support batch, flips", "head init": f"linear probe ({self.probe_steps} steps, lr {self.probe_lr})",
+            "BatchNorm statistics": "body's running statistics",
         }
 
 
-class HeadedBody(nn.Module):
-    """A body plus a linear head: the parameter set first-order MAML adapts (and meta-learns)."""
-
-    def __init__(self, body: nn.Module, num_classes: int) -> None:
-        super().__init__()
-        self.body = body
-        self.head = nn.Linear(body.num_features, num_classes)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.body(images))
-
-
-def zero_head(model: HeadedBody, num_classes: int) -> dict[str, Tensor]:
-    """Head tensors of an episode's classifier: zeros, so the class order of an episode does not matter
-    (a learned head init would be tied to label ids that are shuffled per episode; Ye & Chao 2022)."""
-    return {"head.weight": torch.zeros(num_classes, model.body.num_features), "head.bias": torch.zeros(num_classes)}
-
-
-def inner_loop(model: HeadedBody, params: dict[str, Tensor], buffers: dict[str, Tensor], images: Tensor, labels: Tensor,
-               steps: int, lr: float, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """``steps`` plain SGD steps on the support loss from ``params`` (no graph kept: first order)."""
-
-    def loss_fn(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return nn.functional.cross_entropy(functional_call(model, {**p, **buffers}, (x,)), labels)
-
-    grad_fn = torch.func.grad(loss_fn)
-    params = {name: value.detach() for name, value in params.items()}
-    model.eval()
-    for _ in range(steps):
-        x = random_flips(images, generator) if generator is not None else images
-        grads = grad_fn(params, x)
-        params = {name: value - lr * grads[name] for name, value in params.items()}
-    return params
-
-
-@dataclass
-class FOMAMLMethod:
-    """First-order MAML at test time: ``inner_steps`` SGD steps on all layers from the meta-learned init."""
-
-    model: HeadedBody
-    processor: SGPSImageProcessor
-    inner_lr: float = 0.01
-    inner_steps: int = 10
-    name: str = "FOMAML"
-    needs_images: bool = True
-
-    def adapt(self, episode: Episode) -> Predictor:
-        n = len(episode.class_names)
-        init = {k: v for k, v in self.model.named_parameters() if not k.startswith("head.")}
-        buffers = dict(self.model.named_buffers())
-        support = self.processor.normalize_uint8(episode.support)
-        params = inner_loop(self.model, {**init, **zero_head(self.model, n)}, buffers, support, episode.support_labels,
-                            self.inner_steps, self.inner_lr)
-
-        @torch.no_grad()
-        def predict(images: Tensor) -> Tensor:
-            self.model.eval()
-            return functional_call(self.model, {**params, **buffers}, (self.processor.normalize_uint8(images),))
-
-        return predict
-
-    def describe(self) -> dict[str, Any]:
-        return {"inner_lr": self.inner_lr, "inner_steps": self.inner_steps, "inner optimizer": "SGD, all layers, zero head init"}
+def split_body(body: nn.Module, top_blocks: int | None) -> tuple[nn.Module | None, nn.Module]:
+    """(frozen bottom, trainable top) of a timm EfficientNet body; ``top_blocks`` None: (None, the whole body)."""
+    if top_blocks is None:
+        return None, body
+    if not 1 <= top_blocks <= len(body.blocks):
+        raise ValueError(f"top_blocks must be in 1..{len(body.blocks)}, got {top_blocks}.")
+    cut = len(body.blocks) - top_blocks
+    bottom = nn.Sequential(body.conv_stem, body.bn1, *body.blocks[:cut])
+    top = nn.Sequential(*body.blocks[cut:], body.conv_head, body.bn2, body.global_pool)
+    return bottom, top

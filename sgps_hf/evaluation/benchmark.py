@@ -3,8 +3,8 @@
 :func:`run_benchmark` returns one JSON-ready dict; :mod:`sgps_hf.evaluation.report` renders it. The
 protocol, in order:
 
-1. Baselines: the shared pre-trained body, then ProtoNet and first-order MAML meta-trained with the
-   SGPS budget (:mod:`~sgps_hf.evaluation.meta_baselines`, cached).
+1. Baselines stand on the synthesizer's own body (by default the frozen ImageNet EfficientNet-Lite0 at
+   128 px): the same body for every method, its features memoised per image and shared.
 2. Tuning on meta-val episodes only: each baseline's few test-time hyperparameters (grids below), then
    a softmax temperature per method (for the calibration criterion). Held-out tasks are never used
    to choose anything.
@@ -31,19 +31,17 @@ from ..data.episodes import ClassPool, Episode, EpisodeSampler
 from ..image_processing_sgps import SGPSImageProcessor
 from ..modeling_sgps import SGPSSynthesizer
 from ..target import materialize
-from ..training.config import TrainingConfig
 from ..training.meta_train import TextBank
 from .baselines import (
+    FeatureMemo,
     FewShotMethod,
     FineTuneMethod,
-    FOMAMLMethod,
     LinearProbeMethod,
     NearestNeighbourMethod,
     ProtoNetMethod,
     SGPSMethod,
 )
 from .corruptions import CORRUPTIONS, corrupt
-from .meta_baselines import BaselineBudget, meta_train_baseline, pretrained_body
 from .metrics import calibration, episode_scores, mean_ci
 
 logger = logging.getLogger(__name__)
@@ -69,10 +67,10 @@ class BenchmarkConfig:
     tune_episodes: int = 15
     speed_episodes: int = 5
     finetune_steps: int = 20
-    fomaml_test_steps: int = 10
+    finetune_top_blocks: int = 2  # the cheaper fine-tuning baseline trains the last 2 block stages + conv_head
+    finetune_all_episodes: int = 40  # all-layer fine-tuning costs ~30x more on a CPU: on the first N episodes only
     probe_lrs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
     finetune_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
-    fomaml_lr_factors: tuple[float, ...] = (0.5, 1.0, 2.0)
     nn_metrics: tuple[str, ...] = ("cosine", "euclidean")
 
 
@@ -199,47 +197,43 @@ class Methods:
     def image_methods(self) -> dict[str, FewShotMethod]:
         return {name: m for name, m in self.methods.items() if m.needs_images}
 
+    def cheap_image_methods(self) -> dict[str, FewShotMethod]:
+        """Image methods without all-layer fine-tuning, which the curve and gap criteria cannot afford on a CPU."""
+        return {name: m for name, m in self.image_methods().items() if name != FINETUNE_ALL}
 
-def build_methods(synthesizer: SGPSSynthesizer, texts: TextBank, config: TrainingConfig, budget: BaselineBudget, bench: BenchmarkConfig,
-                  train_pools: list[ClassPool], val_pools: list[ClassPool], cache_dir: Any) -> Methods:
-    """SGPS in its three modes and every baseline, trained (or loaded from the cache) with the SGPS budget."""
+
+FINETUNE_ALL, FINETUNE_TOP, PROBE = "Fine-tune all layers", "Fine-tune top layers", "Fine-tune head (linear probe)"
+
+
+def build_methods(synthesizer: SGPSSynthesizer, texts: TextBank, bench: BenchmarkConfig) -> Methods:
+    """SGPS in its three modes and every baseline, all on the synthesizer's own (frozen) body."""
     import copy
-    from pathlib import Path
 
-    cache = Path(cache_dir)
-    model_config = synthesizer.config
-    processor = SGPSImageProcessor.from_sgps_config(model_config)
-    body, body_info = pretrained_body(model_config, config, train_pools, cache)
-    protonet, protonet_info = meta_train_baseline("protonet", copy.deepcopy(body), body_info, model_config, config, budget, train_pools, val_pools, cache)
-    fomaml, fomaml_info = meta_train_baseline("fomaml", copy.deepcopy(body), body_info, model_config, config, budget, train_pools, val_pools, cache)
-    base = copy.deepcopy(synthesizer.target).eval()  # the meta-learned base weights SGPS modulates
-    inner_lr = fomaml_info.get("inner_lr", 0.01)
+    processor = SGPSImageProcessor.from_sgps_config(synthesizer.config)
+    body = copy.deepcopy(synthesizer.target).eval()
+    shared = FeatureMemo(body)  # one forward pass per image, whichever method meets it first
     methods: dict[str, FewShotMethod] = {
-        SGPS_FULL: SGPSMethod(synthesizer, texts, True, True, SGPS_FULL),
-        SGPS_IMAGE: SGPSMethod(synthesizer, texts, False, True, SGPS_IMAGE),
-        SGPS_TEXT: SGPSMethod(synthesizer, texts, True, False, SGPS_TEXT),
-        "ProtoNet": ProtoNetMethod(protonet.eval(), processor),
-        "FOMAML": FOMAMLMethod(fomaml.eval(), processor, inner_lr, bench.fomaml_test_steps),
-        # Normalised as SGPS normalises with this base: support statistics only where the checkpoint uses them.
-        "Fine-tune all layers": FineTuneMethod(base, processor, steps=bench.finetune_steps,
-                                               support_statistics=model_config.support_statistics, seed=bench.seed),
-        "Fine-tune head (linear probe)": LinearProbeMethod(base, processor, support_statistics=model_config.support_statistics),
-        "Nearest neighbour": NearestNeighbourMethod(body.eval(), processor),
+        SGPS_FULL: SGPSMethod(synthesizer, texts, True, True, SGPS_FULL, features=shared),
+        SGPS_IMAGE: SGPSMethod(synthesizer, texts, False, True, SGPS_IMAGE, features=shared),
+        SGPS_TEXT: SGPSMethod(synthesizer, texts, True, False, SGPS_TEXT, features=shared),
+        "ProtoNet": ProtoNetMethod(shared, processor),
+        FINETUNE_ALL: FineTuneMethod(copy.deepcopy(body), processor, steps=bench.finetune_steps, seed=bench.seed, name=FINETUNE_ALL),
+        FINETUNE_TOP: FineTuneMethod(copy.deepcopy(body), processor, steps=bench.finetune_steps, top_blocks=bench.finetune_top_blocks,
+                                     seed=bench.seed, name=FINETUNE_TOP),
+        PROBE: LinearProbeMethod(shared, processor),
+        "Nearest neighbour": NearestNeighbourMethod(shared, processor),
     }
+    body_facts = f"the synthesizer's body ({synthesizer.config.target_architecture}, {synthesizer.config.image_size} px)"
     training = {
-        "pretrained body": {k: body_info.get(k) for k in ("key", "pretrain_epochs", "pretrain_learning_rate", "batch", "seed", "seconds")},
-        "ProtoNet": {k: v for k, v in _training_facts(protonet_info).items() if k != "fomaml_inner_steps"},
-        "FOMAML": _training_facts(fomaml_info),
-        "Fine-tune all layers": "starts from the SGPS checkpoint's meta-learned base body (synthesizer.target)",
-        "Fine-tune head (linear probe)": "frozen SGPS meta-learned base body",
-        "Nearest neighbour": "frozen shared pre-trained body (no meta-training)",
+        "shared body": body_facts + ", identical for every method; no method is trained on the meta-train tasks beyond it",
+        "ProtoNet": "nearest-prototype rule on the shared body (its episodic training would change the body: with one shared "
+                    "body, ProtoNet is its rule)",
+        FINETUNE_ALL: f"all layers from the shared body, on the first {bench.finetune_all_episodes} episodes of each shot (CPU cost)",
+        FINETUNE_TOP: f"last {bench.finetune_top_blocks} block stages + conv_head + head from the shared body",
+        PROBE: "frozen shared body",
+        "Nearest neighbour": "frozen shared body",
     }
     return Methods(methods, training)
-
-
-def _training_facts(info: dict[str, Any]) -> dict[str, Any]:
-    keys = ("steps", "learning_rate", "best_val_accuracy", "step", "inner_lr", "inner_lr_scores", "fomaml_inner_steps", "history")
-    return {k: info.get(k) for k in keys if k in info}
 
 
 def tune(methods: Methods, val_episodes: list[Episode], bench: BenchmarkConfig) -> None:
@@ -249,9 +243,8 @@ def tune(methods: Methods, val_episodes: list[Episode], bench: BenchmarkConfig) 
         return
     m = methods.methods
     grids: dict[str, tuple[str, list[Any]]] = {
-        "Fine-tune head (linear probe)": ("lr", list(bench.probe_lrs)),
-        "Fine-tune all layers": ("lr", list(bench.finetune_lrs)),
-        "FOMAML": ("inner_lr", [m["FOMAML"].inner_lr * f for f in bench.fomaml_lr_factors]),
+        PROBE: ("lr", list(bench.probe_lrs)),
+        FINETUNE_TOP: ("lr", list(bench.finetune_lrs)),
         "Nearest neighbour": ("metric", list(bench.nn_metrics)),
     }
     runs: dict[str, MethodRun] = {}
@@ -263,12 +256,14 @@ def tune(methods: Methods, val_episodes: list[Episode], bench: BenchmarkConfig) 
             scores[value] = accuracy_of(runs[f"{name}={value}"])
         best = max(scores, key=scores.get)
         setattr(m[name], attribute, best)
-        if name == "Fine-tune all layers":
-            m[name].probe_lr = m["Fine-tune head (linear probe)"].lr  # its head init is the tuned probe
+        if name == PROBE:  # both fine-tuning baselines start from the tuned probe
+            m[FINETUNE_TOP].probe_lr = m[FINETUNE_ALL].probe_lr = best
+        if name == FINETUNE_TOP:  # all-layer fine-tuning is too costly to tune separately: it takes the same lr
+            m[FINETUNE_ALL].lr = best
         methods.tuning[name] = {"parameter": attribute, "scores": {str(k): v for k, v in scores.items()}, "chosen": best}
         runs[name] = runs[f"{name}={best}"]
     for name, method in m.items():
-        run = runs.get(name) or run_method(method, val_episodes)
+        run = runs.get(name) or run_method(method, val_episodes[: bench.finetune_all_episodes] if name == FINETUNE_ALL else val_episodes)
         methods.temperatures[name] = fit_temperature(run.logits, run.labels)
         methods.tuning.setdefault(name, {})["meta_val_accuracy"] = accuracy_of(run)
     methods.tuning["episodes"] = len(val_episodes)
@@ -288,7 +283,8 @@ def main_table(methods: Methods, pools: list[ClassPool], bench: BenchmarkConfig,
         for name, method in chosen.items():
             logger.info("main: %s, %d-shot", name, shot)
             shift = bench.shift_episodes if shot == bench.focus_shot else 0
-            runs[name, shot] = run_method(method, episodes, shift_episodes=shift, severity=bench.severity, seed=bench.seed)
+            chosen_episodes = episodes[: bench.finetune_all_episodes] if name == FINETUNE_ALL else episodes
+            runs[name, shot] = run_method(method, chosen_episodes, shift_episodes=shift, severity=bench.severity, seed=bench.seed)
             table.setdefault(name, {})[str(shot)] = runs[name, shot].summary()
     return table, runs
 
@@ -300,7 +296,7 @@ def data_efficiency(methods: Methods, pools: list[ClassPool], bench: BenchmarkCo
     curve["shots"] = shots
     for shot in shots:
         episodes = None
-        for name, method in methods.image_methods().items():
+        for name, method in methods.cheap_image_methods().items():
             run = main_runs.get((name, shot))
             if run is None:
                 episodes = episodes or make_episodes(pools, bench.ways, shot, bench.queries, bench.curve_episodes, bench.seed)
@@ -315,7 +311,7 @@ def generalization_gap(methods: Methods, train_pools: list[ClassPool], bench: Be
     shot = min(shot, max_feasible_shot(train_pools))
     episodes = make_episodes(train_pools, bench.ways, shot, bench.queries, bench.gap_episodes, bench.seed)
     gap: dict[str, Any] = {"shot": shot, "episodes": bench.gap_episodes, "methods": {}}
-    for name, method in methods.image_methods().items():
+    for name, method in methods.cheap_image_methods().items():
         train_accuracy = mean_ci(s["accuracy"] for s in run_method(method, episodes).scores)
         held = main_runs.get((name, shot))
         test_accuracy = mean_ci(s["accuracy"] for s in held.scores) if held else None
@@ -357,7 +353,7 @@ def domain_shift(main_runs: dict[tuple[str, int], MethodRun], shot: int, severit
 def speed(methods: Methods, synthesizer: SGPSSynthesizer, pools: list[ClassPool], bench: BenchmarkConfig, shot: int,
           main_runs: dict[tuple[str, int], MethodRun]) -> dict[str, Any]:
     """Synthesis seconds vs fine-tuning seconds to its best accuracy; synthesized vs plain timm inference speed."""
-    finetune: FineTuneMethod = methods.methods["Fine-tune all layers"]
+    finetune: FineTuneMethod = methods.methods[FINETUNE_ALL]
     episodes = make_episodes(pools, bench.ways, shot, bench.queries, bench.speed_episodes, bench.seed)
     curves: dict[int, list[float]] = {}
     at_step: dict[int, list[float]] = {}  # seconds since adapt() started (trace time excluded), per step
@@ -372,7 +368,7 @@ def speed(methods: Methods, synthesizer: SGPSSynthesizer, pools: list[ClassPool]
             curves.setdefault(step, []).append(accuracy)
             clock["trace"] += time.perf_counter() - started
 
-        keys = ("body", "processor", "lr", "steps", "weight_decay", "probe_lr", "probe_steps", "support_statistics", "seed")
+        keys = ("body", "processor", "lr", "steps", "weight_decay", "probe_lr", "probe_steps", "top_blocks", "seed")
         traced = FineTuneMethod(**{k: getattr(finetune, k) for k in keys}, trace=trace, trace_every=max(1, finetune.steps // 5))
         clock["start"] = time.perf_counter()
         traced.adapt(episode)
@@ -430,13 +426,12 @@ def subgroup_report(groups: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def run_benchmark(synthesizer: SGPSSynthesizer, eval_pools: list[ClassPool], train_pools: list[ClassPool], val_pools: list[ClassPool],
-                  config: TrainingConfig, budget: BaselineBudget, bench: BenchmarkConfig, cache_dir: Any,
-                  subgroups: dict[str, Any] | None = None) -> dict[str, Any]:
+                  bench: BenchmarkConfig, subgroups: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the whole protocol (module docstring) and return the results as a JSON-ready dict."""
     started = time.time()
     synthesizer.eval()
     texts = TextBank(synthesizer.config, [p.text for p in eval_pools + train_pools + val_pools])
-    methods = build_methods(synthesizer, texts, config, budget, bench, train_pools, val_pools, cache_dir)
+    methods = build_methods(synthesizer, texts, bench)
     trained = time.time()
     focus = clip_shot(bench.focus_shot, eval_pools)
     bench_used = BenchmarkConfig(**{**asdict(bench), "focus_shot": focus})
@@ -458,6 +453,6 @@ def run_benchmark(synthesizer: SGPSSynthesizer, eval_pools: list[ClassPool], tra
         "speed": speed(methods, synthesizer, eval_pools, bench, focus, runs),
         "subgroups": subgroup_report(subgroups),
         "eval_tasks": sorted({p.task for p in eval_pools}),
-        "seconds": {"baseline_training_or_loading": trained - started, "total": time.time() - started},
+        "seconds": {"setup": trained - started, "total": time.time() - started},
     }
     return results

@@ -106,7 +106,7 @@ def _methods_section(results: dict[str, Any]) -> list[str]:
     lines = ["## Methods, training and tuning", ""]
     for name, info in results["methods"].items():
         lines.append(f"- **{name}**: {info['description']}" + (f"; temperature {info['temperature']:.3f}" if "temperature" in info else ""))
-    lines += ["", "Training (same pre-training and episode budget as the SGPS checkpoint):", ""]
+    lines += ["", "Body and training (one shared body for every method):", ""]
     for name, info in results["training"].items():
         if isinstance(info, dict):
             info = {k: v for k, v in info.items() if k != "history"}

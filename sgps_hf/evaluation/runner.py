@@ -1,7 +1,6 @@
 """Command line of the benchmark: ``scripts/evaluate.py`` and ``sgps evaluate`` share these arguments.
 
-Full run (the numbers in benchmarks/RESULTS.md): about 70 minutes with one torch thread on 2 CPU cores, of
-which the baselines' one-off training takes 35; a re-run loads the cached baselines and takes about 27::
+Full run (the numbers in benchmarks/RESULTS.md; the time it took is recorded there)::
 
     python scripts/evaluate.py --split held_out --out benchmarks/results --report benchmarks/RESULTS.md
 
@@ -30,8 +29,7 @@ logger = logging.getLogger(__name__)
 
 #: Settings of ``--quick``: every criterion exercised on a handful of episodes (for tests and smoke runs).
 QUICK = dict(episodes=3, curve_shots=(1, 2), curve_episodes=2, gap_episodes=2, shift_episodes=2, tune_episodes=2, speed_episodes=1,
-             finetune_steps=3, fomaml_test_steps=2, probe_lrs=(0.01, 0.1), finetune_lrs=(3e-4, 1e-3), fomaml_lr_factors=(1.0, 2.0))
-QUICK_BUDGET = dict(steps=4, val_episodes=2, eval_every=2, fomaml_inner_steps=1, fomaml_inner_lrs=(0.01, 0.03))
+             finetune_steps=3, finetune_all_episodes=2, probe_lrs=(0.01, 0.1), finetune_lrs=(3e-4, 1e-3))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--ways", type=int, default=5)
     protocol.add_argument("--shots", type=int, nargs="+", default=[0, 1, 5], help="0 = text only (zero-shot; SGPS only)")
-    protocol.add_argument("--episodes", type=int, default=100, help="episodes per shot of the main table (the issue's 600 works, ~5x slower)")
+    protocol.add_argument("--episodes", type=int, default=300, help="episodes per shot of the main table")
     protocol.add_argument("--queries", type=int, default=15, help="query images per class")
     protocol.add_argument("--seed", type=int, default=0)
     protocol.add_argument("--focus-shot", type=int, default=5, help="shot of the gap, calibration, domain-shift, tuning and speed criteria")
@@ -52,16 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, default in (("curve", 15), ("gap", 25), ("shift", 30), ("tune", 15), ("speed", 5)):
         protocol.add_argument(f"--{name}-episodes", type=int, default=default)
     protocol.add_argument("--severity", type=int, default=3, choices=range(1, 6), help="corruption severity of the domain-shift criterion")
-    protocol.add_argument("--finetune-steps", type=int, default=20, help="step budget of all-layer fine-tuning")
-    protocol.add_argument("--fomaml-test-steps", type=int, default=10, help="FOMAML inner steps at test time")
-    baselines = parser.add_argument_group("baseline training (defaults: the synthesizer's own training_config.json)")
-    baselines.add_argument("--train-config", default=None, help="TrainingConfig YAML/JSON the baselines copy (data, pre-training, episodes, seed)")
-    baselines.add_argument("--train-sources", nargs="+", default=None, help="meta-train imagefolders/Hub datasets (override the config)")
-    baselines.add_argument("--val-sources", nargs="+", default=None, help="meta-val imagefolders/Hub datasets (override the config)")
-    baselines.add_argument("--baseline-steps", type=int, default=None, help="meta-training episodes of ProtoNet/FOMAML (default: the SGPS run's steps)")
-    baselines.add_argument("--pretrain-epochs", type=int, default=None, help="override the body pre-training epochs")
-    baselines.add_argument("--baseline-val-episodes", type=int, default=40, help="meta-val episodes for baseline checkpoint selection")
-    baselines.add_argument("--cache-dir", default="runs/benchmark-cache", help="where trained baselines are cached (safetensors)")
+    protocol.add_argument("--finetune-steps", type=int, default=20, help="step budget of both fine-tuning baselines")
+    protocol.add_argument("--finetune-all-episodes", type=int, default=40, help="episodes per shot of all-layer fine-tuning (CPU cost)")
+    protocol.add_argument("--finetune-top-blocks", type=int, default=2, help="block stages the cheaper fine-tuning baseline trains")
+    data.add_argument("--train-config", default=None, help="TrainingConfig YAML/JSON naming the meta-train/meta-val data "
+                      "(generalization gap, tuning; default: the synthesizer's own training_config.json)")
+    data.add_argument("--train-sources", nargs="+", default=None, help="meta-train imagefolders/Hub datasets (override the config)")
+    data.add_argument("--val-sources", nargs="+", default=None, help="meta-val imagefolders/Hub datasets (override the config)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, help="output folder: results.json, results.md, PNG plots")
     run.add_argument("--report", default=None, help="also write the Markdown report here (e.g. benchmarks/RESULTS.md), plot links relative to it")
@@ -76,16 +71,11 @@ def _training_config(args: argparse.Namespace, synthesizer_path: str) -> Any:
     if path.is_file():
         config = TrainingConfig.from_file(path)
     else:
-        logger.warning("No training config at %s: the baselines use TrainingConfig defaults.", path)
+        logger.warning("No training config at %s: meta-train/meta-val data from TrainingConfig defaults.", path)
         config = TrainingConfig()
-    overrides: dict[str, Any] = {}
     if args.train_sources is not None:
-        overrides.update(train_sources=list(args.train_sources), val_sources=list(args.val_sources or []))
-    if args.pretrain_epochs is not None:
-        overrides["pretrain_epochs"] = args.pretrain_epochs
-    if args.quick:
-        overrides["pretrain_epochs"] = min(overrides.get("pretrain_epochs", config.pretrain_epochs), 1)
-    return replace(config, **overrides)
+        config = replace(config, train_sources=list(args.train_sources), val_sources=list(args.val_sources or []))
+    return config
 
 
 def _bench_config(args: argparse.Namespace) -> Any:
@@ -122,7 +112,6 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
     from ..modeling_sgps import SGPSSynthesizer
     from ..training.pools import training_pools
     from .benchmark import run_benchmark
-    from .meta_baselines import BaselineBudget
     from .report import render_markdown, write_plots
     from .sources import subgroup_metadata
 
@@ -132,19 +121,14 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
     synthesizer = SGPSSynthesizer.from_pretrained(synthesizer_path)
     image_size = synthesizer.config.image_size
     config = _training_config(args, synthesizer_path)
-    budget = BaselineBudget(steps=args.baseline_steps or config.steps, learning_rate=config.base_learning_rate,
-                            val_episodes=args.baseline_val_episodes, eval_every=max(1, config.eval_every * 2))
-    if args.quick:
-        budget = replace(budget, **{**QUICK_BUDGET, "steps": min(budget.steps, QUICK_BUDGET["steps"])})
     eval_pools, data_label = _eval_pools(args, image_size)
     train_pools, val_pools, _ = training_pools(config, image_size)
     subgroups = subgroup_metadata(args.data_dir if args.split is None else None, args.split or ("held_out" if args.data_dir is None else None),
                                   args.data_dir if args.split else None)
-    results = run_benchmark(synthesizer, eval_pools, train_pools, val_pools, config, budget, _bench_config(args), args.cache_dir, subgroups)
+    results = run_benchmark(synthesizer, eval_pools, train_pools, val_pools, _bench_config(args), subgroups)
     command = "python scripts/evaluate.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     results["run"] = {"command": command, "environment": environment(args.num_threads), "synthesizer": _display_path(synthesizer_path),
-                      "data": data_label, "quick": bool(args.quick), "wall_seconds": time.time() - started,
-                      "baseline_budget": vars(budget) if hasattr(budget, "__dict__") else str(budget)}
+                      "data": data_label, "quick": bool(args.quick), "wall_seconds": time.time() - started}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""The benchmark's few-shot methods, episode helpers, temperature fitting and cached baseline training."""
+"""The benchmark's few-shot methods, the shared feature memo, episode helpers and temperature fitting."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_episode_helpers_clip_and_repeat():
         max_feasible_shot([ClassPool("t", "a", np.zeros((1, 8, 8, 3), np.uint8), "a")])
 
 
-@pytest.mark.parametrize("kind", ["protonet", "nn", "probe", "finetune"])
+@pytest.mark.parametrize("kind", ["protonet", "nn", "probe", "finetune", "finetune-top"])
 def test_methods_learn_a_separable_task(setup, kind):
     _, body, processor = setup
     episodes = make_episodes(_pools(), 3, 3, 4, 3, seed=0)
@@ -56,55 +56,56 @@ def test_methods_learn_a_separable_task(setup, kind):
         "protonet": lambda: B.ProtoNetMethod(body, processor),
         "nn": lambda: B.NearestNeighbourMethod(body, processor, metric="euclidean"),
         "probe": lambda: B.LinearProbeMethod(body, processor, lr=0.1),
-        "finetune": lambda: B.FineTuneMethod(body, processor, steps=3, probe_lr=0.1),
+        "finetune": lambda: B.FineTuneMethod(body, processor, steps=3, lr=1e-4, probe_lr=0.1),
+        "finetune-top": lambda: B.FineTuneMethod(body, processor, steps=3, lr=1e-4, probe_lr=0.1, top_blocks=1),
     }[kind]()
     assert _accuracy(method, episodes) > 0.9
-
-
-def test_fomaml_inner_loop_fits_the_support_set(setup):
-    # An untrained body's features are ~1e-3, too small for SGD to separate classes in a few steps; the
-    # inner loop must still lower the support loss, and leave the meta-learned init untouched.
-    _, body, processor = setup
-    model = B.HeadedBody(copy.deepcopy(body), 3).eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    episode = make_episodes(_pools(), 3, 3, 4, 1, seed=0)[0]
-    support = processor.normalize_uint8(episode.support)
-    params = {k: v for k, v in model.named_parameters() if not k.startswith("head.")}
-    buffers = dict(model.named_buffers())
-    start = {**params, **B.zero_head(model, 3)}
-
-    def loss(p):
-        return torch.nn.functional.cross_entropy(torch.func.functional_call(model, {**p, **buffers}, (support,)), episode.support_labels).item()
-
-    adapted = B.inner_loop(model, start, buffers, support, episode.support_labels, steps=5, lr=0.5)
-    assert loss(adapted) < loss(start)
-    logits = B.FOMAMLMethod(model, processor, 0.5, 5).adapt(episode)(episode.query)
-    assert logits.shape == (12, 3) and torch.isfinite(logits).all()
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-
-
-def test_support_statistics_are_measured_on_the_support_only(setup):
-    _, body, processor = setup
-    support = processor.normalize_uint8(make_episodes(_pools(), 3, 2, 2, 1, seed=0)[0].support)
-    measured = B.with_support_statistics(body, support)
-    name = "bn1.running_mean"
-    assert torch.allclose(measured.state_dict()[name], body.conv_stem(support).mean((0, 2, 3)), atol=1e-5)
-    assert not torch.equal(measured.state_dict()[name], body.state_dict()[name]) and not measured.training
 
 
 def test_finetune_leaves_the_base_untouched_and_traces(setup):
     _, body, processor = setup
     before = {k: v.clone() for k, v in body.state_dict().items()}
     seen = []
-    method = B.FineTuneMethod(body, processor, steps=4, support_statistics=True, trace=lambda step, predict: seen.append(step), trace_every=2)
+    method = B.FineTuneMethod(body, processor, steps=4, trace=lambda step, predict: seen.append(step), trace_every=2)
     method.adapt(make_episodes(_pools(), 3, 2, 2, 1, seed=0)[0])
     assert seen == [0, 2, 4]
     assert all(torch.equal(before[k], v) for k, v in body.state_dict().items())
 
 
+def test_top_layer_finetuning_trains_only_the_top_and_matches_the_body_before_training(setup):
+    _, body, processor = setup
+    bottom, top = B.split_body(body, 1)
+    images = processor.normalize_uint8(make_episodes(_pools(), 3, 2, 2, 1, seed=0)[0].support)
+    with torch.no_grad():
+        assert torch.allclose(top(bottom(images)), body(images), atol=1e-6)
+    episode = make_episodes(_pools(), 3, 3, 4, 3, seed=0)[0]
+    untrained = B.FineTuneMethod(copy.deepcopy(body), processor, steps=0, top_blocks=1, probe_lr=0.1).adapt(episode)(episode.query)
+    probe = B.LinearProbeMethod(body, processor, lr=0.1).adapt(episode)(episode.query)
+    assert torch.allclose(untrained, probe, atol=1e-4)  # 0 steps: exactly the probe on the same features
+    with pytest.raises(ValueError, match="top_blocks"):
+        B.split_body(body, 99)
+
+
+def test_feature_memo_computes_each_image_once(setup):
+    _, body, processor = setup
+    calls = []
+    memo = B.FeatureMemo(copy.deepcopy(body))
+    memo.module.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    images = processor.normalize_uint8(make_episodes(_pools(), 3, 2, 2, 1, seed=0)[0].support)
+    first = memo(images)
+    again = memo(torch.cat([images[:2], images]))
+    assert calls == [len(images)]  # the second call found every image in the memo
+    with torch.no_grad():
+        assert torch.allclose(first, body(images), atol=1e-6) and torch.equal(again[2:], first)
+
+
 def test_sgps_modes(setup):
     synthesizer, _, _ = setup
     from sgps_hf.training.meta_train import TextBank
+
+    synthesizer = copy.deepcopy(synthesizer)
+    with torch.no_grad():  # an untrained text generator is zero: give the texts something to say
+        synthesizer.text_to_weight[-1].weight.normal_(generator=torch.Generator().manual_seed(0))
 
     pools = _pools()
     texts = TextBank(synthesizer.config, [p.text for p in pools])
@@ -116,24 +117,6 @@ def test_sgps_modes(setup):
         B.SGPSMethod(synthesizer, texts, False, False)
 
 
-def test_fomaml_meta_gradient_is_the_gradient_at_the_adapted_weights(setup):
-    from sgps_hf.evaluation.meta_baselines import _fomaml_loss
-
-    _, body, processor = setup
-    model = B.HeadedBody(copy.deepcopy(body), 3).eval()
-    episode = make_episodes(_pools(), 3, 2, 2, 1, seed=0)[0]
-    support, query = processor.normalize_uint8(episode.support), processor.normalize_uint8(episode.query)
-    _fomaml_loss(model, support, episode.support_labels, query, episode.query_labels, 3, steps=2, lr=0.1).backward()
-    params = {k: v for k, v in model.named_parameters() if not k.startswith("head.")}
-    buffers = dict(model.named_buffers())
-    adapted = B.inner_loop(model, {**params, **B.zero_head(model, 3)}, buffers, support, episode.support_labels, 2, 0.1)
-    leaves = {k: v.clone().requires_grad_(True) for k, v in adapted.items()}
-    loss = torch.nn.functional.cross_entropy(torch.func.functional_call(model, {**leaves, **buffers}, (query,)), episode.query_labels)
-    loss.backward()
-    name = "body.conv_stem.weight"
-    assert torch.allclose(params[name].grad, leaves[name].grad, atol=1e-6)
-
-
 def test_fit_temperature_recovers_a_known_temperature():
     generator = torch.Generator().manual_seed(0)
     true_logits = torch.randn(4000, 4, generator=generator) * 2
@@ -141,23 +124,3 @@ def test_fit_temperature_recovers_a_known_temperature():
     fitted = fit_temperature([true_logits * 3], [labels])  # over-confident by a factor 3
     assert fitted == pytest.approx(3.0, rel=0.1)
     assert 1e-4 <= fit_temperature([torch.tensor([[50.0, -50.0]])], [torch.tensor([0])]) <= 1e4
-
-
-def test_baseline_training_is_cached(tmp_path, setup):
-    from sgps_hf.evaluation.meta_baselines import BaselineBudget, meta_train_baseline, pretrained_body
-    from sgps_hf.training.config import TrainingConfig
-
-    synthesizer, _, _ = setup
-    config = TrainingConfig(pretrain_epochs=1, n_way=3, k_shot=[1, 2], q_query=2, checkpoint_every=2)
-    budget = BaselineBudget(steps=3, learning_rate=1e-3, val_episodes=2, eval_every=2, fomaml_inner_steps=1, fomaml_inner_lrs=(0.01,))
-    train, val = _pools(4, 8, "train"), _pools(3, 6, "val")
-    body, info = pretrained_body(synthesizer.config, config, train, tmp_path)
-    assert len(info["history"]) == 1
-    model, trained = meta_train_baseline("fomaml", copy.deepcopy(body), info, synthesizer.config, config, budget, train, val, tmp_path)
-    assert trained["inner_lr"] == 0.01 and [h["step"] for h in trained["history"]] == [2, 3]
-    assert len(list(tmp_path.glob("fomaml-*/checkpoint-*"))) == 1
-    again_body, again_info = pretrained_body(synthesizer.config, config, train, tmp_path)
-    assert again_info == info and all(torch.equal(a, b) for a, b in zip(body.state_dict().values(), again_body.state_dict().values()))
-    again, cached = meta_train_baseline("fomaml", copy.deepcopy(body), info, synthesizer.config, config, budget, train, val, tmp_path)
-    assert cached == trained
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
