@@ -24,14 +24,22 @@ def standardize(features: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
     return (features - mean) * scale
 
 
-def ridge_head(z: Tensor, labels: Tensor, num_classes: int, ridge: Tensor, prior: Tensor | None = None) -> Tensor:
+def ridge_head(
+    z: Tensor, labels: Tensor, num_classes: int, ridge: Tensor, prior: Tensor | None = None, has_images: Tensor | None = None
+) -> Tensor:
     """Class weights ``W`` [D, C] of kernel ridge regression from support rows ``z`` [S, D] to one-hot ``labels``.
 
     ``prior`` [D, C] is the mean the solution shrinks towards (zeros when None); ``ridge`` the
-    positive regulariser ``lambda`` relative to the mean squared feature norm.
+    positive regulariser ``lambda`` relative to the mean squared feature norm. ``has_images`` [C] marks
+    the classes with support rows (default: all); the others (text-only classes of a mixed task) get
+    target 0, so their weight is their prior minus its fit to the other classes' images.
     """
     dim = z.shape[1]
-    targets = torch.nn.functional.one_hot(labels, num_classes).to(z.dtype) - 1.0 / num_classes
+    targets = torch.nn.functional.one_hot(labels, num_classes).to(z.dtype)
+    if has_images is None:
+        targets = targets - 1.0 / num_classes
+    else:
+        targets = (targets - 1.0 / has_images.sum().clamp(min=1)) * has_images
     if prior is not None:
         targets = targets - z @ prior / dim
     gram = z @ z.T / dim

@@ -218,20 +218,20 @@ class SGPSSynthesizer(PreTrainedModel):
         # of the ridge solution, whose large-regulariser limit is the image prototypes (see sgps_hf.heads).
         prototypes = self.text_to_weight(text_embeds) * text_mask.unsqueeze(1)  # [C, D]
         prior = prototypes.T / prototypes.shape[1]  # [D, C]
+        zero_shot = self.log_zero_shot_scale.exp() * prior
         if has_support:
             # Beside images the generator gets no gradient: it learns from text-only episodes alone (see __init__).
-            prior = torch.exp(self.prior_coefficients[0] + self.prior_coefficients[1] * torch.log(shots)) * prior.detach()
-        else:
-            prior = self.log_zero_shot_scale.exp() * prior
-        if has_support:
+            # Classes without images (text-only classes of a mixed task) keep the full zero-shot prior.
+            strength = torch.exp(self.prior_coefficients[0] + self.prior_coefficients[1] * torch.log(shots))
+            prior = torch.where(image_mask, strength * prior.detach(), zero_shot)
             views = support_features.shape[1]
             rows = support_features.reshape(-1, support_features.shape[-1])
             mean = rows.mean(0)
             labels = support_labels.repeat_interleave(views)
             ridge = self._coefficient(self.ridge_coefficients, shots)
-            weights = ridge_head(standardize(rows, mean, scale), labels, num_classes, ridge, prior)
+            weights = ridge_head(standardize(rows, mean, scale), labels, num_classes, ridge, prior, has_images=image_mask)
         else:
-            mean, weights = self.feature_mean, prior
+            mean, weights = self.feature_mean, zero_shot
         head_weight, head_bias = fold_linear(weights, mean, scale, self.log_logit_scale.exp())
         return {**self.body_tensors(), HEAD_WEIGHT: head_weight, HEAD_BIAS: head_bias}
 

@@ -51,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         protocol.add_argument(f"--{name}-episodes", type=int, default=default)
     protocol.add_argument("--severity", type=int, default=3, choices=range(1, 6), help="corruption severity of the domain-shift criterion")
     protocol.add_argument("--finetune-steps", type=int, default=20, help="step budget of both fine-tuning baselines")
-    protocol.add_argument("--finetune-all-episodes", type=int, default=40, help="episodes per shot of all-layer fine-tuning (CPU cost)")
-    protocol.add_argument("--finetune-top-blocks", type=int, default=2, help="block stages the cheaper fine-tuning baseline trains")
+    protocol.add_argument("--finetune-all-episodes", type=int, default=10, help="episodes per shot of all-layer fine-tuning (CPU cost)")
+    protocol.add_argument("--finetune-top-blocks", type=int, default=1, help="block stages the cheaper fine-tuning baseline trains")
     data.add_argument("--train-config", default=None, help="TrainingConfig YAML/JSON naming the meta-train/meta-val data "
                       "(generalization gap, tuning; default: the synthesizer's own training_config.json)")
     data.add_argument("--train-sources", nargs="+", default=None, help="meta-train imagefolders/Hub datasets (override the config)")

@@ -360,9 +360,12 @@ def _export(model: SGPSSynthesizer, folder: Path, config: TrainingConfig, state:
             "held-out tasks (never seen)": ", ".join(data_summary.get("held_out_tasks", [])) or "n/a",
             "best meta-val accuracy": f"{state.best_val_accuracy:.4f}",
             "validation curve": ", ".join(f"{h['step']}: {h['val_accuracy']:.3f}" for h in state.history[-10:]),
-            "body pre-training": (
-                f"{config.pretrain_epochs} supervised epochs on the meta-train classes, last train accuracy "
-                f"{state.pretrain_history[-1]['accuracy']:.3f}" if state.pretrain_history else "none"
+            "body": (
+                f"{model.config.target_architecture} from {model.config.body_init!r} weights"
+                + (f", adapted {config.pretrain_epochs} epoch(s) on the meta-train classes (last train accuracy "
+                   f"{state.pretrain_history[-1]['accuracy']:.3f}), WiSE-FT weight {config.body_interpolation}"
+                   if state.pretrain_history else "")
+                + ("; frozen, head meta-trained on cached features" if config.freeze_body else "; meta-trained end to end")
             ),
             "text prior strength (chosen on meta-val)": json.dumps(state.prior_calibration.get("chosen", {})),
             "optimizer": f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, seed {config.seed}",
