@@ -24,15 +24,16 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("SGPS_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 DESCRIPTIONS = PROJECT_ROOT / "sgps_hf" / "data" / "descriptions"
 
-#: A synthesizer small enough for unit tests on 2 shared CPU cores (about 0.23 M parameters, 32 px).
+#: A synthesizer small enough for unit tests on 2 shared CPU cores (a 0.25x/0.25x EfficientNetV2-B0 body, 32 px).
+#: tf_efficientnet_lite0 (the default) takes no multipliers, so the tiny one scales tf_efficientnetv2_b0; its body
+#: starts random (``body_init`` only matters to meta-training).
 TINY = dict(
+    target_architecture="tf_efficientnetv2_b0",
     channel_multiplier=0.25,
     depth_multiplier=0.25,
     image_size=32,
     hidden_size=32,
-    num_attention_heads=2,
-    film_bottleneck=8,
-    lowrank_rank=2,
+    body_init="none",
 )
 
 
