@@ -88,8 +88,8 @@ def check_loaded(model_state: dict, original_file) -> None:
         assert model_state[name].dtype == tensor.dtype and torch.equal(model_state[name], tensor), name
 
 
-SYNTH_KEYS = ["hidden_size", "num_attention_heads", "image_size", "film_bottleneck", "lowrank_rank", "lowrank_modules", "channel_multiplier",
-              "target_architecture", "text_embed_dim", "num_context_layers", "context_dropout", "model_type", "image_mean", "interpolation"]
+SYNTH_KEYS = ["hidden_size", "image_size", "support_views", "ridge_init", "prior_init", "logit_scale_init", "text_dropout_rate",
+              "channel_multiplier", "depth_multiplier", "target_architecture", "text_embed_dim", "model_type", "image_mean", "interpolation"]
 
 
 @settings(max_examples=70)

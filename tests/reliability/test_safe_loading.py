@@ -113,7 +113,7 @@ def mutate_tensors(path, edit) -> None:
     save_file(tensors, path, metadata={"format": "pt"})
 
 
-SYNTH_KEY, CLASSIFIER_KEY = "head_delta.weight", "classifier.weight"
+SYNTH_KEY, CLASSIFIER_KEY = "text_to_weight.1.weight", "classifier.weight"
 MISMATCHES = {
     "missing": (lambda t, k: t.pop(k), r"1 missing tensors \(e\.g\. \['{key}'\]\)"),
     "unexpected": (lambda t, k: t.__setitem__("injected.weight", torch.zeros(3)), r"1 unexpected tensors \(e\.g\. \['injected\.weight'\]\)"),
@@ -139,7 +139,7 @@ def test_tensors_that_do_not_match_the_config_are_rejected(originals, tmp_path, 
 def test_a_config_from_another_synthesizer_is_rejected_before_allocating(originals, tmp_path):
     """A config.json asking for a huge model is compared with the weights on the meta device, never allocated."""
     # ~100 GB of generator weights if it were built
-    folder = copy_with_config_edit(originals, tmp_path, "synth", {"hidden_size": 65_536, "num_attention_heads": 2})
+    folder = copy_with_config_edit(originals, tmp_path, "synth", {"hidden_size": 65_536})
     with pytest.raises(CheckpointError, match="wrong shape"):
         SGPSSynthesizer.from_pretrained(folder)
 
@@ -148,11 +148,12 @@ def test_a_config_from_another_synthesizer_is_rejected_before_allocating(origina
     "edit, message",
     [
         ({"hidden_size": "big"}, "hidden_size must be a int, got 'big'"),
-        ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer"),
-        ({"film_bottleneck": -1}, "film_bottleneck must be 0 or more"),
+        ({"hidden_size": 0}, "hidden_size must be a positive integer"),
+        ({"ridge_init": -1}, "ridge_init must be positive"),
         ({"image_size": None}, "image_size must be a int, got None"),
-        ({"context_dropout": float("nan")}, "context_dropout must be a finite number"),
-        ({"lowrank_modules": ["conv_stem"]}, "not a pointwise"),
+        ({"text_dropout_rate": float("nan")}, "text_dropout_rate must be a finite number"),
+        ({"support_views": ["identity", "shear"]}, "support_views must start with 'identity'"),
+        ({"target_architecture": "tf_efficientnet_lite0"}, "cannot be built"),  # lite0 takes no multipliers
     ],
 )
 def test_invalid_synthesizer_configs_name_the_field(originals, tmp_path, edit, message):
