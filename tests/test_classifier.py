@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from sgps_testing import (
+    TINY,
     last_json_line,
     noise_image,
     real_data_available,
@@ -14,6 +15,7 @@ from sgps_testing import (
     run_python,
     skip_without_real_data,
     synthetic_task,
+    tiny_config,
     tiny_synthesizer,
 )
 
@@ -130,12 +132,13 @@ def test_a_plain_timm_folder_without_task_file_is_refused(toy, tmp_path):
 def test_saved_folder_layout(real, real_saved):
     assert {p.name for p in real_saved.iterdir()} == EXPECTED_FILES
     config = json.loads((real_saved / "config.json").read_text())
-    assert config["architecture"] == "tf_efficientnetv2_b0"
+    assert config["architecture"] == TINY["target_architecture"]
     assert config["num_classes"] == 5 and config["label_names"] == real.label_names
     assert "num_classes" not in config["model_args"]  # transformers' timm wrapper passes it itself
     assert config["model_args"]["channel_multiplier"] == 0.25 and config["model_args"]["depth_multiplier"] == 0.25
     cfg = config["pretrained_cfg"]
-    assert cfg["input_size"] == [3, 32, 32] and cfg["mean"] == [0.485, 0.456, 0.406] and cfg["std"] == [0.229, 0.224, 0.225]
+    size, mean, std = TINY["image_size"], tiny_config().image_mean, tiny_config().image_std
+    assert cfg["input_size"] == [3, size, size] and cfg["mean"] == mean and cfg["std"] == std
     assert cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bilinear"
     assert set(config["label_descriptions"]) == set(real.label_names)
 
