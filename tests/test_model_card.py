@@ -6,7 +6,7 @@ import pytest
 from huggingface_hub import ModelCard
 from sgps_testing import noise_image, real_data_available, real_queries, real_task, synthetic_task, tiny_config, tiny_synthesizer
 
-from sgps_hf import ClassSpec, TaskSpec
+from sgps_hf import ClassSpec, SGPSConfig, TaskSpec
 from sgps_hf.model_card import classifier_card, synthesizer_card
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -117,9 +117,9 @@ def test_repo_id_and_base_model(classifier):
     assert 'timm.create_model("hf-hub:someone/derm-classifier", pretrained=True)' in card.text
     assert card.data.model_name == "someone/derm-classifier"
     assert card.data.base_model is None  # a local / unsaved synthesizer is not a Hub model
-    info = dict(classifier.info, synthesizer={"name_or_path": "sgps-hf/sgps-effv2-b0-64", "revision": "abc123"})
+    info = dict(classifier.info, synthesizer={"name_or_path": "sgps-hf/sgps-lite0-128", "revision": "abc123"})
     hub_made = type(classifier)(classifier.model, classifier.label_names, info)
-    assert classifier_card(hub_made).data.base_model == "sgps-hf/sgps-effv2-b0-64"
+    assert classifier_card(hub_made).data.base_model == "sgps-hf/sgps-lite0-128"
 
 
 def test_synthesizer_card_renders():
@@ -131,8 +131,12 @@ def test_synthesizer_card_renders():
     text = card.text
     assert "# SGPS synthesizer: `someone/sgps-tiny`" in text
     assert 'SGPSSynthesizer.from_pretrained("someone/sgps-tiny")' in text
-    assert "channel multiplier 0.25, depth multiplier 0.25, 32 px" in text
+    assert "**tf_efficientnetv2_b0**\n(32 px, channel multiplier 0.25, depth multiplier 0.25)" in text
     assert "- **episodes**: 1200" in text and "Research use only" in text
-    assert re.search(r"rank-2 deltas on\s+conv_head", text)
+    assert "every support image also enters under identity, hflip" in text
+    assert re.search(r"generator of width 32 turns each clinical text", text)
+    assert "FiLM" not in text and "rank-" not in text and "set transformer" not in text  # v1 features are gone
+    # an architecture with its own width and depth names no multipliers
+    assert "multiplier" not in synthesizer_card("x/lite", SGPSConfig()).text.split("## Usage")[0]
     untrained = synthesizer_card("local/dir", config).text
     assert "has not been meta-trained" in untrained
