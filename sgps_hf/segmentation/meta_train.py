@@ -35,6 +35,7 @@ from .modeling_sgps_seg import SGPSSegSynthesizer, segmentation_loss
 class SegTrainingConfig:
     output_dir: str = "runs/sgps-seg"
     data_dir: str | None = None
+    splits_file: str | None = None  # default: the packaged configs/splits.yaml
     model: dict[str, Any] = field(default_factory=dict)
     steps: int = 1500
     episodes_per_step: int = 2
@@ -74,7 +75,7 @@ class SegTrainingConfig:
 class FeatureBank:
     """Frozen-encoder feature maps of every image of some binary tasks, plus their mirrored copies."""
 
-    def __init__(self, model: SGPSSegSynthesizer, tasks: dict[str, TaskArrays], mirrored: bool, batch_size: int = 32) -> None:
+    def __init__(self, model: SGPSSegSynthesizer, tasks: dict[str, TaskArrays], mirrored: bool, batch_size: int = 32, dtype: torch.dtype = torch.float16) -> None:
         self.tasks = tasks
         self.features: dict[str, list[list[torch.Tensor]]] = {}  # task -> [plain levels, mirrored levels]
         self.masks: dict[str, torch.Tensor] = {}
@@ -90,7 +91,7 @@ class FeatureBank:
                     pixels = (pixels - mean) / std
                     if flip:
                         pixels = pixels.flip(-1)
-                    levels.append([f.half() for f in model.encode(pixels)])
+                    levels.append([f.to(dtype) for f in model.encode(pixels)])
                 views.append([torch.cat([chunk[i] for chunk in levels]) for i in range(len(levels[0]))])
             self.features[name] = views
             self.masks[name] = torch.from_numpy(arrays.masks).float()[:, None]
@@ -147,7 +148,7 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
     accelerator = Accelerator(cpu=True)
     set_seed(config.seed)
 
-    splits = seg_splits()
+    splits = seg_splits(config.splits_file)
     dataset = load_seg_dataset(config.data_dir, tasks=splits["meta_train"] + splits["meta_val"])
     train_tasks = task_arrays(dataset, splits["meta_train"])
     val_tasks = task_arrays(dataset, splits["meta_val"])
