@@ -28,7 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", default=DEFAULT_SEG_CHECKPOINT)
     parser.add_argument("--split", default="held_out", choices=["held_out", "meta_val", "meta_train"])
-    parser.add_argument("--episodes", type=int, default=12)
+    parser.add_argument("--episodes", type=int, default=8)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 5, 8])
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--panet-levels", type=int, nargs="+", default=[0, 1, 2, 3])

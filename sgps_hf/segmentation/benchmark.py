@@ -36,12 +36,12 @@ PANET_SCALE = 20.0  # PANet's cosine-similarity temperature
 @dataclass
 class BenchmarkConfig:
     ks: list[int] = field(default_factory=lambda: [1, 2, 5, 8])
-    episodes: int = 12
+    episodes: int = 8
     n_query: int = 8
     seed: int = 2024
-    finetune_steps: int = 25
+    finetune_steps: int = 20
     finetune_lr: float = 1e-3
-    finetune_imagenet_steps: int = 50
+    finetune_imagenet_steps: int = 40
     finetune_imagenet_lr: float = 3e-3
     methods: list[str] = field(default_factory=lambda: ["synthesizer", "synthesizer-alt", "mean-mask", "panet-imagenet", "finetune", "finetune-imagenet"])
     panet_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
