@@ -3,7 +3,7 @@
 Every method sees the same seeded episodes (K examples + queries per held-out binary task and K):
 
 * ``synthesizer``: the meta-trained synthesizer (its configured head), one forward pass;
-* ``synthesizer-prototype`` / ``synthesizer-ridge``: the same decoder with the other closed-form head (ablation);
+* ``synthesizer-prototype`` / ``synthesizer-ridge``: the same decoder with one closed-form head forced at every K (ablation);
 * ``mean-mask``: the mean of the K example masks, thresholded at 0.5 (no image information);
 * ``panet-imagenet``: PANet-style masked-average-pooling prototypes with cosine similarity on the same frozen
   ImageNet Lite0 body (encoder stages upsampled to 1/4 resolution and concatenated), no meta-training;
@@ -43,7 +43,7 @@ class BenchmarkConfig:
     finetune_lr: float = 1e-3
     finetune_imagenet_steps: int = 40
     finetune_imagenet_lr: float = 3e-3
-    methods: list[str] = field(default_factory=lambda: ["synthesizer", "synthesizer-alt", "mean-mask", "panet-imagenet", "finetune", "finetune-imagenet"])
+    methods: list[str] = field(default_factory=lambda: ["synthesizer", "synthesizer-prototype", "synthesizer-ridge", "mean-mask", "panet-imagenet", "finetune", "finetune-imagenet"])
     panet_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
 
 
@@ -118,10 +118,10 @@ def run_benchmark(
     model.eval()
     bank = bank or FeatureBank(model, tasks, mirrored=True, dtype=torch.float32)
     sampler = EpisodeSampler({n: len(a) for n, a in tasks.items()}, (1, max(config.ks)), config.n_query, config.seed)
-    alt = "prototype" if model.config.head == "ridge" else "ridge"
     methods: dict[str, Callable[[Episode, int], torch.Tensor]] = {
         "synthesizer": lambda ep, i: synth_predict(model, bank, ep),
-        "synthesizer-alt": lambda ep, i: synth_predict(model, bank, ep, head=alt),
+        "synthesizer-prototype": lambda ep, i: synth_predict(model, bank, ep, head="prototype"),
+        "synthesizer-ridge": lambda ep, i: synth_predict(model, bank, ep, head="ridge"),
         "mean-mask": lambda ep, i: mean_mask_predict(bank, ep),
         "panet-imagenet": lambda ep, i: panet_predict(bank, ep, config.panet_levels),
         "finetune": lambda ep, i: finetune_predict(model, bank, ep, config.finetune_steps, config.finetune_lr, True, config.seed + i),
@@ -131,7 +131,7 @@ def run_benchmark(
             imagenet_model, bank, ep, config.finetune_imagenet_steps, config.finetune_imagenet_lr, False, config.seed + i
         )
     selected = [m for m in config.methods if m in methods]
-    names = {"synthesizer-alt": f"synthesizer-{alt}"}
+    names: dict[str, str] = {}
     per_task: dict[str, Any] = {}
     timing: dict[str, list[float]] = {names.get(m, m): [] for m in selected}
     for task in sorted(tasks):

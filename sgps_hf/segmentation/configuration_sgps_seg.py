@@ -31,6 +31,8 @@ class SGPSSegConfig(PretrainedConfig):
         init_log_scale (`float`): initial log of the meta-learned logit scale ``s``.
         init_log_ridge_lambda (`float`): initial log of the ridge strength (relative to the mean feature energy).
         freeze_backbone (`bool`): keep the ImageNet encoder frozen during meta-training.
+        prototype_max_k (`int`, *optional*): with at most this many examples, use the ``"prototype"`` head
+            whatever ``head`` says (with one or two examples the ridge solution is noisier; chosen on meta-val).
     """
 
     model_type = "sgps_seg"
@@ -48,6 +50,7 @@ class SGPSSegConfig(PretrainedConfig):
         init_log_scale: float = 0.0,
         init_log_ridge_lambda: float = -2.0,
         freeze_backbone: bool = True,
+        prototype_max_k: int | None = None,
         **kwargs: Any,
     ) -> None:
         if head not in HEADS:
@@ -67,6 +70,7 @@ class SGPSSegConfig(PretrainedConfig):
         self.init_log_scale = float(init_log_scale)
         self.init_log_ridge_lambda = float(init_log_ridge_lambda)
         self.freeze_backbone = bool(freeze_backbone)
+        self.prototype_max_k = int(prototype_max_k) if prototype_max_k is not None else None
         super().__init__(**kwargs)
 
     def segmenter_config(self):

@@ -111,13 +111,18 @@ class SGPSSegSynthesizer(PreTrainedModel):
     def scale(self) -> Tensor:
         return self.log_scale.exp()
 
+    def resolve_head(self, num_examples: int) -> str:
+        """The head used for ``num_examples`` examples: ``config.head``, or prototype up to ``config.prototype_max_k``."""
+        limit = getattr(self.config, "prototype_max_k", None)
+        return "prototype" if limit is not None and num_examples <= limit else self.config.head
+
     def head_from_support(self, support_features: Tensor, support_masks: Tensor, head: str | None = None) -> tuple[Tensor, Tensor]:
         """Closed-form classifier ``(weight (2, C, 1, 1), bias (2,))`` from decoder features and masks.
 
         ``support_masks``: ``(K, 1, H, W)`` in [0, 1] at any resolution (area-pooled to the features').
         """
-        head = head or self.config.head
         k, c, h, w = support_features.shape
+        head = head or self.resolve_head(k)
         y = F.adaptive_avg_pool2d(support_masks.to(support_features.dtype), (h, w))  # soft fraction of foreground
         x = support_features.permute(0, 2, 3, 1).reshape(-1, c).double()
         y = y.reshape(-1).double()
@@ -202,7 +207,7 @@ class SGPSSegSynthesizer(PreTrainedModel):
         model = UperNetForSemanticSegmentation(self.config.segmenter_config())
         model.load_state_dict(state)
         model.eval()
-        info = build_info(task, self, head or self.config.head)
+        info = build_info(task, self, head or self.resolve_head(len(task)))
         return SynthesizedSegmenter(model, processor, info)
 
 

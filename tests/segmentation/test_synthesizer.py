@@ -125,3 +125,12 @@ def test_tampered_weights_are_refused(tiny_synth, tiny_task, tmp_path):
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="sha256"):
         SynthesizedSegmenter.from_pretrained(folder)
+
+
+def test_prototype_max_k_switches_the_head_by_number_of_examples(tiny_task):
+    synth = tiny_seg_synthesizer(0, head="ridge", prototype_max_k=2)
+    assert [synth.resolve_head(k) for k in (1, 2, 3, 8)] == ["prototype", "prototype", "ridge", "ridge"]
+    two = SegmentationTask("two", [blob_pair(0), blob_pair(1)])
+    assert synth.synthesize(two).info["head"] == "prototype" and synth.synthesize(tiny_task).info["head"] == "ridge"
+    forced = synth.synthesize(two, head="ridge")
+    assert forced.info["head"] == "ridge" and forced.info["weights_sha256"] != synth.synthesize(two).info["weights_sha256"]
