@@ -62,12 +62,12 @@ def plot(result: dict, target: Path) -> None:
     import matplotlib.pyplot as plt
 
     ks = result["protocol"]["ks"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for m in methods_of(result):
         ax.plot(ks, [result["summary"][m][str(k)]["dice"] for k in ks], marker="o", label=m, linewidth=2.5 if m == "synthesizer" else 1.2)
     ax.set(xlabel="examples K", ylabel="mean Dice over held-out tasks", title="Few-shot segmentation: data efficiency", xticks=ks)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(target, dpi=110)
     plt.close(fig)

@@ -41,6 +41,9 @@ def build_info(task: "SegmentationTask", synthesizer: "SGPSSegSynthesizer", head
     config = synthesizer.config
     training = getattr(config, "training_tasks", None)
     name = str(getattr(config, "name_or_path", "") or "unsaved")
+    bundled = Path(__file__).resolve().parents[1] / "checkpoints"
+    if name != "unsaved" and Path(name).is_dir() and Path(name).resolve().parent == bundled:
+        name = f"sgps-hf bundled {Path(name).name}"  # no local paths in shared cards
     revision = getattr(config, "_commit_hash", None) or "sha256:" + state_dict_sha256(synthesizer.state_dict())[:16]
     return {
         "task": task.to_dict(),

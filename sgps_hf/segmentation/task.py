@@ -42,7 +42,7 @@ class SegmentationTask:
         self.description = description.strip() if description and description.strip() else None
         if isinstance(examples, (str, os.PathLike)):
             label, examples = _folder_examples(Path(examples), label)
-        self.label = label or "foreground"
+        self.label = label or self.name  # the structure the foreground mask marks
         if isinstance(examples, (str, bytes)) or not isinstance(examples, Iterable):
             raise InvalidTaskError("examples must be a list of (image, mask) pairs or a folder with images/ and masks/<label>/.")
         examples = list(examples)
