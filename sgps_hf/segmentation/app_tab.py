@@ -168,7 +168,7 @@ def build_segmentation_tab(synthesizer: Any = None) -> None:
         with gr.Accordion("Model card", open=False):
             card = gr.Markdown(elem_id="seg-card")
 
-        run.click(lambda i, m, n, d: synthesize(i, m, n, d, synthesizer), [images, masks, name, description], [state, status, card])
-        segment.click(predict, [state, query], [gallery, outcome])
-        build_zip.click(download, [state], [archive, push_status])
-        upload.click(push, [state, repo_id, token, private], [push_status])
+        run.click(lambda i, m, n, d: synthesize(i, m, n, d, synthesizer), [images, masks, name, description], [state, status, card], api_name="seg_synthesize")
+        segment.click(predict, [state, query], [gallery, outcome], api_name="seg_predict")
+        build_zip.click(download, [state], [archive, push_status], api_name="seg_download")
+        upload.click(push, [state, repo_id, token, private], [push_status], api_name="seg_push")
