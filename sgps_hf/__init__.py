@@ -13,6 +13,7 @@ from .image_processing_sgps import SGPSImageProcessor  # noqa: E402
 from .modeling_sgps import SGPSOutput, SGPSSynthesizer  # noqa: E402
 from .processing_sgps import SGPSProcessor  # noqa: E402
 from .task import ClassSpec, TaskSpec  # noqa: E402
+from .segmentation import DEFAULT_SEG_CHECKPOINT, SegmentationTask, SGPSSegConfig, SGPSSegSynthesizer, SynthesizedSegmenter  # noqa: E402
 
 #: The bundled, meta-trained default synthesizer (a local folder: works offline).
 DEFAULT_CHECKPOINT = str(Path(__file__).resolve().parent / "checkpoints" / "sgps-lite0-128")
@@ -23,6 +24,11 @@ AutoImageProcessor.register(SGPSConfig, image_processor_classes={"pil": SGPSImag
 AutoProcessor.register(SGPSConfig, SGPSProcessor, exist_ok=True)
 
 __all__ = [
+    "DEFAULT_SEG_CHECKPOINT",
+    "SGPSSegConfig",
+    "SGPSSegSynthesizer",
+    "SegmentationTask",
+    "SynthesizedSegmenter",
     "DEFAULT_CHECKPOINT",
     "CheckpointError",
     "ClassSpec",

@@ -298,6 +298,10 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     _register_update, _register_demo, _register_evaluate,
 ]
 
+from .segmentation.cli import register as _register_segment  # noqa: E402  (sgps segment ...)
+
+COMMANDS.append(_register_segment)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sgps`` argument parser with every registered command."""

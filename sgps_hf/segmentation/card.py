@@ -1,0 +1,45 @@
+"""Model card of a synthesized segmenter, rendered from ``model_cards/segmenter.md.j2``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..model_card import LICENSE, _template
+
+if TYPE_CHECKING:
+    from .segmenter import SynthesizedSegmenter
+
+
+def segmenter_card(segmenter: "SynthesizedSegmenter", repo_id: str | None = None) -> ModelCard:
+    info = segmenter.info
+    task = info["task"]
+    metrics = info.get("metrics")
+    eval_results = None
+    if metrics:
+        eval_results = [
+            EvalResult(
+                task_type="image-segmentation",
+                dataset_type="custom",
+                dataset_name=f"{task['name']} (user-supplied labelled images, n={metrics['num_images']})",
+                metric_type=name,
+                metric_value=round(float(metrics[name]), 4),
+            )
+            for name in ("dice", "iou")
+        ]
+    card_data = ModelCardData(
+        library_name="transformers",
+        license=LICENSE,
+        pipeline_tag="image-segmentation",
+        tags=["image-segmentation", "upernet", "medical-imaging", "sgps-hf", "synthesized", "few-shot"],
+        model_name=repo_id or task["name"],
+        eval_results=eval_results,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(_template("segmenter.md.j2")),
+        task=task,
+        info=info,
+        repo_id=repo_id or "<your-user>/<this-repo>",
+    )

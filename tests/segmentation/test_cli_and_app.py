@@ -1,0 +1,94 @@
+"""``sgps segment synthesize | predict | push`` end to end, and the app tab's event functions."""
+
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import blob_pair, write_task_folder
+from sgps_hf.cli import main
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tiny_synth, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synth") / "tiny-seg"
+    tiny_synth.save_pretrained(folder)
+    return folder
+
+
+def test_cli_synthesize_predict_push(synth_dir, tmp_path, hub_env, capsys):
+    examples = write_task_folder(tmp_path / "lesions", 3)
+    labelled = write_task_folder(tmp_path / "labelled", 2, seed=40)
+    out = tmp_path / "segmenter"
+    assert main(["segment", "synthesize", "--examples", str(examples), "--out", str(out), "--synthesizer", str(synth_dir),
+                 "--description", "bright disc", "--evaluate", str(labelled)]) == 0
+    printed = capsys.readouterr().out
+    assert "Dice" in printed and (out / "model.safetensors").is_file()
+    assert "bright disc" in (out / "README.md").read_text()
+
+    queries = [tmp_path / "a.png", tmp_path / "b.jpg"]
+    blob_pair(60, (40, 32))[0].save(queries[0])
+    blob_pair(61, (30, 50))[0].save(queries[1])
+    assert main(["segment", "predict", "--segmenter", str(out), "--out-dir", str(tmp_path / "masks"), *map(str, queries)]) == 0
+    from sgps_hf import SynthesizedSegmenter
+
+    expected = SynthesizedSegmenter.from_pretrained(out).predict([str(q) for q in queries])
+    for query, mask in zip(queries, expected):
+        written = np.asarray(Image.open(tmp_path / "masks" / f"{query.stem}_mask.png"))
+        assert set(np.unique(written)) <= {0, 255}
+        np.testing.assert_array_equal(written == 255, mask)
+
+    repo_id = hub_env.new_repo_id("cli-seg")
+    assert main(["segment", "push", "--segmenter", str(out), "--repo-id", repo_id]) == 0
+    assert repo_id in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_a_clear_error(synth_dir, tmp_path, capsys):
+    examples = write_task_folder(tmp_path / "bad", 2)
+    Image.fromarray(np.zeros((32, 40), np.uint8)).save(examples / "masks" / "lesion" / "0001.png")
+    code = main(["segment", "synthesize", "--examples", str(examples), "--out", str(tmp_path / "o"), "--synthesizer", str(synth_dir)])
+    assert code == 2
+    assert "empty" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_app_tab_functions(tiny_synth, tmp_path):
+    from sgps_hf.segmentation import app_tab
+
+    folder = write_task_folder(tmp_path / "t", 3)
+    images = sorted(str(p) for p in (folder / "images").iterdir())
+    masks = sorted(str(p) for p in (folder / "masks" / "lesion").iterdir())
+    renamed = []
+    for m in masks[::-1]:  # masks named <stem>_mask.png, uploaded in another order: matched by stem
+        target = tmp_path / (m.rsplit("/", 1)[1].replace(".png", "_mask.png"))
+        target.write_bytes(open(m, "rb").read())
+        renamed.append(str(target))
+    assert [p[1] for p in app_tab.pair_examples(images, renamed)] == renamed[::-1]
+
+    segmenter, status, card = app_tab.synthesize(images, renamed, "blob", "bright disc", synthesizer=tiny_synth)
+    assert segmenter is not None and "3 example" in status and "bright disc" in card
+    gallery, outcome = app_tab.predict(segmenter, [images[0]])
+    assert len(gallery) == 1 and gallery[0][0].size == (40, 32) and "not for clinical use" in outcome
+    expected = segmenter.predict(images[0])[0]
+    tinted = np.asarray(gallery[0][0]).astype(int) != np.asarray(Image.open(images[0]).convert("RGB")).astype(int)
+    np.testing.assert_array_equal(tinted.any(-1), expected & tinted.any(-1))  # only predicted pixels are tinted
+    archive, message = app_tab.download(segmenter)
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(zipfile.ZipFile(archive).namelist())
+
+    none, error, _ = app_tab.synthesize(images, renamed[:2], "blob", "", synthesizer=tiny_synth)
+    assert none is None and "3 images but 2 masks" in error
+    assert "synthesize a segmenter first" in app_tab.predict(None, images)[1]
+    assert "repo id" in app_tab.push(segmenter, "no-slash", "", True)
+
+
+def test_tab_builds_inside_blocks(tiny_synth):
+    import gradio as gr
+
+    from sgps_hf.segmentation.app_tab import build_segmentation_tab
+
+    with gr.Blocks() as demo:
+        build_segmentation_tab(tiny_synth)
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"seg-tab", "seg-images", "seg-masks", "seg-synthesize", "seg-gallery", "seg-push"} <= ids
