@@ -55,6 +55,7 @@ def update_classifier(
     updated = synthesizer.synthesize(task, processor=processor)
     _carry_fingerprints(updated.info["task"], old_task, added)
     _record_version(updated, classifier, added)
+    updated._base = classifier._base  # saving it back over a folder another writer changed meanwhile is refused
     return updated
 
 

@@ -25,12 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from .atomic import atomic_directory
-from .errors import CheckpointError
+from .atomic import atomic_directory, folder_lock
+from .errors import CheckpointError, OutputPathError
 from .image_processing_sgps import SGPSImageProcessor
 from .imaging import ImageInput
 from .safe_loading import check_tensors, expected_tensors, pickle_files, read_header
-from .support import Support, clean_image, read_support, support_available, support_manifest, write_support
+from .support import SUPPORT_DIR, Support, check_manifest, clean_image, read_support, support_available, support_manifest, write_support
 from .target import materialize
 
 if TYPE_CHECKING:
@@ -42,6 +42,8 @@ WEIGHTS_FILE = "model.safetensors"
 VERSIONS_DIR = "versions"
 FORMAT_VERSION = 1
 _VERSION_FOLDER = re.compile(r"v([0-9]{1,6})")
+#: What save_pretrained writes into a classifier folder. Anything else found there is the user's and is kept.
+OWN_ENTRIES = frozenset({WEIGHTS_FILE, "config.json", TASK_FILE, "README.md", SUPPORT_DIR, VERSIONS_DIR})
 
 
 class SynthesizedClassifier:
@@ -71,6 +73,9 @@ class SynthesizedClassifier:
         self.image_processor = SGPSImageProcessor(**_processor_kwargs(info["data_config"]))
         self._support = support
         self._support_folder = support_folder  # read lazily: predicting never needs the support images
+        # (folder, weights sha256) this classifier was loaded from or derived from: saving back into that folder
+        # after another writer changed it is refused, so that no concurrent update is silently overwritten.
+        self._base: tuple[Path, str] | None = None
 
     @property
     def support(self) -> Support | None:
@@ -125,6 +130,7 @@ class SynthesizedClassifier:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{folder} has no readable {TASK_FILE}; is it a classifier saved by sgps_hf? ({exc})") from exc
         _check_task_file(info, folder)
+        check_manifest(info.get("support"), info["task"], str(folder / TASK_FILE))
         architecture, label_names, model_args = _read_timm_config(folder)
         num_classes = len(label_names)
         expected = _buildable(lambda: timm.create_model(architecture, pretrained=False, num_classes=num_classes, **model_args), folder)
@@ -133,7 +139,10 @@ class SynthesizedClassifier:
             model = timm.create_model(f"local-dir:{folder}", pretrained=True)
         except (RuntimeError, OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise CheckpointError(f"timm cannot load the classifier in {folder} ({exc}); save it again with save_pretrained.") from exc
-        return cls(model, label_names, info, versions=_read_versions(folder), support_folder=folder)
+        classifier = cls(model, label_names, info, versions=_read_versions(folder), support_folder=folder)
+        support_available(folder, info.get("support"))  # refuses a partial support set now, not at the next save
+        classifier._base = (folder.resolve(), str(info.get("weights_sha256")))
+        return classifier
 
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -177,28 +186,49 @@ class SynthesizedClassifier:
         """
         from .model_card import classifier_card
 
+        target = check_save_target(save_directory)
         support = self.support if include_support else None
         descriptions = {c["name"]: c["description"] for c in self.info["task"]["classes"] if c["description"]}
-        with atomic_directory(save_directory) as staging:
-            timm.models.save_for_hf(
-                self.model,
-                str(staging),
-                model_config={"label_names": self.label_names, "label_descriptions": descriptions or None},
-                model_args=self.info["target"]["model_args"],
-                safe_serialization=True,
-                data_config=dict(self.info["data_config"]),
-            )
-            _drop_num_classes_from_model_args(staging / "config.json")
-            (staging / TASK_FILE).write_text(json.dumps(self.info, indent=2, ensure_ascii=False), encoding="utf-8")
-            if support is not None and self.info.get("support"):
-                write_support(staging, self.info["support"], support)
-            for previous in self.versions:
-                version_dir = staging / VERSIONS_DIR / f"v{int(previous.get('version', 1))}"
-                version_dir.mkdir(parents=True, exist_ok=True)
-                (version_dir / TASK_FILE).write_text(json.dumps(previous, indent=2, ensure_ascii=False), encoding="utf-8")
-            card = classifier_card(self, repo_id=repo_id, support_included=support is not None and bool(self.info.get("support")))
-            card.save(staging / "README.md")
+        with folder_lock(target):
+            target = check_save_target(save_directory)  # again, now that no other writer can change it
+            self._check_base(target)
+            with atomic_directory(target) as staging:
+                timm.models.save_for_hf(
+                    self.model,
+                    str(staging),
+                    model_config={"label_names": self.label_names, "label_descriptions": descriptions or None},
+                    model_args=self.info["target"]["model_args"],
+                    safe_serialization=True,
+                    data_config=dict(self.info["data_config"]),
+                )
+                _drop_num_classes_from_model_args(staging / "config.json")
+                (staging / TASK_FILE).write_text(json.dumps(self.info, indent=2, ensure_ascii=False), encoding="utf-8")
+                if support is not None and self.info.get("support"):
+                    write_support(staging, self.info["support"], support)
+                for previous in self.versions:
+                    version_dir = staging / VERSIONS_DIR / f"v{int(previous.get('version', 1))}"
+                    version_dir.mkdir(parents=True, exist_ok=True)
+                    (version_dir / TASK_FILE).write_text(json.dumps(previous, indent=2, ensure_ascii=False), encoding="utf-8")
+                card = classifier_card(self, repo_id=repo_id, support_included=support is not None and bool(self.info.get("support")))
+                card.save(staging / "README.md")
+                _carry_user_files(target, staging)
+            self._base = (target, str(self.info.get("weights_sha256")))
         return Path(save_directory)
+
+    def _check_base(self, target: Path) -> None:
+        """Refuse to overwrite a folder another writer changed since this classifier was loaded (or derived) from it."""
+        if self._base is None or self._base[0] != target or not (target / TASK_FILE).is_file():
+            return
+        try:
+            current = json.loads((target / TASK_FILE).read_text(encoding="utf-8")).get("weights_sha256")
+        except (OSError, ValueError, AttributeError):
+            current = None
+        if current != self._base[1]:
+            raise OutputPathError(
+                f"{target} was changed by another writer after this classifier was loaded from it (its weights are now "
+                f"{str(current)[:16]}..., not {self._base[1][:16]}...). Saving would discard that change: load the folder "
+                "again and repeat the update, or save to another folder."
+            )
 
     def push_to_hub(
         self,
@@ -231,6 +261,60 @@ class SynthesizedClassifier:
 
     def __repr__(self) -> str:
         return f"SynthesizedClassifier(classes={self.label_names}, architecture={self.info['target']['architecture']!r})"
+
+
+def is_classifier_folder(folder: Path) -> bool:
+    """Whether ``folder`` looks like a classifier folder written by save_pretrained (its task file and config)."""
+    return (folder / TASK_FILE).is_file() and (folder / "config.json").is_file()
+
+
+def check_save_target(save_directory: str | os.PathLike) -> Path:
+    """The resolved folder to save a classifier into; OutputPathError when saving there could harm other files.
+
+    A new path, an empty folder or an existing classifier folder are fine. A file, or a folder holding other
+    files (a project folder, the current directory with the task file and images...), is refused: save_pretrained
+    replaces the folder as a whole, so it never writes into a folder it did not create.
+    """
+    text = os.fspath(save_directory)
+    if not text or "\x00" in text:
+        raise OutputPathError(f"Output folder {text!r} is empty or contains a NUL character; give a folder path.")
+    try:
+        target = Path(text).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise OutputPathError(f"Output folder {text} cannot be resolved ({exc}); give another folder path.") from exc
+    if target.exists() and not target.is_dir():
+        raise OutputPathError(f"Output path {text} is an existing file, not a folder; give a new folder for the classifier.")
+    if target.is_dir():
+        entries = sorted(entry.name for entry in target.iterdir())
+        if entries and not is_classifier_folder(target):
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise OutputPathError(
+                f"Output folder {text} already holds other files ({shown}) and is not a classifier folder; nothing was "
+                f"written, so they are untouched. Save into a new or empty folder, e.g. {Path(text) / 'classifier'}."
+            )
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputPathError(f"Cannot write in {ancestor} (permission denied or read-only); choose a folder you can write to.")
+    return target
+
+
+def _carry_user_files(target: Path, staging: Path) -> None:
+    """Copy what the user keeps in a classifier folder (notes, .git...) into the new version, so the swap loses none of it."""
+    import shutil
+
+    if not target.is_dir():
+        return
+    for entry in target.iterdir():
+        if entry.name in OWN_ENTRIES or (staging / entry.name).exists() or (staging / entry.name).is_symlink():
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), staging / entry.name)
+        elif entry.is_dir():
+            shutil.copytree(entry, staging / entry.name, symlinks=True)
+        else:
+            shutil.copy2(entry, staging / entry.name)
 
 
 def synthesizer_provenance(synthesizer: "SGPSSynthesizer") -> dict[str, str]:

@@ -144,6 +144,9 @@ def _register_synthesize(subparsers: Subparsers) -> None:
 def _synthesize(args: argparse.Namespace) -> int:
     from . import DEFAULT_CHECKPOINT, SGPSProcessor, SGPSSynthesizer, TaskSpec
 
+    from .classifier import check_save_target
+
+    check_save_target(args.out)  # before the synthesis: a folder of other files, a file or a read-only place
     task = TaskSpec.from_file(args.task)
     checkpoint = args.synthesizer or DEFAULT_CHECKPOINT
     classifier = SGPSSynthesizer.from_pretrained(checkpoint).synthesize(task, processor=SGPSProcessor.from_pretrained(checkpoint))
@@ -231,13 +234,20 @@ def _update(args: argparse.Namespace) -> int:
     from . import DEFAULT_CHECKPOINT, SGPSProcessor, SGPSSynthesizer
     from .classifier import SynthesizedClassifier
 
-    classifier = SynthesizedClassifier.from_pretrained(args.classifier)
-    additions = _parse_additions([item for group in args.add for item in group], classifier.label_names)
-    recorded = classifier.info["synthesizer"]["name_or_path"]
-    checkpoint = args.synthesizer or (recorded if Path(recorded).is_dir() else DEFAULT_CHECKPOINT)
-    synth = SGPSSynthesizer.from_pretrained(checkpoint)
-    updated = synth.update(classifier, additions, processor=SGPSProcessor.from_pretrained(checkpoint))
-    folder = updated.save_pretrained(args.out or args.classifier)
+    from .atomic import folder_lock
+    from .classifier import check_save_target
+
+    destination = check_save_target(args.out or args.classifier)
+    # The whole load -> re-synthesize -> save cycle holds the destination's writer lock, so two updates of one
+    # folder run one after the other and neither loses the other's cases.
+    with folder_lock(destination):
+        classifier = SynthesizedClassifier.from_pretrained(args.classifier)
+        additions = _parse_additions([item for group in args.add for item in group], classifier.label_names)
+        recorded = classifier.info["synthesizer"]["name_or_path"]
+        checkpoint = args.synthesizer or (recorded if Path(recorded).is_dir() else DEFAULT_CHECKPOINT)
+        synth = SGPSSynthesizer.from_pretrained(checkpoint)
+        updated = synth.update(classifier, additions, processor=SGPSProcessor.from_pretrained(checkpoint))
+        folder = updated.save_pretrained(args.out or args.classifier)
     print(f"Version {updated.version} saved to {folder}: {updated.info['history'][-1]['summary']}")
     return 0
 

@@ -28,3 +28,7 @@ class CheckpointError(SGPSError, ValueError):
 
 class SynthesisError(SGPSError, RuntimeError):
     """Synthesis produced unusable weights (NaN/Inf) or could not run."""
+
+
+class OutputPathError(SGPSError, OSError):
+    """An output location cannot be written without harming what is there (a folder of other files, a file)."""
