@@ -134,13 +134,13 @@ def test_arbitrary_task_file_bytes_accept_or_explain(tmp_path_factory, raw):
 
 
 def test_yaml_alias_bomb_is_cheap(tmp_path):
-    """A "billion laughs" task file: aliases are shared, not copied, and only the top-level list is walked."""
+    """A "billion laughs" task file: an alias that repeats a list is refused before anything expands."""
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
     lines.append("classes: [*a8, *a8]")
     path = tmp_path / "bomb.yaml"
     path.write_text("\n".join(lines))
-    with pytest.raises(InvalidTaskError, match="must be a mapping"):
+    with pytest.raises(InvalidTaskError, match="aliases may only repeat a text"):
         TaskSpec.from_file(path)
 
 
