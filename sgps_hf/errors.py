@@ -32,3 +32,7 @@ class SynthesisError(SGPSError, RuntimeError):
 
 class OutputPathError(SGPSError, OSError):
     """An output location cannot be written without harming what is there (a folder of other files, a file)."""
+
+
+class UsageError(SGPSError, ValueError):
+    """A command-line argument or option value is invalid (the message names the option and the fix)."""
