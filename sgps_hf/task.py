@@ -26,6 +26,19 @@ MAX_TASK_NESTING = 16  # a task is 5 levels deep (task -> classes -> class -> im
 MAX_YAML_ALIASES = 200  # and each may only repeat a text (a scalar), so nothing expands
 
 
+# Bidirectional controls reorder how text is displayed (a name can read as another): refused in every text.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Invisible characters outside category Cf (Hangul fillers, combining grapheme joiner, Mongolian vowel separator).
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180e\u3164\uffa0")
+# Letters of other scripts that look like Latin ones (after case folding): two class names that differ only in these
+# are refused as duplicates ("a" and Cyrillic "\u0430").
+_LOOKALIKES = str.maketrans({
+    **dict(zip("\u0430\u0432\u0435\u043a\u043c\u043d\u043e\u0440\u0441\u0442\u0443\u0445\u0456\u0458\u0455\u04bb\u0501\u051b\u051d\u04cf",
+               "abekmhopctyxijshdqwl")),
+    **dict(zip("\u03b1\u03b2\u03b5\u03b6\u03b7\u03b9\u03ba\u03bc\u03bd\u03bf\u03c1\u03c4\u03c5\u03c7", "abezhikmnoptyx")),
+})
+
+
 def _clean_text(text: str, what: str) -> str:
     """Normalise Unicode and whitespace; reject control characters that would corrupt files/cards."""
     if not isinstance(text, str):
@@ -34,7 +47,40 @@ def _clean_text(text: str, what: str) -> str:
     bad = sorted({hex(ord(ch)) for ch in text if unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\t\r"})
     if bad:
         raise InvalidTaskError(f"{what} contains control characters {', '.join(bad)}; remove them.")
+    bidi = sorted({f"U+{ord(ch):04X}" for ch in text if ch in _BIDI_CONTROLS})
+    if bidi:
+        raise InvalidTaskError(f"{what} contains bidirectional-control characters {', '.join(bidi)} (they change how text reads); remove them.")
     return " ".join(text.split())
+
+
+def _clean_name(text: str, what: str) -> str:
+    """A class or task name: clean text, no invisible characters, NFKC-normalised (a warning says when that changed it).
+
+    NFKC turns full-width letters, ligatures, superscripts and other compatibility forms into their plain form, so
+    names that look alike are stored alike.
+    """
+    text = _clean_text(text, what)
+    invisible = sorted({f"U+{ord(ch):04X}" for ch in text if unicodedata.category(ch) == "Cf" or ch in _INVISIBLE
+                        or 0xFE00 <= ord(ch) <= 0xFE0F or 0xE0100 <= ord(ch) <= 0xE01EF})
+    if invisible:
+        raise InvalidTaskError(
+            f"{what} {text[:40]!r} contains invisible characters {', '.join(invisible[:5])} (zero-width, formatting or variation "
+            "selectors) that make different names look the same; remove them."
+        )
+    normalized = " ".join(unicodedata.normalize("NFKC", text).split())
+    if normalized != text:
+        import warnings
+
+        warnings.warn(
+            f"{what} {text[:40]!r} was normalised to {normalized[:40]!r} (NFKC: full-width, ligature and other compatibility "
+            "characters take their plain form).", UserWarning, stacklevel=4,
+        )
+    return normalized
+
+
+def name_key(name: str) -> str:
+    """What two names must not share: case-folded, NFKC, look-alike letters of other scripts mapped to Latin."""
+    return unicodedata.normalize("NFKC", name).casefold().translate(_LOOKALIKES)
 
 
 @dataclass
@@ -54,7 +100,7 @@ class ClassSpec:
     images: Sequence[ImageInput] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.name = _clean_text(self.name, "Class name")
+        self.name = _clean_name(self.name, "Class name")
         if not self.name:
             raise InvalidTaskError("Class name is empty; give every class a short label such as 'melanoma'.")
         if len(self.name) > MAX_NAME_CHARS:
@@ -116,11 +162,12 @@ class TaskSpec:
             raise InvalidTaskError(f"A task may have at most {MAX_CLASSES} classes, got {len(self.classes)}.")
         seen: dict[str, str] = {}
         for cls in self.classes:
-            key = cls.name.casefold()
+            key = name_key(cls.name)
             if key in seen:
-                raise InvalidTaskError(f"Duplicate class name {cls.name!r} (same as {seen[key]!r}); class names must be unique.")
+                alike = "" if cls.name.casefold() == seen[key].casefold() else " (they differ only in look-alike letters of another script)"
+                raise InvalidTaskError(f"Duplicate class name {cls.name!r} (same as {seen[key]!r}{alike}); class names must be unique.")
             seen[key] = cls.name
-        self.name = _clean_text(self.name, "Task name") or "custom-task"
+        self.name = _clean_name(self.name, "Task name") or "custom-task"
         self.modality = _clean_text(self.modality, "Modality")
 
     @property
