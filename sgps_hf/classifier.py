@@ -602,8 +602,8 @@ def _check_task_file(info: Any, folder: Path) -> None:
             fail(key, "must be an object with name, description and num_images")
         if not isinstance(entry.get("name"), str) or not entry["name"].strip():
             fail(f"{key}.name", "must be a non-empty class name")
-        if not isinstance(entry.get("description", ""), str):
-            fail(f"{key}.description", "must be text")
+        if not isinstance(entry.get("description"), str):
+            fail(f"{key}.description", "must be text (empty for an image-only class)")
         if not _is_int(entry.get("num_images")) or entry["num_images"] < 0:
             fail(f"{key}.num_images", "must be a whole number of images")
         hashes = entry.get("image_sha256", [])
