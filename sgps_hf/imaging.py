@@ -72,7 +72,13 @@ def load_image(source: ImageInput, max_pixels: int | None = None) -> Image.Image
 def image_fingerprint(source: ImageInput) -> str:
     """sha256 of an image: of the file's bytes for paths/bytes, of the decoded RGB pixels otherwise."""
     if isinstance(source, (str, os.PathLike)):
-        return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+        path = Path(source)
+        _check_file(path)  # a regular, bounded file: never /dev/zero or a FIFO
+        digest = hashlib.sha256()
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
     if isinstance(source, (bytes, bytearray)):
         return hashlib.sha256(bytes(source)).hexdigest()
     rgb = load_image(source)
@@ -82,6 +88,11 @@ def image_fingerprint(source: ImageInput) -> str:
 
 
 def _open_path(path: Path) -> Image.Image:
+    _check_file(path)
+    return _open_bytes(path.read_bytes(), name=str(path))
+
+
+def _check_file(path: Path) -> None:
     if "\x00" in str(path) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in str(path)):  # os.stat would raise a bare ValueError
         raise ImageLoadError(f"Image path {str(path)!r} contains a NUL character or an unpaired surrogate; fix the file name.")
     if not path.exists():
@@ -93,7 +104,6 @@ def _open_path(path: Path) -> Image.Image:
         raise ImageLoadError(f"Image file is empty (0 bytes): {path}.")
     if size > MAX_FILE_BYTES:
         raise ImageLoadError(f"Image file {path} is {size / 2**20:.0f} MiB; the limit is {MAX_FILE_BYTES // 2**20} MiB.")
-    return _open_bytes(path.read_bytes(), name=str(path))
 
 
 def _open_bytes(data: bytes, name: str) -> Image.Image:

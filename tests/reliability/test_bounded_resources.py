@@ -140,3 +140,15 @@ def test_the_app_refuses_a_thin_strip(tmp_path):
     Image.new("L", (8, 2_000_000)).save(path, optimize=True)
     with pytest.raises(AppInputError, match="aspect ratio"):
         read_upload(str(path), roots=[tmp_path])
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_fingerprints_never_read_devices():
+    from sgps_hf import ClassSpec, TaskSpec
+    from sgps_hf.imaging import image_fingerprint
+
+    with pytest.raises(ImageLoadError, match="Not a file"):
+        image_fingerprint("/dev/zero")
+    task = TaskSpec([ClassSpec("a", images=["/dev/zero"]), ClassSpec("b", "text")])
+    with pytest.raises(ImageLoadError, match="Not a file"):
+        task.to_dict()
