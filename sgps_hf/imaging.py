@@ -225,7 +225,7 @@ def _min_max(array: np.ndarray, transform, what: str) -> tuple[float, float]:
     for rows in _row_chunks(array):
         values = np.asarray(array[rows] if transform is None else transform(array[rows]), dtype=np.float64)
         if not np.isfinite(values).all():
-            raise ImageLoadError(f"{what} contains NaN or infinite pixel values.")
+            raise ImageLoadError(f"{what} contains NaN or infinite pixel values; remove them or replace them with finite values.")
         low, high = min(low, float(values.min())), max(high, float(values.max()))
     return low, high
 
