@@ -55,6 +55,7 @@ def update_classifier(
     updated = synthesizer.synthesize(task, processor=processor)
     _carry_fingerprints(updated.info["task"], old_task, added)
     _record_version(updated, classifier, added)
+    updated._base = classifier._base  # saving it back over a folder another writer changed meanwhile is refused
     return updated
 
 
@@ -105,10 +106,13 @@ def _record_version(updated: "SynthesizedClassifier", previous: "SynthesizedClas
         history.append({"version": previous.version, "created": old["created"], "summary": f"Synthesized from {total} support image(s).",
                         "weights_sha256": old["weights_sha256"]})
     counts = {c["name"]: c["num_images"] for c in info["task"]["classes"]}
-    parts = [f"{len(images)} to `{name}` (now {counts[name]})" for name, images in added.items()]
+    from .model_card import md_code
+
+    # Names go into code spans whose fence outlasts any backtick in them: the summary is safe Markdown (the card and the app show it).
+    parts = [f"{len(images)} to {md_code(name)} (now {counts[name]})" for name, images in added.items()]
     summary = f"Added {sum(map(len, added.values()))} verified case(s): {', '.join(parts)}; re-synthesized."
     if info["synthesizer"] != old["synthesizer"]:
-        summary += f" Synthesizer changed from {old['synthesizer']['name_or_path']} ({old['synthesizer']['revision']})."
+        summary += f" Synthesizer changed from {md_code(old['synthesizer']['name_or_path'])} ({md_code(old['synthesizer']['revision'])})."
     if old.get("metrics"):
         summary += " Earlier evaluation metrics no longer apply and were cleared."
     info["version"] = previous.version + 1

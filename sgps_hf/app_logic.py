@@ -117,7 +117,7 @@ def read_upload(item: Any, limits: AppLimits = DEFAULT_LIMITS, roots: Sequence[P
     if kind != "DICOM":
         _check_header_size(data, name, limits)
     try:
-        image = load_image(data)
+        image = load_image(data, max_pixels=limits.max_image_pixels)  # DICOM too: checked from its header, before decoding
     except ImageLoadError as exc:
         raise AppInputError(f"{name}: {_without_placeholder(str(exc))}") from None
     if image.width * image.height > limits.max_image_pixels:

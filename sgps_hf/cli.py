@@ -144,6 +144,9 @@ def _register_synthesize(subparsers: Subparsers) -> None:
 def _synthesize(args: argparse.Namespace) -> int:
     from . import DEFAULT_CHECKPOINT, SGPSProcessor, SGPSSynthesizer, TaskSpec
 
+    from .classifier import check_save_target
+
+    check_save_target(args.out)  # before the synthesis: a folder of other files, a file or a read-only place
     task = TaskSpec.from_file(args.task)
     checkpoint = args.synthesizer or DEFAULT_CHECKPOINT
     classifier = SGPSSynthesizer.from_pretrained(checkpoint).synthesize(task, processor=SGPSProcessor.from_pretrained(checkpoint))
@@ -180,8 +183,17 @@ def _register_push(subparsers: Subparsers) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .classifier import SynthesizedClassifier
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    from .classifier import SynthesizedClassifier
+    from .errors import UsageError
+
+    try:
+        validate_repo_id(args.repo_id)  # before loading anything or touching the network
+        if "/" not in args.repo_id:
+            raise HFValidationError("it needs a namespace")
+    except HFValidationError as exc:
+        raise UsageError(f"--repo-id {args.repo_id!r} is not a valid Hub repo id ({exc}); use the form user-or-org/name.") from None
     url = SynthesizedClassifier.from_pretrained(args.classifier).push_to_hub(
         args.repo_id, private=args.private or None, include_support=args.include_support
     )
@@ -231,13 +243,20 @@ def _update(args: argparse.Namespace) -> int:
     from . import DEFAULT_CHECKPOINT, SGPSProcessor, SGPSSynthesizer
     from .classifier import SynthesizedClassifier
 
-    classifier = SynthesizedClassifier.from_pretrained(args.classifier)
-    additions = _parse_additions([item for group in args.add for item in group], classifier.label_names)
-    recorded = classifier.info["synthesizer"]["name_or_path"]
-    checkpoint = args.synthesizer or (recorded if Path(recorded).is_dir() else DEFAULT_CHECKPOINT)
-    synth = SGPSSynthesizer.from_pretrained(checkpoint)
-    updated = synth.update(classifier, additions, processor=SGPSProcessor.from_pretrained(checkpoint))
-    folder = updated.save_pretrained(args.out or args.classifier)
+    from .atomic import folder_lock
+    from .classifier import check_save_target
+
+    destination = check_save_target(args.out or args.classifier)
+    # The whole load -> re-synthesize -> save cycle holds the destination's writer lock, so two updates of one
+    # folder run one after the other and neither loses the other's cases.
+    with folder_lock(destination):
+        classifier = SynthesizedClassifier.from_pretrained(args.classifier)
+        additions = _parse_additions([item for group in args.add for item in group], classifier.label_names)
+        recorded = classifier.info["synthesizer"]["name_or_path"]
+        checkpoint = args.synthesizer or (recorded if Path(recorded).is_dir() else DEFAULT_CHECKPOINT)
+        synth = SGPSSynthesizer.from_pretrained(checkpoint)
+        updated = synth.update(classifier, additions, processor=SGPSProcessor.from_pretrained(checkpoint))
+        folder = updated.save_pretrained(args.out or args.classifier)
     print(f"Version {updated.version} saved to {folder}: {updated.info['history'][-1]['summary']}")
     return 0
 
@@ -306,6 +325,7 @@ COMMANDS.append(_register_segment)
 def build_parser() -> argparse.ArgumentParser:
     """The ``sgps`` argument parser with every registered command."""
     parser = argparse.ArgumentParser(prog="sgps", description="Synthesize few-shot medical image classifiers.")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback instead of one line (anywhere on the line)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in COMMANDS:
         register(subparsers)
@@ -313,13 +333,87 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``sgps`` command line; returns the exit status (2 for a user error)."""
+    """Run the ``sgps`` command line; returns the exit status (2 for a user error, 1 for a bug).
+
+    Every error is one line on stderr that says what to fix; ``--debug`` (anywhere before ``--``) shows the
+    traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    argv = [a for a in argv[:end] if a != "--debug"] + argv[end:]
     args = build_parser().parse_args(argv)
+    return run_handler(args.handler, args, debug)
+
+
+def run_handler(handler: Callable[[argparse.Namespace], Any], args: argparse.Namespace, debug: bool = False) -> int:
+    """Call one command's handler and turn any exception into one ``sgps: error: ...`` line and an exit status."""
     try:
-        return int(args.handler(args) or 0)
-    except SGPSError as exc:
-        print(f"sgps: error: {exc}", file=sys.stderr)
-        return 2
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("sgps: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place where every error becomes a message
+        if debug:
+            raise
+        message, status = describe_error(exc)
+        print(f"sgps: error: {message}", file=sys.stderr)
+        return status
+
+
+_MAX_MESSAGE = 600
+
+
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """(one-line message saying what to fix, exit status): 2 for what the user can fix, 1 for a bug in sgps_hf."""
+    import errno
+
+    status = 2
+    if isinstance(exc, SGPSError):
+        message = str(exc)
+    elif _is_hub_error(exc):
+        message = f"the Hugging Face Hub refused the request ({type(exc).__name__}: {exc}); check the repo id, your token and the network"
+    elif isinstance(exc, OSError):
+        where = " ".join(str(p) for p in (exc.filename, exc.filename2) if p) or "a file"
+        reason = exc.strerror or str(exc)
+        hints = {
+            errno.ENOSPC: "free some disk space or write elsewhere",
+            errno.EDQUOT: "free some space in your quota or write elsewhere",
+            errno.EROFS: "the file system is read-only: write elsewhere",
+            errno.EACCES: "you lack permission there: choose a folder you can write to (or read)",
+            errno.EPERM: "the operation is not permitted there: choose another folder",
+            errno.ENOENT: "check the path",
+            errno.EEXIST: "choose another output path",
+            errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+            errno.EISDIR: "give a file, not a folder",
+            errno.ENAMETOOLONG: "use a shorter path",
+        }
+        message = f"{reason}: {where}; {hints.get(exc.errno, 'check the path and try again')}"
+    elif isinstance(exc, ValueError):  # invalid values from the libraries underneath (configs, arguments)
+        message = f"{exc} (rerun with --debug for the traceback)"
+    elif isinstance(exc, MemoryError):
+        message = "out of memory; use fewer or smaller images, or a machine with more memory"
+    else:
+        status = 1
+        message = f"unexpected {type(exc).__name__}: {exc} (probably a bug in sgps-hf: rerun with --debug for the traceback and report it)"
+    message = " ".join(message.split())
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 3] + "..."
+    return message, status
+
+
+def _is_hub_error(exc: BaseException) -> bool:
+    try:
+        from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+    except ImportError:  # older huggingface_hub
+        from huggingface_hub.utils import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+    try:
+        from requests import RequestException
+    except ImportError:  # pragma: no cover
+        RequestException = ()  # type: ignore[assignment]
+    return isinstance(exc, (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, RequestException))
 
 
 if __name__ == "__main__":

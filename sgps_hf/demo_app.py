@@ -12,6 +12,7 @@ token), analytics off, and nothing a user sends is logged.
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import os
 import threading
@@ -38,6 +39,7 @@ from .app_logic import (
     update_from_app,
 )
 from .errors import CheckpointError, SGPSError
+from .model_card import md_code, md_escape
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a hospital network
 
@@ -230,7 +232,7 @@ def _user_facing(stats: AppStats) -> Callable[[Callable], Callable]:
                 return fn(*args, **kwargs)
             except SGPSError as exc:
                 stats.count("user_errors")
-                raise gr.Error(str(exc), print_exception=False) from None
+                raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from None  # names in messages stay text
             except Exception:
                 stats.count("internal_errors")
                 logger.exception("Internal error in the app's %s handler", fn.__name__)  # arguments are not logged
@@ -270,7 +272,7 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
         progress(0.3, desc="Synthesizing weights (one forward pass)")
         classifier = ctx.runner.run("Synthesis", _locked(ctx.synth.model.synthesize), task, ctx.synth.processor)
         progress(0.9, desc="Writing the model card")
-        return _classifier_outputs(classifier, f"Synthesized **{len(task.classes)}-class** classifier for `{task.name}` "
+        return _classifier_outputs(classifier, f"Synthesized **{len(task.classes)}-class** classifier for {md_code(task.name)} "
                                    f"from {sum(len(c.images) for c in task.classes)} image(s).")
 
     outputs = [ui.classifier, ui.status, ui.card, ui.update_class]
@@ -280,8 +282,9 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
     def predict(classifier: Any, files: Any, threshold: float):
         results = ctx.runner.run("Classification", predict_files, classifier, files, threshold, ctx.limits, ctx.roots)
         first = results[0]
-        headline = (f"**{first.file}: uncertain**: top class `{first.top_label}` has {first.top_probability:.2f} < threshold {first.threshold:.2f}."
-                    if first.abstained else f"**{first.file}: {first.top_label}** ({first.top_probability:.2f}).")
+        headline = (f"**{md_escape(first.file)}: uncertain**: top class {md_code(first.top_label)} has {first.top_probability:.2f} "
+                    f"&lt; threshold {first.threshold:.2f}." if first.abstained
+                    else f"**{md_escape(first.file)}: {md_escape(first.top_label)}** ({first.top_probability:.2f}).")
         return headline, first.probabilities, predictions_markdown(results)
 
     ui.predict.click(predict, [ui.classifier, ui.try_files, ui.threshold], [ui.outcome, ui.label, ui.table], api_name="predict")
@@ -305,7 +308,7 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
     @shown
     def push(classifier: Any, repo_id: str, token: str, private: bool, include_support: bool):
         url = ctx.runner.run("Push", push_from_app, classifier, repo_id, token, private, include_support, ctx.limits)
-        return f"Pushed to `{repo_id.strip()}`: {url}", ""  # the token leaves the page too
+        return f"Pushed to {md_code(repo_id.strip())}: {md_escape(url)}", ""  # the token leaves the page too
 
     ui.push.click(push, [ui.classifier, ui.repo_id, ui.token, ui.private, ui.push_support], [ui.push_status, ui.token], api_name="push")
 

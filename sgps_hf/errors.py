@@ -28,3 +28,11 @@ class CheckpointError(SGPSError, ValueError):
 
 class SynthesisError(SGPSError, RuntimeError):
     """Synthesis produced unusable weights (NaN/Inf) or could not run."""
+
+
+class OutputPathError(SGPSError, OSError):
+    """An output location cannot be written without harming what is there (a folder of other files, a file)."""
+
+
+class UsageError(SGPSError, ValueError):
+    """A command-line argument or option value is invalid (the message names the option and the fix)."""

@@ -17,6 +17,11 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from .imaging import ImageInput, load_image
 
+#: The largest square input side a classifier's preprocessing may ask for (checked when a classifier folder is loaded).
+MAX_INPUT_SIZE = 1024
+#: The most pixels the shorter-side resize may produce for one image (its longer side follows the aspect ratio).
+MAX_RESIZED_PIXELS = 1 << 24
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -71,10 +76,23 @@ class SGPSImageProcessor(BaseImageProcessor):
             images = [images]
         transform = timm_eval_transform(self.image_size, self.interpolation, tuple(self.image_mean), tuple(self.image_std))
         if images:
-            pixels = torch.stack([transform(load_image(image)) for image in images])
+            pixels = torch.stack([transform(self._checked(load_image(image))) for image in images])
         else:
             pixels = torch.zeros(0, 3, self.image_size, self.image_size)
         return BatchFeature(data={"pixel_values": pixels}, tensor_type=return_tensors)
+
+    def _checked(self, image: Any) -> Any:
+        """Refuse an image whose shorter-side resize would be huge (the longer side follows), before resizing it."""
+        from .errors import ImageLoadError
+
+        short, long = sorted(image.size)
+        resized = self.image_size * int(self.image_size * long / short)
+        if resized > MAX_RESIZED_PIXELS:
+            raise ImageLoadError(
+                f"An image of {image.width}x{image.height} pixels would be resized to {resized / 1e6:.0f} MP at {self.image_size} px; "
+                f"the limit is {MAX_RESIZED_PIXELS / 1e6:.0f} MP. Crop it to the region of interest first."
+            )
+        return image
 
     def normalize_uint8(self, images: Tensor) -> Tensor:
         """Normalise already-resized uint8 images [N, 3, H, W] (the cached training arrays)."""

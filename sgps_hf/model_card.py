@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,58 @@ if TYPE_CHECKING:
 # A symlink to the top-level model_cards/ folder, so that wheels ship the templates as package data.
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 LICENSE = "apache-2.0"
+
+
+# -- escaping: names and texts come from users (and from files others may have edited) ---------------------------
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]~])")
+
+
+def html_escape(text: Any) -> str:
+    """``&``, ``<`` and ``>`` as entities: no HTML tag or entity from a user string reaches a rendered card."""
+    return html.escape(" ".join(str(text).split()), quote=False)
+
+
+def md_escape(text: Any) -> str:
+    """A user string as literal inline Markdown text: no HTML, no emphasis, links, images, code or strikethrough."""
+    return _MD_SPECIAL.sub(r"\\\1", html_escape(text))
+
+
+def md_code(text: Any, table: bool = False) -> str:
+    """A user string as one Markdown code span, whatever backticks it holds (the fence is longer than any run in it).
+
+    The content of a code span is literal (HTML included). ``table``: also escape ``|``, which GFM tables split
+    cells on even inside code spans.
+    """
+    text = " ".join(str(text).split())
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.strip()):
+        text = f" {text} "
+    if table:
+        text = text.replace("|", "\\|")
+    return f"{fence}{text}{fence}"
+
+
+def md_safe_markdown(text: Any) -> str:
+    """Markdown we generated (a changelog summary with names in code spans), re-escaped outside its code spans.
+
+    The code spans stay as they are (their content is literal anyway); everything else is escaped like
+    :func:`md_escape`, so an edited summary in a task file cannot inject HTML, links or images into the card.
+    """
+    text = " ".join(str(text).split())
+    out, position = [], 0
+    for match in re.finditer(r"(?<!`)(`+)(?!`)", text):
+        if match.start() < position:
+            continue
+        fence = match.group(1)
+        close = re.compile(rf"(?<!`){fence}(?!`)").search(text, match.end())
+        if close is None:
+            continue
+        out.append(md_escape(text[position : match.start()]))
+        out.append(text[match.start() : close.end()])
+        position = close.end()
+    out.append(md_escape(text[position:]))
+    return "".join(out)
 
 
 def _template(name: str) -> Path:
@@ -54,10 +108,38 @@ def classifier_card(classifier: "SynthesizedClassifier", repo_id: str | None = N
         model_name=repo_id or task["name"],
         eval_results=eval_results,
     )
+    classes = [
+        {
+            "name_cell": md_code(c["name"], table=True),
+            "name_code": md_code(c["name"]),
+            "num_images": c["num_images"],
+            "description": md_escape(c["description"]) if c["description"] else "",
+            "hashes": [md_code(h[:16]) for h in c.get("image_sha256", [])],
+        }
+        for c in task["classes"]
+    ]
+    view = {
+        "task_name": md_escape(task["name"]),
+        "modality": md_escape(task.get("modality") or ""),
+        "classes": classes,
+        "architecture": html_escape(info["target"]["architecture"]),
+        "model_args": html_escape(", ".join(f"{k}={v}" for k, v in info["target"]["model_args"].items())),
+        "synthesizer": md_code(info["synthesizer"]["name_or_path"]),
+        "revision": md_code(info["synthesizer"]["revision"]),
+        "history": [
+            {"version": entry.get("version"), "created": html_escape(entry.get("created", "")), "summary": md_safe_markdown(entry.get("summary", ""))}
+            for entry in info.get("history") or []
+        ],
+        "created": html_escape(info.get("created", "")),
+        "sgps_hf_version": html_escape(info.get("sgps_hf_version", "")),
+        "weights_sha256": md_code(info.get("weights_sha256", "")),
+        "interpolation": html_escape(info["data_config"]["interpolation"]),
+    }
     return ModelCard.from_template(
         card_data,
         template_path=str(_template("classifier.md.j2")),
         task=task,
+        view=view,
         info=info,
         repo_id=repo_id or "<your-user>/<this-repo>",
         num_support=sum(c["num_images"] for c in task["classes"]),

@@ -63,24 +63,70 @@ def write_support(folder: Path, manifest: Mapping[str, Any], support: Mapping[st
                 image.save(target, format="PNG", optimize=False)
 
 
+def check_manifest(manifest: Any, task: Mapping[str, Any], source: str = "sgps_task.json") -> None:
+    """The ``support`` entry must list, for every class of the task (same names, same order), one file per image.
+
+    An edited manifest would otherwise make an update silently drop a class's images.
+    """
+    if manifest is None:
+        return
+    where = f"{source}: key 'support'"
+    if not isinstance(manifest, Mapping) or not isinstance(manifest.get("files"), Mapping):
+        raise CheckpointError(f"{where} must be an object with 'format' and 'files'; restore the file or re-synthesize the classifier.")
+    if manifest.get("format") != SUPPORT_FORMAT:
+        raise CheckpointError(f"{where}.format is {manifest.get('format')!r}, not {SUPPORT_FORMAT!r}; restore the file or re-synthesize the classifier.")
+    files = manifest["files"]
+    classes = task.get("classes") if isinstance(task, Mapping) else None
+    names = [c.get("name") for c in classes] if isinstance(classes, list) and all(isinstance(c, Mapping) for c in classes) else None
+    if names is None or list(files) != names:
+        raise CheckpointError(
+            f"{where}.files lists the classes {list(files)[:10]} but task.classes has {names if names is None else names[:10]}; "
+            "the task file was edited. Restore it from a backup or re-synthesize the classifier."
+        )
+    for entry in classes:
+        paths = files[entry["name"]]
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise CheckpointError(f"{where}.files[{entry['name']!r}] must be a list of support/... paths; restore the task file.")
+        if entry.get("num_images") != len(paths):
+            raise CheckpointError(
+                f"{where}.files[{entry['name']!r}] lists {len(paths)} image(s) but task.classes says num_images="
+                f"{entry.get('num_images')!r}; the task file was edited. Restore it from a backup or re-synthesize the classifier."
+            )
+        for relative in paths:
+            _checked_path(Path("."), relative)
+
+
 def support_available(folder: Path, manifest: Mapping[str, Any] | None) -> bool:
-    """Whether every file the manifest lists is present (a pushed copy usually has none of them)."""
+    """Whether the support images the manifest lists are all present (False when none are: a pushed copy).
+
+    A folder holding only some of them is refused (``CheckpointError`` naming the missing files) rather than
+    treated as having none, which would make the next save drop the rest.
+    """
     if not manifest or manifest.get("format") != SUPPORT_FORMAT:
         return False
-    return all(_checked_path(folder, p).is_file() for paths in manifest["files"].values() for p in paths)
+    listed = [p for paths in manifest["files"].values() for p in paths]
+    missing = [p for p in listed if not _checked_path(folder, p).is_file()]
+    if missing and len(missing) < len(listed):
+        raise CheckpointError(
+            f"{len(missing)} of the {len(listed)} support images listed in {folder / 'sgps_task.json'} are missing "
+            f"(e.g. {missing[:3]}). Restore them from a backup (nothing was deleted by sgps_hf), or move the whole "
+            "support/ folder away to use the classifier without adaptation."
+        )
+    return bool(listed) and not missing
 
 
 def read_support(folder: Path, manifest: Mapping[str, Any]) -> Support:
     """Load and verify the stored support images (``CheckpointError`` when one is missing or was modified)."""
+    from .errors import ImageLoadError
+
     support: Support = {}
     for name, paths in manifest["files"].items():
         images = []
         for relative in paths:
             path = _checked_path(folder, relative)
             try:
-                with Image.open(path) as opened:
-                    image = opened.convert("RGB")
-            except OSError as exc:
+                image = load_image(path)  # the same size, aspect and memory bounds as any user image
+            except ImageLoadError as exc:
                 raise CheckpointError(f"Support image {relative} of class {name!r} cannot be read ({exc}).") from exc
             if image_fingerprint(image) != Path(relative).stem:
                 raise CheckpointError(

@@ -21,6 +21,22 @@ MAX_CLASSES = 100
 MAX_IMAGES_PER_CLASS = 100
 MAX_NAME_CHARS = 100
 MAX_DESCRIPTION_CHARS = 20_000
+MAX_TASK_FILE_BYTES = 4 * 1024 * 1024  # 100 classes with long texts fit; a 120 MB file would take minutes to parse
+MAX_TASK_NESTING = 16  # a task is 5 levels deep (task -> classes -> class -> images -> path)
+MAX_YAML_ALIASES = 200  # and each may only repeat a text (a scalar), so nothing expands
+
+
+# Bidirectional controls reorder how text is displayed (a name can read as another): refused in every text.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Invisible characters outside category Cf (Hangul fillers, combining grapheme joiner, Mongolian vowel separator).
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180e\u3164\uffa0")
+# Letters of other scripts that look like Latin ones (after case folding): two class names that differ only in these
+# are refused as duplicates ("a" and Cyrillic "\u0430").
+_LOOKALIKES = str.maketrans({
+    **dict(zip("\u0430\u0432\u0435\u043a\u043c\u043d\u043e\u0440\u0441\u0442\u0443\u0445\u0456\u0458\u0455\u04bb\u0501\u051b\u051d\u04cf",
+               "abekmhopctyxijshdqwl")),
+    **dict(zip("\u03b1\u03b2\u03b5\u03b6\u03b7\u03b9\u03ba\u03bc\u03bd\u03bf\u03c1\u03c4\u03c5\u03c7", "abezhikmnoptyx")),
+})
 
 
 def _clean_text(text: str, what: str) -> str:
@@ -31,7 +47,40 @@ def _clean_text(text: str, what: str) -> str:
     bad = sorted({hex(ord(ch)) for ch in text if unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\t\r"})
     if bad:
         raise InvalidTaskError(f"{what} contains control characters {', '.join(bad)}; remove them.")
+    bidi = sorted({f"U+{ord(ch):04X}" for ch in text if ch in _BIDI_CONTROLS})
+    if bidi:
+        raise InvalidTaskError(f"{what} contains bidirectional-control characters {', '.join(bidi)} (they change how text reads); remove them.")
     return " ".join(text.split())
+
+
+def _clean_name(text: str, what: str) -> str:
+    """A class or task name: clean text, no invisible characters, NFKC-normalised (a warning says when that changed it).
+
+    NFKC turns full-width letters, ligatures, superscripts and other compatibility forms into their plain form, so
+    names that look alike are stored alike.
+    """
+    text = _clean_text(text, what)
+    invisible = sorted({f"U+{ord(ch):04X}" for ch in text if unicodedata.category(ch) == "Cf" or ch in _INVISIBLE
+                        or 0xFE00 <= ord(ch) <= 0xFE0F or 0xE0100 <= ord(ch) <= 0xE01EF})
+    if invisible:
+        raise InvalidTaskError(
+            f"{what} {text[:40]!r} contains invisible characters {', '.join(invisible[:5])} (zero-width, formatting or variation "
+            "selectors) that make different names look the same; remove them."
+        )
+    normalized = " ".join(unicodedata.normalize("NFKC", text).split())
+    if normalized != text:
+        import warnings
+
+        warnings.warn(
+            f"{what} {text[:40]!r} was normalised to {normalized[:40]!r} (NFKC: full-width, ligature and other compatibility "
+            "characters take their plain form).", UserWarning, stacklevel=4,
+        )
+    return normalized
+
+
+def name_key(name: str) -> str:
+    """What two names must not share: case-folded, NFKC, look-alike letters of other scripts mapped to Latin."""
+    return unicodedata.normalize("NFKC", name).casefold().translate(_LOOKALIKES)
 
 
 @dataclass
@@ -51,7 +100,7 @@ class ClassSpec:
     images: Sequence[ImageInput] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.name = _clean_text(self.name, "Class name")
+        self.name = _clean_name(self.name, "Class name")
         if not self.name:
             raise InvalidTaskError("Class name is empty; give every class a short label such as 'melanoma'.")
         if len(self.name) > MAX_NAME_CHARS:
@@ -113,11 +162,12 @@ class TaskSpec:
             raise InvalidTaskError(f"A task may have at most {MAX_CLASSES} classes, got {len(self.classes)}.")
         seen: dict[str, str] = {}
         for cls in self.classes:
-            key = cls.name.casefold()
+            key = name_key(cls.name)
             if key in seen:
-                raise InvalidTaskError(f"Duplicate class name {cls.name!r} (same as {seen[key]!r}); class names must be unique.")
+                alike = "" if cls.name.casefold() == seen[key].casefold() else " (they differ only in look-alike letters of another script)"
+                raise InvalidTaskError(f"Duplicate class name {cls.name!r} (same as {seen[key]!r}{alike}); class names must be unique.")
             seen[key] = cls.name
-        self.name = _clean_text(self.name, "Task name") or "custom-task"
+        self.name = _clean_name(self.name, "Task name") or "custom-task"
         self.modality = _clean_text(self.modality, "Modality")
 
     @property
@@ -156,42 +206,181 @@ class TaskSpec:
                 raise InvalidTaskError(f"Class #{index + 1} must be a mapping with at least a 'name'.")
             unknown = set(item) - {"name", "description", "images"}
             if unknown:
-                raise InvalidTaskError(f"Class #{index + 1} has unknown keys {sorted(unknown)}; allowed: name, description, images.")
+                raise InvalidTaskError(f"Class #{index + 1} has unknown keys {_key_list(unknown)}; allowed: name, description, images.")
+            name = _text_field(item["name"], f"The name of class #{index + 1}")
             images = item.get("images") or []
             if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
-                raise InvalidTaskError(f"'images' of class {item['name']!r} must be a list of file paths.")
+                raise InvalidTaskError(f"'images' of class {_short(name)} must be a list of file paths.")
             classes.append(
                 ClassSpec(
-                    name=str(item["name"]),
-                    description=item.get("description") or "",
+                    name=name,
+                    description=_text_field(item.get("description"), f"The description of class {_short(name)}"),
                     images=[_resolve_image_path(p, base) for p in images],
                 )
             )
         unknown = set(data) - {"name", "modality", "classes"}
         if unknown:
-            raise InvalidTaskError(f"Unknown task keys {sorted(unknown)}; allowed: name, modality, classes.")
-        return cls(classes=classes, name=str(data.get("name") or "custom-task"), modality=str(data.get("modality") or ""))
+            raise InvalidTaskError(f"Unknown task keys {_key_list(unknown)}; allowed: name, modality, classes.")
+        return cls(classes=classes, name=_text_field(data.get("name"), "The task name") or "custom-task",
+                   modality=_text_field(data.get("modality"), "The modality"))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "TaskSpec":
-        """Load a task from a YAML or JSON file (see ``docs/task-format.md``)."""
-        import yaml
+        """Load a task from a YAML or JSON file (see ``docs/task-format.md``).
 
+        Bounded and literal: a regular file of at most :data:`MAX_TASK_FILE_BYTES`, at most
+        :data:`MAX_TASK_NESTING` levels deep, no duplicate keys, YAML aliases only to texts, and every YAML
+        scalar kept as the text the user wrote (``yes``, ``null`` and ``0123`` stay ``"yes"``, ``"null"``, ``"0123"``).
+        """
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidTaskError(f"Cannot read task file {path}: {exc}") from exc
+        text = _read_task_text(path)
         try:
             # JSON first: PyYAML reads the JSON escapes of a non-BMP character ("\\ud83e\\ude7a", what json.dumps
             # writes for an emoji) as two unpaired surrogates, which would then be rejected as invalid text.
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except RecursionError:
+            raise InvalidTaskError(f"Task file {path} is nested too deeply; a task needs only {MAX_TASK_NESTING} levels.") from None
+        except InvalidTaskError as exc:
+            raise InvalidTaskError(f"Task file {path}: {exc}") from None
         except ValueError:
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise InvalidTaskError(f"Task file {path} is not valid YAML/JSON: {exc}") from exc
+            data = _load_yaml(text, path)
         return cls.from_dict(data, base_dir=path.parent)
+
+
+def _read_task_text(path: Path) -> str:
+    """The file's text: regular files only (no FIFO, device or /dev/zero), size-limited, UTF-8."""
+    import stat
+
+    if "\x00" in str(path) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in str(path)):
+        raise InvalidTaskError(f"Task file path {str(path)!r} contains a NUL character or an unpaired surrogate; fix the file name.")
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidTaskError(f"Task file {path} is not a regular file (a folder, pipe or device); give the path of a YAML or JSON file.")
+        # O_NONBLOCK: should the path be swapped for a FIFO after the check, opening it does not wait for a writer.
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(handle, "rb") as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                raise InvalidTaskError(f"Task file {path} is not a regular file; give the path of a YAML or JSON file.")
+            data = stream.read(MAX_TASK_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidTaskError(f"Cannot read task file {path}: {exc}") from exc
+    if len(data) > MAX_TASK_FILE_BYTES:
+        raise InvalidTaskError(f"Task file {path} is larger than the limit of {MAX_TASK_FILE_BYTES // 2**20} MiB; a task file needs far less.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidTaskError(f"Cannot read task file {path}: it is not UTF-8 text ({exc}). Save it as UTF-8.") from exc
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidTaskError(f"the key {_short(key)} appears twice in one mapping; keep one.")
+        result[key] = value
+    return result
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a user value for an error message, cut short (a value may be huge or deeply nested)."""
+    if isinstance(value, (list, dict, tuple, set)):
+        return f"<a {type(value).__name__}>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key_list(keys: Any) -> list[str]:
+    return sorted((k if isinstance(k, str) else _short(k))[:60] for k in keys)[:10]
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    import yaml
+
+    loader = None
+    try:
+        loader = _TaskLoader(text)  # the reader already refuses some characters here
+        return loader.get_single_data()
+    except InvalidTaskError as exc:
+        raise InvalidTaskError(f"Task file {path}: {exc}") from None
+    except RecursionError:
+        raise InvalidTaskError(f"Task file {path} is nested too deeply; a task needs only {MAX_TASK_NESTING} levels.") from None
+    except yaml.YAMLError as exc:
+        raise InvalidTaskError(f"Task file {path} is not valid YAML/JSON: {exc}") from exc
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _task_loader_class() -> type:
+    import yaml
+
+    class TaskLoader(yaml.SafeLoader):
+        """SafeLoader that keeps every plain scalar as text and bounds nesting, aliases and duplicate keys."""
+
+        yaml_implicit_resolvers: dict = {}  # no implicit bool/null/int/float/timestamp/merge: scalars stay text
+
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._depth = 0
+            self._aliases = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                self._aliases += 1
+                if self._aliases > MAX_YAML_ALIASES:
+                    raise InvalidTaskError(f"more than {MAX_YAML_ALIASES} YAML aliases (*name); remove some and write the texts out.")
+                target = self.anchors.get(event.anchor)
+                if target is not None and not isinstance(target, yaml.ScalarNode):
+                    raise InvalidTaskError(
+                        f"the YAML alias *{event.anchor} (line {event.start_mark.line + 1}) repeats a list or mapping; "
+                        "aliases may only repeat a text: remove the alias and write the entries out."
+                    )
+            self._depth += 1
+            try:
+                if self._depth > MAX_TASK_NESTING:
+                    raise InvalidTaskError(f"it is nested more than {MAX_TASK_NESTING} levels deep; a task needs only 5.")
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    raise InvalidTaskError(f"the key {_short(key)} appears twice in one mapping (line {key_node.start_mark.line + 1}); keep one.")
+            return super().construct_mapping(node, deep=deep)
+
+    return TaskLoader
+
+
+_TASK_LOADER: type | None = None
+
+
+def _TaskLoader(text: str) -> Any:  # noqa: N802 - a factory that looks like the class it builds
+    global _TASK_LOADER
+    if _TASK_LOADER is None:
+        _TASK_LOADER = _task_loader_class()
+    return _TASK_LOADER(text)
+
+
+def _text_field(value: Any, what: str) -> str:
+    """A name or text exactly as the user wrote it; numbers, booleans and lists are refused rather than converted
+    (``str(True)`` would turn a class written ``yes`` into ``"True"``)."""
+    if value is None:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # JSON 12 is the text 12
+    if not isinstance(value, str):
+        raise InvalidTaskError(f"{what} must be text, got {type(value).__name__} {_short(value)}; put it in quotes.")
+    return value
 
 
 def _resolve_image_path(path: str, base: Path | None) -> Path:

@@ -21,6 +21,7 @@ from sgps_testing import (
 
 from sgps_hf import CheckpointError, SynthesizedClassifier
 from sgps_hf.classifier import state_dict_sha256
+from sgps_hf.errors import OutputPathError
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -99,17 +100,29 @@ def test_evaluate_stores_metrics(synth, tmp_path):
         classifier.evaluate({"melanoma": support["class_0"]})
 
 
-def test_save_pretrained_replaces_an_existing_folder(toy, tmp_path):
+def test_save_pretrained_replaces_an_existing_classifier_folder_and_keeps_the_users_files(toy, tmp_path):
     folder = tmp_path / "out"
-    folder.mkdir()
-    (folder / "stale.txt").write_text("from an older version")
     toy.save_pretrained(folder)
+    (folder / "notes.txt").write_text("the user's own notes")
     toy.save_pretrained(folder)
-    assert {p.name for p in folder.iterdir()} == EXPECTED_FILES
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or retired folders left behind
+    assert {p.name for p in folder.iterdir()} == EXPECTED_FILES | {"notes.txt"}
+    assert (folder / "notes.txt").read_text() == "the user's own notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]  # no staging or retired folders left behind
     (tmp_path / "a-file").write_text("x")
-    with pytest.raises(FileExistsError, match="not a folder"):
+    with pytest.raises(OutputPathError, match="not a folder"):
         toy.save_pretrained(tmp_path / "a-file")
+    assert (tmp_path / "a-file").read_text() == "x"
+
+
+def test_save_pretrained_refuses_a_folder_of_other_files(toy, tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "task.yaml").write_text("classes: []")
+    (folder / "images").mkdir()
+    (folder / "images" / "a.png").write_bytes(b"png")
+    with pytest.raises(OutputPathError, match=r"already holds other files \(images, task.yaml\).*untouched"):
+        toy.save_pretrained(folder)
+    assert sorted(p.name for p in folder.rglob("*")) == ["a.png", "images", "task.yaml"]
 
 
 def test_a_pickle_only_folder_is_refused(toy, tmp_path):

@@ -193,7 +193,7 @@ def test_from_file_allows_dotdot_that_stays_inside(tmp_path):
         ("classes:\n  - just-a-string\n  - {name: b, description: y}\n", "Class #1 must be a mapping"),
         ("classes:\n  - {description: x}\n  - {name: b, description: y}\n", "Class #1 must be a mapping with at least a 'name'"),
         ("classes:\n  - {name: a, images: a.png}\n  - {name: b, description: y}\n", "must be a list of file paths"),
-        ("classes:\n  - {name: a, images: [1, 2]}\n  - {name: b, description: y}\n", "must be a list of file paths"),
+        ("classes:\n  - {name: a, images: [[a.png]]}\n  - {name: b, description: y}\n", "must be a list of file paths"),
         ("classes:\n  - {name: a\n", "not valid YAML/JSON"),
         ("classes:\n  - {name: a, description: x}\n  - {name: A, description: y}\n", "Duplicate class name"),
         ("classes:\n  - {name: a}\n  - {name: b, description: y}\n", "neither a description nor images"),

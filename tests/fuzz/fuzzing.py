@@ -6,7 +6,7 @@ import sgps_hf.errors as errors
 
 DOCUMENTED = tuple(
 
-    getattr(errors, name) for name in ("InvalidTaskError", "ImageLoadError", "CheckpointError", "SynthesisError", "DataError")
+    getattr(errors, name) for name in ("InvalidTaskError", "ImageLoadError", "CheckpointError", "SynthesisError", "DataError", "OutputPathError")
 )
 # Words with which every error message of the library tells the user what to do or what was wrong.
 _ACTIONABLE = (

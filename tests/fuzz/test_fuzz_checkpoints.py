@@ -145,3 +145,68 @@ def test_classifier_folders_load_exactly_or_explain(saved, tmp_path_factory, dat
         assert_actionable(error, CheckpointError)
         return
     check_loaded(classifier.model.state_dict(), saved / "classifier" / "model.safetensors")
+
+
+# -- sidecars: any key, at any depth, of sgps_task.json, config.json and a version file -----------------------------
+def key_paths(value, prefix=()):
+    """Every path to a value inside parsed JSON (dict keys and list indices)."""
+    paths = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            paths += key_paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value[:3]):
+            paths += key_paths(item, (*prefix, index))
+    return paths
+
+
+def mutate_path(data, path, op, value):
+    parent = data
+    for step in path[:-1]:
+        parent = parent[step]
+    if op == "drop" and isinstance(parent, dict):
+        parent.pop(path[-1], None)
+    elif op == "drop":
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+
+
+@settings(max_examples=120)
+@given(data=st.data(), target=st.sampled_from(["sgps_task.json", "sgps_task.json", "config.json", "versions/v1/sgps_task.json"]))
+def test_any_sidecar_key_is_used_safely_or_refused(saved, versioned, tmp_path_factory, data, target):
+    """Whatever key of a sidecar is dropped or replaced, the classifier either loads and then predicts, renders its
+    card and reads its support set, or loading raises a CheckpointError that says what to fix. Never another type."""
+    from sgps_hf.model_card import classifier_card
+
+    folder = tmp_path_factory.mktemp("sidecar") / "classifier"
+    shutil.copytree(versioned, folder)
+    path = folder / target
+    content = json.loads(path.read_text())
+    edits = data.draw(st.lists(st.tuples(st.sampled_from(key_paths(content)), st.sampled_from(["drop", "set", "set"]), JSON_VALUES),
+                               min_size=1, max_size=3))
+    for key_path, op, value in edits:
+        try:
+            mutate_path(content, key_path, op, value)
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier edit removed or replaced the parent
+    path.write_text(json.dumps(content))
+    try:
+        classifier = SynthesizedClassifier.from_pretrained(folder)
+        classifier.support
+        classifier.predict([torch.zeros(3, 40, 40).numpy().transpose(1, 2, 0)])
+        str(classifier_card(classifier))
+    except CheckpointError as error:
+        assert_actionable(error, CheckpointError)
+
+
+@pytest.fixture(scope="module")
+def versioned(saved, tmp_path_factory):
+    """The saved classifier updated once, so that it has a changelog and a versions/v1 task file."""
+    from sgps_testing import noise_image
+
+    root = tmp_path_factory.mktemp("versioned")
+    synth = tiny_synthesizer(seed=0)
+    classifier = SynthesizedClassifier.from_pretrained(saved / "classifier")
+    synth.update(classifier, {classifier.label_names[0]: [noise_image(7)]}).save_pretrained(root / "classifier")
+    return root / "classifier"

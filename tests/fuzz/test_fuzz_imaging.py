@@ -208,3 +208,42 @@ def test_oversized_dicom_is_rejected_before_its_pixels_are_decoded(rows, columns
     with pytest.raises(ImageLoadError, match="Downscale|downscale") as info:
         load_image(dicom_bytes(rows, columns, frames, 1, 8, "MONOCHROME2", payload=64))
     assert "Cannot decode" not in str(info.value), "the size guard, not pydicom, must refuse it"
+
+
+# -- extreme shapes: thin strips, huge headers, and the resize they would cause -------------------------------------
+EXTREME_SIDE = st.one_of(st.integers(1, 64), st.integers(64, 2_000_000), st.sampled_from([8, 9, 159, 160, 161, 10_000, 10_001, 2**31 - 1]))
+
+
+@settings(max_examples=200)
+@given(width=EXTREME_SIDE, height=EXTREME_SIDE)
+def test_extreme_header_shapes_are_refused_from_the_header(width, height):
+    """A header of any shape: refused with a message naming the limit (aspect, pixels, bytes or the minimum size) before
+    decoding, or, within every limit, reported as truncated when decoding finds no pixels."""
+    from sgps_hf.imaging import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
+
+    with pytest.raises(ImageLoadError) as info:
+        load_image(png_header_only(width, height))
+    assert_actionable(info.value, ImageLoadError)
+    message = str(info.value)
+    within = min(width, height) >= MIN_IMAGE_SIDE and width * height <= MAX_IMAGE_PIXELS and max(width, height) <= MAX_ASPECT_RATIO * min(width, height)
+    assert ("corrupt or truncated" in message) == within, message
+
+
+@settings(max_examples=60, deadline=None)
+@given(width=st.integers(8, 4000), height=st.integers(8, 4000), size=st.sampled_from([16, 32, 128, 4096]))
+def test_extreme_in_memory_shapes_are_processed_or_refused(width, height, size):
+    """Any shape through the image processor: the expected tensor, or an ImageLoadError (aspect or resize limit)."""
+    from sgps_hf.image_processing_sgps import MAX_RESIZED_PIXELS, SGPSImageProcessor
+    from sgps_hf.imaging import MAX_ASPECT_RATIO
+
+    image = Image.new("L", (width, height), 7)
+    processor = SGPSImageProcessor(image_size=size)
+    short, long = sorted((width, height))
+    ok = long <= MAX_ASPECT_RATIO * short and size * int(size * long / short) <= MAX_RESIZED_PIXELS
+    try:
+        pixels = processor([image])["pixel_values"]
+    except ImageLoadError as error:
+        assert_actionable(error, ImageLoadError)
+        assert not ok, str(error)
+        return
+    assert ok and pixels.shape == (1, 3, size, size)

@@ -134,13 +134,13 @@ def test_arbitrary_task_file_bytes_accept_or_explain(tmp_path_factory, raw):
 
 
 def test_yaml_alias_bomb_is_cheap(tmp_path):
-    """A "billion laughs" task file: aliases are shared, not copied, and only the top-level list is walked."""
+    """A "billion laughs" task file: an alias that repeats a list is refused before anything expands."""
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
     lines.append("classes: [*a8, *a8]")
     path = tmp_path / "bomb.yaml"
     path.write_text("\n".join(lines))
-    with pytest.raises(InvalidTaskError, match="must be a mapping"):
+    with pytest.raises(InvalidTaskError, match="aliases may only repeat a text"):
         TaskSpec.from_file(path)
 
 
@@ -150,3 +150,38 @@ def test_json_task_file_with_non_bmp_characters(tmp_path):
     path.write_text(json.dumps({"classes": [{"name": "rash \U0001fa7a", "description": "red \U0001f600"}, {"name": "b", "description": "t"}]}))
     task = TaskSpec.from_file(path)
     assert task.class_names == ["rash \U0001fa7a", "b"] and task.descriptions[0] == "red \U0001f600"
+
+
+# -- task files written by hand: YAML's implicit typing, anchors, duplicates and nesting ----------------------------
+# Plain YAML scalars that an implicit-typing loader would turn into booleans, nulls, numbers or dates.
+LITERAL_NAMES = ["yes", "no", "null", "Null", "~", "on", "off", "true", "False", "0123", "0x1F", "1e3", ".inf", "-.nan", "2024-01-01",
+                 "12:30", "0o17", "+1", "1_000", "y", "n"]
+
+
+@settings(max_examples=150)
+@given(names=st.lists(st.sampled_from(LITERAL_NAMES), min_size=2, max_size=6, unique_by=str.casefold),
+       duplicate_key=st.sampled_from([None, "name", "description", "classes"]), depth=st.integers(0, 40),
+       alias=st.sampled_from([None, "text", "list"]))
+def test_hand_written_yaml_is_literal_bounded_and_strict(tmp_path_factory, names, duplicate_key, depth, alias):
+    lines = ["name: demo"]
+    if duplicate_key == "name":
+        lines.append("name: again")
+    lines.append("classes:")
+    for i, name in enumerate(names):
+        description = "&t shared text" if alias == "text" and i == 0 else ("*t" if alias == "text" else f"text {i}")
+        lines += [f"  - name: {name}", f"    description: {description}"]
+        if duplicate_key == "description" and i == 1:
+            lines.append("    description: again")
+    if alias == "list":
+        lines += ["  - &l {name: z, description: zz}", "  - *l"]
+    if depth:
+        lines += ["  - name: deep", "    description: " + "[" * depth + "x" + "]" * depth]
+    if duplicate_key == "classes":
+        lines.append("classes: []")
+    path = tmp_path_factory.mktemp("yaml") / "task.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    task = load_task_file(path)
+    clean = duplicate_key is None and alias != "list" and depth == 0
+    assert (task is not None) == clean
+    if task is not None:
+        assert task.class_names == names  # each name is exactly the text written, never True, None or 83

@@ -170,7 +170,7 @@ def test_invalid_synthesizer_configs_name_the_field(originals, tmp_path, edit, m
         ({"model_args": {"channel_multiplier": [1]}}, "'model_args' must be"),
         ({"label_names": ["only-one"]}, "'label_names' must be a list of at least 2"),
         ({"num_classes": 7}, "'num_classes' is 7 but there are 2 label_names"),
-        ({"architecture": "no_such_timm_model"}, "describes a model timm cannot build"),
+        ({"architecture": "no_such_timm_model"}, "must be a plain timm model name"),
     ],
 )
 def test_invalid_classifier_configs_are_rejected(originals, tmp_path, edit, message):
