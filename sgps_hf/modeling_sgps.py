@@ -171,9 +171,9 @@ class SGPSSynthesizer(PreTrainedModel):
     # -- features -------------------------------------------------------------------------------
     def support_view_features(self, pixel_values: Tensor) -> Tensor:
         """Body features of every support image under every ``support_views`` transform: [S, V, D]."""
-        tensors = self.body_tensors()
-        views = [body_features(self.target, tensors, apply_view(pixel_values, view)) for view in self.config.support_views]
-        return torch.stack(views, dim=1)
+        views = torch.cat([apply_view(pixel_values, view) for view in self.config.support_views])  # one batched pass
+        features = body_features(self.target, self.body_tensors(), views)
+        return features.view(len(self.config.support_views), pixel_values.shape[0], -1).transpose(0, 1)
 
     def body_tensors(self) -> dict[str, Tensor]:
         return {**dict(self.target.named_parameters()), **dict(self.target.named_buffers())}
