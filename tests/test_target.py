@@ -13,8 +13,6 @@ from sgps_hf.target import (
     classify,
     create_target,
     materialize,
-    measure_features,
-    pointwise_conv,
     training_mode,
 )
 
@@ -71,14 +69,6 @@ def test_batchnorm_layers_lists_every_norm_in_order(body):
     assert all(isinstance(m, nn.BatchNorm2d) for _, m in layers)
 
 
-def test_pointwise_conv(body):
-    conv = pointwise_conv(body, "conv_head")
-    assert conv.kernel_size == (1, 1) and conv.groups == 1
-    for bad in ("conv_stem", "blocks.3.0.conv_dw", "bn2", "nope"):
-        with pytest.raises(ValueError, match="not a pointwise"):
-            pointwise_conv(body, bad)
-
-
 def test_training_mode_restores_the_previous_mode_even_on_error(body):
     assert not body.training
     with training_mode(body, True):
@@ -88,28 +78,6 @@ def test_training_mode_restores_the_previous_mode_even_on_error(body):
         with training_mode(body, True):
             raise RuntimeError("boom")
     assert not body.training
-
-
-def test_measure_features_returns_exact_batch_statistics_without_touching_inputs(config, body):
-    tensors = body_tensors(body)
-    snapshot = {k: v.clone() for k, v in tensors.items()}
-    images = torch.randn(5, 3, config.image_size, config.image_size)
-    momentum = body.bn1.momentum
-    body.bn1.momentum = 1.0  # as the synthesizer sets it: the pass stores exactly this batch's statistics
-    try:
-        with torch.no_grad():
-            features, stats = measure_features(body, tensors, images)
-    finally:
-        body.bn1.momentum = momentum
-    assert features.shape == (5, body.num_features)
-    assert not body.training  # mode restored
-    for name, tensor in tensors.items():  # the caller's tensors (the base weights) are not modified
-        assert torch.equal(tensor, snapshot[name]), name
-    with torch.no_grad():
-        stem = body.conv_stem(images)  # input of bn1
-    torch.testing.assert_close(stats["bn1.running_mean"], stem.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(stats["bn1.running_var"], stem.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)
-    assert set(stats) == {k for k in tensors if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
 def test_classify_equals_the_materialized_timm_model(config, body):
