@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import blob_pair, write_task_folder
+from seg_testing import blob_pair, write_task_folder
 from sgps_hf.cli import main
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
-from conftest import blob_pair
+from seg_testing import blob_pair
 from sgps_testing import last_json_line, run_python
 from sgps_hf import SynthesizedSegmenter
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_task_folder
+from seg_testing import write_task_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("torch_single_thread")]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import blob_pair, write_task_folder
+from seg_testing import blob_pair, write_task_folder
 from sgps_hf import SegmentationTask
 from sgps_hf.errors import ImageLoadError, InvalidTaskError, SGPSError
 
