@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -76,6 +76,22 @@ def _template(name: str) -> Path:
     return path
 
 
+def user_eval_results(task_type: str, task_name: str, metrics: dict[str, Any] | None, names: Sequence[str]) -> list[EvalResult] | None:
+    """model-index entries for the metrics measured on the user's own labelled images (None when there are none)."""
+    if not metrics:
+        return None
+    return [
+        EvalResult(
+            task_type=task_type,
+            dataset_type="custom",
+            dataset_name=f"{task_name} (user-supplied labelled images, n={metrics['num_images']})",
+            metric_type=name,
+            metric_value=round(float(metrics[name]), 4),
+        )
+        for name in names
+    ]
+
+
 def classifier_card(classifier: "SynthesizedClassifier", repo_id: str | None = None, support_included: bool | None = None) -> ModelCard:
     """The card of a synthesized classifier: metadata, classes with their texts, fingerprints, provenance.
 
@@ -86,19 +102,7 @@ def classifier_card(classifier: "SynthesizedClassifier", repo_id: str | None = N
     if support_included is None:
         support_included = classifier.support is not None and bool(info.get("support"))
     task = info["task"]
-    eval_results = None
-    metrics = info.get("metrics")
-    if metrics:
-        eval_results = [
-            EvalResult(
-                task_type="image-classification",
-                dataset_type="custom",
-                dataset_name=f"{task['name']} (user-supplied labelled images, n={metrics['num_images']})",
-                metric_type=name,
-                metric_value=round(float(metrics[name]), 4),
-            )
-            for name in ("accuracy", "macro_f1")
-        ]
+    eval_results = user_eval_results("image-classification", task["name"], info.get("metrics"), ("accuracy", "macro_f1"))
     card_data = ModelCardData(
         library_name="timm",
         license=LICENSE,

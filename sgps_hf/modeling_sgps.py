@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -169,11 +169,14 @@ class SGPSSynthesizer(PreTrainedModel):
         return embed_tokens(encoder, input_ids.cpu(), attention_mask.cpu()).to(self.device)
 
     # -- features -------------------------------------------------------------------------------
-    def support_view_features(self, pixel_values: Tensor) -> Tensor:
-        """Body features of every support image under every ``support_views`` transform: [S, V, D]."""
+    def support_view_features(self, pixel_values: Tensor, embed: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Body features of every support image under every ``support_views`` transform: [S, V, D].
+
+        ``embed`` maps images to body features (default: this model's body; the benchmark passes a memo of it).
+        """
+        embed = embed or (lambda images: body_features(self.target, self.body_tensors(), images))
         views = torch.cat([apply_view(pixel_values, view) for view in self.config.support_views])  # one batched pass
-        features = body_features(self.target, self.body_tensors(), views)
-        return features.view(len(self.config.support_views), pixel_values.shape[0], -1).transpose(0, 1)
+        return embed(views).view(len(self.config.support_views), pixel_values.shape[0], -1).transpose(0, 1)
 
     def body_tensors(self) -> dict[str, Tensor]:
         return {**dict(self.target.named_parameters()), **dict(self.target.named_buffers())}

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..data.episodes import Episode
 from ..image_processing_sgps import SGPSImageProcessor
-from ..modeling_sgps import SGPSSynthesizer, apply_view
+from ..modeling_sgps import SGPSSynthesizer
 from ..target import HEAD_BIAS, HEAD_WEIGHT
 from ..training.augment import random_flips
 
@@ -102,9 +102,8 @@ class SGPSMethod:
         n = len(episode.class_names)
         inputs: dict[str, Any] = {"text_embeds": self.text_bank(episode.class_texts), "text_mask": torch.full((n,), self.use_text)}
         if self.use_images:
-            support = self.processor.normalize_uint8(episode.support)
-            views = [self.features(apply_view(support, view)) for view in self.synthesizer.config.support_views]
-            inputs.update(support_features=torch.stack(views, dim=1), support_labels=episode.support_labels)
+            support = self.synthesizer.support_view_features(self.processor.normalize_uint8(episode.support), embed=self.features)
+            inputs.update(support_features=support, support_labels=episode.support_labels)
         weights = self.synthesizer.generate_weights(n, **inputs)
         head = weights[HEAD_WEIGHT], weights[HEAD_BIAS]
         return torch.no_grad()(lambda images: nn.functional.linear(self.features(self.processor.normalize_uint8(images)), *head))

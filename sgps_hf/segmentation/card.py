@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData
 
-from ..model_card import LICENSE, _template
+from ..model_card import LICENSE, _template, user_eval_results
 
 if TYPE_CHECKING:
     from .segmenter import SynthesizedSegmenter
@@ -15,19 +15,7 @@ if TYPE_CHECKING:
 def segmenter_card(segmenter: "SynthesizedSegmenter", repo_id: str | None = None) -> ModelCard:
     info = segmenter.info
     task = info["task"]
-    metrics = info.get("metrics")
-    eval_results = None
-    if metrics:
-        eval_results = [
-            EvalResult(
-                task_type="image-segmentation",
-                dataset_type="custom",
-                dataset_name=f"{task['name']} (user-supplied labelled images, n={metrics['num_images']})",
-                metric_type=name,
-                metric_value=round(float(metrics[name]), 4),
-            )
-            for name in ("dice", "iou")
-        ]
+    eval_results = user_eval_results("image-segmentation", task["name"], info.get("metrics"), ("dice", "iou"))
     card_data = ModelCardData(
         library_name="transformers",
         license=LICENSE,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..classifier import state_dict_sha256
 from ..errors import CheckpointError, InvalidTaskError
 from ..imaging import ImageInput
 from .processing_sgps_seg import load_mask, load_rgb
@@ -24,15 +24,6 @@ if TYPE_CHECKING:
 
 TASK_FILE = "sgps_seg_task.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def state_dict_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def build_info(task: "SegmentationTask", synthesizer: "SGPSSegSynthesizer", head: str) -> dict[str, Any]:

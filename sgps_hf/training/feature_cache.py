@@ -60,13 +60,17 @@ def pool_features(
     return features
 
 
-def episode_features(episode: Episode, features: dict[PoolKey, Tensor]) -> tuple[Tensor, Tensor]:
-    """(support features [N*K, V, D], query features [N*Q, D] of the identity view) of ``episode``."""
+def episode_features(episode: Episode, features: dict[PoolKey, Tensor], query_views: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(support features [N*K, V, D], query features [N*Q, D]) of ``episode``.
+
+    Each query is seen under the support view ``query_views[j]`` (default: the identity view, index 0).
+    """
     k = episode.k_shot
     chosen = [features[(episode.task, name)] for name in episode.class_names]
     support = torch.cat([pool[torch.from_numpy(rows[:k])] for pool, rows in zip(chosen, episode.rows, strict=True)])
-    query = torch.cat([pool[torch.from_numpy(rows[k:]), 0] for pool, rows in zip(chosen, episode.rows, strict=True)])
-    return support, query
+    query = torch.cat([pool[torch.from_numpy(rows[k:])] for pool, rows in zip(chosen, episode.rows, strict=True)])
+    views = torch.zeros(len(query), dtype=torch.long) if query_views is None else query_views
+    return support, query[torch.arange(len(query)), views]
 
 
 def _cache_key(model: SGPSSynthesizer, pools: list[ClassPool]) -> str:

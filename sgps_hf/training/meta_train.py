@@ -98,13 +98,11 @@ def episode_inputs(
     }
     rng = np.random.default_rng(augment_seed) if augment_seed is not None else None
     if features is not None:
-        support, query = episode_features(episode, features)
-        if rng is None:
-            inputs["query_features"] = query
-        else:
-            all_views = torch.cat([features[(episode.task, n)][torch.from_numpy(r[episode.k_shot:])] for n, r in zip(episode.class_names, episode.rows)])
-            view = torch.from_numpy(rng.integers(0, all_views.shape[1], size=all_views.shape[0]))
-            inputs["query_features"] = all_views[torch.arange(all_views.shape[0]), view]
+        query_views = None
+        if rng is not None:
+            views = next(iter(features.values())).shape[1]
+            query_views = torch.from_numpy(rng.integers(0, views, size=len(episode.query_labels)))
+        support, inputs["query_features"] = episode_features(episode, features, query_views)
         if episode.use_images:
             inputs["support_features"] = support
             inputs["support_labels"] = episode.support_labels
