@@ -1,4 +1,4 @@
-"""Hugging Face Space entry point: the sgps-hf app (the UI itself lives in ``sgps_hf.demo_app``).
+"""Hugging Face Space entry point: the sgps-hf app (the UI itself lives in ``sgps_hf.app.ui``).
 
 Locally: ``python demo/app.py`` or ``sgps demo``. Options come from the environment so a Space can set them:
 ``SGPS_SYNTHESIZER`` (checkpoint folder or Hub id; default: the bundled checkpoint), ``SGPS_DATA_DIR`` (example
@@ -7,7 +7,7 @@ tasks; optional), ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (Spaces set th
 
 import os
 
-from sgps_hf.demo_app import build_demo, launch_demo
+from sgps_hf.app.ui import build_demo, launch_demo
 
 demo = build_demo(os.environ.get("SGPS_SYNTHESIZER") or None)
 

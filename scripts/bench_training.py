@@ -71,7 +71,7 @@ class MetaTraining:
     def __init__(self, model_config, pools, args) -> None:
         from sgps_hf import SGPSSynthesizer
         from sgps_hf.data import EpisodeSampler
-        from sgps_hf.image_processing_sgps import SGPSImageProcessor
+        from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
         from sgps_hf.training.config import TrainingConfig
         from sgps_hf.training.meta_train import TextBank, build_optimizer, episode_inputs
 
@@ -110,8 +110,8 @@ class SupervisedTraining:
     """Plain supervised training of the target EfficientNet-V2 on random batches of the same pools."""
 
     def __init__(self, model_config, pools, args, batch_size: int) -> None:
-        from sgps_hf.image_processing_sgps import SGPSImageProcessor
-        from sgps_hf.target import create_target
+        from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
+        from sgps_hf.body.timm_network import create_target
 
         self.images = np.concatenate([pool.images for pool in pools])  # uint8 [n, H, W, 3]
         self.labels = np.concatenate([np.full(len(pool), i) for i, pool in enumerate(pools)])

@@ -23,9 +23,9 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from sgps_hf import SGPSConfig, SGPSSynthesizer
-from sgps_hf.backbones import load_pretrained_body
+from sgps_hf.body.backbones import load_pretrained_body
 from sgps_hf.data import EpisodeSampler, build_pools, list_tasks
-from sgps_hf.image_processing_sgps import SGPSImageProcessor
+from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.training.config import TrainingConfig
 from sgps_hf.training.feature_cache import episode_features, pool_features
 from sgps_hf.training.pretrain import interpolate_bodies, pretrain_body

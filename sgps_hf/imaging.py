@@ -11,6 +11,7 @@ import contextvars
 import hashlib
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -31,7 +32,9 @@ MAX_ASPECT_RATIO = 20
 MAX_DECODED_BYTES = 4 * MAX_IMAGE_PIXELS
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_DICOM_VALUES = 4 * MAX_IMAGE_PIXELS  # all frames x samples of a DICOM volume (we keep one slice)
-DICOM_SUFFIXES = {".dcm", ".dicom"}
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+#: The file suffixes taken as images wherever a folder is scanned (a dataset folder, the app's examples).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}) | DICOM_SUFFIXES
 _CHUNK_VALUES = 1 << 22  # high-bit-depth images are rescaled to 8 bits this many values at a time (bounded scratch memory)
 # Bytes per pixel of PIL's in-memory storage, per mode (unknown modes count as 4).
 _PIL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
@@ -69,6 +72,27 @@ def load_image(source: ImageInput, max_pixels: int | None = None) -> Image.Image
         _LIMIT.reset(token)
 
 
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image decoded once: its RGB pixels and its fingerprint (see :func:`image_fingerprint`)."""
+
+    pixels: Image.Image
+    fingerprint: str
+
+
+def decode_image(source: ImageInput) -> DecodedImage:
+    """Decode ``source`` once and fingerprint it from the same bytes: what a synthesis needs of each user image."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        _check_file(path)
+        data = path.read_bytes()
+        return DecodedImage(_to_rgb(_open_bytes(data, name=str(path))), hashlib.sha256(data).hexdigest())
+    if isinstance(source, (bytes, bytearray)):
+        return DecodedImage(load_image(source), hashlib.sha256(bytes(source)).hexdigest())
+    pixels = load_image(source)
+    return DecodedImage(pixels, _pixel_fingerprint(pixels))
+
+
 def image_fingerprint(source: ImageInput) -> str:
     """sha256 of an image: of the file's bytes for paths/bytes, of the decoded RGB pixels otherwise."""
     if isinstance(source, (str, os.PathLike)):
@@ -81,10 +105,19 @@ def image_fingerprint(source: ImageInput) -> str:
         return digest.hexdigest()
     if isinstance(source, (bytes, bytearray)):
         return hashlib.sha256(bytes(source)).hexdigest()
-    rgb = load_image(source)
+    return _pixel_fingerprint(load_image(source))
+
+
+def _pixel_fingerprint(rgb: Image.Image) -> str:
     digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
     digest.update(rgb.tobytes())
     return digest.hexdigest()
+
+
+def check_path_text(text: str, what: str, error: type[Exception] = ImageLoadError) -> None:
+    """Refuse a path holding a NUL or an unpaired surrogate (the OS would raise a bare ValueError or mangle it)."""
+    if "\x00" in text or any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        raise error(f"{what} {text!r} contains a NUL character or an unpaired surrogate; fix the file name.")
 
 
 def _open_path(path: Path) -> Image.Image:
@@ -93,8 +126,7 @@ def _open_path(path: Path) -> Image.Image:
 
 
 def _check_file(path: Path) -> None:
-    if "\x00" in str(path) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in str(path)):  # os.stat would raise a bare ValueError
-        raise ImageLoadError(f"Image path {str(path)!r} contains a NUL character or an unpaired surrogate; fix the file name.")
+    check_path_text(str(path), "Image path")
     if not path.exists():
         raise ImageLoadError(f"Image file not found: {path}. Check the path (relative paths are resolved from {Path.cwd()}).")
     if not path.is_file():

@@ -17,11 +17,12 @@ from .data.descriptions import class_description
 from .data.registry import task_dir
 from .data.splits import load_splits
 from .errors import CheckpointError
-from .modeling_sgps import SGPSSynthesizer
-from .processing_sgps import SGPSProcessor
+from .imaging import IMAGE_SUFFIXES
+from .models.sgps.modeling_sgps import SGPSSynthesizer
+from .models.sgps.processing_sgps import SGPSProcessor
 from .task import ClassSpec, TaskSpec
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"}
+
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from .errors import InvalidTaskError
-from .imaging import ImageInput, image_fingerprint, load_image
+from .imaging import DecodedImage, ImageInput, check_path_text, decode_image, image_fingerprint, load_image
 
 MAX_CLASSES = 100
 MAX_IMAGES_PER_CLASS = 100
@@ -134,6 +134,10 @@ class ClassSpec:
         """Decode this class's images to RGB (raises ImageLoadError naming the bad one)."""
         return [load_image(image) for image in self.images]
 
+    def decode_images(self) -> list[DecodedImage]:
+        """Decode each image once, with its fingerprint: all a synthesis needs of it."""
+        return [decode_image(image) for image in self.images]
+
     def fingerprints(self) -> list[str]:
         return [image_fingerprint(image) for image in self.images]
 
@@ -178,13 +182,16 @@ class TaskSpec:
     def descriptions(self) -> list[str]:
         return [c.description for c in self.classes]
 
-    def to_dict(self, include_fingerprints: bool = True) -> dict[str, Any]:
-        """JSON-ready description of the task (images replaced by their sha256 fingerprints)."""
+    def to_dict(self, include_fingerprints: bool = True, fingerprints: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
+        """JSON-ready description of the task (images replaced by their sha256 fingerprints).
+
+        ``fingerprints``: those of each class's images when already known (a synthesis decoded them), else computed.
+        """
         classes = []
-        for cls in self.classes:
+        for index, cls in enumerate(self.classes):
             entry: dict[str, Any] = {"name": cls.name, "description": cls.description, "num_images": len(cls.images)}
             if include_fingerprints:
-                entry["image_sha256"] = cls.fingerprints()
+                entry["image_sha256"] = list(fingerprints[index]) if fingerprints is not None else cls.fingerprints()
             classes.append(entry)
         return {"name": self.name, "modality": self.modality, "classes": classes}
 
@@ -251,8 +258,7 @@ def _read_task_text(path: Path) -> str:
     """The file's text: regular files only (no FIFO, device or /dev/zero), size-limited, UTF-8."""
     import stat
 
-    if "\x00" in str(path) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in str(path)):
-        raise InvalidTaskError(f"Task file path {str(path)!r} contains a NUL character or an unpaired surrogate; fix the file name.")
+    check_path_text(str(path), "Task file path", InvalidTaskError)
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
@@ -384,9 +390,7 @@ def _text_field(value: Any, what: str) -> str:
 
 
 def _resolve_image_path(path: str, base: Path | None) -> Path:
-    if "\x00" in path or any(unicodedata.category(ch) == "Cs" for ch in path):
-        # The OS cannot open such a name (Path.resolve would raise a bare ValueError/UnicodeEncodeError).
-        raise InvalidTaskError(f"Image path {path!r} contains a NUL character or an unpaired surrogate; fix the file name.")
+    check_path_text(path, "Image path", InvalidTaskError)
     candidate = Path(path)
     if candidate.is_absolute() or base is None:
         return candidate

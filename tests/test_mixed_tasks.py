@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import sgps_testing
-from sgps_hf.heads import ridge_head
+from sgps_hf.models.sgps.heads import ridge_head
 
 
 def _synth_with_texts():

@@ -30,9 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from ..data.episodes import Episode
-from ..image_processing_sgps import SGPSImageProcessor
-from ..modeling_sgps import SGPSSynthesizer
-from ..target import HEAD_BIAS, HEAD_WEIGHT
+from ..models.sgps.image_processing_sgps import SGPSImageProcessor
+from ..models.sgps.modeling_sgps import SGPSSynthesizer
+from ..body.timm_network import HEAD_BIAS, HEAD_WEIGHT
 from ..training.augment import random_flips
 
 Predictor = Callable[[Tensor], Tensor]  # uint8 query images [n, 3, H, W] -> logits [n, num_classes]

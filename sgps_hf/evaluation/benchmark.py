@@ -28,9 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from ..data.episodes import ClassPool, Episode, EpisodeSampler
-from ..image_processing_sgps import SGPSImageProcessor
-from ..modeling_sgps import SGPSSynthesizer
-from ..target import materialize
+from ..models.sgps.image_processing_sgps import SGPSImageProcessor
+from ..models.sgps.modeling_sgps import SGPSSynthesizer
+from ..body.timm_network import materialize
 from ..training.meta_train import TextBank
 from .baselines import (
     FeatureMemo,

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from ..data.episodes import ClassPool, EpisodeSampler
-from ..image_processing_sgps import SGPSImageProcessor
-from ..modeling_sgps import SGPSSynthesizer
-from ..text_encoder import embed_texts
+from ..models.sgps.image_processing_sgps import SGPSImageProcessor
+from ..models.sgps.modeling_sgps import SGPSSynthesizer
+from ..body.text_encoder import embed_texts
 
 
 @dataclass

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from ..model_card import LICENSE, _template, user_eval_results
+from ..hub.model_card import LICENSE, _template, user_eval_results
 
 if TYPE_CHECKING:
     from .segmenter import SynthesizedSegmenter

@@ -72,8 +72,8 @@ class SGPSSegSynthesizer(PreTrainedModel):
         return model
 
     def load_imagenet_encoder(self) -> None:
-        """Copy the offline ImageNet weights of ``config.backbone`` (sgps_hf.backbones) into the encoder."""
-        from ..backbones import imagenet_state_dict
+        """Copy the offline ImageNet weights of ``config.backbone`` (sgps_hf.body.backbones) into the encoder."""
+        from ..body.backbones import imagenet_state_dict
 
         weights = imagenet_state_dict(self.config.backbone)
         encoder = self.segmenter.backbone._backbone

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..classifier import state_dict_sha256
+from ..hub.checkpoints import state_dict_sha256
 from ..errors import CheckpointError, InvalidTaskError
 from ..imaging import ImageInput
 from .processing_sgps_seg import load_mask, load_rgb
@@ -27,7 +27,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 def build_info(task: "SegmentationTask", synthesizer: "SGPSSegSynthesizer", head: str) -> dict[str, Any]:
-    from .. import __version__
+    from ..version import __version__
 
     config = synthesizer.config
     training = getattr(config, "training_tasks", None)
@@ -106,7 +106,7 @@ class SynthesizedSegmenter:
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, repo_id: str | None = None) -> Path:
         """Write a plain transformers folder: config.json, model.safetensors, preprocessor_config.json, README.md, sidecar."""
-        from ..atomic import atomic_directory
+        from ..hub.atomic import atomic_directory
         from .card import segmenter_card
 
         with atomic_directory(save_directory) as staging:

@@ -97,7 +97,7 @@ class TrainingConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the config as JSON, atomically (a run killed while saving keeps the previous file)."""
-        from ..atomic import atomic_write_text
+        from ..hub.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 

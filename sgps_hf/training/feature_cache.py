@@ -18,8 +18,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data.episodes import ClassPool, Episode
-from ..image_processing_sgps import SGPSImageProcessor
-from ..modeling_sgps import SGPSSynthesizer
+from ..models.sgps.image_processing_sgps import SGPSImageProcessor
+from ..models.sgps.modeling_sgps import SGPSSynthesizer
 
 PoolKey = tuple[str, str]
 

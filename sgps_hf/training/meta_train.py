@@ -26,15 +26,15 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..atomic import atomic_write_text
-from ..configuration_sgps import SGPSConfig
+from ..hub.atomic import atomic_write_text
+from ..models.sgps.configuration_sgps import SGPSConfig
 from ..data.episodes import Episode, EpisodeSampler
-from ..image_processing_sgps import SGPSImageProcessor
-from ..model_card import synthesizer_card
-from ..modeling_sgps import SGPSSynthesizer
-from ..processing_sgps import SGPSProcessor
-from ..text_encoder import embed_texts
-from ..backbones import load_pretrained_body
+from ..models.sgps.image_processing_sgps import SGPSImageProcessor
+from ..hub.model_card import synthesizer_card
+from ..models.sgps.modeling_sgps import SGPSSynthesizer
+from ..models.sgps.processing_sgps import SGPSProcessor
+from ..body.text_encoder import embed_texts
+from ..body.backbones import load_pretrained_body
 from .augment import random_flips
 from .config import TrainingConfig
 from .feature_cache import PoolKey, episode_features, pool_features
@@ -343,7 +343,7 @@ def _resume(accelerator: Accelerator, output: Path, state: TrainerState) -> None
 
 def _export(model: SGPSSynthesizer, folder: Path, config: TrainingConfig, state: TrainerState, data_summary: dict[str, Any]) -> None:
     """save_pretrained + processor + generated synthesizer card, atomically."""
-    from ..atomic import atomic_directory
+    from ..hub.atomic import atomic_directory
 
     with atomic_directory(folder) as staging:
         model.save_pretrained(staging)

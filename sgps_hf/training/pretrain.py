@@ -20,8 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.episodes import ClassPool
-from ..image_processing_sgps import SGPSImageProcessor
-from ..target import batchnorm_layers
+from ..models.sgps.image_processing_sgps import SGPSImageProcessor
+from ..body.timm_network import batchnorm_layers
 from .augment import medical_augment
 from .config import TrainingConfig
 

@@ -215,7 +215,7 @@ def test_load_task_arrays_by_dir_and_name(tiny_folder: Path, tmp_path: Path):
 
 def test_matches_the_inference_image_processor(tiny_folder: Path, tmp_path: Path):
     """Training pixels == what SGPSImageProcessor feeds the model for the same file (before normalising)."""
-    processing = pytest.importorskip("sgps_hf.image_processing_sgps")
+    processing = pytest.importorskip("sgps_hf.models.sgps.image_processing_sgps")
     processor = processing.SGPSImageProcessor(image_size=16, interpolation="bilinear")
     arrays = prepare_arrays(load_image_dataset(tiny_folder), 16, cache_dir=tmp_path)
     files = sorted(tiny_folder.glob("*/*.png"))

@@ -12,8 +12,8 @@ import sgps_testing
 from sgps_hf.data.episodes import ClassPool
 from sgps_hf.evaluation import baselines as B
 from sgps_hf.evaluation.benchmark import clip_shot, fit_temperature, make_episodes, max_feasible_shot
-from sgps_hf.image_processing_sgps import SGPSImageProcessor
-from sgps_hf.target import create_target
+from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
+from sgps_hf.body.timm_network import create_target
 
 
 def _pools(classes: int = 3, per_class: int = 12, task: str = "toy") -> list[ClassPool]:

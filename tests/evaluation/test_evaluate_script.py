@@ -90,7 +90,7 @@ def test_unknown_description_class_is_a_clear_error(bench_data, tmp_path):
 
 
 def test_reports_name_a_checkpoint_inside_the_working_directory_by_its_relative_path(tmp_path, monkeypatch):
-    from sgps_hf.evaluation.runner import _display_path
+    from sgps_hf.cli.evaluate import _display_path
 
     (tmp_path / "ckpt").mkdir()
     monkeypatch.chdir(tmp_path)

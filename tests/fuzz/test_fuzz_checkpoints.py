@@ -177,7 +177,7 @@ def mutate_path(data, path, op, value):
 def test_any_sidecar_key_is_used_safely_or_refused(saved, versioned, tmp_path_factory, data, target):
     """Whatever key of a sidecar is dropped or replaced, the classifier either loads and then predicts, renders its
     card and reads its support set, or loading raises a CheckpointError that says what to fix. Never another type."""
-    from sgps_hf.model_card import classifier_card
+    from sgps_hf.hub.model_card import classifier_card
 
     folder = tmp_path_factory.mktemp("sidecar") / "classifier"
     shutil.copytree(versioned, folder)

@@ -233,7 +233,7 @@ def test_extreme_header_shapes_are_refused_from_the_header(width, height):
 @given(width=st.integers(8, 4000), height=st.integers(8, 4000), size=st.sampled_from([16, 32, 128, 4096]))
 def test_extreme_in_memory_shapes_are_processed_or_refused(width, height, size):
     """Any shape through the image processor: the expected tensor, or an ImageLoadError (aspect or resize limit)."""
-    from sgps_hf.image_processing_sgps import MAX_RESIZED_PIXELS, SGPSImageProcessor
+    from sgps_hf.models.sgps.image_processing_sgps import MAX_RESIZED_PIXELS, SGPSImageProcessor
     from sgps_hf.imaging import MAX_ASPECT_RATIO
 
     image = Image.new("L", (width, height), 7)

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from sgps_hf import ImageLoadError
-from sgps_hf.app_logic import AppInputError, read_upload
-from sgps_hf.image_processing_sgps import SGPSImageProcessor
+from sgps_hf.app.logic import AppInputError, read_upload
+from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.imaging import MAX_ASPECT_RATIO, load_image
 
 pytestmark = pytest.mark.timeout(300)
@@ -28,7 +28,7 @@ import resource, sys
 from pathlib import Path
 path = Path(sys.argv[2])
 from sgps_hf.imaging import load_image
-from sgps_hf.image_processing_sgps import SGPSImageProcessor
+from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     exec(sys.argv[1])

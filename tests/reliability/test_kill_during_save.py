@@ -15,8 +15,8 @@ import pytest
 from sgps_testing import sigkill_when_paused, tiny_synthesizer
 
 from sgps_hf import SGPSProcessor, SGPSSynthesizer
-from sgps_hf.atomic import atomic_update, atomic_write_text
-from sgps_hf.classifier import state_dict_sha256
+from sgps_hf.hub.atomic import atomic_update, atomic_write_text
+from sgps_hf.hub.checkpoints import state_dict_sha256
 
 pytestmark = [pytest.mark.usefixtures("torch_single_thread"), pytest.mark.timeout(240)]
 

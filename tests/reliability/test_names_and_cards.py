@@ -8,7 +8,7 @@ from markdown_it import MarkdownIt
 from sgps_testing import noise_image, tiny_synthesizer
 
 from sgps_hf import ClassSpec, InvalidTaskError, TaskSpec
-from sgps_hf.model_card import classifier_card, md_code, md_escape, md_safe_markdown
+from sgps_hf.hub.model_card import classifier_card, md_code, md_escape, md_safe_markdown
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

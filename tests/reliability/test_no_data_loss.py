@@ -12,7 +12,7 @@ import pytest
 from sgps_testing import PROJECT_ROOT, synthetic_task, tiny_synthesizer, write_images
 
 from sgps_hf import CheckpointError, SGPSProcessor, SynthesizedClassifier
-from sgps_hf.atomic import atomic_directory, folder_lock
+from sgps_hf.hub.atomic import atomic_directory, folder_lock
 from sgps_hf.cli import main
 from sgps_hf.errors import OutputPathError
 

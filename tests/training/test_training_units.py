@@ -10,7 +10,7 @@ import torch
 from sgps_testing import tiny_synthesizer
 
 from sgps_hf.data.episodes import ClassPool, EpisodeSampler
-from sgps_hf.image_processing_sgps import SGPSImageProcessor
+from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.training import meta_train
 from sgps_hf.training.augment import medical_augment, random_flips
 from sgps_hf.training.feature_cache import episode_features, pool_features

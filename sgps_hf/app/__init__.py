@@ -1,0 +1,1 @@
+"""The Gradio app: classification and segmentation tabs (``sgps demo``, ``demo/app.py``)."""

@@ -1,0 +1,67 @@
+"""The target network: a timm EfficientNet whose weights the synthesizer writes.
+
+The synthesizer keeps one copy of the target body (classifier head removed) as its meta-learned
+base and runs it *functionally* (`torch.func.functional_call`) with generated weights, so that
+meta-training differentiates through the generated tensors. The synthesized classifier is the same
+timm architecture with a real head, materialised from those tensors: both paths must agree exactly.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+import timm
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from transformers import PretrainedConfig
+
+#: The timm keyword arguments a config can pass to the target architecture (its ``target_model_args``).
+TARGET_MODEL_ARGS = ("channel_multiplier", "depth_multiplier")
+HEAD_WEIGHT = "classifier.weight"
+HEAD_BIAS = "classifier.bias"
+
+
+def create_target(config: PretrainedConfig, num_classes: int = 0) -> nn.Module:
+    """Build the target timm model; ``num_classes=0`` gives the body that ends in pooled features."""
+    return timm.create_model(
+        config.target_architecture, pretrained=False, num_classes=num_classes, **config.target_model_args
+    )
+
+
+def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
+    """BatchNorm layers in definition order (timm's BatchNormAct2d subclasses BatchNorm2d)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def training_mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """Temporarily put ``model`` in train/eval mode (BatchNorm behaviour) whatever its caller's mode."""
+    previous = model.training
+    model.train(training)
+    try:
+        yield
+    finally:
+        model.train(previous)
+
+
+def body_features(body: nn.Module, tensors: Mapping[str, Tensor], images: Tensor) -> Tensor:
+    """Pooled features in eval mode (running statistics), exactly as the materialised timm model computes them."""
+    with training_mode(body, False):
+        return functional_call(body, dict(tensors), (images,))
+
+
+def classify(body: nn.Module, weights: Mapping[str, Tensor], images: Tensor) -> Tensor:
+    """Logits of a synthesized classifier given as a state dict (body tensors + head)."""
+    body_tensors = {k: v for k, v in weights.items() if k not in (HEAD_WEIGHT, HEAD_BIAS)}
+    return nn.functional.linear(body_features(body, body_tensors, images), weights[HEAD_WEIGHT], weights[HEAD_BIAS])
+
+
+def materialize(config: PretrainedConfig, weights: Mapping[str, Tensor]) -> nn.Module:
+    """A plain timm model (eval mode) holding ``weights``; every tensor must be present."""
+    num_classes = weights[HEAD_WEIGHT].shape[0]
+    model = create_target(config, num_classes=num_classes)
+    model.load_state_dict({k: v.detach().clone() for k, v in weights.items()}, strict=True)
+    return model.eval()

@@ -1,0 +1,5 @@
+"""``python -m sgps_hf.cli``: the same as the ``sgps`` command."""
+
+from . import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Synthesizer families, one folder each in the transformers manner (configuration, modeling, processing)."""

