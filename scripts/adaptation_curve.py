@@ -26,7 +26,7 @@ from sgps_hf import DEFAULT_CHECKPOINT, SGPSProcessor, SGPSSynthesizer  # noqa: 
 from sgps_hf.data.registry import task_dir  # noqa: E402
 from sgps_hf.data.splits import load_splits  # noqa: E402
 from sgps_hf.errors import DataError  # noqa: E402
-from sgps_hf.quickstart import task_from_folder  # noqa: E402
+from sgps_hf.data.folders import task_from_folder  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data.descriptions import class_description
+from .data.folders import task_from_folder
 from .data.registry import task_dir
 from .data.splits import load_splits
 from .errors import CheckpointError
-from .imaging import IMAGE_SUFFIXES
 from .models.sgps.modeling_sgps import SGPSSynthesizer
 from .models.sgps.processing_sgps import SGPSProcessor
-from .task import ClassSpec, TaskSpec
+from .task import TaskSpec
 
 
 
@@ -37,22 +36,6 @@ class QuickstartResult:
     @property
     def chance(self) -> float:
         return 1.0 / self.num_classes
-
-
-def task_from_folder(folder: Path, *, n_way: int, shots: int, rng: np.random.Generator) -> tuple[TaskSpec, dict[str, list[Path]]]:
-    """A TaskSpec with ``shots`` random images per class (+ packaged texts) and the remaining images."""
-    classes = sorted(p for p in folder.iterdir() if p.is_dir())
-    if len(classes) > n_way:
-        classes = sorted(rng.choice(classes, size=n_way, replace=False).tolist())
-    specs, rest = [], {}
-    for cls in classes:
-        files = sorted(p for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        order = rng.permutation(len(files))
-        support = [files[i] for i in order[:shots]]
-        rest[cls.name] = [files[i] for i in order[shots:]]
-        text = class_description(folder.name, cls.name) or ""
-        specs.append(ClassSpec(name=cls.name, description=text, images=support))
-    return TaskSpec(classes=specs, name=folder.name), rest
 
 
 def run_quickstart(

@@ -13,7 +13,7 @@ SEGMENTATION = "sgps_hf.segmentation"
 LAYERS = [
     ["errors", "version"],
     ["imaging"],
-    ["task", "data"],
+    ["task_file", "task", "data"],
     ["body"],
     ["hub"],
     ["models", "segmentation"],

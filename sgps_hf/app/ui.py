@@ -2,7 +2,7 @@
 
 ``demo/app.py`` (the Hugging Face Space) and ``sgps demo`` both call :func:`build_demo`. The app lives in the
 package, not only in ``demo/``, so ``sgps demo`` works from a plain ``pip install``. All validation and actions
-are in :mod:`sgps_hf.app.logic`; this module only lays out components and turns errors into messages.
+are in :mod:`.inputs`, :mod:`.prediction`, :mod:`.export`, :mod:`.examples` and :mod:`.limits`; this module only lays out components and turns errors into messages.
 
 Safety settings: a request queue with a concurrency limit and a bounded size, a per-request time limit,
 upload size/count limits, one synthesis at a time, no run history in the browser (it would keep the Hub
@@ -20,26 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .logic import (
-    ACCEPTED_FORMATS,
-    DEFAULT_LIMITS,
-    SYNTHESIS_LOCK,
-    AppInputError,
-    AppLimits,
-    ClassRow,
-    ExportArea,
-    RequestRunner,
-    build_task,
-    example_tasks,
-    export_zip,
-    predict_files,
-    predictions_markdown,
-    push_from_app,
-    stage_files,
-    update_from_app,
-)
 from ..errors import CheckpointError, SGPSError
 from ..hub.model_card import md_code, md_escape
+from .examples import example_tasks, stage_files
+from .export import ExportArea, export_zip, push_from_app
+from .inputs import ClassRow, build_task
+from .limits import ACCEPTED_FORMATS, AppInputError, AppLimits, DEFAULT_LIMITS, RequestRunner, SYNTHESIS_LOCK
+from .prediction import predict_files, predictions_markdown, update_from_app
+
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a hospital network
 

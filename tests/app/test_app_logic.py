@@ -1,4 +1,4 @@
-"""The app's validation and actions (sgps_hf.app.logic) without a server: formats, limits, paths, abstention, export."""
+"""The app's validation and actions (sgps_hf.app) without a server: formats, limits, paths, abstention, export."""
 
 from __future__ import annotations
 
@@ -14,28 +14,11 @@ from PIL import Image
 from sgps_testing import SHARED_DATA, tiny_synthesizer
 
 from sgps_hf import InvalidTaskError, SGPSError, SynthesizedClassifier
-from sgps_hf.app.logic import (
-    UNCERTAIN,
-    AppInputError,
-    AppLimits,
-    AppTimeoutError,
-    ClassRow,
-    ExportArea,
-    Prediction,
-    RequestRunner,
-    build_task,
-    check_threshold,
-    example_tasks,
-    export_zip,
-    predict_files,
-    predictions_markdown,
-    push_from_app,
-    read_upload,
-    safe_filename,
-    scrub_token,
-    sniff_format,
-    update_from_app,
-)
+from sgps_hf.app.examples import example_tasks
+from sgps_hf.app.export import ExportArea, export_zip, push_from_app, safe_filename, scrub_token
+from sgps_hf.app.inputs import ClassRow, build_task, read_upload, sniff_format
+from sgps_hf.app.limits import AppInputError, AppLimits, AppTimeoutError, RequestRunner
+from sgps_hf.app.prediction import UNCERTAIN, Prediction, check_threshold, predict_files, predictions_markdown, update_from_app
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

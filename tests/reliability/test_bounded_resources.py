@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from sgps_hf import ImageLoadError
-from sgps_hf.app.logic import AppInputError, read_upload
+from sgps_hf.app.inputs import read_upload
+from sgps_hf.app.limits import AppInputError
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.imaging import MAX_ASPECT_RATIO, load_image
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from sgps_hf import InvalidTaskError, TaskSpec
-from sgps_hf.task import MAX_TASK_FILE_BYTES, MAX_TASK_NESTING
+from sgps_hf.task_file import MAX_TASK_FILE_BYTES, MAX_TASK_NESTING
 
 pytestmark = pytest.mark.timeout(60)  # a hang (FIFO) or a parse of minutes fails the test
 
