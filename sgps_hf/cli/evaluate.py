@@ -1,12 +1,12 @@
-"""Command line of the benchmark: ``scripts/evaluate.py`` and ``sgps evaluate`` share these arguments.
+"""Command line of the benchmark: ``scripts/run_benchmark.py`` and ``sgps evaluate`` share these arguments.
 
 Full run (the numbers in benchmarks/RESULTS.md; the time it took is recorded there)::
 
-    python scripts/evaluate.py --split held_out --out benchmarks/results --report benchmarks/RESULTS.md
+    python scripts/run_benchmark.py --split held_out --out benchmarks/results --report benchmarks/RESULTS.md
 
 Any imagefolder directory of classes (or a Hub dataset) can be evaluated instead::
 
-    python scripts/evaluate.py --data-dir my_task/ --descriptions texts.json --ways 5 --shots 0 1 5 --episodes 600 --out results/
+    python scripts/run_benchmark.py --data-dir my_task/ --descriptions texts.json --ways 5 --shots 0 1 5 --episodes 600 --out results/
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
     subgroups = subgroup_metadata(args.data_dir if args.split is None else None, args.split or ("held_out" if args.data_dir is None else None),
                                   args.data_dir if args.split else None)
     results = run_benchmark(synthesizer, eval_pools, train_pools, val_pools, _bench_config(args), subgroups)
-    command = "python scripts/evaluate.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/run_benchmark.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     results["run"] = {"command": command, "environment": environment(args.num_threads), "synthesizer": _display_path(synthesizer_path),
                       "data": data_label, "quick": bool(args.quick), "wall_seconds": time.time() - started}
     out = Path(args.out)

@@ -1,4 +1,4 @@
-"""scripts/evaluate.py --quick end to end on tiny imagefolders and a tiny random synthesizer; `sgps evaluate`."""
+"""scripts/run_benchmark.py --quick end to end on tiny imagefolders and a tiny random synthesizer; `sgps evaluate`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import sgps_testing
 
-SCRIPT = sgps_testing.PROJECT_ROOT / "scripts" / "evaluate.py"
+SCRIPT = sgps_testing.PROJECT_ROOT / "scripts" / "run_benchmark.py"
 
 
 def _run(bench_data, out, *extra: str) -> subprocess.CompletedProcess:
@@ -24,7 +24,7 @@ def _run(bench_data, out, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=str(sgps_testing.PROJECT_ROOT))
     if result.returncode != 0:
-        pytest.fail(f"evaluate.py failed:\n{result.stderr[-4000:]}")
+        pytest.fail(f"run_benchmark.py failed:\n{result.stderr[-4000:]}")
     return result
 
 
