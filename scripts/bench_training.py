@@ -73,9 +73,11 @@ class MetaTraining:
         from sgps_hf.data import EpisodeSampler
         from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
         from sgps_hf.training.config import TrainingConfig
-        from sgps_hf.training.meta_train import TextBank, build_optimizer, episode_inputs
+        from sgps_hf.training.augment import episode_seed
+        from sgps_hf.training.episode_inputs import TextBank, episode_inputs
+        from sgps_hf.training.meta_train import build_optimizer
 
-        self._episode_inputs = episode_inputs
+        self._episode_inputs, self._episode_seed = episode_inputs, episode_seed
         config = TrainingConfig(learning_rate=args.learning_rate, base_learning_rate=args.learning_rate)
         self.model = SGPSSynthesizer(model_config).train()
         self.optimizer = build_optimizer(self.model, config)
@@ -92,7 +94,7 @@ class MetaTraining:
         clock = self.phases.start()
         episode = self.sampler.episode(self.index)
         assert episode.support.shape[0] + episode.query.shape[0] == self.images_per_step, "episode shapes must be fixed"
-        inputs = self._episode_inputs(episode, self.processor, self.texts, augment_seed=self.seed * 1_000_003 + self.index)
+        inputs = self._episode_inputs(episode, self.processor, self.texts, augment_seed=self._episode_seed(self.seed, self.index))
         self.index += 1
         clock.lap("data")
         loss = self.model(**inputs, return_weights=False).loss

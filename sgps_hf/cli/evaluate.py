@@ -79,7 +79,7 @@ def _training_config(args: argparse.Namespace, synthesizer_path: str) -> Any:
 
 
 def _bench_config(args: argparse.Namespace) -> Any:
-    from ..evaluation.benchmark import BenchmarkConfig
+    from ..evaluation.protocol import BenchmarkConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(BenchmarkConfig) if hasattr(args, f.name)}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}

@@ -33,7 +33,7 @@ from ..data.episodes import Episode
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from ..body.timm_network import HEAD_BIAS, HEAD_WEIGHT
-from ..training.augment import random_flips
+from ..training.augment import episode_seed, random_flips
 
 Predictor = Callable[[Tensor], Tensor]  # uint8 query images [n, 3, H, W] -> logits [n, num_classes]
 
@@ -265,7 +265,7 @@ class FineTuneMethod:
             features = _eval_features(top, support)
         model = nn.Sequential(top, fit_linear_head(features, labels, n, self.probe_steps, self.probe_lr, self.weight_decay)).eval()
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + max(episode.index, 0))
+        generator = torch.Generator().manual_seed(episode_seed(self.seed, max(episode.index, 0)))
         predict = torch.no_grad()(lambda images: model(self._below(self.processor.normalize_uint8(images))))
         for step in range(self.steps):
             if self.trace is not None and step % self.trace_every == 0:

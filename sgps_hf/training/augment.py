@@ -52,3 +52,9 @@ def medical_augment(images: Tensor, generator: torch.Generator, min_scale: float
             image = TF.gaussian_blur(image, [3, 3], [0.8, 0.8])
         out[i] = image
     return out
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """The seed of episode ``index``'s augmentation: a pure function of (run seed, episode), so resumes and the
+    baselines trained on the same episodes draw the same flips."""
+    return seed * 1_000_003 + index

@@ -8,14 +8,10 @@ exactly the episodes an uninterrupted run would, and DDP ranks take disjoint epi
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
-import math
-import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,95 +22,24 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from ..hub.atomic import atomic_write_text
-from ..models.sgps.configuration_sgps import SGPSConfig
-from ..data.episodes import Episode, EpisodeSampler
-from ..models.sgps.image_processing_sgps import SGPSImageProcessor
-from ..hub.model_card import synthesizer_card
-from ..models.sgps.modeling_sgps import SGPSSynthesizer
-from ..models.sgps.processing_sgps import SGPSProcessor
-from ..body.text_encoder import embed_texts
 from ..body.backbones import load_pretrained_body
-from .augment import random_flips
+from ..data.episodes import Episode, EpisodeSampler
+from ..models.sgps.configuration_sgps import SGPSConfig
+from ..models.sgps.image_processing_sgps import SGPSImageProcessor
+from ..models.sgps.modeling_sgps import SGPSSynthesizer
+from .augment import episode_seed
+from .checkpointing import CHECKPOINT_PREFIX, TrainerState, resume_state, list_checkpoints, save_checkpoint
 from .config import TrainingConfig
-from .feature_cache import PoolKey, episode_features, pool_features
+from .episode_inputs import TextBank, episode_inputs
+from .export import export_synthesizer
+from .feature_cache import PoolKey, pool_features
 from .pools import training_pools
 from .pretrain import interpolate_bodies, pretrain_body
+from .training_log import CsvLog, plot_learning_curve
+
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_PREFIX = "checkpoint-"
-# TrainingConfig.schedule -> transformers scheduler name ("constant" honours warmup_steps like the others).
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-
-
-@dataclass
-class TrainerState:
-    """Progress that must survive a restart (saved by ``accelerator.save_state``)."""
-
-    step: int = 0
-    best_val_accuracy: float = -1.0
-    history: list[dict[str, float]] = field(default_factory=list)
-    pretrain_history: list[dict[str, float]] = field(default_factory=list)
-    prior_calibration: dict[str, Any] = field(default_factory=dict)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step, "best_val_accuracy": self.best_val_accuracy,
-            "history": self.history, "pretrain_history": self.pretrain_history,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.best_val_accuracy, self.history = state["step"], state["best_val_accuracy"], state["history"]
-        self.pretrain_history = state.get("pretrain_history", [])
-
-
-class TextBank:
-    """Frozen-encoder embeddings of every class text, computed once per run."""
-
-    def __init__(self, model_config: SGPSConfig, texts: list[str]) -> None:
-        unique = sorted(set(texts))
-        vectors = embed_texts(model_config.text_encoder, unique, model_config.max_text_length)
-        self._index = {text: row for text, row in zip(unique, vectors)}
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        return torch.stack([self._index[t] for t in texts])
-
-
-def episode_inputs(
-    episode: Episode, processor: SGPSImageProcessor, texts: TextBank, augment_seed: int | None,
-    features: dict[PoolKey, torch.Tensor] | None = None,
-) -> dict[str, Any]:
-    """Model inputs for one episode (modality dropout applied; optional flips as augmentation).
-
-    With ``features`` (cached body features of a frozen body) the inputs are features, not pixels; the
-    augmentation then shows each query under a random one of the cached support views.
-    """
-    num_classes = len(episode.class_names)
-    inputs: dict[str, Any] = {
-        "num_classes": num_classes,
-        "query_labels": episode.query_labels,
-        "text_embeds": texts(episode.class_texts),
-        "text_mask": torch.full((num_classes,), bool(episode.use_text)),
-    }
-    rng = np.random.default_rng(augment_seed) if augment_seed is not None else None
-    if features is not None:
-        query_views = None
-        if rng is not None:
-            views = next(iter(features.values())).shape[1]
-            query_views = torch.from_numpy(rng.integers(0, views, size=len(episode.query_labels)))
-        support, inputs["query_features"] = episode_features(episode, features, query_views)
-        if episode.use_images:
-            inputs["support_features"] = support
-            inputs["support_labels"] = episode.support_labels
-        return inputs
-    support, query = episode.support, episode.query
-    if rng is not None:
-        support, query = random_flips(support, rng), random_flips(query, rng)
-    inputs["query_pixel_values"] = processor.normalize_uint8(query)
-    if episode.use_images:
-        inputs["support_pixel_values"] = processor.normalize_uint8(support)
-        inputs["support_labels"] = episode.support_labels
-    return inputs
 
 
 def build_model(config: TrainingConfig) -> SGPSSynthesizer:
@@ -196,9 +121,9 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.register_for_checkpointing(state)
-    log = _CsvLog(output / "log.csv", enabled=accelerator.is_main_process)
+    log = CsvLog(output / "log.csv", enabled=accelerator.is_main_process)
     if resume:
-        _resume(accelerator, output, state)
+        resume_state(accelerator, output, state)
         log.truncate_after(state.step)  # rows a killed run wrote after its newest checkpoint are redone
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
@@ -222,7 +147,7 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
         for micro in range(accum):
             index = (state.step * accum + micro) * world + rank
             episode = sampler.episode(index)
-            seed = config.seed * 1_000_003 + index if config.augment else None
+            seed = episode_seed(config.seed, index) if config.augment else None
             inputs = episode_inputs(episode, image_processor, texts, seed, features)
             with accelerator.accumulate(model):
                 output_step = model(**inputs, return_weights=False)
@@ -254,7 +179,7 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
             accelerator.print(f"step {state.step}: meta-val accuracy {val_accuracy:.4f}")
             if val_accuracy > state.best_val_accuracy and accelerator.is_main_process:
                 state.best_val_accuracy = val_accuracy
-                _export(unwrapped, output / "best", config, state, data_summary)
+                export_synthesizer(unwrapped, output / "best", config, state, data_summary)
         if state.step % config.checkpoint_every == 0 or done:
             save_checkpoint(accelerator, output, state, config.keep_checkpoints)
         if done:
@@ -264,13 +189,13 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
     final = output / "final"
     if accelerator.is_main_process:
         state.prior_calibration = calibrate_prior_strength(unwrapped, val_episodes, image_processor, texts, features)
-        _export(unwrapped, final, config, state, data_summary)
+        export_synthesizer(unwrapped, final, config, state, data_summary)
         best = output / "best"
         if best.is_dir():  # the best step's synthesizer gets the same post-hoc calibration
             best_model = SGPSSynthesizer.from_pretrained(best)
             state.prior_calibration = calibrate_prior_strength(best_model, val_episodes, image_processor, texts, features)
-            _export(best_model, best, config, state, data_summary)
-        _plot_learning_curve(output)
+            export_synthesizer(best_model, best, config, state, data_summary)
+        plot_learning_curve(output)
     accelerator.end_training()
     return final
 
@@ -307,126 +232,3 @@ def validation_episodes(pools: list, config: TrainingConfig) -> list[Episode]:
         return []
     sampler = EpisodeSampler(pools, n_way=config.n_way, k_shot=tuple(config.k_shot), q_query=config.q_query, seed=config.seed + 9_999)
     return [sampler.episode(i) for i in range(config.eval_episodes)]
-
-
-def list_checkpoints(output: Path) -> list[Path]:
-    found = [p for p in output.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
-def save_checkpoint(accelerator: Accelerator, output: Path, state: TrainerState, keep: int) -> None:
-    """``save_state`` into a staging folder, then rename: a kill mid-save never corrupts the newest checkpoint."""
-    target = output / f"{CHECKPOINT_PREFIX}{state.step}"
-    staging = output / f".{target.name}.partial"
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-        for old in list_checkpoints(output)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _resume(accelerator: Accelerator, output: Path, state: TrainerState) -> None:
-    checkpoints = list_checkpoints(output)
-    if not checkpoints:
-        accelerator.print(f"--resume: no checkpoint in {output}; starting from scratch.")
-        return
-    accelerator.load_state(str(checkpoints[-1]))
-    accelerator.print(f"Resumed from {checkpoints[-1]} at step {state.step}.")
-
-
-def _export(model: SGPSSynthesizer, folder: Path, config: TrainingConfig, state: TrainerState, data_summary: dict[str, Any]) -> None:
-    """save_pretrained + processor + generated synthesizer card, atomically."""
-    from ..hub.atomic import atomic_directory
-
-    with atomic_directory(folder) as staging:
-        model.save_pretrained(staging)
-        SGPSProcessor.from_sgps_config(model.config).save_pretrained(staging)
-        training = {
-            "episodes": f"{state.step} optimizer steps x {config.gradient_accumulation_steps} episode(s)",
-            "episode shape": f"{config.n_way}-way, {config.k_shot[0]}-{config.k_shot[1]}-shot, {config.q_query} queries/class; "
-            f"text-only {config.image_dropout:.0%}, image-only {config.text_dropout:.0%} of episodes",
-            "data": data_summary.get("description", ""),
-            "meta-train classes": data_summary.get("num_train_classes"),
-            "meta-val classes": data_summary.get("num_val_classes"),
-            "held-out tasks (never seen)": ", ".join(data_summary.get("held_out_tasks", [])) or "n/a",
-            "best meta-val accuracy": f"{state.best_val_accuracy:.4f}",
-            "validation curve": ", ".join(f"{h['step']}: {h['val_accuracy']:.3f}" for h in state.history[-10:]),
-            "body": (
-                f"{model.config.target_architecture} from {model.config.body_init!r} weights"
-                + (f", adapted {config.pretrain_epochs} epoch(s) on the meta-train classes (last train accuracy "
-                   f"{state.pretrain_history[-1]['accuracy']:.3f}), WiSE-FT weight {config.body_interpolation}"
-                   if state.pretrain_history else "")
-                + ("; frozen, head meta-trained on cached features" if config.freeze_body else "; meta-trained end to end")
-            ),
-            "text prior strength (chosen on meta-val)": json.dumps(state.prior_calibration.get("chosen", {})),
-            "optimizer": f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, seed {config.seed}",
-        }
-        synthesizer_card(Path(config.output_dir).name, model.config, training).save(staging / "README.md")
-        (staging / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
-
-
-class _CsvLog:
-    """Append-only CSV of training rows (machine-readable; survives restarts)."""
-
-    FIELDS = ["step", "loss", "episode_accuracy", "lr", "episodes_per_s", "val_accuracy"]
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-
-    def truncate_after(self, step: int) -> None:
-        """Drop the rows of steps after ``step``."""
-        if not self.enabled or not self.path.exists():
-            return
-        with self.path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        kept = [row for row in rows if (row.get("step") or "").isdigit() and int(row["step"]) <= step]
-        if len(kept) < len(rows):
-            # Atomically: a kill during the rewrite must not lose the rows that are kept.
-            buffer = io.StringIO(newline="")
-            writer = csv.DictWriter(buffer, fieldnames=self.FIELDS)
-            writer.writeheader()
-            writer.writerows(kept)
-            atomic_write_text(self.path, buffer.getvalue())
-
-    def write(self, row: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-
-def _plot_learning_curve(output: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(csv.DictReader((output / "log.csv").open()))
-    train = [(int(r["step"]), float(r["episode_accuracy"]), float(r["loss"])) for r in rows if r["loss"]]
-    val = [(int(r["step"]), float(r["val_accuracy"])) for r in rows if r["val_accuracy"]]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    if train:
-        steps, accs, losses = zip(*train)
-        window = max(1, len(accs) // 20)
-        smooth = np.convolve(accs, np.ones(window) / window, mode="valid")
-        ax_acc.plot(steps[window - 1 :], smooth, label="train episodes (smoothed)")
-        ax_loss.plot(steps, losses)
-    if val:
-        ax_acc.plot(*zip(*val), "o-", label="meta-val episodes")
-    ax_acc.set(xlabel="step", ylabel="query accuracy", title="SGPS meta-training")
-    ax_acc.legend()
-    ax_loss.set(xlabel="step", ylabel="query cross-entropy")
-    fig.tight_layout()
-    fig.savefig(output / "learning_curve.png", dpi=100)
-    plt.close(fig)

@@ -11,7 +11,7 @@ import torch
 import sgps_testing
 from sgps_hf.data.episodes import ClassPool
 from sgps_hf.evaluation import baselines as B
-from sgps_hf.evaluation.benchmark import clip_shot, fit_temperature, make_episodes, max_feasible_shot
+from sgps_hf.evaluation.protocol import clip_shot, fit_temperature, make_episodes, max_feasible_shot
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.body.timm_network import create_target
 
@@ -101,7 +101,7 @@ def test_feature_memo_computes_each_image_once(setup):
 
 def test_sgps_modes(setup):
     synthesizer, _, _ = setup
-    from sgps_hf.training.meta_train import TextBank
+    from sgps_hf.training.episode_inputs import TextBank
 
     synthesizer = copy.deepcopy(synthesizer)
     with torch.no_grad():  # an untrained text generator is zero: give the texts something to say
