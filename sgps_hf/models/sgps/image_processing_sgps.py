@@ -49,20 +49,26 @@ class SGPSImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values"]
+    # Defaults, in the manner of transformers' image processors; a saved preprocessor config overrides each.
+    image_size: int = 64
+    image_mean: Sequence[float] = IMAGENET_MEAN
+    image_std: Sequence[float] = IMAGENET_STD
+    interpolation: str = "bilinear"
 
     def __init__(
         self,
-        image_size: int = 64,
-        image_mean: Sequence[float] = IMAGENET_MEAN,
-        image_std: Sequence[float] = IMAGENET_STD,
-        interpolation: str = "bilinear",
+        image_size: int | None = None,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        interpolation: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.image_size = int(image_size)
-        self.image_mean = [float(v) for v in image_mean]
-        self.image_std = [float(v) for v in image_std]
-        self.interpolation = interpolation
+        cls = type(self)
+        self.image_size = int(cls.image_size if image_size is None else image_size)
+        self.image_mean = [float(v) for v in (cls.image_mean if image_mean is None else image_mean)]
+        self.image_std = [float(v) for v in (cls.image_std if image_std is None else image_std)]
+        self.interpolation = cls.interpolation if interpolation is None else interpolation
 
     @classmethod
     def from_sgps_config(cls, config: Any) -> "SGPSImageProcessor":
