@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from sgps_hf import backbones
+from sgps_hf.body import backbones
 from sgps_hf.body.backbones import convert_package_weights, imagenet_state_dict, load_pretrained_body, package_checkpoint_file
 from sgps_hf.errors import CheckpointError
 

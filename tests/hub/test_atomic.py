@@ -7,7 +7,7 @@ import torch
 from sgps_testing import sigkill_when_paused, synthetic_task, tiny_synthesizer
 
 from sgps_hf import SynthesizedClassifier
-from sgps_hf import atomic
+from sgps_hf.hub import atomic
 from sgps_hf.hub.atomic import atomic_directory
 from sgps_hf.hub.checkpoints import state_dict_sha256
 
