@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .config import TrainingConfig, parse_training_args
+from .meta_train import train
 
 __all__ = ["TrainingConfig", "main", "train"]
 
