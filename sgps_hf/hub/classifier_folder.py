@@ -219,7 +219,7 @@ def _read_versions(folder: Path, info: Mapping[str, Any] | None = None) -> list[
             if not is_int(version) or version != int(match.group(1)) or (current is not None and version >= current):
                 raise CheckpointError(
                     f"{where}: key 'version' is {short(version)}, not {int(match.group(1))} (below the current version "
-                    f"{current}); restore the file or delete that version folder."
+                    f"{current}); fix or restore the file, or delete that version folder."
                 )
             versions.append((version, previous))
     return [item for _, item in sorted(versions, key=lambda item: item[0])]
