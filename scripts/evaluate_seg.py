@@ -3,7 +3,8 @@
 Writes ``benchmarks/seg_results.json``, ``benchmarks/SEGMENTATION.md`` (tables) and
 ``benchmarks/seg_data_efficiency.png``. ``--split meta_val`` runs the same protocol on the meta-validation task
 (used to choose the head and the PANet feature levels), ``--split meta_train`` gives the training-task numbers
-for the generalization gap.
+for the generalization gap. Per method and K the JSON keeps every episode's Dice, a 95% bootstrap interval of the
+task-mean Dice (episodes resampled within tasks) and, for the synthesizer, paired differences against the baselines.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import torch  # noqa: E402
 
 from sgps_hf import DEFAULT_SEG_CHECKPOINT, SGPSSegConfig, SGPSSegSynthesizer  # noqa: E402
-from sgps_hf.segmentation.benchmark import BenchmarkConfig, run_benchmark, summarize  # noqa: E402
+from sgps_hf.segmentation.benchmark import BenchmarkConfig, paired_difference, run_benchmark, summarize  # noqa: E402
 from sgps_hf.segmentation.data import load_seg_dataset, seg_splits, task_arrays  # noqa: E402
 
 
@@ -28,10 +29,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", default=DEFAULT_SEG_CHECKPOINT)
     parser.add_argument("--split", default="held_out", choices=["held_out", "meta_val", "meta_train"])
-    parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--episodes", type=int, default=24)
+    parser.add_argument("--finetune-episodes", type=int, default=8, help="the (slow) fine-tuning baselines run on the first n episodes only")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 5, 8])
     parser.add_argument("--methods", nargs="+", default=None)
-    parser.add_argument("--panet-levels", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--panet-levels", type=int, nargs="+", default=[0, 1], help="stages of panet-imagenet (chosen on meta-val); panet-imagenet-all-levels uses 0-3")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--output", default=None, help="JSON output (default benchmarks/seg_results_<split>.json)")
     parser.add_argument("--num-threads", type=int, default=1)
@@ -42,14 +44,20 @@ def main() -> None:
     tasks = task_arrays(load_seg_dataset(args.data_dir, tasks=split), split)
     model = SGPSSegSynthesizer.from_pretrained(args.checkpoint).eval()
     imagenet = SGPSSegSynthesizer.from_imagenet(SGPSSegConfig(**{k: getattr(model.config, k) for k in ("backbone", "hidden_size", "image_size", "head")}), seed=0).eval()
-    config = BenchmarkConfig(ks=args.ks, episodes=args.episodes, panet_levels=args.panet_levels)
+    config = BenchmarkConfig(ks=args.ks, episodes=args.episodes, panet_levels=args.panet_levels, finetune_episodes=args.finetune_episodes)
     if args.methods:
         config.methods = args.methods
     started = time.time()
     result = run_benchmark(model, tasks, config, imagenet_model=imagenet)
-    result["summary"] = summarize(result["per_task"], config.ks)
+    result["summary"] = summarize(result["per_task"], config.ks, config.bootstrap)
+    present = next(iter(result["per_task"].values()))
+    result["paired"] = {
+        f"synthesizer - {b}": {str(k): paired_difference(result["per_task"], "synthesizer", b, k, config.bootstrap) for k in config.ks}
+        for b in ("panet-imagenet-all-levels", "panet-imagenet", "mean-mask", "synthesizer-prototype", "synthesizer-ridge", "finetune")
+        if "synthesizer" in present and b in present
+    }
     result["protocol"] = {
-        "split": args.split, "tasks": sorted(tasks), "episodes_per_task_and_k": config.episodes, "queries_per_episode": config.n_query,
+        "split": args.split, "tasks": sorted(tasks), "episodes_per_task_and_k": config.episodes, "finetune_episodes": config.finetune_episodes, "queries_per_episode": config.n_query,
         "seed": config.seed, "ks": config.ks, "checkpoint": _relative(args.checkpoint), "finetune_steps": config.finetune_steps,
         "finetune_lr": config.finetune_lr, "finetune_imagenet_steps": config.finetune_imagenet_steps,
         "finetune_imagenet_lr": config.finetune_imagenet_lr, "panet_levels": config.panet_levels, "threads": args.num_threads,

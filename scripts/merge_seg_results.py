@@ -1,35 +1,31 @@
-"""Merge follow-up runs of evaluate_seg.py into benchmarks/seg_results_<split>.json: `python scripts/merge_seg_results.py held_out extra1.json ...`.
+"""Carry methods over from an earlier run of evaluate_seg.py into benchmarks/seg_results_<split>.json:
+``python scripts/merge_seg_results.py held_out EARLIER.json finetune-imagenet [finetune:finetune-previous-64ch ...]``.
 
-The main run's `synthesizer` (then the ridge head at every K) becomes `synthesizer-ridge` and its all-level PANet `panet-imagenet-all-levels`;
-the follow-up runs add the bundled synthesizer (prototype head for K <= 2) and PANet on the meta-val-chosen levels, and must reproduce
-`synthesizer-ridge` bit for bit on the same episodes (asserted)."""
-import json, sys
+Only for methods that do not depend on the synthesizer checkpoint (e.g. ``finetune-imagenet``: ImageNet body plus a
+fresh decoder, seeded) and only when the earlier run used the same tasks, seed, queries and K; its episodes are the
+first ``episodes_per_task_and_k`` of this run's (EpisodeSampler.fixed is prefix-stable). A method that did depend
+on the earlier checkpoint must be renamed (``SRC:DST``, e.g. ``finetune:finetune-previous-64ch``). Recorded under
+``protocol.carried_over``."""
+import json
+import sys
 from pathlib import Path
+
 B = Path(__file__).resolve().parents[1] / "benchmarks"
-split, extra_files = sys.argv[1], sys.argv[2:]
+split, earlier_file, methods = sys.argv[1], sys.argv[2], sys.argv[3:]
 main = json.loads((B / f"seg_results_{split}.json").read_text())
-renames = {"synthesizer": "synthesizer-ridge", "panet-imagenet": "panet-imagenet-all-levels"}
-def rename(d):
-    return {renames.get(k, k): v for k, v in d.items()}
-for t in main["per_task"]:
-    main["per_task"][t] = rename(main["per_task"][t])
-main["summary"] = rename(main["summary"])
-main["timing_s"] = rename(main.get("timing_s", {}))
-notes = []
-for f in extra_files:
-    extra = json.loads(Path(f).read_text())
-    for t, by in extra["per_task"].items():
-        for m, v in by.items():
-            if m == "synthesizer-ridge" and "synthesizer-ridge" in main["per_task"][t]:
-                old = main["per_task"][t]["synthesizer-ridge"]
-                assert all(abs(old[k]["dice"] - v[k]["dice"]) < 1e-9 for k in v), (t, old, v)  # same episodes, same bits
-                continue
-            main["per_task"][t][m] = v
-    for m, v in extra["summary"].items():
-        main["summary"].setdefault(m, v) if m == "synthesizer-ridge" else main["summary"].__setitem__(m, v)
-    for m, v in extra.get("timing_s", {}).items():
-        main["timing_s"].setdefault(m, v)
-    notes.append(extra["protocol"])
-main["protocol"]["follow_up_runs"] = notes
+earlier = json.loads(Path(earlier_file).read_text())
+for key in ("tasks", "seed", "queries_per_episode", "ks"):
+    assert main["protocol"][key] == earlier["protocol"][key], (key, main["protocol"][key], earlier["protocol"][key])
+for spec in methods:
+    m, _, dst = spec.partition(":")
+    dst = dst or m
+    assert dst not in ("synthesizer", "synthesizer-prototype", "synthesizer-ridge", "finetune"), f"{m} depends on the checkpoint: rename it"
+    for t in main["per_task"]:
+        main["per_task"][t][dst] = {k: {**v, "episodes": earlier["protocol"]["episodes_per_task_and_k"]} for k, v in earlier["per_task"][t][m].items()}
+    main["summary"][dst] = earlier["summary"][m]
+    if m in earlier.get("timing_s", {}):
+        main["timing_s"][dst] = earlier["timing_s"][m]
+main["protocol"]["carried_over"] = {"methods": [m.partition(":")[2] or m for m in methods], "episodes_per_task_and_k": earlier["protocol"]["episodes_per_task_and_k"],
+                                    "from": {k: earlier["protocol"][k] for k in ("checkpoint", "finetune_imagenet_steps", "finetune_imagenet_lr", "wall_s")}}
 (B / f"seg_results_{split}.json").write_text(json.dumps(main, indent=2))
-print(json.dumps(main["summary"], indent=0)[:3000])
+print("carried over", methods)

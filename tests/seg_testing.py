@@ -46,3 +46,38 @@ def write_task_folder(root: Path, n: int, labels: tuple[str, ...] = ("lesion",),
             m = mask if j == 0 else np.roll(mask, 3, axis=1)
             Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / label / f"{i:04d}.png")
     return root
+
+
+# A fresh interpreter that loads a saved segmenter with plain transformers only (Auto class and pipeline) and prints its masks.
+PLAIN_TRANSFORMERS = """
+import json, sys
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+source, images = sys.argv[1], sys.argv[2:]
+model = AutoModelForSemanticSegmentation.from_pretrained(source).eval()
+processor = AutoImageProcessor.from_pretrained(source)
+segment = pipeline("image-segmentation", model=source)
+auto, piped = [], []
+for path in images:
+    image = Image.open(path).convert("RGB")
+    with torch.no_grad():
+        outputs = model(**processor(images=image, return_tensors="pt"))
+    seg = processor.post_process_semantic_segmentation(outputs, target_sizes=[(image.height, image.width)])[0]
+    auto.append((seg.numpy() == 1).astype(int).tolist())
+    found = {r["label"]: np.asarray(r["mask"]) > 127 for r in segment(image)}
+    piped.append(found.get("foreground", np.zeros((image.height, image.width), bool)).astype(int).tolist())
+print(json.dumps({"auto": auto, "pipeline": piped, "labels": model.config.id2label,
+                  "use_pretrained_backbone": model.config.backbone_config.to_dict().get("use_pretrained_backbone"),
+                  "sgps_imported": any(m.startswith("sgps_hf") for m in sys.modules)}))
+"""
+
+
+def check_plain(out, segmenter, query_files):
+    assert out["sgps_imported"] is False
+    assert out["labels"] == {"0": "background", "1": "foreground"} and out["use_pretrained_backbone"] is False
+    expected = segmenter.predict(query_files)
+    assert any(m.any() for m in expected)  # the comparison is not between two empty masks
+    for mine, auto, piped in zip(expected, out["auto"], out["pipeline"]):
+        np.testing.assert_array_equal(np.asarray(auto, bool), mine)
+        np.testing.assert_array_equal(np.asarray(piped, bool), mine)

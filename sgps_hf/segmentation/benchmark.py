@@ -6,7 +6,8 @@ Every method sees the same seeded episodes (K examples + queries per held-out bi
 * ``synthesizer-prototype`` / ``synthesizer-ridge``: the same decoder with one closed-form head forced at every K (ablation);
 * ``mean-mask``: the mean of the K example masks, thresholded at 0.5 (no image information);
 * ``panet-imagenet``: PANet-style masked-average-pooling prototypes with cosine similarity on the same frozen
-  ImageNet Lite0 body (encoder stages upsampled to 1/4 resolution and concatenated), no meta-training;
+  ImageNet Lite0 body (encoder stages upsampled to 1/4 resolution and concatenated), no meta-training, on the
+  feature stages ``panet_levels`` (chosen on meta-val); ``panet-imagenet-all-levels``: the same on all four stages;
 * ``finetune``: the synthesized network fine-tuned on the K examples (decoder + classifier, Adam, fixed budget);
 * ``finetune-imagenet``: the same UperNet from ImageNet encoder and a fresh decoder, fine-tuned on the K examples.
 
@@ -43,8 +44,10 @@ class BenchmarkConfig:
     finetune_lr: float = 1e-3
     finetune_imagenet_steps: int = 40
     finetune_imagenet_lr: float = 3e-3
-    methods: list[str] = field(default_factory=lambda: ["synthesizer", "synthesizer-prototype", "synthesizer-ridge", "mean-mask", "panet-imagenet", "finetune", "finetune-imagenet"])
-    panet_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    methods: list[str] = field(default_factory=lambda: ["synthesizer", "synthesizer-prototype", "synthesizer-ridge", "mean-mask", "panet-imagenet", "panet-imagenet-all-levels", "finetune", "finetune-imagenet"])
+    panet_levels: list[int] = field(default_factory=lambda: [0, 1])
+    finetune_episodes: int | None = None  # the fine-tuning methods (seconds per episode) on the first n episodes only
+    bootstrap: int = 2000
 
 
 def panet_predict(bank: FeatureBank, episode: Episode, levels: Sequence[int]) -> torch.Tensor:
@@ -69,18 +72,27 @@ def mean_mask_predict(bank: FeatureBank, episode: Episode) -> torch.Tensor:
 
 
 def finetune_predict(model: SGPSSegSynthesizer, bank: FeatureBank, episode: Episode, steps: int, lr: float, init_head: bool, seed: int) -> torch.Tensor:
-    """Fine-tune a copy of the decoder + 1x1 classifier on the K examples (mirrored too), then segment the queries."""
+    """Fine-tune a copy of the decoder + 1x1 classifier on the K examples (mirrored too), then segment the queries.
+
+    With a raw pass-through block (``config.raw_levels``) the classifier spans learned + raw channels and the raw
+    block stays fixed (it is a copy of the frozen encoder's features): the learned decoder and the classifier train.
+    """
     torch.manual_seed(seed)
     work = copy.deepcopy(model)
     work.eval()  # BatchNorm keeps its running statistics (K can be 1)
     head = work.segmenter.decode_head
+    width = work.config.hidden_size + (work.raw_channels if work.config.raw_levels else 0)
+    classifier = torch.nn.Conv2d(width, 2, 1)
     if init_head:
         with torch.no_grad():
             levels, masks = bank.get(episode.task, episode.support)
             weight, bias = work.head_from_support(work.decode(levels), masks)
-            head.classifier.weight.copy_(weight)
-            head.classifier.bias.copy_(bias)
-    params = [p for p in head.parameters()]
+            classifier.weight.copy_(weight)
+            classifier.bias.copy_(bias)
+    elif width == head.classifier.in_channels:
+        classifier.load_state_dict(head.classifier.state_dict())
+    head.classifier = torch.nn.Identity()
+    params = [p for p in head.parameters()] + list(classifier.parameters())
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -88,15 +100,19 @@ def finetune_predict(model: SGPSSegSynthesizer, bank: FeatureBank, episode: Epis
     mirrored, mirrored_masks = bank.get(episode.task, episode.support, flip=True)
     inputs = [torch.cat([a, b]) for a, b in zip(plain, mirrored)]
     targets = torch.cat([masks, mirrored_masks])
+
+    def network(levels):
+        return classifier(work.decode(levels))
+
     for _ in range(steps):
-        logits = F.interpolate(head(inputs), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(network(inputs), size=targets.shape[-2:], mode="bilinear", align_corners=False)
         loss = segmentation_loss(logits, targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
         queries, _ = bank.get(episode.task, episode.query)
-        logits = F.interpolate(head(queries), size=targets.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(network(queries), size=targets.shape[-2:], mode="bilinear", align_corners=False)
     return logits[:, 1] > logits[:, 0]
 
 
@@ -124,6 +140,7 @@ def run_benchmark(
         "synthesizer-ridge": lambda ep, i: synth_predict(model, bank, ep, head="ridge"),
         "mean-mask": lambda ep, i: mean_mask_predict(bank, ep),
         "panet-imagenet": lambda ep, i: panet_predict(bank, ep, config.panet_levels),
+        "panet-imagenet-all-levels": lambda ep, i: panet_predict(bank, ep, [0, 1, 2, 3]),
         "finetune": lambda ep, i: finetune_predict(model, bank, ep, config.finetune_steps, config.finetune_lr, True, config.seed + i),
     }
     if imagenet_model is not None:
@@ -140,19 +157,65 @@ def run_benchmark(
             episodes = sampler.fixed(task, k, config.episodes)
             references = [bank.masks[task][list(ep.query)][:, 0].bool().numpy() for ep in episodes]
             for method in selected:
+                n_ep = len(episodes)
+                if method.startswith("finetune") and config.finetune_episodes:
+                    n_ep = min(n_ep, config.finetune_episodes)
                 started = time.perf_counter()
-                predictions = [methods[method](ep, i).numpy() for i, ep in enumerate(episodes)]
-                timing[names.get(method, method)].append((time.perf_counter() - started) / len(episodes))
-                scores = dice_iou([m for batch in predictions for m in batch], [m for batch in references for m in batch])
-                per_task[task][names.get(method, method)][str(k)] = {"dice": scores["dice"], "iou": scores["iou"], "n": sum(len(b) for b in predictions)}
+                predictions = [methods[method](ep, i).numpy() for i, ep in enumerate(episodes[:n_ep])]
+                timing[names.get(method, method)].append((time.perf_counter() - started) / n_ep)
+                scores = dice_iou([m for batch in predictions for m in batch], [m for batch in references[:n_ep] for m in batch], per_image=True)
+                sizes = np.cumsum([0] + [len(b) for b in predictions])
+                per_episode = [float(np.mean(scores["dice_per_image"][a:b])) for a, b in zip(sizes[:-1], sizes[1:])]
+                per_task[task][names.get(method, method)][str(k)] = {
+                    "dice": scores["dice"], "iou": scores["iou"], "n": sum(len(b) for b in predictions), "episodes": n_ep, "episode_dice": per_episode,
+                }
             log(f"{task} K={k}: " + ", ".join(f"{names.get(m, m)} {per_task[task][names.get(m, m)][str(k)]['dice']:.3f}" for m in selected))
     return {"per_task": per_task, "timing_s": {m: float(np.mean(v)) for m, v in timing.items() if v}}
 
 
-def summarize(per_task: dict[str, Any], ks: Sequence[int]) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean over tasks: ``{method: {k: {"dice", "iou"}}}``."""
+def summarize(per_task: dict[str, Any], ks: Sequence[int], bootstrap: int = 2000, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean over tasks: ``{method: {k: {"dice", "iou", "dice_ci": [lo, hi], "episodes"}}}``.
+
+    ``dice_ci``: 95% percentile bootstrap interval of the task-mean Dice, resampling episodes within each task
+    (queries of an episode stay together; tasks are fixed). Each method's resampling uses the same episode
+    draws, so :func:`paired_difference` intervals are paired.
+    """
     methods = next(iter(per_task.values())).keys()
-    return {
-        m: {str(k): {metric: float(np.mean([per_task[t][m][str(k)][metric] for t in per_task])) for metric in ("dice", "iou")} for k in ks}
-        for m in methods
-    }
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for m in methods:
+        out[m] = {}
+        for k in ks:
+            cells = [per_task[t][m][str(k)] for t in per_task]
+            row = {metric: float(np.mean([c[metric] for c in cells])) for metric in ("dice", "iou")}
+            if all("episode_dice" in c for c in cells):
+                row["dice_ci"] = bootstrap_ci([c["episode_dice"] for c in cells], bootstrap, seed + k)
+                row["episodes"] = min(len(c["episode_dice"]) for c in cells)
+            out[m][str(k)] = row
+    return out
+
+
+def _resample_means(per_task_scores: Sequence[Sequence[float]], n: int, seed: int) -> np.ndarray:
+    """``n`` bootstrap replicates of the mean over tasks of each task's mean episode score."""
+    total = np.zeros(n)
+    for t, scores in enumerate(per_task_scores):
+        scores = np.asarray(scores, dtype=float)
+        index = np.random.default_rng([seed, t, len(scores)]).integers(0, len(scores), size=(n, len(scores)))
+        total += scores[index].mean(1)
+    return total / len(per_task_scores)
+
+
+def bootstrap_ci(per_task_scores: Sequence[Sequence[float]], n: int = 2000, seed: int = 0) -> list[float]:
+    """95% percentile bootstrap interval of the task-mean of per-episode scores (episodes resampled within tasks)."""
+    reps = _resample_means(per_task_scores, n, seed)
+    return [float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))]
+
+
+def paired_difference(per_task: dict[str, Any], a: str, b: str, k: int, n: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Task-mean Dice of ``a`` minus ``b`` at ``k`` on the same episodes, with a paired 95% bootstrap interval."""
+    diffs = []
+    for t in per_task:
+        da, db = per_task[t][a][str(k)]["episode_dice"], per_task[t][b][str(k)]["episode_dice"]
+        m = min(len(da), len(db))
+        diffs.append(np.asarray(da[:m]) - np.asarray(db[:m]))
+    reps = _resample_means(diffs, n, seed + k)
+    return {"diff": float(np.mean([d.mean() for d in diffs])), "ci": [float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))]}

@@ -33,6 +33,15 @@ class SGPSSegConfig(PretrainedConfig):
         freeze_backbone (`bool`): keep the ImageNet encoder frozen during meta-training.
         prototype_max_k (`int`, *optional*): with at most this many examples, use the ``"prototype"`` head
             whatever ``head`` says (with one or two examples the ridge solution is noisier; chosen on meta-val).
+        raw_levels (`list[int]`, *optional*): encoder stages (positions in ``out_indices``, 0 = stride 4) whose
+            features also pass through the synthesized decoder unchanged (standardised with meta-train statistics,
+            optionally projected on their leading principal components, upsampled to stride 4) beside the learned
+            ``hidden_size`` channels; the closed-form head then acts on both. The saved UperNet is then
+            ``hidden_size + sum(raw_dims)`` channels wide, with the learned and raw blocks kept apart.
+        raw_dims (`list[int]`, *optional*): channels kept per raw level (its leading principal components); default all.
+        raw_weight (`float`): weight of the raw block relative to the (energy-normalised) learned block in the head.
+        learned_energy_norm (`bool`): scale the learned block by the inverse root of its mean pixel energy on the
+            examples (so the two blocks weigh alike whatever the decoder's scale).
     """
 
     model_type = "sgps_seg"
@@ -51,6 +60,10 @@ class SGPSSegConfig(PretrainedConfig):
         init_log_ridge_lambda: float = -2.0,
         freeze_backbone: bool = True,
         prototype_max_k: int | None = None,
+        raw_levels: list[int] | None = None,
+        raw_dims: list[int] | None = None,
+        raw_weight: float = 1.0,
+        learned_energy_norm: bool = False,
         **kwargs: Any,
     ) -> None:
         if head not in HEADS:
@@ -71,10 +84,27 @@ class SGPSSegConfig(PretrainedConfig):
         self.init_log_ridge_lambda = float(init_log_ridge_lambda)
         self.freeze_backbone = bool(freeze_backbone)
         self.prototype_max_k = int(prototype_max_k) if prototype_max_k is not None else None
+        self.raw_levels = [int(i) for i in raw_levels] if raw_levels else []
+        if len(set(self.raw_levels)) != len(self.raw_levels) or any(not 0 <= i < len(self.out_indices) for i in self.raw_levels):
+            raise ValueError(f"raw_levels must be distinct positions in out_indices (0..{len(self.out_indices) - 1}), got {raw_levels}.")
+        self.raw_levels = sorted(self.raw_levels)
+        if raw_dims is not None and len(raw_dims) != len(self.raw_levels):
+            raise ValueError(f"raw_dims needs one entry per raw level ({len(self.raw_levels)}), got {raw_dims}.")
+        self.raw_dims = [int(d) for d in raw_dims] if raw_dims is not None else None
+        if self.raw_dims is not None and any(d < 1 for d in self.raw_dims):
+            raise ValueError(f"raw_dims must be positive, got {raw_dims}.")
+        self.raw_weight = float(raw_weight)
+        if not self.raw_weight > 0:
+            raise ValueError(f"raw_weight must be positive, got {raw_weight}.")
+        self.learned_energy_norm = bool(learned_energy_norm)
         super().__init__(**kwargs)
 
-    def segmenter_config(self):
-        """The ``UperNetConfig`` of the synthesized network (2 labels: background, foreground)."""
+    def segmenter_config(self, raw_channels: int = 0):
+        """The ``UperNetConfig`` of the synthesized network (2 labels: background, foreground).
+
+        ``raw_channels``: width of the raw pass-through block (the exported network is ``hidden_size + raw_channels``
+        wide; the synthesizer's own decoder is the learned ``hidden_size`` block).
+        """
         from transformers import TimmBackboneConfig, UperNetConfig
 
         backbone_config = TimmBackboneConfig(
@@ -82,7 +112,7 @@ class SGPSSegConfig(PretrainedConfig):
         )
         return UperNetConfig(
             backbone_config=backbone_config,
-            hidden_size=self.hidden_size,
+            hidden_size=self.hidden_size + int(raw_channels),
             pool_scales=list(self.pool_scales),
             use_auxiliary_head=False,
             num_labels=2,

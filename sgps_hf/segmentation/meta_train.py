@@ -55,6 +55,9 @@ class SegTrainingConfig:
     checkpoint_every: int = 150
     max_minutes: float | None = None
     num_threads: int | None = 1
+    # raw encoder pass-through added after meta-training by scripts/passthrough_seg.py (config keys raw_levels,
+    # raw_dims, raw_weight, learned_energy_norm, prototype_max_k, head; ridge_lambda; fit_images_per_task, fit_seed, shift_margin)
+    passthrough: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_file(cls, path: str | Path | None, overrides: Sequence[str] = ()) -> "SegTrainingConfig":

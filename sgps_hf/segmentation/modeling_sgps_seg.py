@@ -12,6 +12,15 @@ one forward pass, no gradient step, deterministic. Two heads (``config.head``):
   squared-distance rule as a linear layer, ``w_c = 2 s p_c``, ``b_c = -s |p_c|^2``.
 
 The scale ``s`` and ridge strength ``lambda`` are meta-learned scalars.
+
+Raw pass-through (``config.raw_levels``): the frozen encoder's own stage features, standardised with
+meta-train statistics (optionally projected on their leading principal components), also pass through the
+decoder beside the learned channels, so the head sees both what the meta-learned decoder extracts and the
+raw ImageNet texture that PANet uses. In the exported UperNet (``hidden_size + R`` channels wide) the raw block
+rides in its own channels of every layer: for stage ``l`` the lateral 1x1 conv (the pyramid-pooling bottleneck's
+centre tap for the last stage) computes ``relu(P_l x + b_l)`` (``b_l`` holds a shift that keeps it positive),
+the top-down path upsamples it to stride 4, and the 3x3 FPN convs and the fusion bottleneck copy it through
+with centre-tap identities; learned and raw blocks never mix before the 1x1 classifier.
 """
 
 from __future__ import annotations
@@ -57,6 +66,13 @@ class SGPSSegSynthesizer(PreTrainedModel):
         self.segmenter = UperNetForSemanticSegmentation(config.segmenter_config())
         self.log_scale = nn.Parameter(torch.tensor(float(config.init_log_scale)))
         self.log_ridge_lambda = nn.Parameter(torch.tensor(float(config.init_log_ridge_lambda)))
+        channels = list(self.segmenter.backbone.channels)
+        for j, level in enumerate(config.raw_levels):
+            dim = self.raw_dim(j)
+            # raw stage j: relu(P x + b) in the network; ``offset`` is the shift inside b (removed again in the head)
+            self.register_buffer(f"raw_projection_{j}", torch.zeros(dim, channels[level]))
+            self.register_buffer(f"raw_bias_{j}", torch.zeros(dim))
+            self.register_buffer(f"raw_offset_{j}", torch.zeros(dim))
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:  # the UperNet initialises itself; scalars are set above
@@ -83,6 +99,67 @@ class SGPSSegSynthesizer(PreTrainedModel):
             raise SynthesisError(f"ImageNet weights do not cover {len(missing)} encoder tensors (e.g. {missing[0]}).")
         encoder.load_state_dict({k: weights[k] for k in own})
 
+    # -- raw pass-through ---------------------------------------------------------------------------
+    def raw_dim(self, j: int) -> int:
+        level = self.config.raw_levels[j]
+        full = list(self.segmenter.backbone.channels)[level]
+        dims = self.config.raw_dims
+        return full if dims is None else min(int(dims[j]), full)
+
+    @property
+    def raw_channels(self) -> int:
+        return sum(self.raw_dim(j) for j in range(len(self.config.raw_levels)))
+
+    @torch.no_grad()
+    def fit_raw_passthrough(self, features: Sequence[Tensor], shift_margin: float = 2.0) -> None:
+        """Fit the raw pass-through from encoder feature maps of (meta-train) images (one tensor per stage).
+
+        Per stage: standardise each channel (mean / std over all pixels), rotate onto the leading ``raw_dims``
+        principal components, divide by ``sqrt(dim)`` (so every stage weighs about alike per pixel) and add a
+        per-channel shift of ``shift_margin`` times the most negative value seen, which keeps the ReLUs of the
+        UperNet's conv modules inactive on such images.
+        """
+        for j, level in enumerate(self.config.raw_levels):
+            f = features[level].double()
+            x = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+            mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+            z = (x - mean) / std
+            dim = self.raw_dim(j)
+            if dim < x.shape[1]:
+                _, vectors = torch.linalg.eigh(z.T @ z / len(z))
+                basis = vectors.flip(1)[:, :dim]
+            else:
+                basis = torch.eye(x.shape[1], dtype=z.dtype)
+            projection = basis.T / std[None, :] / math.sqrt(dim)
+            u = (x - mean) @ projection.T
+            offset = shift_margin * (-u.min(0).values).clamp_min(0) + 1e-3
+            getattr(self, f"raw_projection_{j}").copy_(projection.float())
+            getattr(self, f"raw_bias_{j}").copy_((offset - projection @ mean).float())
+            getattr(self, f"raw_offset_{j}").copy_(offset.float())
+
+    def raw_features(self, features: Sequence[Tensor]) -> Tensor | None:
+        """The raw block at stride 4 exactly as the exported UperNet computes it (``None`` without raw levels)."""
+        levels = self.config.raw_levels
+        if not levels:
+            return None
+        batch = features[0].shape[0]
+        cumulative = None
+        for i in reversed(range(len(features))):
+            size = features[i].shape[-2:]
+            parts = []
+            for j, level in enumerate(levels):
+                if level == i:
+                    weight = getattr(self, f"raw_projection_{j}")[:, :, None, None].to(features[i].dtype)
+                    parts.append(F.relu(F.conv2d(features[i], weight, getattr(self, f"raw_bias_{j}").to(features[i].dtype))))
+                else:
+                    parts.append(features[i].new_zeros(batch, self.raw_dim(j), *size))
+            block = torch.cat(parts, 1)
+            cumulative = block if cumulative is None else block + F.interpolate(cumulative, size=size, mode="bilinear", align_corners=False)
+        return cumulative
+
+    def raw_offset(self) -> Tensor:
+        return torch.cat([getattr(self, f"raw_offset_{j}") for j in range(len(self.config.raw_levels))])
+
     # -- the network's pieces -------------------------------------------------------------------
     def train(self, mode: bool = True) -> "SGPSSegSynthesizer":
         super().train(mode)
@@ -98,14 +175,17 @@ class SGPSSegSynthesizer(PreTrainedModel):
         return tuple(self.segmenter.backbone(pixel_values).feature_maps)
 
     def decode(self, features: Sequence[Tensor]) -> Tensor:
-        """The UperNet decoder's final pixel features (the input of its 1x1 classifier), ``(B, C, h, w)``."""
+        """The synthesized decoder's final pixel features (the input of its 1x1 classifier), ``(B, C, h, w)``:
+        the learned channels, then the raw pass-through block if ``config.raw_levels``."""
         head = self.segmenter.decode_head
         classifier = head.classifier
         head.classifier = nn.Identity()
         try:
-            return head(list(features))
+            learned = head(list(features))
         finally:
             head.classifier = classifier
+        raw = self.raw_features(features)
+        return learned if raw is None else torch.cat([learned, raw.to(learned.dtype)], 1)
 
     @property
     def scale(self) -> Tensor:
@@ -125,6 +205,17 @@ class SGPSSegSynthesizer(PreTrainedModel):
         head = head or self.resolve_head(k)
         y = F.adaptive_avg_pool2d(support_masks.to(support_features.dtype), (h, w))  # soft fraction of foreground
         x = support_features.permute(0, 2, 3, 1).reshape(-1, c).double()
+        # raw pass-through block: remove its known shift, weigh the two blocks (undone on the weights at the end)
+        offset = torch.zeros(c, dtype=x.dtype, device=x.device)
+        gain = torch.ones(c, dtype=x.dtype, device=x.device)
+        raw = self.raw_channels if self.config.raw_levels and c == self.config.hidden_size + self.raw_channels else 0
+        learned = c - raw
+        if raw:
+            offset[learned:] = self.raw_offset().to(x)
+            gain[learned:] = self.config.raw_weight
+        if getattr(self.config, "learned_energy_norm", False):
+            gain[:learned] = 1 / (x[:, :learned] ** 2).sum(1).mean().clamp_min(1e-12).sqrt()
+        x = (x - offset) * gain
         y = y.reshape(-1).double()
         fg, bg = y.sum(), (1 - y).sum()
         if fg <= 0 or bg <= 0:
@@ -150,6 +241,9 @@ class SGPSSegSynthesizer(PreTrainedModel):
             bias = torch.stack([-intercept, intercept]) * (scale / 2)
         else:
             raise SynthesisError(f"Unknown head {head!r}.")
+        # the head was solved on (x - offset) * gain: fold both into the 1x1 conv on the network's own features
+        weight = weight * gain
+        bias = bias - weight @ offset
         dtype = support_features.dtype
         return weight.to(dtype)[:, :, None, None], bias.to(dtype)
 
@@ -191,9 +285,79 @@ class SGPSSegSynthesizer(PreTrainedModel):
         if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
             raise SynthesisError("Synthesis produced non-finite classifier weights; check the examples (images and masks).")
         state = {k: v.detach().clone() for k, v in self.segmenter.state_dict().items()}
+        if self.config.raw_levels:
+            state = self.widen_state_dict(state)
         state[CLASSIFIER_PREFIX + "weight"] = weight.contiguous()
         state[CLASSIFIER_PREFIX + "bias"] = bias.contiguous()
         return state
+
+    def widen_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The learned decoder's state embedded in the ``hidden_size + R`` wide UperNet with the raw block beside it.
+
+        Learned channels keep their weights (zero cross-connections); raw channel ``r`` of stage ``l`` is
+        ``relu(P_l x + b_l)`` in the lateral conv of ``l`` (the pyramid bottleneck's centre tap for the last stage),
+        copied by centre-tap identities through every FPN conv and the fusion bottleneck; BatchNorms of raw
+        channels are identities. The classifier is left for the caller.
+        """
+        hidden, raw = self.config.hidden_size, self.raw_channels
+        wide = hidden + raw
+        head = "decode_head."
+        n_levels = len(self.config.out_indices)
+        starts, start = {}, hidden
+        for j, level in enumerate(self.config.raw_levels):
+            starts[level] = (j, start)
+            start += self.raw_dim(j)
+        out = {k: v for k, v in state.items() if not k.startswith(head)}
+
+        def conv_module(name: str, in_map: list[tuple[int, int, int]], in_total: int, raw_rows=None) -> None:
+            """``in_map``: (old input start, new input start, length) blocks of the learned input channels."""
+            old = state[f"{head}{name}.conv.weight"]
+            kh, kw = old.shape[-2:]
+            weight = old.new_zeros(wide, in_total, kh, kw)
+            for old_start, new_start, length in in_map:
+                weight[:hidden, new_start : new_start + length] = old[:, old_start : old_start + length]
+            bn_bias = old.new_zeros(wide)
+            if raw_rows is not None:
+                raw_rows(weight, bn_bias, kh // 2, kw // 2)
+            out[f"{head}{name}.conv.weight"] = weight
+            for key, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+                value = old.new_full((wide,), fill)
+                value[:hidden] = state[f"{head}{name}.batch_norm.{key}"]
+                out[f"{head}{name}.batch_norm.{key}"] = value
+            out[f"{head}{name}.batch_norm.bias"][hidden:] = bn_bias[hidden:]
+            eps = 1e-5  # nn.BatchNorm2d default of UperNetConvModule: gamma = sqrt(1 + eps) makes raw channels exact copies
+            out[f"{head}{name}.batch_norm.weight"][hidden:] = math.sqrt(1 + eps)
+            out[f"{head}{name}.batch_norm.num_batches_tracked"] = state[f"{head}{name}.batch_norm.num_batches_tracked"].clone()
+
+        def stage_rows(level: int, in_start: int):
+            def fill(weight, bn_bias, ci, cj):
+                if level in starts:
+                    j, r0 = starts[level]
+                    dim = self.raw_dim(j)
+                    projection = getattr(self, f"raw_projection_{j}")
+                    weight[r0 : r0 + dim, in_start : in_start + projection.shape[1], ci, cj] = projection
+                    bn_bias[r0 : r0 + dim] = getattr(self, f"raw_bias_{j}")
+            return fill
+
+        def identity_rows(in_start: int):
+            def fill(weight, bn_bias, ci, cj):
+                index = torch.arange(raw)
+                weight[hidden + index, in_start + hidden + index, ci, cj] = 1.0
+            return fill
+
+        top = list(self.segmenter.backbone.channels)[-1]
+        for i in range(n_levels - 1):
+            c_in = state[f"{head}lateral_convs.{i}.conv.weight"].shape[1]
+            conv_module(f"lateral_convs.{i}", [(0, 0, c_in)], c_in, stage_rows(i, 0))
+            conv_module(f"fpn_convs.{i}", [(0, 0, hidden)], wide, identity_rows(0))
+        n_pool = len(self.config.pool_scales)
+        for p in range(n_pool):
+            conv_module(f"psp_modules.{p}.1", [(0, 0, top)], top)
+        conv_module("bottleneck", [(0, 0, top)] + [(top + p * hidden, top + p * wide, hidden) for p in range(n_pool)], top + n_pool * wide, stage_rows(n_levels - 1, 0))
+        conv_module("fpn_bottleneck", [(i * hidden, i * wide, hidden) for i in range(n_levels)], n_levels * wide, identity_rows(0))
+        for key in ("weight", "bias"):
+            out[f"{head}classifier.{key}"] = state[f"{head}classifier.{key}"]
+        return out
 
     def synthesize(self, task: "SegmentationTask", head: str | None = None) -> "SynthesizedSegmenter":
         """One forward pass over the task's examples -> a standalone :class:`SynthesizedSegmenter`."""
@@ -204,7 +368,7 @@ class SGPSSegSynthesizer(PreTrainedModel):
         pixels = pixel_values(processor, task.images)
         masks = masks_to_tensor(task.masks, self.config.image_size)
         state = self.synthesize_state_dict(pixels, masks, head=head)
-        model = UperNetForSemanticSegmentation(self.config.segmenter_config())
+        model = UperNetForSemanticSegmentation(self.config.segmenter_config(self.raw_channels))
         model.load_state_dict(state)
         model.eval()
         info = build_info(task, self, head or self.resolve_head(len(task)))

@@ -40,7 +40,8 @@ def build_info(task: "SegmentationTask", synthesizer: "SGPSSegSynthesizer", head
         "task": task.to_dict(),
         "head": head,
         "synthesizer": {"name_or_path": name, "revision": revision, **({"training_tasks": ", ".join(training)} if training else {})},
-        "segmenter": {"backbone": config.backbone, "hidden_size": config.hidden_size, "image_size": config.image_size},
+        "segmenter": {"backbone": config.backbone, "hidden_size": config.hidden_size, "image_size": config.image_size,
+                      "raw_channels": synthesizer.raw_channels if getattr(config, "raw_levels", None) else 0},
         "sgps_hf_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     }

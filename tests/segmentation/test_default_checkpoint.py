@@ -29,3 +29,29 @@ def test_default_checkpoint_loads_offline_and_beats_trivial_masks(monkeypatch):
     assert dice > everything + 0.05, (dice, everything)
     again = synth.synthesize(task)
     assert again.info["weights_sha256"] == segmenter.info["weights_sha256"]
+
+
+@pytest.mark.e2e
+def test_default_checkpoints_wide_segmenter_loads_with_plain_transformers_and_gives_the_same_masks(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from seg_testing import PLAIN_TRANSFORMERS, check_plain
+    from sgps_testing import last_json_line, run_python
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    synth = SGPSSegSynthesizer.from_pretrained(DEFAULT_SEG_CHECKPOINT)
+    assert synth.config.raw_levels and synth.raw_channels > 0  # the bundled synthesizer passes raw encoder stages through
+    task_name = "microscopy-em-neuronal-membranes"
+    arrays = task_arrays(load_seg_dataset(tasks=[task_name]), [task_name])[f"{task_name}/membrane"]
+    order = np.random.default_rng(1).permutation(len(arrays))
+    segmenter = synth.synthesize(SegmentationTask("membrane", [(arrays.images[i], arrays.masks[i]) for i in order[:5]]))
+    assert segmenter.model.config.hidden_size == synth.config.hidden_size + synth.raw_channels
+    files = []
+    for i in order[5:8]:
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(arrays.images[i]).save(path)
+        files.append(str(path))
+    out = last_json_line(run_python(PLAIN_TRANSFORMERS, str(segmenter.save_pretrained(tmp_path / "seg")), *files).stdout)
+    check_plain(out, segmenter, files)
+    dice = dice_iou(segmenter.predict(files), [arrays.masks[i] for i in order[5:8]])["dice"]
+    assert dice > 0.4, dice
