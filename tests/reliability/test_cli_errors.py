@@ -60,9 +60,9 @@ def test_a_full_disk_or_read_only_folder_during_a_save(capsys, classifier_dir, t
         raise OSError(code, os.strerror(code), str(tmp_path / "out" / "model.safetensors"))
 
     monkeypatch.setattr(SynthesizedClassifier, "save_pretrained", failing_save)
-    import sgps_hf.cli as cli
+    import sgps_hf.cli.commands as commands
 
-    monkeypatch.setattr(cli, "_predict", lambda args: SynthesizedClassifier.from_pretrained(args.classifier).save_pretrained(tmp_path / "out"))
+    monkeypatch.setattr(commands, "_predict", lambda args: SynthesizedClassifier.from_pretrained(args.classifier).save_pretrained(tmp_path / "out"))
     err = one_line_error(capsys, ["predict", "--classifier", str(classifier_dir), "x.png"])
     assert os.strerror(code) in err and words in err and "model.safetensors" in err
 
@@ -73,9 +73,9 @@ def test_a_bad_repo_id_on_push(capsys, classifier_dir):
 
 
 def test_a_bug_is_one_line_with_status_1(capsys, monkeypatch):
-    import sgps_hf.cli as cli
+    import sgps_hf.cli.commands as commands
 
-    monkeypatch.setattr(cli, "_predict", lambda args: {}["missing"])
+    monkeypatch.setattr(commands, "_predict", lambda args: {}["missing"])
     err = one_line_error(capsys, ["predict", "--classifier", "x", "y.png"], status=1)
     assert "--debug" in err
 
