@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
 from datetime import datetime, timezone

@@ -19,7 +19,6 @@ from .data.splits import load_splits
 from .errors import CheckpointError
 from .models.sgps.modeling_sgps import SGPSSynthesizer
 from .models.sgps.processing_sgps import SGPSProcessor
-from .task import TaskSpec
 
 
 

@@ -87,14 +87,15 @@ def _bench_config(args: argparse.Namespace) -> Any:
 
 
 def _eval_pools(args: argparse.Namespace, image_size: int) -> tuple[list[Any], str]:
-    from ..evaluation.sources import dataset_pools, split_pools
+    from ..data.episodes import build_pools
+    from ..data.sources import dataset_pools
 
     if args.split is None and args.data_dir is not None:
         return dataset_pools(args.data_dir, image_size, args.descriptions), f"dataset {args.data_dir}"
     split = args.split or "held_out"
     if args.descriptions:
         raise SystemExit("--descriptions applies to --data-dir datasets; the shared splits use the packaged descriptions.")
-    return split_pools(split, image_size, args.data_dir), f"{split} split of {args.data_dir or 'the shared data'}"
+    return build_pools(split, image_size, data_dir=args.data_dir), f"{split} split of {args.data_dir or 'the shared data'}"
 
 
 def environment(threads: int) -> str:
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
     from ..training.pools import training_pools
     from ..evaluation.benchmark import run_benchmark
     from ..evaluation.report import render_markdown, write_plots
-    from ..evaluation.sources import subgroup_metadata
+    from ..evaluation.subgroups import subgroup_metadata
 
     torch.set_num_threads(args.num_threads)
     started = time.time()

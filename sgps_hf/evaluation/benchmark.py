@@ -24,7 +24,6 @@ from ..data.episodes import ClassPool
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from ..training.episode_inputs import TextBank
 from .criteria import calibration_report, data_efficiency, domain_shift, generalization_gap, main_table, speed, subgroup_report
-from .metrics import calibration
 from .protocol import BenchmarkConfig, build_methods, clip_shot, make_episodes, max_feasible_shot, tune
 
 

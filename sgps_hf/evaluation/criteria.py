@@ -175,5 +175,5 @@ def inference_throughput(synthesizer: SGPSSynthesizer, episode: Episode, batch: 
 
 
 def subgroup_report(groups: dict[str, Any] | None) -> dict[str, Any]:
-    """What the subgroup criterion found (see :func:`sgps_hf.evaluation.sources.subgroup_metadata`)."""
+    """What the subgroup criterion found (see :func:`sgps_hf.evaluation.subgroups.subgroup_metadata`)."""
     return groups or {"available": False}

@@ -81,7 +81,7 @@ def test_sgps_evaluate_is_registered():
 
 def test_unknown_description_class_is_a_clear_error(bench_data, tmp_path):
     from sgps_hf.errors import DataError
-    from sgps_hf.evaluation.sources import dataset_pools
+    from sgps_hf.data.sources import dataset_pools
 
     texts = tmp_path / "texts.json"
     texts.write_text(json.dumps({"melanoma": "dark lesion"}))

@@ -1,51 +1,15 @@
-"""Where the benchmark's evaluation episodes come from: a user's dataset or a split of the shared data."""
+"""Whether evaluated data carries per-image subgroup metadata (sex, age, site, skin type...) for the subgroup criterion."""
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from ..data.descriptions import class_description, load_description_file
-from ..data.episodes import ClassPool, build_pools
-from ..data.loading import load_image_dataset, prepare_arrays
 from ..data.registry import resolve_data_dir
-from ..errors import DataError
-
-logger = logging.getLogger(__name__)
 
 #: Column names of imagefolder metadata that identify the image or its label, not a subgroup.
 _NON_GROUP_COLUMNS = {"file_name", "label", "image", "file", "path"}
-
-
-def dataset_pools(source: str, image_size: int, descriptions: str | os.PathLike[str] | None = None) -> list[ClassPool]:
-    """One task's pools from an imagefolder directory (``<class>/<image>``) or a Hub dataset name.
-
-    Class texts: the ``descriptions`` JSON file (class -> text) when given, else the packaged
-    descriptions when the folder is named like a known task, else the class name with spaces.
-    """
-    arrays = prepare_arrays(load_image_dataset(source), image_size)
-    task = Path(str(source)).name or str(source)
-    given = load_description_file(descriptions) if descriptions is not None else {}
-    unknown = sorted(set(given) - set(arrays.class_names))
-    if unknown:
-        raise DataError(f"--descriptions names classes {unknown} that are not in {source!r}; its classes: {', '.join(arrays.class_names)}.")
-    pools, fallback = [], []
-    for index, name in enumerate(arrays.class_names):
-        text = given.get(name) or class_description(task, name)
-        if not text:
-            fallback.append(name)
-            text = name.replace("_", " ")
-        pools.append(ClassPool(task=task, class_name=name, images=arrays.images[arrays.labels == index], text=text))
-    if fallback:
-        logger.warning("No description for %s: using the class name as its text.", ", ".join(fallback))
-    return pools
-
-
-def split_pools(split: str, image_size: int, data_dir: str | os.PathLike[str] | None = None) -> list[ClassPool]:
-    """Pools of a split of the shared data (``held_out`` for the reported results)."""
-    return build_pools(split, image_size, data_dir=data_dir)
 
 
 def subgroup_metadata(source: str | None, split: str | None, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
