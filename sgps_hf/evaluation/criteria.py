@@ -21,7 +21,7 @@ from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from ..training.episode_inputs import TextBank
 from .baselines import FineTuneMethod, SGPSMethod
 from .corruptions import CORRUPTIONS
-from .metrics import calibration, mean_ci
+from .metrics import calibration, episode_accuracy, mean_ci
 from .protocol import FINETUNE_ALL, SGPS_FULL, SGPS_TEXT, BenchmarkConfig, MethodRun, Methods, clip_shot, make_episodes, max_feasible_shot, run_method
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def speed(methods: Methods, synthesizer: SGPSSynthesizer, pools: list[ClassPool]
         def trace(step: int, predict: Callable[[Tensor], Tensor], episode: Episode = episode, clock: dict = clock) -> None:
             started = time.perf_counter()
             at_step.setdefault(step, []).append(started - clock["start"] - clock["trace"])
-            accuracy = (predict(episode.query).argmax(-1) == episode.query_labels).float().mean().item()
+            accuracy = episode_accuracy(predict(episode.query), episode.query_labels)
             curves.setdefault(step, []).append(accuracy)
             clock["trace"] += time.perf_counter() - started
 

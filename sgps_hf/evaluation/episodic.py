@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-import numpy as np
 import torch
 
 from ..data.episodes import ClassPool, EpisodeSampler
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from ..body.text_encoder import embed_texts
+from .metrics import episode_accuracy, mean_ci
 
 
 @dataclass
@@ -27,9 +27,8 @@ class EpisodeScore:
 
 
 def score(values: Iterable[float]) -> EpisodeScore:
-    values = np.asarray(list(values), dtype=np.float64)
-    ci = 1.96 * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return EpisodeScore(float(values.mean()), float(ci), len(values))
+    summary = mean_ci(values)
+    return EpisodeScore(summary["mean"], summary["ci95"], summary["n"])
 
 
 @torch.no_grad()
@@ -65,7 +64,7 @@ def evaluate_synthesizer(
             inputs["support_pixel_values"] = processor.normalize_uint8(episode.support)
             inputs["support_labels"] = episode.support_labels
         logits = synthesizer(**inputs, return_weights=False).logits
-        per_task.setdefault(episode.task, []).append((logits.argmax(-1) == episode.query_labels).float().mean().item())
+        per_task.setdefault(episode.task, []).append(episode_accuracy(logits, episode.query_labels))
     results = {task: score(values) for task, values in sorted(per_task.items())}
     results["all"] = score(v for values in per_task.values() for v in values)
     return results

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
 
 
 def classification_metrics(probs: np.ndarray, labels: Sequence[int], num_classes: int) -> dict[str, float]:
@@ -65,3 +66,8 @@ def mean_ci(values: Iterable[float]) -> dict[str, float]:
         return {"mean": float("nan"), "ci95": float("nan"), "n": 0}
     ci = 1.96 * array.std(ddof=1) / np.sqrt(array.size) if array.size > 1 else float("nan")
     return {"mean": float(array.mean()), "ci95": float(ci), "n": int(array.size)}
+
+
+def episode_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Query accuracy of one episode's logits (the per-episode score every criterion averages)."""
+    return (logits.argmax(-1) == labels).float().mean().item()

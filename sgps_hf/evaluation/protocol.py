@@ -20,7 +20,7 @@ from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from ..training.episode_inputs import TextBank
 from .baselines import FeatureMemo, FewShotMethod, FineTuneMethod, LinearProbeMethod, NearestNeighbourMethod, ProtoNetMethod, SGPSMethod
 from .corruptions import CORRUPTIONS, corrupt
-from .metrics import calibration, episode_scores, mean_ci
+from .metrics import calibration, episode_accuracy, episode_scores, mean_ci
 
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def run_method(method: FewShotMethod, episodes: Sequence[Episode], *, shift_epis
         if i < shift_episodes:
             for name in CORRUPTIONS:
                 shifted = predictor(corrupt(episode.query, name, severity, seed=seed * 100_003 + i))
-                accuracy = (shifted.argmax(-1) == episode.query_labels).float().mean().item()
+                accuracy = episode_accuracy(shifted, episode.query_labels)
                 run.shifted.setdefault(name, []).append(accuracy)
     return run
 
