@@ -21,11 +21,20 @@ for spec in methods:
     dst = dst or m
     assert dst not in ("synthesizer", "synthesizer-prototype", "synthesizer-ridge", "finetune"), f"{m} depends on the checkpoint: rename it"
     for t in main["per_task"]:
-        main["per_task"][t][dst] = {k: {**v, "episodes": earlier["protocol"]["episodes_per_task_and_k"]} for k, v in earlier["per_task"][t][m].items()}
+        main["per_task"][t][dst] = {k: {**v, "episodes": v.get("episodes", earlier["protocol"]["episodes_per_task_and_k"])} for k, v in earlier["per_task"][t][m].items()}
     main["summary"][dst] = earlier["summary"][m]
     if m in earlier.get("timing_s", {}):
         main["timing_s"][dst] = earlier["timing_s"][m]
 main["protocol"]["carried_over"] = {"methods": [m.partition(":")[2] or m for m in methods], "episodes_per_task_and_k": earlier["protocol"]["episodes_per_task_and_k"],
                                     "from": {k: earlier["protocol"][k] for k in ("checkpoint", "finetune_imagenet_steps", "finetune_imagenet_lr", "wall_s")}}
+# paired differences against carried-over methods that kept their per-episode Dice (same episodes, prefix-stable)
+sys.path.insert(0, str(B.parent))
+from sgps_hf.segmentation.benchmark import paired_difference  # noqa: E402
+
+for spec in methods:
+    dst = spec.partition(":")[2] or spec
+    per = main["per_task"]
+    if "synthesizer" in next(iter(per.values())) and all("episode_dice" in per[t][dst][str(k)] for t in per for k in main["protocol"]["ks"]):
+        main.setdefault("paired", {})[f"synthesizer - {dst}"] = {str(k): paired_difference(per, "synthesizer", dst, k) for k in main["protocol"]["ks"]}
 (B / f"seg_results_{split}.json").write_text(json.dumps(main, indent=2))
 print("carried over", methods)

@@ -6,6 +6,10 @@ block weight, the ridge strength and the prototype/ridge switch, all chosen on m
 benchmarks/SEGMENTATION.md), fits the per-channel standardisation and principal axes of the frozen encoder's
 stages on meta-train images (``fit_images_per_task`` per binary task, seeded) and saves the synthesizer with
 ``save_pretrained``. The meta-learned decoder is the one of ``--base`` (default ``<output_dir>/best``), unchanged.
+
+Legacy (the previous round's post-hoc route): ``scripts/configs/seg_default.yaml`` now trains with the raw block in
+the loop (its ``model`` section sets ``raw_levels``), so this script needs a config whose ``passthrough`` section
+carries the post-hoc keys (that of commit 17693a0).
 """
 
 from __future__ import annotations

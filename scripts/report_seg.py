@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-ORDER = ["synthesizer", "synthesizer-prototype", "synthesizer-ridge", "panet-imagenet", "panet-imagenet-all-levels", "finetune", "finetune-previous-64ch", "finetune-imagenet", "mean-mask"]
+ORDER = ["synthesizer", "synthesizer-prototype", "synthesizer-ridge", "synthesizer-posthoc-previous", "panet-imagenet", "panet-imagenet-all-levels", "finetune", "finetune-previous-64ch", "finetune-imagenet", "mean-mask"]
 DESCRIBE = {
-    "synthesizer": "**SGPS-Seg, the bundled synthesizer**: meta-learned decoder channels + raw encoder pass-through channels, ridge head at every K (chosen on meta-val): one forward pass, no gradient",
+    "synthesizer": "**SGPS-Seg, the bundled synthesizer**: decoder meta-trained with the raw encoder pass-through in the loop (learned + raw channels), ridge head at every K (chosen on meta-val): one forward pass, no gradient",
+    "synthesizer-posthoc-previous": "the previous bundled synthesizer (decoder meta-trained without the raw block, raw pass-through added post hoc, ridge at every K): carried over from the previous run on the same episodes",
     "synthesizer-prototype": "the same features + prototype (PANet distance rule) head: ablation",
     "synthesizer-ridge": "the same features + ridge head at every K (identical to `synthesizer` for this checkpoint)",
     "panet-imagenet": "PANet-style cosine prototypes on the frozen ImageNet Lite0 body, no meta-training; feature stages 0+1 (stride 4 and 8), the levels chosen on meta-val",
     "panet-imagenet-all-levels": "the same PANet rule on all four stages (0-3) of the body (runner-up on meta-val by 0.002; the stronger PANet on the held-out tasks)",
-    "finetune": "fine-tune the synthesized network's learned decoder + its whole 1x1 classifier on the examples (20 Adam steps, lr 1e-3, examples + mirrors; raw block fixed)",
-    "finetune-previous-64ch": "fine-tuning the *previous* bundled synthesized network (64 learned channels, no raw block; 20 Adam steps, lr 1e-3): carried over from the earlier run, 8 episodes; fine-tuning the new wide network was not re-run in time",
+    "finetune": "fine-tune the bundled synthesized network's learned decoder + its whole (learned + raw) 1x1 classifier on the examples, starting from the synthesized weights (20 Adam steps, lr 1e-3, examples + mirrors; raw block fixed)",
+    "finetune-previous-64ch": "fine-tuning the *previous* bundled synthesized network (64 learned channels, no raw block; 20 Adam steps, lr 1e-3): carried over from the earlier run, 8 episodes (for comparison with `finetune` on the new network)",
     "finetune-imagenet": "fine-tune the same UperNet from ImageNet body + fresh decoder (40 Adam steps, lr 3e-3, examples + mirrors)",
     "mean-mask": "mean of the example masks, thresholded at 0.5",
 }
@@ -102,8 +103,8 @@ def main() -> None:
            "(local `evaluate` modules `sgps_hf/evaluation/metric_modules/dice|iou`), averaged over queries, then over tasks. 128 px, "
            f"checkpoint `{p['checkpoint']}`, {p['threads']} torch thread; wall {p['wall_s']:.0f} s. "
            "Brackets: 95% bootstrap interval of the task-mean Dice (episodes resampled within each task, 2000 replicates)."
-           + (f" `{', '.join(p['carried_over']['methods'])}` come from the earlier run (8 episodes) on the "
-              f"first {p['carried_over']['episodes_per_task_and_k']} of the same episodes (`scripts/merge_seg_results.py`)." if p.get("carried_over") else ""), "",
+           + (f" `{', '.join(p['carried_over']['methods'])}` are carried over from earlier runs of the same protocol, on the first n of the same "
+              "episodes (n in the episodes column; `scripts/merge_seg_results.py`)." if p.get("carried_over") else ""), "",
            "Methods:", *[f"- `{m}`: {DESCRIBE.get(m, m)}" for m in methods_of(held)], ""]
     notes = BENCH / "seg_notes.md"
     if notes.is_file():

@@ -42,6 +42,8 @@ class SGPSSegConfig(PretrainedConfig):
         raw_weight (`float`): weight of the raw block relative to the (energy-normalised) learned block in the head.
         learned_energy_norm (`bool`): scale the learned block by the inverse root of its mean pixel energy on the
             examples (so the two blocks weigh alike whatever the decoder's scale).
+        learn_raw_weight (`bool`): meta-learn the raw block's weight (a scalar ``log_raw_weight`` initialised at
+            ``log(raw_weight)``; ``raw_weight`` in the saved config is kept equal to its value).
     """
 
     model_type = "sgps_seg"
@@ -64,6 +66,7 @@ class SGPSSegConfig(PretrainedConfig):
         raw_dims: list[int] | None = None,
         raw_weight: float = 1.0,
         learned_energy_norm: bool = False,
+        learn_raw_weight: bool = False,
         **kwargs: Any,
     ) -> None:
         if head not in HEADS:
@@ -97,6 +100,7 @@ class SGPSSegConfig(PretrainedConfig):
         if not self.raw_weight > 0:
             raise ValueError(f"raw_weight must be positive, got {raw_weight}.")
         self.learned_energy_norm = bool(learned_energy_norm)
+        self.learn_raw_weight = bool(learn_raw_weight)
         super().__init__(**kwargs)
 
     def segmenter_config(self, raw_channels: int = 0):

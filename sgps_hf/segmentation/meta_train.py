@@ -55,9 +55,16 @@ class SegTrainingConfig:
     checkpoint_every: int = 150
     max_minutes: float | None = None
     num_threads: int | None = 1
-    # raw encoder pass-through added after meta-training by scripts/passthrough_seg.py (config keys raw_levels,
-    # raw_dims, raw_weight, learned_energy_norm, prototype_max_k, head; ridge_lambda; fit_images_per_task, fit_seed, shift_margin)
+    # raw encoder pass-through. In the loop (``model.raw_levels`` set): its standardisation / principal axes are fitted on
+    # meta-train images before the first step (keys fit_images_per_task, fit_seed, shift_margin here) and the head sees
+    # learned + raw channels throughout meta-training. Post hoc (legacy, scripts/passthrough_seg.py): the other keys.
     passthrough: dict[str, Any] = field(default_factory=dict)
+    # regularisation: per episode, each learned decoder channel is zeroed (in examples and queries alike) with this
+    # probability, so the head cannot lean on the learned block alone (the raw block is never dropped)
+    learned_dropout: float = 0.0
+    # after training: per K, the ridge vs prototype head of the best step on meta-val (this many episodes per K);
+    # the prototype head is kept for K <= prototype_max_k when it is better at every such K. 0 disables.
+    head_selection_episodes: int = 24
 
     @classmethod
     def from_file(cls, path: str | Path | None, overrides: Sequence[str] = ()) -> "SegTrainingConfig":
@@ -106,10 +113,16 @@ class FeatureBank:
         return levels, masks.flip(-1) if flip else masks
 
 
-def episode_logits(model: SGPSSegSynthesizer, bank: FeatureBank, episode, flip: bool = False, head: str | None = None):
+def episode_logits(model: SGPSSegSynthesizer, bank: FeatureBank, episode, flip: bool = False, head: str | None = None,
+                   learned_keep: torch.Tensor | None = None):
+    """Query logits and masks of one episode; ``learned_keep``: optional 0/1 mask over the learned decoder channels
+    (learned-channel dropout in meta-training, the same for examples and queries)."""
     indices = list(episode.support) + list(episode.query)
     levels, masks = bank.get(episode.task, indices, flip=flip)
     decoded = model.decode(levels)
+    if learned_keep is not None:
+        hidden = model.config.hidden_size
+        decoded = torch.cat([decoded[:, :hidden] * learned_keep.to(decoded)[None, :, None, None], decoded[:, hidden:]], 1)
     k = episode.k
     weight, bias = model.head_from_support(decoded[:k], masks[:k], head=head)
     logits = model.query_logits(decoded[k:], weight, bias, tuple(masks.shape[-2:]))
@@ -160,13 +173,16 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
     train_bank = FeatureBank(model, train_tasks, mirrored=config.augment)
     val_bank = FeatureBank(model, val_tasks, mirrored=False)
     accelerator.print(f"features of {sum(map(len, train_tasks.values()))} train / {sum(map(len, val_tasks.values()))} val pairs in {time.time() - started:.0f}s")
+    if model.config.raw_levels:
+        fit_raw_in_loop(model, train_bank, config.passthrough)
+        accelerator.print(f"raw pass-through in the loop: {model.raw_channels} raw channels beside {model.config.hidden_size} learned")
     sampler = EpisodeSampler({n: len(a) for n, a in train_tasks.items()}, tuple(config.k_range), config.n_query, config.seed)
     val_sampler = EpisodeSampler({n: len(a) for n, a in val_tasks.items()}, (1, max(config.eval_k)), 8, config.seed + 1)
 
     for p in model.segmenter.backbone.parameters():
         p.requires_grad_(False)
     decoder = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("log_")]
-    scalars = [model.log_scale, model.log_ridge_lambda]
+    scalars = [model.log_scale, model.log_ridge_lambda] + ([model.log_raw_weight] if hasattr(model, "log_raw_weight") else [])
     optimizer = torch.optim.AdamW(
         [{"params": decoder, "lr": config.learning_rate, "weight_decay": config.weight_decay},
          {"params": scalars, "lr": config.scalar_learning_rate, "weight_decay": 0.0}]
@@ -194,7 +210,7 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
     log = log_file.open("a", newline="")
     writer = csv.writer(log)
     if new_log:
-        writer.writerow(["step", "loss", "lr", "log_scale", "log_ridge_lambda", "val_dice", "val_dice_k1", "val_dice_k5", "elapsed_s"])
+        writer.writerow(["step", "loss", "lr", "log_scale", "log_ridge_lambda", "val_dice", "val_dice_k1", "val_dice_k5", "elapsed_s", "raw_weight"])
 
     clock = time.time() - state["elapsed_s"]
     rng = np.random.default_rng([config.seed, 7])
@@ -213,9 +229,13 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
         model.train()
         flips = np.random.default_rng([config.seed, step, 1]).random(config.episodes_per_step) < 0.5
         loss_total = 0.0
+        drop_rng = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         for e in range(config.episodes_per_step):
             episode = sampler.episode(step * config.episodes_per_step + e)
-            logits, target = episode_logits(raw, train_bank, episode, flip=bool(flips[e] and config.augment))
+            keep = None
+            if config.learned_dropout > 0:
+                keep = (torch.rand(raw.config.hidden_size, generator=drop_rng) >= config.learned_dropout).float()
+            logits, target = episode_logits(raw, train_bank, episode, flip=bool(flips[e] and config.augment), learned_keep=keep)
             loss = segmentation_loss(logits, target) / config.episodes_per_step
             accelerator.backward(loss)
             loss_total += loss.item()
@@ -236,10 +256,10 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
                 (out / "best" / "training.json").write_text(json.dumps({"step": step, "meta_val": evaluated, "config": dataclasses.asdict(config)}, indent=2))
         if step % config.log_every == 0 or evaluated is not None:
             writer.writerow([step, f"{np.mean(running):.5f}", f"{scheduler.get_last_lr()[0]:.6g}", f"{raw.log_scale.item():.4f}", f"{raw.log_ridge_lambda.item():.4f}",
-                             "" if evaluated is None else f"{evaluated['dice']:.4f}", "" if evaluated is None else f"{evaluated['dice_k1']:.4f}",
-                             "" if evaluated is None else f"{evaluated['dice_k5']:.4f}", f"{state['elapsed_s']:.1f}"])
+                             "" if evaluated is None else f"{evaluated['dice']:.4f}", "" if evaluated is None or "dice_k1" not in evaluated else f"{evaluated['dice_k1']:.4f}",
+                             "" if evaluated is None or "dice_k5" not in evaluated else f"{evaluated['dice_k5']:.4f}", f"{state['elapsed_s']:.1f}", f"{float(raw.raw_gain().detach()):.4f}" if raw.config.raw_levels else ""])
             log.flush()
-            accelerator.print(f"step {step} loss {np.mean(running):.4f}" + ("" if evaluated is None else f" val dice {evaluated['dice']:.4f} (k1 {evaluated['dice_k1']:.3f} k5 {evaluated['dice_k5']:.3f})") + f" {state['elapsed_s']:.0f}s")
+            accelerator.print(f"step {step} loss {np.mean(running):.4f}" + ("" if evaluated is None else f" val dice {evaluated['dice']:.4f} (" + " ".join(f"k{k} {evaluated[f'dice_k{k}']:.3f}" for k in config.eval_k) + ")") + f" {state['elapsed_s']:.0f}s")
             running = []
         if step % config.checkpoint_every == 0:
             save_checkpoint()
@@ -251,7 +271,43 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
         save_checkpoint()
     log.close()
     plot_curve(log_file, out / "learning_curve.png")
+    if step >= config.steps and config.head_selection_episodes and (out / "best").is_dir():
+        state["head_selection"] = select_head_on_meta_val(out / "best", val_bank, val_sampler, config.eval_k, config.head_selection_episodes)
+        state_file.write_text(json.dumps(state))
+        accelerator.print(f"head selection on meta-val: {state['head_selection']}")
     return state
+
+
+def fit_raw_in_loop(model: SGPSSegSynthesizer, bank: FeatureBank, spec: dict[str, Any]) -> None:
+    """Fit the raw pass-through's standardisation / principal axes on a seeded subset of the meta-train images."""
+    rng = np.random.default_rng(int(spec.get("fit_seed", 0)))
+    per_task = int(spec.get("fit_images_per_task", 48))
+    names = sorted(bank.features)
+    picks = {name: torch.from_numpy(np.sort(rng.permutation(len(bank.masks[name]))[:per_task])) for name in names}
+    features = [torch.cat([bank.features[name][0][level][picks[name]].float() for name in names]) for level in range(len(model.config.out_indices))]
+    model.fit_raw_passthrough(features, shift_margin=float(spec.get("shift_margin", 2.0)))
+
+
+@torch.no_grad()
+def select_head_on_meta_val(best_dir: Path, bank: FeatureBank, sampler: EpisodeSampler, ks: Sequence[int], n_per_k: int) -> dict[str, Any]:
+    """Per K, ridge vs prototype head of the exported best synthesizer on meta-val; sets ``prototype_max_k`` of the
+    export to the largest K such that the prototype head is better at every K up to it (``None``: ridge everywhere)."""
+    model = SGPSSegSynthesizer.from_pretrained(best_dir).eval()
+    scores = {head: evaluate_bank(model, bank, sampler, ks, n_per_k, head=head) for head in ("ridge", "prototype")}
+    limit = None
+    for k in sorted(ks):
+        if scores["prototype"][f"dice_k{k}"] > scores["ridge"][f"dice_k{k}"]:
+            limit = k
+        else:
+            break
+    model.config.prototype_max_k = limit
+    model.config.head = "ridge"
+    model.save_pretrained(best_dir)
+    info_file = best_dir / "training.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    info["head_selection"] = {"episodes_per_k": n_per_k, "meta_val": scores, "prototype_max_k": limit}
+    info_file.write_text(json.dumps(info, indent=2))
+    return info["head_selection"]
 
 
 def plot_curve(log_file: Path, target: Path) -> None:
@@ -268,8 +324,9 @@ def plot_curve(log_file: Path, target: Path) -> None:
     ax[0].set(xlabel="step", ylabel="episode loss (BCE + Dice)", title="meta-train loss")
     val = [r for r in rows if r["val_dice"]]
     ax[1].plot([int(r["step"]) for r in val], [float(r["val_dice"]) for r in val], marker="o", label="mean K=1,2,5,8")
-    ax[1].plot([int(r["step"]) for r in val], [float(r["val_dice_k1"]) for r in val], marker=".", label="K=1")
-    ax[1].plot([int(r["step"]) for r in val], [float(r["val_dice_k5"]) for r in val], marker=".", label="K=5")
+    for key, label in (("val_dice_k1", "K=1"), ("val_dice_k5", "K=5")):
+        if all(r.get(key) for r in val):
+            ax[1].plot([int(r["step"]) for r in val], [float(r[key]) for r in val], marker=".", label=label)
     ax[1].set(xlabel="step", ylabel="Dice", title="meta-val Dice")
     ax[1].legend()
     fig.tight_layout()

@@ -73,6 +73,8 @@ class SGPSSegSynthesizer(PreTrainedModel):
             self.register_buffer(f"raw_projection_{j}", torch.zeros(dim, channels[level]))
             self.register_buffer(f"raw_bias_{j}", torch.zeros(dim))
             self.register_buffer(f"raw_offset_{j}", torch.zeros(dim))
+        if config.raw_levels and getattr(config, "learn_raw_weight", False):
+            self.log_raw_weight = nn.Parameter(torch.tensor(math.log(float(config.raw_weight))))
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:  # the UperNet initialises itself; scalars are set above
@@ -157,6 +159,17 @@ class SGPSSegSynthesizer(PreTrainedModel):
             cumulative = block if cumulative is None else block + F.interpolate(cumulative, size=size, mode="bilinear", align_corners=False)
         return cumulative
 
+    def raw_gain(self) -> Tensor:
+        """Weight of the raw block in the head: the meta-learned ``log_raw_weight`` if any, else ``config.raw_weight``."""
+        if hasattr(self, "log_raw_weight"):
+            return self.log_raw_weight.exp()
+        return torch.tensor(float(self.config.raw_weight))
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if hasattr(self, "log_raw_weight"):  # keep the config's raw_weight equal to the meta-learned value
+            self.config.raw_weight = float(self.log_raw_weight.detach().exp())
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def raw_offset(self) -> Tensor:
         return torch.cat([getattr(self, f"raw_offset_{j}") for j in range(len(self.config.raw_levels))])
 
@@ -212,7 +225,7 @@ class SGPSSegSynthesizer(PreTrainedModel):
         learned = c - raw
         if raw:
             offset[learned:] = self.raw_offset().to(x)
-            gain[learned:] = self.config.raw_weight
+            gain[learned:] = self.raw_gain().to(x)
         if getattr(self.config, "learned_energy_norm", False):
             gain[:learned] = 1 / (x[:, :learned] ** 2).sum(1).mean().clamp_min(1e-12).sqrt()
         x = (x - offset) * gain
