@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 ORDER = ["synthesizer", "synthesizer-prototype", "synthesizer-ridge", "synthesizer-posthoc-previous", "panet-imagenet", "panet-imagenet-all-levels", "finetune", "finetune-previous-64ch", "finetune-imagenet", "mean-mask"]

@@ -5,7 +5,7 @@ ridge / prototype heads on [learned decoder channels, raw standardised encoder s
 per-level 1/sqrt(dim) weighting, PCA on meta-train images. The first grid (learned / raw / concatenated features, alpha 0.5-2,
 lambda 0.03-1) and this finer one were both run on meta-val only; their ranked tables are in benchmarks/seg_selection_meta_val.txt.
 """
-import sys, json, time, itertools
+import sys, json, time
 import numpy as np, torch, torch.nn.functional as F
 torch.set_num_threads(1)
 from sgps_hf import SGPSSegSynthesizer, DEFAULT_SEG_CHECKPOINT

@@ -6,7 +6,6 @@ without a browser; :func:`build_segmentation_tab` lays them out inside the app's
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import threading

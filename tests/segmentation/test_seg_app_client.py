@@ -2,7 +2,6 @@
 
 import socket
 import zipfile
-from pathlib import Path
 
 import huggingface_hub as hfh
 import numpy as np

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
-from seg_testing import TINY_SEG, blob_pair, tiny_seg_synthesizer
+from seg_testing import blob_pair, tiny_seg_synthesizer
 from sgps_hf import SegmentationTask, SGPSSegConfig, SGPSSegSynthesizer, SynthesizedSegmenter
 from sgps_hf.segmentation.segmenter import state_dict_sha256
 
