@@ -22,6 +22,7 @@ class TrainerState:
     history: list[dict[str, float]] = field(default_factory=list)
     pretrain_history: list[dict[str, float]] = field(default_factory=list)
     prior_calibration: dict[str, Any] = field(default_factory=dict)
+    temperature_calibration: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         return {

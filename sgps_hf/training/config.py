@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..models.sgps.configuration_sgps import SUPPORT_VIEWS
+
 
 @dataclass
 class TrainingConfig:
@@ -32,6 +34,10 @@ class TrainingConfig:
     pretrain_samples_per_epoch: int | None = None  # None: as many draws as there are meta-train images
     body_interpolation: float = 1.0
     freeze_body: bool = True
+    # Support views of meta-training episodes (None: the model's support_views). The head's meta-parameters do not
+    # depend on how many views a support image has, so caching two views of every meta-train image instead of all
+    # of them keeps meta-training cheap; meta-val selection and calibration always use the model's own views.
+    train_support_views: list[str] | None = None
     pretrain_batch_size: int = 128
     pretrain_learning_rate: float = 3e-3
     steps: int = 3000
@@ -73,6 +79,13 @@ class TrainingConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.train_support_views is not None:
+            views = self.train_support_views
+            if not (isinstance(views, list) and views and views[0] == "identity" and set(views) <= set(SUPPORT_VIEWS)):
+                raise ValueError(
+                    f"train_support_views must be a list that starts with 'identity' and uses only {', '.join(SUPPORT_VIEWS)}; "
+                    f"got {views!r}."
+                )
         if not 0 <= self.body_interpolation <= 1:
             raise ValueError(f"body_interpolation must be in [0, 1], got {self.body_interpolation!r}.")
         if self.n_way < 2:
@@ -111,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         # SUPPRESS: a flag not given leaves no attribute, so `--max-minutes none` can override a file's value.
         if f.name == "model":
             parser.add_argument(flag, metavar="JSON", type=json.loads, default=argparse.SUPPRESS, help="SGPSConfig overrides as JSON")
-        elif f.name in ("k_shot", "train_sources", "val_sources"):
+        elif f.name in ("k_shot", "train_sources", "val_sources", "train_support_views"):
             parser.add_argument(flag, nargs="+", type=int if f.name == "k_shot" else str, default=argparse.SUPPRESS)
         elif f.type in ("bool",):
             parser.add_argument(flag, type=_bool, metavar="BOOL", default=argparse.SUPPRESS)

@@ -49,7 +49,7 @@ def episode_inputs(
     if features is not None:
         query_views = None
         if rng is not None:
-            views = next(iter(features.values())).shape[1]
+            views = features[(episode.task, episode.class_names[0])].shape[1]  # meta-train and meta-val may differ
             query_views = torch.from_numpy(rng.integers(0, views, size=len(episode.query_labels)))
         support, inputs["query_features"] = episode_features(episode, features, query_views)
         if episode.use_images:

@@ -38,6 +38,7 @@ def export_synthesizer(model: SGPSSynthesizer, folder: Path, config: TrainingCon
                 + ("; frozen, head meta-trained on cached features" if config.freeze_body else "; meta-trained end to end")
             ),
             "text prior strength (chosen on meta-val)": json.dumps(state.prior_calibration.get("chosen", {})),
+            "logit-scale multiplier (temperature, fitted on meta-val)": json.dumps(state.temperature_calibration.get("chosen")),
             "optimizer": f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, seed {config.seed}",
         }
         synthesizer_card(Path(config.output_dir).name, model.config, training).save(staging / "README.md")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,14 +31,17 @@ def pool_features(
     processor: SGPSImageProcessor,
     cache_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 128,
+    views: Sequence[str] | None = None,
 ) -> dict[PoolKey, Tensor]:
-    """``{(task, class): features [m, V, D]}`` for every image of ``pools`` under the model's support views."""
+    """``{(task, class): features [m, V, D]}`` for every image of ``pools`` under ``views`` (default: the model's
+    support views)."""
     from ..data.loading import default_cache_dir
 
     if not pools:
         return {}
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = root / "features" / f"{_cache_key(model, pools)}.safetensors"
+    views = list(views or model.config.support_views)
+    path = root / "features" / f"{_cache_key(model, pools, views)}.safetensors"
     if path.is_file():
         stored = load_file(path)
         return {(pool.task, pool.class_name): stored[str(i)] for i, pool in enumerate(pools)}
@@ -48,7 +52,7 @@ def pool_features(
         for pool in tqdm(pools, desc="Caching body features", leave=False):
             images = torch.from_numpy(pool.images).permute(0, 3, 1, 2)
             parts = [
-                model.support_view_features(processor.normalize_uint8(images[i : i + batch_size]))
+                model.support_view_features(processor.normalize_uint8(images[i : i + batch_size]), views=views)
                 for i in range(0, len(images), batch_size)
             ]
             features[(pool.task, pool.class_name)] = torch.cat(parts).contiguous()
@@ -73,9 +77,9 @@ def episode_features(episode: Episode, features: dict[PoolKey, Tensor], query_vi
     return support, query[torch.arange(len(query)), views]
 
 
-def _cache_key(model: SGPSSynthesizer, pools: list[ClassPool]) -> str:
+def _cache_key(model: SGPSSynthesizer, pools: list[ClassPool], views: list[str]) -> str:
     digest = hashlib.sha256()
-    digest.update(repr((model.config.target_architecture, model.config.support_views, model.config.image_mean, model.config.image_std)).encode())
+    digest.update(repr((model.config.target_architecture, views, model.config.image_mean, model.config.image_std)).encode())
     for name, tensor in sorted(model.body_tensors().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

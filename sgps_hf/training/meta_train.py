@@ -7,9 +7,8 @@ exactly the episodes an uninterrupted run would, and DDP ranks take disjoint epi
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast, set_seed
 from tqdm.auto import tqdm
@@ -133,7 +133,10 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
     unwrapped: SGPSSynthesizer = accelerator.unwrap_model(model)
     features = None
     if config.freeze_body:  # after a resume, so that the restored body is the one featurised
-        features = pool_features(unwrapped, train_pools + val_pools, image_processor)
+        features = {
+            **pool_features(unwrapped, train_pools, image_processor, views=config.train_support_views),
+            **pool_features(unwrapped, val_pools, image_processor),
+        }
         with torch.no_grad():
             unwrapped.feature_mean.copy_(torch.cat([features[(p.task, p.class_name)][:, 0] for p in train_pools]).mean(0))
     deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else None
@@ -188,16 +191,56 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
     accelerator.wait_for_everyone()
     final = output / "final"
     if accelerator.is_main_process:
-        state.prior_calibration = calibrate_prior_strength(unwrapped, val_episodes, image_processor, texts, features)
+        calibrate(unwrapped, state, val_episodes, image_processor, texts, features)
         export_synthesizer(unwrapped, final, config, state, data_summary)
         best = output / "best"
         if best.is_dir():  # the best step's synthesizer gets the same post-hoc calibration
             best_model = SGPSSynthesizer.from_pretrained(best)
-            state.prior_calibration = calibrate_prior_strength(best_model, val_episodes, image_processor, texts, features)
+            calibrate(best_model, state, val_episodes, image_processor, texts, features)
             export_synthesizer(best_model, best, config, state, data_summary)
         plot_learning_curve(output)
     accelerator.end_training()
     return final
+
+
+def calibrate(
+    model: SGPSSynthesizer, state: TrainerState, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    features: dict[PoolKey, torch.Tensor] | None = None,
+) -> None:
+    """The post-hoc calibration on meta-val: first the text prior's strength, then the temperature."""
+    state.prior_calibration = calibrate_prior_strength(model, episodes, processor, texts, features)
+    state.temperature_calibration = calibrate_logit_scale(model, episodes, processor, texts, features)
+
+
+#: Candidate multipliers of the logit scale (a log-spaced grid from 1/4 to 4).
+LOGIT_SCALE_MULTIPLIERS = tuple(float(v) for v in np.exp(np.linspace(np.log(0.25), np.log(4.0), 41)))
+
+
+@torch.no_grad()
+def calibrate_logit_scale(
+    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    features: dict[PoolKey, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Temperature scaling on meta-val episodes with images: the logit-scale multiplier of least query NLL, set on ``model``.
+
+    The meta-learned scale fits the support views of meta-training; synthesis may use more views per image (a
+    tighter ridge fit, so more confident logits), so the scale is refitted where the model is selected. Logits are
+    linear in the scale, so one pass over the episodes serves every candidate. Accuracy is unchanged.
+    """
+    chosen = [e for e in episodes if e.use_images]
+    if not chosen:
+        return {"note": "no meta-val episodes with images: logit scale left as meta-trained"}
+    was_training = model.training
+    model.eval()
+    pairs = []
+    for episode in chosen:
+        inputs = episode_inputs(episode, processor, texts, augment_seed=None, features=features)
+        pairs.append((model(**inputs, return_weights=False).logits, inputs["query_labels"]))
+    model.train(was_training)
+    nll = {m: float(np.mean([nn.functional.cross_entropy(m * logits, labels).item() for logits, labels in pairs])) for m in LOGIT_SCALE_MULTIPLIERS}
+    best = min(LOGIT_SCALE_MULTIPLIERS, key=lambda m: (round(nll[m], 6), abs(math.log(m))))
+    model.log_logit_scale.add_(math.log(best))
+    return {"nll": {f"{m:.3f}": v for m, v in nll.items()}, "chosen": round(best, 4)}
 
 
 #: Candidate strengths of the text prior beside 1 and 5 support images (0 = ignore the texts when images exist).

@@ -129,6 +129,18 @@ def test_bad_k_shot_in_a_file_or_on_the_command_line_is_refused(tmp_path):
         parse_training_args(["--k-shot", "one"])
 
 
+@pytest.mark.parametrize("views", [[], ["hflip", "identity"], ["identity", "shear"], "identity"])
+def test_bad_train_support_views_are_refused(views):
+    with pytest.raises(ValueError, match="train_support_views must be a list that starts with 'identity'"):
+        TrainingConfig(train_support_views=views)
+
+
+def test_train_support_views_from_flags():
+    config, _ = parse_training_args(["--train-support-views", "identity", "zoom"])
+    assert config.train_support_views == ["identity", "zoom"]
+    assert TrainingConfig().train_support_views is None  # default: the model's own support views
+
+
 @pytest.mark.parametrize("text", ["maybe", "2", ""])
 def test_bad_booleans_are_refused_not_read_as_false(text):
     with pytest.raises(SystemExit):
@@ -188,7 +200,7 @@ def test_other_invalid_values_are_refused(field, value, message):
 def test_every_field_has_a_flag():
     """Each config field can be overridden from the command line with its dashed name."""
     for f in dataclasses.fields(TrainingConfig):
-        if f.name in ("model", "k_shot", "train_sources", "val_sources"):
+        if f.name in ("model", "k_shot", "train_sources", "val_sources", "train_support_views"):
             continue
         value = {"bool": "false", "str": "x"}.get(str(f.type), "3")
         if f.name in ("schedule",):

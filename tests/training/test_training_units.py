@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.training import meta_train
 from sgps_hf.training.augment import medical_augment, random_flips
 from sgps_hf.training.feature_cache import episode_features, pool_features
-from sgps_hf.training.meta_train import PRIOR_STRENGTHS, calibrate_prior_strength
+from sgps_hf.training.meta_train import LOGIT_SCALE_MULTIPLIERS, PRIOR_STRENGTHS, calibrate_logit_scale, calibrate_prior_strength
 from sgps_hf.training.pretrain import balanced_weights, interpolate_bodies
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -113,6 +114,16 @@ def test_pool_features_are_the_support_view_features_of_every_image(synth, proce
         torch.testing.assert_close(features[(pool.task, pool.class_name)], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_pool_features_under_other_views_are_cached_apart(synth, processor, tmp_path):
+    chosen = pools()
+    default = pool_features(synth, chosen, processor, cache_dir=tmp_path)
+    fewer = pool_features(synth, chosen, processor, cache_dir=tmp_path, views=["identity"])
+    assert len(sorted((tmp_path / "features").glob("*.safetensors"))) == 2
+    for key, tensor in fewer.items():
+        assert tensor.shape[1] == 1
+        torch.testing.assert_close(tensor[:, 0], default[key][:, 0], rtol=1e-5, atol=1e-6)
+
+
 def test_episode_features_equal_body_features_of_the_episodes_images(synth, processor, tmp_path):
     chosen = pools()
     features = pool_features(synth, chosen, processor, cache_dir=tmp_path)
@@ -136,7 +147,7 @@ def test_the_cache_is_reused_and_a_changed_body_gets_a_new_key(processor, tmp_pa
 
     calls = []
     original = type(synth).support_view_features
-    monkeypatch.setattr(type(synth), "support_view_features", lambda self, x: calls.append(x) or original(self, x))
+    monkeypatch.setattr(type(synth), "support_view_features", lambda self, x, **kw: calls.append(x) or original(self, x, **kw))
     again = pool_features(synth, chosen, processor, cache_dir=tmp_path)
     assert not calls, "the cached features were read, the body did not run"
     assert all(torch.equal(first[k], again[k]) for k in first)
@@ -208,3 +219,47 @@ def test_calibration_without_episodes_leaves_the_prior_alone(processor):
     assert "note" in calibrate_prior_strength(synth, [], processor, FakeTexts(synth.config.text_embed_dim))
     assert torch.equal(synth.prior_coefficients, before)
     assert strength(synth, 1) == pytest.approx(synth.config.prior_init)
+
+
+# -- temperature calibration --------------------------------------------------------------------------------------
+class FixedMarginHead(torch.nn.Module):
+    """A stand-in synthesizer whose query logits are ``scale`` on one class: the true one, except every 3rd query."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.log_logit_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
+
+    def forward(self, num_classes, query_labels, return_weights=False, **inputs):
+        picked = torch.where(torch.arange(len(query_labels)) % 3 == 0, (query_labels + 1) % num_classes, query_labels)
+        logits = self.log_logit_scale.exp() * torch.nn.functional.one_hot(picked, num_classes).float()
+        return SimpleNamespace(logits=logits)
+
+
+def test_temperature_calibration_fits_the_nll_optimal_scale_and_sets_it(processor):
+    episodes = calibration_episodes()
+    texts = FakeTexts(16)
+    # 3-way, 2 of every 3 queries right with margin m: the NLL is least where e^m / (e^m + 2) = 2/3, i.e. m = log 4.
+    for start in (0.5, 4.0):  # under- and over-confident
+        head = FixedMarginHead(start)
+        result = calibrate_logit_scale(head, episodes, processor, texts)
+        assert start * result["chosen"] == pytest.approx(math.log(4), rel=0.04)
+        assert head.log_logit_scale.exp().item() == pytest.approx(start * result["chosen"], rel=1e-3)
+        assert result["nll"][f"{result['chosen']:.3f}"] == pytest.approx(min(result["nll"].values()), abs=1e-6)
+
+
+def test_temperature_calibration_keeps_the_accuracy_of_a_real_synthesizer(processor):
+    synth = tiny_synthesizer(seed=0)
+    texts = FakeTexts(synth.config.text_embed_dim)
+    episodes = calibration_episodes()
+    before = meta_train.evaluate_episodes(synth, episodes, processor, texts)
+    result = calibrate_logit_scale(synth, episodes, processor, texts)
+    assert min(LOGIT_SCALE_MULTIPLIERS) <= result["chosen"] <= max(LOGIT_SCALE_MULTIPLIERS)
+    assert meta_train.evaluate_episodes(synth, episodes, processor, texts) == before  # a temperature never changes argmax
+
+
+def test_temperature_calibration_without_image_episodes_leaves_the_scale_alone(processor):
+    synth = tiny_synthesizer(seed=0)
+    before = synth.log_logit_scale.item()
+    text_only = [type(e)(**{**e.__dict__, "use_images": False}) for e in calibration_episodes()]
+    assert "note" in calibrate_logit_scale(synth, text_only, processor, FakeTexts(synth.config.text_embed_dim))
+    assert synth.log_logit_scale.item() == before

@@ -11,7 +11,10 @@ from transformers import PretrainedConfig
 from ...body.text_encoder import DEFAULT_TEXT_ENCODER
 from ...body.timm_network import TARGET_MODEL_ARGS
 
-SUPPORT_VIEWS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose")
+#: The eight dihedral transforms of a square image, and the central ``ZOOM_FRACTION`` crop resized back to full size
+#: (with its mirror image): scale is the one nuisance of medical images that flips and rotations do not cover.
+SUPPORT_VIEWS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose", "zoom", "zoom_hflip")
+ZOOM_FRACTION = 0.75
 
 
 class SGPSConfig(PretrainedConfig):
@@ -41,7 +44,7 @@ class SGPSConfig(PretrainedConfig):
         hidden_size (`int`): width of the text -> class-weight generator.
         text_dropout_rate (`float`): dropout inside that generator while meta-training.
         support_views (`list[str]`): deterministic support augmentation inside synthesis: every support
-            image also enters the head under these dihedral transforms (of `SUPPORT_VIEWS`).
+            image also enters the head under these transforms (of `SUPPORT_VIEWS`: dihedral ones and a central zoom).
         ridge_init (`float`): initial ridge regulariser of the closed-form head (relative to the mean
             squared feature norm).
         prior_init (`float`): strength of the text-generated prior mean beside images until it is calibrated

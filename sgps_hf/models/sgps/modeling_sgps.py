@@ -5,8 +5,8 @@ full state dict of a timm classifier, with no gradient step:
 
 1. The body is the meta-learned base (by default ImageNet EfficientNet-Lite0 at 128 px); it is copied
    unchanged into every classifier, BatchNorm running statistics included.
-2. Each support image enters under the dihedral ``support_views`` (identity and horizontal flip by
-   default): deterministic support augmentation.
+2. Each support image enters under the ``support_views`` (flips, rotations and a central zoom; identity and
+   horizontal flip by default): deterministic support augmentation.
 3. The clinical texts generate a class weight each (``text_to_weight``), used as the prior mean of the
    head with a meta-learned, shot-dependent strength.
 4. The head is solved in closed form from the support features (:mod:`sgps_hf.models.sgps.heads`: standardised
@@ -22,14 +22,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration_sgps import SGPSConfig
+from .configuration_sgps import ZOOM_FRACTION, SGPSConfig
 from ...errors import SynthesisError
 from ...hub.atomic import save_pretrained_atomically
 from ...hub.checkpoints import load_checked, own_tensors, prepare_load
@@ -126,14 +126,19 @@ class SGPSSynthesizer(PreTrainedModel):
         return embed_tokens(encoder, input_ids.cpu(), attention_mask.cpu()).to(self.device)
 
     # -- features -------------------------------------------------------------------------------
-    def support_view_features(self, pixel_values: Tensor, embed: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-        """Body features of every support image under every ``support_views`` transform: [S, V, D].
+    def support_view_features(
+        self, pixel_values: Tensor, embed: Callable[[Tensor], Tensor] | None = None, views: Sequence[str] | None = None
+    ) -> Tensor:
+        """Body features of every support image under every view transform: [S, V, D].
 
-        ``embed`` maps images to body features (default: this model's body; the benchmark passes a memo of it).
+        ``views`` defaults to the config's ``support_views`` (meta-training may cache fewer, see
+        ``TrainingConfig.train_support_views``). ``embed`` maps images to body features (default: this model's
+        body; the benchmark passes a memo of it).
         """
+        views = list(views or self.config.support_views)
         embed = embed or (lambda images: body_features(self.target, self.body_tensors(), images))
-        views = torch.cat([apply_view(pixel_values, view) for view in self.config.support_views])  # one batched pass
-        return embed(views).view(len(self.config.support_views), pixel_values.shape[0], -1).transpose(0, 1)
+        batch = torch.cat([apply_view(pixel_values, view) for view in views])  # one batched pass
+        return embed(batch).view(len(views), pixel_values.shape[0], -1).transpose(0, 1)
 
     def body_tensors(self) -> dict[str, Tensor]:
         return {**dict(self.target.named_parameters()), **dict(self.target.named_buffers())}
@@ -266,7 +271,7 @@ class SGPSSynthesizer(PreTrainedModel):
 
 
 def apply_view(images: Tensor, view: str) -> Tensor:
-    """One of the dihedral ``SUPPORT_VIEWS`` of a batch [N, C, H, W] (square images)."""
+    """One of the ``SUPPORT_VIEWS`` of a batch [N, C, H, W] (square images)."""
     if view == "identity":
         return images
     if view == "hflip":
@@ -275,5 +280,15 @@ def apply_view(images: Tensor, view: str) -> Tensor:
         return images.flip(-2)
     if view == "transpose":
         return images.transpose(-2, -1)
+    if view == "antitranspose":  # the reflection about the other diagonal
+        return images.transpose(-2, -1).flip(-2).flip(-1)
+    if view in ("zoom", "zoom_hflip"):
+        size = images.shape[-1]
+        crop = max(1, round(size * ZOOM_FRACTION))
+        start = (size - crop) // 2
+        zoomed = nn.functional.interpolate(
+            images[..., start : start + crop, start : start + crop], size=(size, size), mode="bilinear", align_corners=False
+        )
+        return zoomed.flip(-1) if view == "zoom_hflip" else zoomed
     turns = {"rot90": 1, "rot180": 2, "rot270": 3}[view]
     return torch.rot90(images, turns, dims=(-2, -1))

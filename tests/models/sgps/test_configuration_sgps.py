@@ -95,7 +95,7 @@ def test_auto_config_for_model_type():
 
 def test_every_support_view_is_accepted():
     assert SGPSConfig(support_views=list(SUPPORT_VIEWS)).support_views == list(SUPPORT_VIEWS)
-    assert SUPPORT_VIEWS[0] == "identity" and len(set(SUPPORT_VIEWS)) == 7
+    assert SUPPORT_VIEWS[0] == "identity" and len(set(SUPPORT_VIEWS)) == 10
 
 
 def test_invalid_config_json_is_rejected_on_load(tmp_path):

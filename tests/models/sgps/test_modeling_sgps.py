@@ -234,17 +234,57 @@ def test_support_features_replace_the_pixels_exactly(synth, processor, tasks, qu
     torch.testing.assert_close(from_features.logits, from_pixels.logits, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("view", SUPPORT_VIEWS)
+DIHEDRAL_VIEWS = [view for view in SUPPORT_VIEWS if not view.startswith("zoom")]
+
+
+@pytest.mark.parametrize("view", DIHEDRAL_VIEWS)
 def test_apply_view_is_the_named_dihedral_transform(view):
     images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     expected = {
         "identity": images, "hflip": torch.flip(images, [-1]), "vflip": torch.flip(images, [-2]),
         "rot90": torch.rot90(images, 1, (-2, -1)), "rot180": torch.flip(images, [-2, -1]),
         "rot270": torch.rot90(images, -1, (-2, -1)), "transpose": images.permute(0, 1, 3, 2),
+        "antitranspose": torch.rot90(images.permute(0, 1, 3, 2), 2, (-2, -1)),
     }[view]
     assert torch.equal(apply_view(images, view), expected)
     # each view is a permutation of the pixels of each image and channel
     assert torch.equal(apply_view(images, view).flatten(2).sort(-1).values, images.flatten(2).sort(-1).values)
+
+
+def test_the_eight_dihedral_views_are_distinct_and_closed_under_composition():
+    images = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
+    outputs = {view: apply_view(images, view) for view in DIHEDRAL_VIEWS}
+    assert len({tuple(out.flatten().tolist()) for out in outputs.values()}) == 8
+    for first in DIHEDRAL_VIEWS:
+        for second in DIHEDRAL_VIEWS:
+            composed = apply_view(outputs[first], second)
+            assert any(torch.equal(composed, out) for out in outputs.values())
+
+
+def test_zoom_views_are_the_central_crop_resized_and_its_mirror():
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    zoomed = apply_view(images, "zoom")
+    assert zoomed.shape == images.shape
+    expected = torch.nn.functional.interpolate(images[..., 2:14, 2:14], size=(16, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(zoomed, expected, rtol=0, atol=0)
+    assert torch.equal(apply_view(images, "zoom_hflip"), zoomed.flip(-1))
+    # a constant image stays constant; the border (outside the central 75%) does not reach the zoomed view
+    framed = torch.zeros(1, 1, 16, 16)
+    framed[..., :2, :] = framed[..., -2:, :] = framed[..., :, :2] = framed[..., :, -2:] = 1.0
+    assert torch.equal(apply_view(framed, "zoom"), torch.zeros(1, 1, 16, 16))
+    assert torch.allclose(apply_view(torch.full((1, 1, 16, 16), 0.3), "zoom"), torch.full((1, 1, 16, 16), 0.3))
+
+
+def test_support_view_features_take_an_explicit_view_list(processor, tasks):
+    synth = tiny_synthesizer(seed=0)
+    pixels = processor.prepare_task(tasks["mixed"])["support_pixel_values"]
+    with torch.no_grad():
+        default = synth.support_view_features(pixels)
+        chosen = synth.support_view_features(pixels, views=["identity", "zoom", "antitranspose"])
+        direct = synth.target(apply_view(pixels, "zoom"))
+    assert default.shape[1] == len(synth.config.support_views) and chosen.shape[1] == 3
+    torch.testing.assert_close(chosen[:, 0], default[:, 0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chosen[:, 1], direct, rtol=1e-5, atol=1e-6)
 
 
 def test_support_view_features_of_a_flipped_support_set(processor, tasks):
