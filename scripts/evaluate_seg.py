@@ -21,8 +21,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import torch  # noqa: E402
 
 from sgps_hf import DEFAULT_SEG_CHECKPOINT, SGPSSegConfig, SGPSSegSynthesizer  # noqa: E402
-from sgps_hf.segmentation.benchmark import BenchmarkConfig, paired_difference, run_benchmark, summarize  # noqa: E402
-from sgps_hf.segmentation.data import load_seg_dataset, seg_splits, task_arrays  # noqa: E402
+from sgps_hf.evaluation.segmentation import BenchmarkConfig, paired_difference, run_benchmark, summarize  # noqa: E402
+from sgps_hf.data.segmentation import load_seg_dataset, seg_splits, task_arrays  # noqa: E402
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ main["protocol"]["carried_over"] = {"methods": [m.partition(":")[2] or m for m i
                                     "from": {k: earlier["protocol"][k] for k in ("checkpoint", "finetune_imagenet_steps", "finetune_imagenet_lr", "wall_s")}}
 # paired differences against carried-over methods that kept their per-episode Dice (same episodes, prefix-stable)
 sys.path.insert(0, str(B.parent))
-from sgps_hf.segmentation.benchmark import paired_difference  # noqa: E402
+from sgps_hf.evaluation.segmentation import paired_difference  # noqa: E402
 
 for spec in methods:
     dst = spec.partition(":")[2] or spec

@@ -9,9 +9,9 @@ import sys, json, time
 import numpy as np, torch, torch.nn.functional as F
 torch.set_num_threads(1)
 from sgps_hf import SGPSSegSynthesizer, DEFAULT_SEG_CHECKPOINT
-from sgps_hf.segmentation.data import load_seg_dataset, seg_splits, task_arrays, EpisodeSampler
-from sgps_hf.segmentation.meta_train import FeatureBank, dice_scores
-from sgps_hf.segmentation.benchmark import panet_predict
+from sgps_hf.data.segmentation import load_seg_dataset, seg_splits, task_arrays, EpisodeSampler
+from sgps_hf.training.seg_meta_train import FeatureBank, dice_scores
+from sgps_hf.evaluation.segmentation import panet_predict
 split = sys.argv[1]; n_ep = int(sys.argv[2])
 sp = seg_splits()
 model = SGPSSegSynthesizer.from_pretrained(DEFAULT_SEG_CHECKPOINT).eval()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from sgps_hf import DEFAULT_SEG_CHECKPOINT, SegmentationTask, SGPSSegSynthesizer
-from sgps_hf.segmentation.data import load_seg_dataset, seg_splits, task_arrays
-from sgps_hf.segmentation.metrics import dice_iou
+from sgps_hf.data.segmentation import load_seg_dataset, seg_splits, task_arrays
+from sgps_hf.evaluation.metrics import dice_iou
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("torch_single_thread")]
 

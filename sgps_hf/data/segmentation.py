@@ -26,7 +26,7 @@ from PIL import Image as PILImage
 from ..errors import DataError
 
 SEG_DATA_ENV = "SGPS_SEG_DATA_DIR"
-SPLITS_FILE = Path(__file__).resolve().parent / "configs" / "splits.yaml"
+SPLITS_FILE = Path(__file__).resolve().parent / "configs" / "seg_splits.yaml"
 SPLIT_NAMES = ("meta_train", "meta_val", "held_out")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 FEATURES = Features(

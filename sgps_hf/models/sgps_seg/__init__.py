@@ -10,7 +10,7 @@ from .segmenter import SynthesizedSegmenter
 from .task import SegmentationTask
 
 #: The bundled, meta-trained segmentation synthesizer (a local folder: works offline).
-DEFAULT_SEG_CHECKPOINT = str(Path(__file__).resolve().parents[1] / "checkpoints" / "sgps-seg-lite0-128")
+DEFAULT_SEG_CHECKPOINT = str(Path(__file__).resolve().parents[2] / "checkpoints" / "sgps-seg-lite0-128")
 
 AutoConfig.register(SGPSSegConfig.model_type, SGPSSegConfig, exist_ok=True)
 AutoModel.register(SGPSSegConfig, SGPSSegSynthesizer, exist_ok=True)
