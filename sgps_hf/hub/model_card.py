@@ -169,6 +169,7 @@ def segmenter_card(segmenter: Any, repo_id: str | None = None) -> ModelCard:
         template_path=str(_template("segmenter.md.j2")),
         task=task,
         info=info,
+        synthesizer=display_name(info["synthesizer"]["name_or_path"]),
         repo_id=repo_id or "<your-user>/<this-repo>",
     )
 

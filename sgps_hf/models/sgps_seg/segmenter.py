@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...hub.checkpoints import state_dict_sha256
+from ...hub.checkpoints import state_dict_sha256, synthesizer_reference
 from ...errors import CheckpointError, InvalidTaskError
 from ...imaging import ImageInput
 from .processing_sgps_seg import load_mask, load_rgb
@@ -32,15 +32,10 @@ def build_info(task: "SegmentationTask", synthesizer: "PreTrainedModel", head: s
 
     config = synthesizer.config
     training = getattr(config, "training_tasks", None)
-    name = str(getattr(config, "name_or_path", "") or "unsaved")
-    bundled = Path(__file__).resolve().parents[2] / "checkpoints"
-    if name != "unsaved" and Path(name).is_dir() and Path(name).resolve().parent == bundled:
-        name = f"sgps-hf bundled {Path(name).name}"  # no local paths in shared cards
-    revision = getattr(config, "_commit_hash", None) or "sha256:" + state_dict_sha256(synthesizer.state_dict())[:16]
     return {
         "task": task.to_dict(),
         "head": head,
-        "synthesizer": {"name_or_path": name, "revision": revision, **({"training_tasks": ", ".join(training)} if training else {})},
+        "synthesizer": {**synthesizer_reference(synthesizer), **({"training_tasks": ", ".join(training)} if training else {})},
         "segmenter": {"backbone": config.backbone, "hidden_size": config.hidden_size, "image_size": config.image_size,
                       "raw_channels": synthesizer.raw_channels if getattr(config, "raw_levels", None) else 0},
         "sgps_hf_version": __version__,

@@ -10,12 +10,11 @@ import numpy as np
 from PIL import Image
 
 from ...errors import ImageLoadError, InvalidTaskError
-from ...imaging import image_fingerprint
+from ...imaging import IMAGE_SUFFIXES, image_fingerprint
 from .processing_sgps_seg import load_mask, load_rgb, mask_fingerprint
 
 #: At most this many examples (the synthesizer is meta-trained on 1..8; more still work, slower).
 MAX_EXAMPLES = 64
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
 
 class SegmentationTask:
