@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-# scripts/evaluate.py would shadow the `evaluate` library: drop this script's folder from sys.path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
 
-import torch  # noqa: E402
-
-from sgps_hf import DEFAULT_SEG_CHECKPOINT, SGPSSegConfig, SGPSSegSynthesizer  # noqa: E402
-from sgps_hf.segmentation.benchmark import BenchmarkConfig, paired_difference, run_benchmark, summarize  # noqa: E402
-from sgps_hf.segmentation.data import load_seg_dataset, seg_splits, task_arrays  # noqa: E402
+from sgps_hf import DEFAULT_SEG_CHECKPOINT, SGPSSegConfig, SGPSSegSynthesizer
+from sgps_hf.evaluation.segmentation import BenchmarkConfig, paired_difference, run_benchmark, summarize
+from sgps_hf.data.segmentation import load_seg_dataset, seg_splits, task_arrays
 
 
 def main() -> None:

@@ -6,12 +6,18 @@ fresh decoder, seeded) and only when the earlier run used the same tasks, seed, 
 first ``episodes_per_task_and_k`` of this run's (EpisodeSampler.fixed is prefix-stable). A method that did depend
 on the earlier checkpoint must be renamed (``SRC:DST``, e.g. ``finetune:finetune-previous-64ch``). Recorded under
 ``protocol.carried_over``."""
+import argparse
 import json
 import sys
 from pathlib import Path
 
 B = Path(__file__).resolve().parents[1] / "benchmarks"
-split, earlier_file, methods = sys.argv[1], sys.argv[2], sys.argv[3:]
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("split", help="held_out, meta_val or meta_train: merges into benchmarks/seg_results_<split>.json")
+parser.add_argument("earlier_file", help="the earlier run's results JSON")
+parser.add_argument("methods", nargs="*", help="methods to carry over, METHOD or SRC:DST")
+args = parser.parse_args()
+split, earlier_file, methods = args.split, args.earlier_file, args.methods
 main = json.loads((B / f"seg_results_{split}.json").read_text())
 earlier = json.loads(Path(earlier_file).read_text())
 for key in ("tasks", "seed", "queries_per_episode", "ks"):
@@ -29,7 +35,7 @@ main["protocol"]["carried_over"] = {"methods": [m.partition(":")[2] or m for m i
                                     "from": {k: earlier["protocol"][k] for k in ("checkpoint", "finetune_imagenet_steps", "finetune_imagenet_lr", "wall_s")}}
 # paired differences against carried-over methods that kept their per-episode Dice (same episodes, prefix-stable)
 sys.path.insert(0, str(B.parent))
-from sgps_hf.segmentation.benchmark import paired_difference  # noqa: E402
+from sgps_hf.evaluation.segmentation import paired_difference  # noqa: E402
 
 for spec in methods:
     dst = spec.partition(":")[2] or spec

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from sgps_hf import SGPSSegConfig, SGPSSegSynthesizer
-from sgps_hf.segmentation.data import load_seg_dataset, seg_splits, task_arrays
-from sgps_hf.segmentation.meta_train import FeatureBank, SegTrainingConfig
+from sgps_hf.data.segmentation import load_seg_dataset, seg_splits, task_arrays
+from sgps_hf.training.seg_meta_train import FeatureBank, SegTrainingConfig
 
 CONFIG_KEYS = ("raw_levels", "raw_dims", "raw_weight", "learned_energy_norm", "prototype_max_k", "head")
 

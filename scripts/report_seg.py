@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -90,6 +91,7 @@ def plot(result: dict, target: Path) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()  # no options; --help must not rewrite the report
     held, val, train = load("held_out"), load("meta_val"), load("meta_train")
     if held is None:
         raise SystemExit("run scripts/evaluate_seg.py --split held_out first")

@@ -5,14 +5,18 @@ ridge / prototype heads on [learned decoder channels, raw standardised encoder s
 per-level 1/sqrt(dim) weighting, PCA on meta-train images. The first grid (learned / raw / concatenated features, alpha 0.5-2,
 lambda 0.03-1) and this finer one were both run on meta-val only; their ranked tables are in benchmarks/seg_selection_meta_val.txt.
 """
-import sys, json, time
+import argparse, json, time
 import numpy as np, torch, torch.nn.functional as F
 torch.set_num_threads(1)
 from sgps_hf import SGPSSegSynthesizer, DEFAULT_SEG_CHECKPOINT
-from sgps_hf.segmentation.data import load_seg_dataset, seg_splits, task_arrays, EpisodeSampler
-from sgps_hf.segmentation.meta_train import FeatureBank, dice_scores
-from sgps_hf.segmentation.benchmark import panet_predict
-split = sys.argv[1]; n_ep = int(sys.argv[2])
+from sgps_hf.data.segmentation import load_seg_dataset, seg_splits, task_arrays, EpisodeSampler
+from sgps_hf.training.seg_meta_train import FeatureBank, dice_scores
+from sgps_hf.evaluation.segmentation import panet_predict
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("split", help="meta_val (the selection split) or another split of seg_splits.yaml")
+parser.add_argument("episodes", type=int, help="episodes per task and K")
+args = parser.parse_args()
+split, n_ep = args.split, args.episodes
 sp = seg_splits()
 model = SGPSSegSynthesizer.from_pretrained(DEFAULT_SEG_CHECKPOINT).eval()
 t0=time.time()

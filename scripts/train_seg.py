@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from sgps_hf.segmentation.meta_train import SegTrainingConfig, train
+from sgps_hf.training.seg_meta_train import SegTrainingConfig, train
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from .models.sgps.image_processing_sgps import SGPSImageProcessor  # noqa: E402
 from .models.sgps.modeling_sgps import SGPSOutput, SGPSSynthesizer  # noqa: E402
 from .models.sgps.processing_sgps import SGPSProcessor  # noqa: E402
 from .task import ClassSpec, TaskSpec  # noqa: E402
-from .segmentation import DEFAULT_SEG_CHECKPOINT, SegmentationTask, SGPSSegConfig, SGPSSegSynthesizer, SynthesizedSegmenter  # noqa: E402
+from .models.sgps_seg import DEFAULT_SEG_CHECKPOINT, SegmentationTask, SGPSSegConfig, SGPSSegSynthesizer, SynthesizedSegmenter  # noqa: E402
 
 AutoConfig.register(SGPSConfig.model_type, SGPSConfig, exist_ok=True)
 AutoModel.register(SGPSConfig, SGPSSynthesizer, exist_ok=True)

@@ -35,6 +35,8 @@ MAX_DICOM_VALUES = 4 * MAX_IMAGE_PIXELS  # all frames x samples of a DICOM volum
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 #: The file suffixes taken as images wherever a folder is scanned (a dataset folder, the app's examples).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}) | DICOM_SUFFIXES
+#: The image suffixes PIL decodes itself: what ``datasets.Image`` features can hold (they decode with PIL, so no DICOM).
+PIL_IMAGE_SUFFIXES = IMAGE_SUFFIXES - DICOM_SUFFIXES
 _CHUNK_VALUES = 1 << 22  # high-bit-depth images are rescaled to 8 bits this many values at a time (bounded scratch memory)
 # Bytes per pixel of PIL's in-memory storage, per mode (unknown modes count as 4).
 _PIL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}

@@ -110,3 +110,23 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Segmentation (tests/seg_testing.py): a tiny untrained 32 px synthesizer and a task of synthetic blobs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_synth():
+    from seg_testing import tiny_seg_synthesizer
+
+    return tiny_seg_synthesizer(0)
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    from sgps_hf import SegmentationTask
+    from seg_testing import blob_pair
+
+    return SegmentationTask("blob", [blob_pair(i) for i in range(3)], description="bright disc")

@@ -96,7 +96,7 @@ def build_demo(
         gr.Markdown(f"Synthesizer: `{handle.name}`")
         ui = _layout(examples, limits)
         _wire(ui, ctx, examples)
-        from ..segmentation.app_tab import build_segmentation_tab  # the segmentation tab (sgps_hf/segmentation)
+        from .segmentation import build_segmentation_tab
 
         build_segmentation_tab()
     demo.queue(default_concurrency_limit=limits.concurrency_limit, max_size=limits.queue_size)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import SGPSError
-from ..segmentation.cli import register as register_segment
+from .segment import register as register_segment
 from .commands import (
     register_demo, register_evaluate, register_predict, register_push, register_quickstart, register_synthesize, register_train,
     register_update,

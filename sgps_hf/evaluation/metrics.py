@@ -1,4 +1,4 @@
-"""Classification metrics shared by the classifier's self-evaluation and the benchmark."""
+"""Metrics shared by the synthesized models' self-evaluation (classifier, segmenter) and the benchmarks."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def classification_metrics(probs: np.ndarray, labels: Sequence[int], num_classes
 # The benchmark's metrics: local ``evaluate`` modules shipped in ``metric_modules/<name>/<name>.py``.
 
 #: Names of the packaged metric modules.
-METRIC_NAMES = ("accuracy", "macro_f1", "auroc", "ece")
+METRIC_NAMES = ("accuracy", "macro_f1", "auroc", "ece", "dice", "iou")
 
 
 def metric_module_path(name: str) -> Path:
@@ -71,3 +71,15 @@ def mean_ci(values: Iterable[float]) -> dict[str, float]:
 def episode_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Query accuracy of one episode's logits (the per-episode score every criterion averages)."""
     return (logits.argmax(-1) == labels).float().mean().item()
+
+
+def dice_iou(predictions: Sequence[np.ndarray], references: Sequence[np.ndarray], per_image: bool = False) -> dict[str, Any]:
+    """Mean per-image Dice and IoU of binary masks (and the per-image lists with ``per_image=True``)."""
+    preds = [np.asarray(p, dtype=bool) for p in predictions]
+    refs = [np.asarray(r, dtype=bool) for r in references]
+    dice = load_metric("dice").compute(predictions=preds, references=refs)
+    iou = load_metric("iou").compute(predictions=preds, references=refs)
+    out: dict[str, Any] = {"dice": dice["dice"], "iou": iou["iou"]}
+    if per_image:
+        out["dice_per_image"], out["iou_per_image"] = dice["per_image"], iou["per_image"]
+    return out

@@ -24,6 +24,8 @@ from .safetensors_checks import check_tensors, expected_tensors, read_header, re
 BUNDLED_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 #: The bundled default classification synthesizer.
 DEFAULT_CHECKPOINT = str(BUNDLED_CHECKPOINTS / "sgps-lite0-128")
+#: The bundled segmentation synthesizer.
+DEFAULT_SEG_CHECKPOINT = str(BUNDLED_CHECKPOINTS / "sgps-seg-lite0-128")
 BUNDLED_PREFIX = "sgps_hf/checkpoints/"
 
 

@@ -1,4 +1,4 @@
-"""Model cards for synthesized classifiers and for the synthesizer, rendered from ``templates/*.j2`` (package data)."""
+"""Model cards for synthesized classifiers and segmenters and for the synthesizer, rendered from ``templates/*.j2`` (package data)."""
 
 from __future__ import annotations
 
@@ -148,6 +148,29 @@ def classifier_card(classifier: Any, repo_id: str | None = None, support_include
         num_support=sum(c["num_images"] for c in task["classes"]),
         support_included=support_included,
         versions=[v.get("version", 1) for v in getattr(classifier, "versions", [])],
+    )
+
+
+def segmenter_card(segmenter: Any, repo_id: str | None = None) -> ModelCard:
+    """The card of a synthesized segmenter (its ``info``): metadata, label, example fingerprints, provenance."""
+    info = segmenter.info
+    task = info["task"]
+    eval_results = user_eval_results("image-segmentation", task["name"], info.get("metrics"), ("dice", "iou"))
+    card_data = ModelCardData(
+        library_name="transformers",
+        license=LICENSE,
+        pipeline_tag="image-segmentation",
+        tags=["image-segmentation", "upernet", "medical-imaging", "sgps-hf", "synthesized", "few-shot"],
+        model_name=repo_id or task["name"],
+        eval_results=eval_results,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(_template("segmenter.md.j2")),
+        task=task,
+        info=info,
+        synthesizer=display_name(info["synthesizer"]["name_or_path"]),
+        repo_id=repo_id or "<your-user>/<this-repo>",
     )
 
 

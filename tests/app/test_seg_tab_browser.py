@@ -69,7 +69,7 @@ def test_segmentation_tab_in_a_browser(app_server, browser, tmp_path):
 
     from sgps_hf import SegmentationTask
     from sgps_hf.imaging import load_image
-    from sgps_hf.segmentation.app_tab import get_synthesizer
+    from sgps_hf.app.segmentation import get_synthesizer
 
     expect.set_options(timeout=60_000)
     _, url = app_server

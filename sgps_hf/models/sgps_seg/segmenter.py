@@ -13,33 +13,29 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..hub.checkpoints import state_dict_sha256
-from ..errors import CheckpointError, InvalidTaskError
-from ..imaging import ImageInput
+from ...hub.checkpoints import state_dict_sha256, synthesizer_reference
+from ...errors import CheckpointError, InvalidTaskError
+from ...imaging import ImageInput
 from .processing_sgps_seg import load_mask, load_rgb
 
 if TYPE_CHECKING:
-    from .modeling_sgps_seg import SGPSSegSynthesizer
+    from transformers import PreTrainedModel
+
     from .task import SegmentationTask
 
 TASK_FILE = "sgps_seg_task.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def build_info(task: "SegmentationTask", synthesizer: "SGPSSegSynthesizer", head: str) -> dict[str, Any]:
-    from ..version import __version__
+def build_info(task: "SegmentationTask", synthesizer: "PreTrainedModel", head: str) -> dict[str, Any]:
+    from ...version import __version__
 
     config = synthesizer.config
     training = getattr(config, "training_tasks", None)
-    name = str(getattr(config, "name_or_path", "") or "unsaved")
-    bundled = Path(__file__).resolve().parents[1] / "checkpoints"
-    if name != "unsaved" and Path(name).is_dir() and Path(name).resolve().parent == bundled:
-        name = f"sgps-hf bundled {Path(name).name}"  # no local paths in shared cards
-    revision = getattr(config, "_commit_hash", None) or "sha256:" + state_dict_sha256(synthesizer.state_dict())[:16]
     return {
         "task": task.to_dict(),
         "head": head,
-        "synthesizer": {"name_or_path": name, "revision": revision, **({"training_tasks": ", ".join(training)} if training else {})},
+        "synthesizer": {**synthesizer_reference(synthesizer), **({"training_tasks": ", ".join(training)} if training else {})},
         "segmenter": {"backbone": config.backbone, "hidden_size": config.hidden_size, "image_size": config.image_size,
                       "raw_channels": synthesizer.raw_channels if getattr(config, "raw_levels", None) else 0},
         "sgps_hf_version": __version__,
@@ -92,8 +88,7 @@ class SynthesizedSegmenter:
 
     def evaluate(self, labelled: Sequence[tuple[ImageInput, Any]]) -> dict[str, float]:
         """Mean per-image Dice and IoU on user-supplied (image, mask) pairs; kept for the model card."""
-        from ..evaluation.metrics import load_metric  # noqa: F401 (keeps the evaluation package importable)
-        from .metrics import dice_iou
+        from ...evaluation.metrics import dice_iou
 
         pairs = list(labelled)
         if not pairs:
@@ -107,8 +102,8 @@ class SynthesizedSegmenter:
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, repo_id: str | None = None) -> Path:
         """Write a plain transformers folder: config.json, model.safetensors, preprocessor_config.json, README.md, sidecar."""
-        from ..hub.atomic import atomic_directory
-        from .card import segmenter_card
+        from ...hub.atomic import atomic_directory
+        from ...hub.model_card import segmenter_card
 
         with atomic_directory(save_directory) as staging:
             self.model.save_pretrained(staging, safe_serialization=True)

@@ -8,7 +8,7 @@ import pytest
 from datasets import Dataset, Image as ImageFeature
 
 from sgps_hf.errors import DataError
-from sgps_hf.segmentation.data import EpisodeSampler, from_hf_dataset, load_seg_dataset, seg_splits, task_arrays
+from sgps_hf.data.segmentation import EpisodeSampler, from_hf_dataset, load_seg_dataset, seg_splits, task_arrays
 
 SEG_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data-seg"
 needs_data = pytest.mark.skipif(not SEG_DATA.is_dir(), reason="../shared/data-seg is not available")

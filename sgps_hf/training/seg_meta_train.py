@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import yaml
 
-from .configuration_sgps_seg import SGPSSegConfig
-from .data import EpisodeSampler, TaskArrays, load_seg_dataset, seg_splits, task_arrays
-from .modeling_sgps_seg import SGPSSegSynthesizer, segmentation_loss
+from ..models.sgps_seg.configuration_sgps_seg import SGPSSegConfig
+from ..data.segmentation import EpisodeSampler, TaskArrays, load_seg_dataset, seg_splits, task_arrays
+from ..models.sgps_seg.modeling_sgps_seg import SGPSSegSynthesizer, segmentation_loss
 
 
 @dataclass

@@ -1,16 +1,12 @@
 """Few-shot medical image segmentation without retraining: examples with masks in, a standalone UperNet out."""
 
-from pathlib import Path
-
 from transformers import AutoConfig, AutoModel
 
+from ...hub.checkpoints import DEFAULT_SEG_CHECKPOINT
 from .configuration_sgps_seg import SGPSSegConfig
 from .modeling_sgps_seg import SGPSSegOutput, SGPSSegSynthesizer
 from .segmenter import SynthesizedSegmenter
 from .task import SegmentationTask
-
-#: The bundled, meta-trained segmentation synthesizer (a local folder: works offline).
-DEFAULT_SEG_CHECKPOINT = str(Path(__file__).resolve().parents[1] / "checkpoints" / "sgps-seg-lite0-128")
 
 AutoConfig.register(SGPSSegConfig.model_type, SGPSSegConfig, exist_ok=True)
 AutoModel.register(SGPSSegConfig, SGPSSegSynthesizer, exist_ok=True)

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from sgps_hf import DEFAULT_SEG_CHECKPOINT, SegmentationTask, SGPSSegSynthesizer
-from sgps_hf.segmentation.data import load_seg_dataset, seg_splits, task_arrays
-from sgps_hf.segmentation.metrics import dice_iou
+from sgps_hf.data.segmentation import load_seg_dataset, seg_splits, task_arrays
+from sgps_hf.evaluation.metrics import dice_iou
+from sgps_hf.hub.checkpoints import resolve_checkpoint
+from sgps_hf.hub.model_card import segmenter_card
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("torch_single_thread")]
 
@@ -29,6 +31,10 @@ def test_default_checkpoint_loads_offline_and_beats_trivial_masks(monkeypatch):
     assert dice > everything + 0.05, (dice, everything)
     again = synth.synthesize(task)
     assert again.info["weights_sha256"] == segmenter.info["weights_sha256"]
+    # provenance names the bundled checkpoint by its package-relative name (loadable, no local path), like a classifier's
+    reference = segmenter.info["synthesizer"]["name_or_path"]
+    assert reference == "sgps_hf/checkpoints/sgps-seg-lite0-128" and resolve_checkpoint(reference) == DEFAULT_SEG_CHECKPOINT
+    assert DEFAULT_SEG_CHECKPOINT not in segmenter_card(segmenter).text
 
 
 @pytest.mark.e2e

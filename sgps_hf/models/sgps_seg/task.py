@@ -9,13 +9,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageLoadError, InvalidTaskError
-from ..imaging import image_fingerprint
+from ...errors import ImageLoadError, InvalidTaskError
+from ...imaging import IMAGE_SUFFIXES, image_fingerprint
 from .processing_sgps_seg import load_mask, load_rgb, mask_fingerprint
 
 #: At most this many examples (the synthesizer is meta-trained on 1..8; more still work, slower).
 MAX_EXAMPLES = 64
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
 
 class SegmentationTask:

@@ -24,11 +24,11 @@ from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
 from ..errors import DataError
+from ..imaging import PIL_IMAGE_SUFFIXES
 
 SEG_DATA_ENV = "SGPS_SEG_DATA_DIR"
-SPLITS_FILE = Path(__file__).resolve().parent / "configs" / "splits.yaml"
+SPLITS_FILE = Path(__file__).resolve().parent / "configs" / "seg_splits.yaml"
 SPLIT_NAMES = ("meta_train", "meta_val", "held_out")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 FEATURES = Features(
     {
         "image": Image(),
@@ -72,13 +72,13 @@ def list_pairs(task_dir: Path) -> dict[str, list[tuple[str, Path, Path]]]:
     images_dir, masks_dir = task_dir / "images", task_dir / "masks"
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise DataError(f"{task_dir} is not in the segmentation layout: it needs images/ and masks/<label>/ folders.")
-    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in PIL_IMAGE_SUFFIXES}
     labels = sorted(p.name for p in masks_dir.iterdir() if p.is_dir())
     if not labels:
         raise DataError(f"{masks_dir} has no label folders; put masks in masks/<label>/<stem>.png.")
     pairs: dict[str, list[tuple[str, Path, Path]]] = {}
     for label in labels:
-        masks = {p.stem: p for p in sorted((masks_dir / label).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        masks = {p.stem: p for p in sorted((masks_dir / label).iterdir()) if p.suffix.lower() in PIL_IMAGE_SUFFIXES}
         pairs[label] = [(stem, images[stem], masks[stem]) for stem in sorted(masks) if stem in images]
     return pairs
 

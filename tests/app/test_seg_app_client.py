@@ -23,7 +23,7 @@ def _free_port() -> int:
 def tab_url(tiny_synth):
     import gradio as gr
 
-    from sgps_hf.segmentation.app_tab import build_segmentation_tab
+    from sgps_hf.app.segmentation import build_segmentation_tab
 
     with gr.Blocks(analytics_enabled=False) as demo:
         build_segmentation_tab(tiny_synth)

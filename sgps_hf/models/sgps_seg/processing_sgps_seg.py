@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ImageLoadError, InvalidTaskError
-from ..imaging import ImageInput, load_image
+from ...errors import ImageLoadError, InvalidTaskError
+from ...imaging import ImageInput, load_image
 
 MaskInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 #: Relative tolerance on the aspect ratio of a mask versus its image.

@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
 
 
 def _synthesize(args: argparse.Namespace) -> int:
-    from . import DEFAULT_SEG_CHECKPOINT, SegmentationTask, SGPSSegSynthesizer
+    from ..models.sgps_seg import DEFAULT_SEG_CHECKPOINT, SegmentationTask, SGPSSegSynthesizer
 
     folder = Path(args.examples)
     task = SegmentationTask(args.name or folder.resolve().name, folder, description=args.description, label=args.label)
@@ -52,7 +52,7 @@ def _predict(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from .segmenter import SynthesizedSegmenter
+    from ..models.sgps_seg.segmenter import SynthesizedSegmenter
 
     segmenter = SynthesizedSegmenter.from_pretrained(args.segmenter)
     out = Path(args.out_dir)
@@ -65,7 +65,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .segmenter import SynthesizedSegmenter
+    from ..models.sgps_seg.segmenter import SynthesizedSegmenter
 
     url = SynthesizedSegmenter.from_pretrained(args.segmenter).push_to_hub(args.repo_id, private=args.private or None)
     print(f"Pushed to {args.repo_id}: {url}")

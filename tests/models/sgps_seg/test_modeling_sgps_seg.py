@@ -7,7 +7,7 @@ from transformers import AutoConfig, AutoModel
 
 from seg_testing import blob_pair, tiny_seg_synthesizer
 from sgps_hf import SegmentationTask, SGPSSegConfig, SGPSSegSynthesizer, SynthesizedSegmenter
-from sgps_hf.segmentation.segmenter import state_dict_sha256
+from sgps_hf.hub.checkpoints import state_dict_sha256
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

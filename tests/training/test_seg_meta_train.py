@@ -9,8 +9,9 @@ import torch
 import yaml
 
 from seg_testing import blob_pair, tiny_seg_synthesizer, write_task_folder
+from sgps_testing import isolated_caches  # noqa: F401  (autouse: reads data-seg through datasets)
 from sgps_hf import SegmentationTask, SGPSSegSynthesizer
-from sgps_hf.segmentation.meta_train import SegTrainingConfig, train
+from sgps_hf.training.seg_meta_train import SegTrainingConfig, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -51,8 +52,8 @@ def test_raw_weight_is_meta_learned_and_saved_in_the_config(tmp_path):
 
 
 def test_dropping_every_learned_channel_leaves_only_the_raw_block(tmp_path):
-    from sgps_hf.segmentation.data import EpisodeSampler, TaskArrays
-    from sgps_hf.segmentation.meta_train import FeatureBank, episode_logits
+    from sgps_hf.data.segmentation import EpisodeSampler, TaskArrays
+    from sgps_hf.training.seg_meta_train import FeatureBank, episode_logits
 
     import numpy as np
 

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Episode, EpisodeSampler, TaskArrays
-from .meta_train import FeatureBank, episode_logits
+from ..data.segmentation import Episode, EpisodeSampler, TaskArrays
+from ..training.seg_meta_train import FeatureBank, episode_logits
 from .metrics import dice_iou
-from .modeling_sgps_seg import SGPSSegSynthesizer, segmentation_loss
+from ..models.sgps_seg.modeling_sgps_seg import SGPSSegSynthesizer, segmentation_loss
 
 PANET_SCALE = 20.0  # PANet's cosine-similarity temperature
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, UperNetForSemanticSegmentation
 from transformers.utils import ModelOutput
 
-from ..errors import SynthesisError
+from ...errors import SynthesisError
 from .configuration_sgps_seg import SGPSSegConfig
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class SGPSSegSynthesizer(PreTrainedModel):
 
     def load_imagenet_encoder(self) -> None:
         """Copy the offline ImageNet weights of ``config.backbone`` (sgps_hf.body.backbones) into the encoder."""
-        from ..body.backbones import imagenet_state_dict
+        from ...body.backbones import imagenet_state_dict
 
         weights = imagenet_state_dict(self.config.backbone)
         encoder = self.segmenter.backbone._backbone

@@ -10,7 +10,7 @@ from transformers import UperNetForSemanticSegmentation
 from seg_testing import PLAIN_TRANSFORMERS, blob_pair, check_plain, tiny_seg_synthesizer
 from sgps_testing import last_json_line, run_python
 from sgps_hf import SegmentationTask, SGPSSegConfig
-from sgps_hf.segmentation.benchmark import bootstrap_ci, paired_difference
+from sgps_hf.evaluation.segmentation import bootstrap_ci, paired_difference
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -152,9 +152,9 @@ def test_bootstrap_intervals_and_paired_differences():
 
 
 def test_finetune_baseline_trains_learned_decoder_and_wide_classifier():
-    from sgps_hf.segmentation.benchmark import finetune_predict, synth_predict
-    from sgps_hf.segmentation.data import Episode, TaskArrays
-    from sgps_hf.segmentation.meta_train import FeatureBank
+    from sgps_hf.evaluation.segmentation import finetune_predict, synth_predict
+    from sgps_hf.data.segmentation import Episode, TaskArrays
+    from sgps_hf.training.seg_meta_train import FeatureBank
 
     synth = raw_synth(6)
     pairs = [blob_pair(70 + i, (32, 32)) for i in range(6)]

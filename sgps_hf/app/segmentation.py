@@ -28,7 +28,7 @@ _synthesizers: dict[str, Any] = {}
 
 def get_synthesizer(source: str | None = None):
     """The segmentation synthesizer (the bundled one by default), loaded once per process."""
-    from . import DEFAULT_SEG_CHECKPOINT, SGPSSegSynthesizer
+    from ..models.sgps_seg import DEFAULT_SEG_CHECKPOINT, SGPSSegSynthesizer
 
     key = source or DEFAULT_SEG_CHECKPOINT
     with _lock:
@@ -67,7 +67,7 @@ def pair_examples(image_files: Sequence[str], mask_files: Sequence[str]) -> list
 
 def synthesize(image_files: Any, mask_files: Any, name: str, description: str, synthesizer: Any = None):
     """-> (segmenter or None, status markdown, card markdown)."""
-    from .task import SegmentationTask
+    from ..models.sgps_seg.task import SegmentationTask
 
     try:
         pairs = pair_examples(_paths(image_files), _paths(mask_files))
@@ -75,7 +75,7 @@ def synthesize(image_files: Any, mask_files: Any, name: str, description: str, s
         segmenter = (synthesizer or get_synthesizer()).synthesize(task)
     except SGPSError as exc:
         return None, f"**Error:** {exc}", ""
-    from .card import segmenter_card
+    from ..hub.model_card import segmenter_card
 
     status = f"Synthesized a segmenter for **{task.name}** from {len(task)} example(s). Weights sha256 `{segmenter.info['weights_sha256'][:16]}`."
     return segmenter, status, segmenter_card(segmenter).text

@@ -1,0 +1,51 @@
+"""The segmentation tab's event functions and its layout inside a Blocks app."""
+
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seg_testing import write_task_folder
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def test_app_tab_functions(tiny_synth, tmp_path):
+    from sgps_hf.app import segmentation as app_tab
+
+    folder = write_task_folder(tmp_path / "t", 3)
+    images = sorted(str(p) for p in (folder / "images").iterdir())
+    masks = sorted(str(p) for p in (folder / "masks" / "lesion").iterdir())
+    renamed = []
+    for m in masks[::-1]:  # masks named <stem>_mask.png, uploaded in another order: matched by stem
+        target = tmp_path / (m.rsplit("/", 1)[1].replace(".png", "_mask.png"))
+        target.write_bytes(open(m, "rb").read())
+        renamed.append(str(target))
+    assert [p[1] for p in app_tab.pair_examples(images, renamed)] == renamed[::-1]
+
+    segmenter, status, card = app_tab.synthesize(images, renamed, "blob", "bright disc", synthesizer=tiny_synth)
+    assert segmenter is not None and "3 example" in status and "bright disc" in card
+    gallery, outcome = app_tab.predict(segmenter, [images[0]])
+    assert len(gallery) == 1 and gallery[0][0].size == (40, 32) and "not for clinical use" in outcome
+    expected = segmenter.predict(images[0])[0]
+    tinted = np.asarray(gallery[0][0]).astype(int) != np.asarray(Image.open(images[0]).convert("RGB")).astype(int)
+    np.testing.assert_array_equal(tinted.any(-1), expected & tinted.any(-1))  # only predicted pixels are tinted
+    archive, message = app_tab.download(segmenter)
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(zipfile.ZipFile(archive).namelist())
+
+    none, error, _ = app_tab.synthesize(images, renamed[:2], "blob", "", synthesizer=tiny_synth)
+    assert none is None and "3 images but 2 masks" in error
+    assert "synthesize a segmenter first" in app_tab.predict(None, images)[1]
+    assert "repo id" in app_tab.push(segmenter, "no-slash", "", True)
+
+
+def test_tab_builds_inside_blocks(tiny_synth):
+    import gradio as gr
+
+    from sgps_hf.app.segmentation import build_segmentation_tab
+
+    with gr.Blocks() as demo:
+        build_segmentation_tab(tiny_synth)
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"seg-tab", "seg-images", "seg-masks", "seg-synthesize", "seg-gallery", "seg-push"} <= ids
