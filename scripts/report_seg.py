@@ -101,7 +101,7 @@ def main() -> None:
            f"Protocol: whole held-out tasks {', '.join(p['tasks'])}; {p['episodes_per_task_and_k']} seeded episodes per task and K "
            f"(seed {p['seed']}; the fine-tuning baselines on the first {p.get('finetune_episodes') or p['episodes_per_task_and_k']} of them), "
            f"{p['queries_per_episode']} query images each, the same episodes for every method; Dice and IoU per query image "
-           "(local `evaluate` modules `sgps_hf/evaluation/metric_modules/dice|iou`), averaged over queries, then over tasks. 128 px, "
+           "(local `evaluate` modules `sgps_hf/metric_modules/dice|iou`), averaged over queries, then over tasks. 128 px, "
            f"checkpoint `{p['checkpoint']}`, {p['threads']} torch thread; wall {p['wall_s']:.0f} s. "
            "Brackets: 95% bootstrap interval of the task-mean Dice (episodes resampled within each task, 2000 replicates)."
            + (f" `{', '.join(p['carried_over']['methods'])}` are carried over from earlier runs of the same protocol, on the first n of the same "

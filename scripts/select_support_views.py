@@ -23,7 +23,7 @@ import torch
 from sgps_hf import DEFAULT_CHECKPOINT, SGPSSynthesizer
 from sgps_hf.data import EpisodeSampler
 from sgps_hf.evaluation.baselines import fit_linear_head
-from sgps_hf.evaluation.metrics import calibration
+from sgps_hf.metrics import calibration
 from sgps_hf.models.sgps.configuration_sgps import SUPPORT_VIEWS
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.training.config import TrainingConfig

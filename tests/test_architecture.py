@@ -10,7 +10,7 @@ MAX_LINES = 400
 #: Bottom to top: a module may import from its own layer and the ones below it.
 LAYERS = [
     ["errors", "version"],
-    ["imaging"],
+    ["imaging", "metrics"],
     ["task_file", "task", "data"],
     ["body"],
     ["hub"],
@@ -22,12 +22,9 @@ LAYERS = [
     ["cli"],
     ["__init__"],
 ]
-#: The deliberate upward imports: the network's thin ``synthesize``/``update`` delegates, and a synthesized
-#: classifier's and segmenter's ``evaluate`` measuring with the project's ``evaluate`` metric modules.
+#: The one deliberate upward import: the network's thin ``synthesize``/``update`` delegates.
 ALLOWED_UPWARD = {
     ("sgps_hf.models.sgps.modeling_sgps", "sgps_hf.synthesis"),
-    ("sgps_hf.models.sgps.classifier", "sgps_hf.evaluation.metrics"),
-    ("sgps_hf.models.sgps_seg.segmenter", "sgps_hf.evaluation.metrics"),
 }
 
 

@@ -21,7 +21,7 @@ from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from ..training.episode_inputs import TextBank
 from .baselines import FineTuneMethod, SGPSMethod
 from .corruptions import CORRUPTIONS
-from .metrics import calibration, episode_accuracy, mean_ci
+from ..metrics import calibration, episode_accuracy, mean_ci
 from .protocol import FINETUNE_ALL, SGPS_FULL, SGPS_TEXT, BenchmarkConfig, MethodRun, Methods, clip_shot, make_episodes, max_feasible_shot, run_method
 
 logger = logging.getLogger(__name__)

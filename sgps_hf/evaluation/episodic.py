@@ -11,7 +11,7 @@ from ..data.episodes import ClassPool, EpisodeSampler
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from ..body.text_encoder import embed_texts
-from .metrics import episode_accuracy, mean_ci
+from ..metrics import episode_accuracy, mean_ci
 
 
 @dataclass

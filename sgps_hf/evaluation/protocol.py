@@ -20,7 +20,7 @@ from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from ..training.episode_inputs import TextBank
 from .baselines import FeatureMemo, FewShotMethod, FineTuneMethod, LinearProbeMethod, NearestNeighbourMethod, ProtoNetMethod, SGPSMethod
 from .corruptions import CORRUPTIONS, corrupt
-from .metrics import calibration, episode_accuracy, episode_scores, mean_ci
+from ..metrics import calibration, episode_accuracy, episode_scores, mean_ci
 
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..data.segmentation import Episode, EpisodeSampler, TaskArrays
 from ..training.seg_meta_train import FeatureBank, episode_logits
-from .metrics import dice_iou
+from ..metrics import dice_iou
 from ..models.sgps_seg.modeling_sgps_seg import SGPSSegSynthesizer, segmentation_loss
 
 PANET_SCALE = 20.0  # PANet's cosine-similarity temperature

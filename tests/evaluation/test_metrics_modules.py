@@ -6,7 +6,7 @@ import evaluate
 import numpy as np
 import pytest
 
-from sgps_hf.evaluation.metrics import METRIC_NAMES, calibration, episode_scores, load_metric, mean_ci, metric_module_path
+from sgps_hf.metrics import METRIC_NAMES, calibration, episode_scores, load_metric, mean_ci, metric_module_path
 
 
 @pytest.mark.parametrize("name", METRIC_NAMES)

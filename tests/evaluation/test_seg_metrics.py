@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sgps_hf.evaluation.metrics import dice_iou
+from sgps_hf.metrics import dice_iou
 
 
 def test_dice_and_iou_on_known_masks():

@@ -244,9 +244,16 @@ def test_single_process_run_writes_log_curve_checkpoints_and_exports(reference_r
     final_card = (output / "final" / "README.md").read_text()
     assert f"{STEPS} optimizer steps" in final_card
     assert ", ".join(f"{int(r['step'])}: {r['val_accuracy']:.3f}" for r in val) in final_card
-    # the exported synthesizer is the state of the last step, with the text prior's strength calibrated on meta-val
-    assert_same_tensors(output / "final" / "model.safetensors", newest / "model.safetensors", ignore=("prior_coefficients",))
+    # the exported synthesizer is the state of the last step, with the text prior's strength and the temperature
+    # calibrated on meta-val
+    assert_same_tensors(output / "final" / "model.safetensors", newest / "model.safetensors", ignore=("prior_coefficients", "log_logit_scale"))
     from safetensors.torch import load_file
+
+    match = re.search(r"logit-scale multiplier \(temperature, fitted on meta-val\)\*\*: ([0-9.]+)", final_card)
+    assert match, "the card records the fitted temperature"
+    trained = load_file(newest / "model.safetensors")["log_logit_scale"].item()
+    exported = load_file(output / "final" / "model.safetensors")["log_logit_scale"].item()
+    assert math.exp(exported - trained) == pytest.approx(float(match.group(1)), rel=1e-3)
 
     match = re.search(r"text prior strength \(chosen on meta-val\)\*\*: (\{.*\})", final_card)
     assert match, "the card records the calibrated prior strength"

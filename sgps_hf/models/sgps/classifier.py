@@ -97,7 +97,7 @@ class SynthesizedClassifier:
 
     def evaluate(self, labelled_images: Mapping[str, Sequence[ImageInput]]) -> dict[str, float]:
         """Accuracy and macro-F1 on labelled images ``{class name: [images]}``; stored for the model card."""
-        from ...evaluation.metrics import classification_metrics
+        from ...metrics import classification_metrics
 
         unknown = set(labelled_images) - set(self.label_names)
         if unknown:

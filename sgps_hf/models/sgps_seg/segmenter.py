@@ -88,7 +88,7 @@ class SynthesizedSegmenter:
 
     def evaluate(self, labelled: Sequence[tuple[ImageInput, Any]]) -> dict[str, float]:
         """Mean per-image Dice and IoU on user-supplied (image, mask) pairs; kept for the model card."""
-        from ...evaluation.metrics import dice_iou
+        from ...metrics import dice_iou
 
         pairs = list(labelled)
         if not pairs:

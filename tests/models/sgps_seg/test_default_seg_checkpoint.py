@@ -5,7 +5,7 @@ import pytest
 
 from sgps_hf import DEFAULT_SEG_CHECKPOINT, SegmentationTask, SGPSSegSynthesizer
 from sgps_hf.data.segmentation import load_seg_dataset, seg_splits, task_arrays
-from sgps_hf.evaluation.metrics import dice_iou
+from sgps_hf.metrics import dice_iou
 from sgps_hf.hub.checkpoints import resolve_checkpoint
 from sgps_hf.hub.model_card import segmenter_card
 
