@@ -15,7 +15,7 @@ def register_quickstart(subparsers: argparse._SubParsersAction) -> None:
         "quickstart",
         help="synthesize and score classifiers for the held-out tasks with the bundled synthesizer",
         description="For every held-out task of the shared data: pick up to N classes, one (or --shots) image and the "
-        "clinical text per class, synthesize a classifier in one forward pass, score it on the other images and save it.",
+        "clinical text per class, synthesize a classifier in one forward pass, score it on the other images (mean over several random draws of the support images) and save it.",
     )
     quick.add_argument("--synthesizer", default=None, help="checkpoint folder or Hub id (default: the bundled DEFAULT_CHECKPOINT)")
     quick.add_argument("--data-dir", default=None, help="folder of task folders (default: SGPS_DATA_DIR or ../shared/data)")
@@ -23,6 +23,8 @@ def register_quickstart(subparsers: argparse._SubParsersAction) -> None:
     quick.add_argument("--ways", type=int, default=5)
     quick.add_argument("--shots", type=int, default=1)
     quick.add_argument("--seed", type=int, default=0)
+    quick.add_argument("--draws", type=int, default=5,
+                       help="random draws of the support images per task; the mean and range are reported, the first draw's classifier saved")
     quick.set_defaults(handler=_quickstart)
 
 
@@ -30,7 +32,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     from ..hub.checkpoints import DEFAULT_CHECKPOINT
     from ..quickstart import format_results, run_quickstart
 
-    results = run_quickstart(args.synthesizer or DEFAULT_CHECKPOINT, args.data_dir, args.out, n_way=args.ways, shots=args.shots, seed=args.seed)
+    results = run_quickstart(args.synthesizer or DEFAULT_CHECKPOINT, args.data_dir, args.out, n_way=args.ways, shots=args.shots, seed=args.seed, draws=args.draws)
     print(format_results(results))
     print(f"Classifiers saved under {args.out}/ (load one with timm.create_model('local-dir:<folder>', pretrained=True)).")
     return 0
