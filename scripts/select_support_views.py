@@ -28,7 +28,7 @@ from sgps_hf.models.sgps.configuration_sgps import SUPPORT_VIEWS
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.training.config import TrainingConfig
 from sgps_hf.training.feature_cache import episode_features, pool_features
-from sgps_hf.training.meta_train import LOGIT_SCALE_MULTIPLIERS
+from sgps_hf.training.meta_train import nll_best_multiplier
 from sgps_hf.training.pools import training_pools
 
 CANDIDATES = {
@@ -63,8 +63,7 @@ def score(model, episodes, features, views):
             ).logits
         accuracies.append((logits.argmax(-1) == episode.query_labels).float().mean().item())
         pairs.append((logits, episode.query_labels))
-    nll = {m: np.mean([torch.nn.functional.cross_entropy(m * l, y).item() for l, y in pairs]) for m in LOGIT_SCALE_MULTIPLIERS}
-    best = min(nll, key=nll.get)
+    best, _ = nll_best_multiplier(pairs)
     return float(np.mean(accuracies)), _ece(pairs, 1.0), _ece(pairs, best), best
 
 
@@ -116,7 +115,7 @@ def write_report(args, rows, seconds, tasks) -> None:
         f"has fewer classes), 15 queries per class, {args.episodes} seeded episodes per shot count, the same for every row. "
         "Image-only closed-form head of the synthesizer; queries are seen as they are (identity), as the synthesized "
         "classifier sees them. ECE (15 bins) of the head as meta-trained and after a temperature fitted on these "
-        "episodes (least NLL on the grid of `LOGIT_SCALE_MULTIPLIERS`).",
+        "episodes (least NLL on the grid of `LOGIT_SCALE_MULTIPLIERS`, `nll_best_multiplier`, as the training run).",
         "",
         "| shots | support views | accuracy | ECE | ECE, fitted temperature | logit-scale multiplier |",
         "|---|---|---|---|---|---|",

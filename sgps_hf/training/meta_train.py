@@ -237,10 +237,17 @@ def calibrate_logit_scale(
         inputs = episode_inputs(episode, processor, texts, augment_seed=None, features=features)
         pairs.append((model(**inputs, return_weights=False).logits, inputs["query_labels"]))
     model.train(was_training)
-    nll = {m: float(np.mean([nn.functional.cross_entropy(m * logits, labels).item() for logits, labels in pairs])) for m in LOGIT_SCALE_MULTIPLIERS}
-    best = min(LOGIT_SCALE_MULTIPLIERS, key=lambda m: (round(nll[m], 6), abs(math.log(m))))
+    best, nll = nll_best_multiplier(pairs)
     model.log_logit_scale.add_(math.log(best))
     return {"nll": {f"{m:.3f}": v for m, v in nll.items()}, "chosen": round(best, 4)}
+
+
+def nll_best_multiplier(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, dict[float, float]]:
+    """(the ``LOGIT_SCALE_MULTIPLIERS`` entry of least mean query NLL over ``(logits, labels)`` pairs, every NLL).
+
+    Ties go to the multiplier nearest 1 (the scale as it is)."""
+    nll = {m: float(np.mean([nn.functional.cross_entropy(m * logits, labels).item() for logits, labels in pairs])) for m in LOGIT_SCALE_MULTIPLIERS}
+    return min(LOGIT_SCALE_MULTIPLIERS, key=lambda m: (round(nll[m], 6), abs(math.log(m)))), nll
 
 
 #: Candidate strengths of the text prior beside 1 and 5 support images (0 = ignore the texts when images exist).

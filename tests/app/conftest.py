@@ -97,3 +97,15 @@ def app_server(tiny_synth_dir, torch_single_thread):
     url = launch(demo)
     yield demo, url
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """The headless Chromium of the browser tests (``browser_testing.CHROMIUM``)."""
+    from browser_testing import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

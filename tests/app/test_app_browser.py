@@ -10,17 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from browser_testing import require_chromium, uploaded
 from sgps_testing import SHARED_DATA
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("torch_single_thread")]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REAL_TASK = SHARED_DATA / "derm-smartphone-pad-ufes-20"
 
-if not CHROMIUM.exists() and not os.environ.get("CI"):
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium); CI=true makes this test mandatory", allow_module_level=True)
+require_chromium()
 
 
 def task_images(image_files: dict[str, Path]) -> tuple[list[tuple[str, str, list[Path]]], Path]:
@@ -35,22 +32,6 @@ def task_images(image_files: dict[str, Path]) -> tuple[list[tuple[str, str, list
     return classes, image_files["png2"]
 
 
-def uploaded(component, file_name: str) -> None:
-    """Wait until a File component lists ``file_name`` (shown as "<stem> <suffix>") and has finished uploading."""
-    from playwright.sync_api import expect
-
-    expect(component).to_contain_text(Path(file_name).stem)
-    expect(component).not_to_contain_text("Uploading")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def test_build_synthesize_and_classify_in_a_browser(app_server, browser, image_files, tmp_path):

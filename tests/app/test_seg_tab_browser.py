@@ -8,24 +8,20 @@ Uses five real thyroid-ultrasound examples from ../shared/data-seg when it is th
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_testing import require_chromium, uploaded
 from PIL import Image
 
 from seg_testing import write_task_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("torch_single_thread")]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REAL_SEG_TASK = Path(__file__).resolve().parents[2] / ".." / "shared" / "data-seg" / "ultrasound-thyroid-nodule"
 
-if not CHROMIUM.exists() and not os.environ.get("CI"):
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium); CI=true makes this test mandatory", allow_module_level=True)
+require_chromium()
 
 
 def seg_files(tmp_path: Path) -> tuple[str, list[Path], list[Path], Path]:
@@ -41,21 +37,6 @@ def seg_files(tmp_path: Path) -> tuple[str, list[Path], list[Path], Path]:
     return "lesion", images[:5], masks[:5], images[5]
 
 
-def uploaded(component, file_name: str) -> None:
-    from playwright.sync_api import expect
-
-    expect(component).to_contain_text(Path(file_name).stem)
-    expect(component).not_to_contain_text("Uploading")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def red_pixels(overlay: np.ndarray, original: np.ndarray) -> np.ndarray:
