@@ -28,7 +28,7 @@ from sgps_hf.models.sgps.configuration_sgps import SUPPORT_VIEWS
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.training.config import TrainingConfig
 from sgps_hf.training.feature_cache import episode_features, pool_features
-from sgps_hf.training.meta_train import nll_best_multiplier
+from sgps_hf.training.calibration import nll_best_multiplier
 from sgps_hf.training.pools import training_pools
 
 CANDIDATES = {

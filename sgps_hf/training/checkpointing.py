@@ -23,6 +23,9 @@ class TrainerState:
     pretrain_history: list[dict[str, float]] = field(default_factory=list)
     prior_calibration: dict[str, Any] = field(default_factory=dict)
     temperature_calibration: dict[str, Any] = field(default_factory=dict)
+    ridge_calibration: dict[str, Any] = field(default_factory=dict)
+    text_calibration: dict[str, Any] = field(default_factory=dict)
+    zero_shot_calibration: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         return {

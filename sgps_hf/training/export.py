@@ -37,8 +37,14 @@ def export_synthesizer(model: SGPSSynthesizer, folder: Path, config: TrainingCon
                    if state.pretrain_history else "")
                 + ("; frozen, head meta-trained on cached features" if config.freeze_body else "; meta-trained end to end")
             ),
+            "text generator": model.config.text_generator + (
+                f" ({model.config.text_memory_size} meta-train classes, attention temperature "
+                f"{state.text_calibration.get('chosen')} chosen on meta-val)" if model.config.text_generator == "class_memory" else ""
+            ),
+            "ridge multiplier at 1 / 5 shots (chosen on meta-val)": json.dumps(state.ridge_calibration.get("chosen", {})),
             "text prior strength (chosen on meta-val)": json.dumps(state.prior_calibration.get("chosen", {})),
             "logit-scale multiplier (temperature, fitted on meta-val)": json.dumps(state.temperature_calibration.get("chosen")),
+            "zero-shot scale multiplier (fitted on meta-val)": json.dumps(state.zero_shot_calibration.get("chosen")),
             "optimizer": f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, seed {config.seed}",
         }
         synthesizer_card(Path(config.output_dir).name, model.config, training).save(staging / "README.md")

@@ -8,15 +8,12 @@ exactly the episodes an uninterrupted run would, and DDP ranks take disjoint epi
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast, set_seed
 from tqdm.auto import tqdm
@@ -28,11 +25,12 @@ from ..models.sgps.configuration_sgps import SGPSConfig
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from .augment import episode_seed
+from .calibration import calibrate, evaluate_episodes
 from .checkpointing import CHECKPOINT_PREFIX, TrainerState, resume_state, list_checkpoints, save_checkpoint
 from .config import TrainingConfig
 from .episode_inputs import TextBank, episode_inputs
 from .export import export_synthesizer
-from .feature_cache import PoolKey, pool_features
+from .feature_cache import pool_features
 from .pools import training_pools
 from .pretrain import interpolate_bodies, pretrain_body
 from .training_log import CsvLog, plot_learning_curve
@@ -62,23 +60,6 @@ def build_optimizer(model: SGPSSynthesizer, config: TrainingConfig) -> torch.opt
         {"params": rest, "lr": config.learning_rate},
     ]
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-
-
-@torch.no_grad()
-def evaluate_episodes(
-    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
-    features: dict[PoolKey, torch.Tensor] | None = None,
-) -> float:
-    """Mean query accuracy over fixed episodes (eval mode: no dropout)."""
-    was_training = model.training
-    model.eval()
-    accuracies = []
-    for episode in episodes:
-        inputs = episode_inputs(episode, processor, texts, augment_seed=None, features=features)
-        logits = model(**inputs, return_weights=False).logits
-        accuracies.append((logits.argmax(-1) == inputs["query_labels"]).float().mean().item())
-    model.train(was_training)
-    return float(np.mean(accuracies)) if accuracies else float("nan")
 
 
 def train(config: TrainingConfig, resume: bool = False) -> Path:
@@ -191,90 +172,16 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
     accelerator.wait_for_everyone()
     final = output / "final"
     if accelerator.is_main_process:
-        calibrate(unwrapped, state, val_episodes, image_processor, texts, features)
+        calibrate(unwrapped, state, val_episodes, image_processor, texts, features, train_pools)
         export_synthesizer(unwrapped, final, config, state, data_summary)
         best = output / "best"
         if best.is_dir():  # the best step's synthesizer gets the same post-hoc calibration
             best_model = SGPSSynthesizer.from_pretrained(best)
-            calibrate(best_model, state, val_episodes, image_processor, texts, features)
+            calibrate(best_model, state, val_episodes, image_processor, texts, features, train_pools)
             export_synthesizer(best_model, best, config, state, data_summary)
         plot_learning_curve(output)
     accelerator.end_training()
     return final
-
-
-def calibrate(
-    model: SGPSSynthesizer, state: TrainerState, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
-    features: dict[PoolKey, torch.Tensor] | None = None,
-) -> None:
-    """The post-hoc calibration on meta-val: first the text prior's strength, then the temperature."""
-    state.prior_calibration = calibrate_prior_strength(model, episodes, processor, texts, features)
-    state.temperature_calibration = calibrate_logit_scale(model, episodes, processor, texts, features)
-
-
-#: Candidate multipliers of the logit scale (a log-spaced grid from 1/4 to 4).
-LOGIT_SCALE_MULTIPLIERS = tuple(float(v) for v in np.exp(np.linspace(np.log(0.25), np.log(4.0), 41)))
-
-
-@torch.no_grad()
-def calibrate_logit_scale(
-    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
-    features: dict[PoolKey, torch.Tensor] | None = None,
-) -> dict[str, Any]:
-    """Temperature scaling on meta-val episodes with images: the logit-scale multiplier of least query NLL, set on ``model``.
-
-    The meta-learned scale fits the support views of meta-training; synthesis may use more views per image (a
-    tighter ridge fit, so more confident logits), so the scale is refitted where the model is selected. Logits are
-    linear in the scale, so one pass over the episodes serves every candidate. Accuracy is unchanged.
-    """
-    chosen = [e for e in episodes if e.use_images]
-    if not chosen:
-        return {"note": "no meta-val episodes with images: logit scale left as meta-trained"}
-    was_training = model.training
-    model.eval()
-    pairs = []
-    for episode in chosen:
-        inputs = episode_inputs(episode, processor, texts, augment_seed=None, features=features)
-        pairs.append((model(**inputs, return_weights=False).logits, inputs["query_labels"]))
-    model.train(was_training)
-    best, nll = nll_best_multiplier(pairs)
-    model.log_logit_scale.add_(math.log(best))
-    return {"nll": {f"{m:.3f}": v for m, v in nll.items()}, "chosen": round(best, 4)}
-
-
-def nll_best_multiplier(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, dict[float, float]]:
-    """(the ``LOGIT_SCALE_MULTIPLIERS`` entry of least mean query NLL over ``(logits, labels)`` pairs, every NLL).
-
-    Ties go to the multiplier nearest 1 (the scale as it is)."""
-    nll = {m: float(np.mean([nn.functional.cross_entropy(m * logits, labels).item() for logits, labels in pairs])) for m in LOGIT_SCALE_MULTIPLIERS}
-    return min(LOGIT_SCALE_MULTIPLIERS, key=lambda m: (round(nll[m], 6), abs(math.log(m)))), nll
-
-
-#: Candidate strengths of the text prior beside 1 and 5 support images (0 = ignore the texts when images exist).
-PRIOR_STRENGTHS = (0.0, 0.25, 0.5, 1.0, 2.0)
-
-
-def calibrate_prior_strength(
-    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
-    features: dict[PoolKey, torch.Tensor] | None = None,
-) -> dict[str, Any]:
-    """Choose the text prior's strength at 1 and 5 shots on meta-val episodes (whole unseen tasks); set it on ``model``.
-
-    The text generator is learned on meta-train classes, whose texts it has seen, so how far to trust it on a
-    new task is a hyperparameter for validation tasks, not a parameter for training episodes. Ties go to the
-    weaker prior.
-    """
-    if not episodes:
-        return {"note": "no meta-val episodes: prior strength left at its initial value"}
-    scores: dict[str, dict[float, float]] = {}
-    for shots in (1, 5):
-        chosen = [e for e in episodes if e.use_images and e.use_text and (e.k_shot <= 2 if shots == 1 else e.k_shot >= 3)]
-        for strength in PRIOR_STRENGTHS:
-            model.set_prior_strength(strength, strength)
-            scores.setdefault(str(shots), {})[strength] = evaluate_episodes(model, chosen, processor, texts, features) if chosen else 0.0
-    best = {shots: max(PRIOR_STRENGTHS, key=lambda v: (round(by[v], 6), -v)) for shots, by in scores.items()}
-    model.set_prior_strength(best["1"], best["5"])
-    return {"scores": scores, "chosen": best}
 
 
 def validation_episodes(pools: list, config: TrainingConfig) -> list[Episode]:

@@ -244,10 +244,19 @@ def test_single_process_run_writes_log_curve_checkpoints_and_exports(reference_r
     final_card = (output / "final" / "README.md").read_text()
     assert f"{STEPS} optimizer steps" in final_card
     assert ", ".join(f"{int(r['step'])}: {r['val_accuracy']:.3f}" for r in val) in final_card
-    # the exported synthesizer is the state of the last step, with the text prior's strength and the temperature
-    # calibrated on meta-val
-    assert_same_tensors(output / "final" / "model.safetensors", newest / "model.safetensors", ignore=("prior_coefficients", "log_logit_scale"))
+    # the exported synthesizer is the state of the last step, with the ridge, the text prior's strength and the
+    # temperatures calibrated on meta-val
+    calibrated = ("ridge_coefficients", "prior_coefficients", "log_logit_scale", "log_zero_shot_scale")
+    assert_same_tensors(output / "final" / "model.safetensors", newest / "model.safetensors", ignore=calibrated)
     from safetensors.torch import load_file
+
+    match = re.search(r"ridge multiplier at 1 / 5 shots \(chosen on meta-val\)\*\*: (\{.*\})", final_card)
+    assert match, "the card records the calibrated ridge multipliers"
+    trained_ridge = load_file(newest / "model.safetensors")["ridge_coefficients"]
+    exported_ridge = load_file(output / "final" / "model.safetensors")["ridge_coefficients"]
+    for shots, multiplier in json.loads(match.group(1)).items():
+        log_ridge = lambda c: (c[0] + c[1] * math.log1p(int(shots))).item()  # noqa: E731
+        assert math.exp(log_ridge(exported_ridge) - log_ridge(trained_ridge)) == pytest.approx(multiplier, rel=1e-4)
 
     match = re.search(r"logit-scale multiplier \(temperature, fitted on meta-val\)\*\*: ([0-9.]+)", final_card)
     assert match, "the card records the fitted temperature"

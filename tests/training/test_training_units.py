@@ -1,9 +1,7 @@
-"""Unit tests of the v2 training pieces: augmentations, body pre-training helpers, the feature cache, prior calibration."""
+"""Unit tests of the v2 training pieces: augmentations, body pre-training helpers and the feature cache."""
 
 from __future__ import annotations
 
-import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,10 +10,8 @@ from sgps_testing import tiny_synthesizer
 
 from sgps_hf.data.episodes import ClassPool, EpisodeSampler
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
-from sgps_hf.training import meta_train
 from sgps_hf.training.augment import medical_augment, random_flips
 from sgps_hf.training.feature_cache import episode_features, pool_features
-from sgps_hf.training.meta_train import LOGIT_SCALE_MULTIPLIERS, PRIOR_STRENGTHS, calibrate_logit_scale, calibrate_prior_strength
 from sgps_hf.training.pretrain import balanced_weights, interpolate_bodies
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -162,104 +158,3 @@ def test_the_cache_is_reused_and_a_changed_body_gets_a_new_key(processor, tmp_pa
     other[0].images[0, 0, 0, 0] ^= 1
     pool_features(synth, other, processor, cache_dir=tmp_path)
     assert len(sorted((tmp_path / "features").glob("*.safetensors"))) == 3
-
-
-# -- prior calibration --------------------------------------------------------------------------------------------
-class FakeTexts:
-    """A TextBank stand-in: a fixed random embedding per text (no text encoder needed)."""
-
-    def __init__(self, dim):
-        self.dim, self.cache = dim, {}
-
-    def __call__(self, texts):
-        for text in texts:
-            self.cache.setdefault(text, torch.randn(self.dim, generator=torch.Generator().manual_seed(len(self.cache))))
-        return torch.stack([self.cache[t] for t in texts])
-
-
-def calibration_episodes():
-    chosen = pools(per_class=(8, 8, 8, 8), tasks=("t", "t", "t", "t"))
-    one = [EpisodeSampler(chosen, n_way=3, k_shot=1, q_query=2, seed=0).episode(i) for i in range(2)]
-    five = [EpisodeSampler(chosen, n_way=3, k_shot=5, q_query=2, seed=0).episode(i) for i in range(2)]
-    return one + five
-
-
-def strength(model, shots):
-    low, slope = model.prior_coefficients.tolist()
-    return math.exp(low + slope * math.log(shots))
-
-
-def test_calibration_chooses_the_best_strength_per_shot_count_and_sets_it(processor, monkeypatch):
-    synth = tiny_synthesizer(seed=0)
-    best = {1: 1.0, 5: 0.25}
-
-    def fake_evaluate(model, episodes, processor, texts, features=None):
-        target = best[1] if episodes[0].k_shot <= 2 else best[5]
-        return 1.0 - abs(strength(model, 1) - target)  # set_prior_strength(s, s): the same strength at every shot count
-
-    monkeypatch.setattr(meta_train, "evaluate_episodes", fake_evaluate)
-    result = calibrate_prior_strength(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
-    assert result["chosen"] == {"1": 1.0, "5": 0.25}
-    assert set(result["scores"]) == {"1", "5"} and set(result["scores"]["1"]) == set(PRIOR_STRENGTHS)
-    assert strength(synth, 1) == pytest.approx(1.0) and strength(synth, 5) == pytest.approx(0.25)
-
-
-def test_calibration_ties_go_to_the_weaker_prior(processor):
-    # untrained: the text generator is zero, so every strength classifies alike and the weakest (0) wins
-    synth = tiny_synthesizer(seed=0)
-    result = calibrate_prior_strength(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
-    assert result["chosen"] == {"1": 0.0, "5": 0.0}
-    assert len(set(result["scores"]["1"].values())) == 1
-    assert strength(synth, 1) == pytest.approx(1e-6)
-
-
-def test_calibration_without_episodes_leaves_the_prior_alone(processor):
-    synth = tiny_synthesizer(seed=0)
-    before = synth.prior_coefficients.clone()
-    assert "note" in calibrate_prior_strength(synth, [], processor, FakeTexts(synth.config.text_embed_dim))
-    assert torch.equal(synth.prior_coefficients, before)
-    assert strength(synth, 1) == pytest.approx(synth.config.prior_init)
-
-
-# -- temperature calibration --------------------------------------------------------------------------------------
-class FixedMarginHead(torch.nn.Module):
-    """A stand-in synthesizer whose query logits are ``scale`` on one class: the true one, except every 3rd query."""
-
-    def __init__(self, scale):
-        super().__init__()
-        self.log_logit_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
-
-    def forward(self, num_classes, query_labels, return_weights=False, **inputs):
-        picked = torch.where(torch.arange(len(query_labels)) % 3 == 0, (query_labels + 1) % num_classes, query_labels)
-        logits = self.log_logit_scale.exp() * torch.nn.functional.one_hot(picked, num_classes).float()
-        return SimpleNamespace(logits=logits)
-
-
-def test_temperature_calibration_fits_the_nll_optimal_scale_and_sets_it(processor):
-    episodes = calibration_episodes()
-    texts = FakeTexts(16)
-    # 3-way, 2 of every 3 queries right with margin m: the NLL is least where e^m / (e^m + 2) = 2/3, i.e. m = log 4.
-    for start in (0.5, 4.0):  # under- and over-confident
-        head = FixedMarginHead(start)
-        result = calibrate_logit_scale(head, episodes, processor, texts)
-        assert start * result["chosen"] == pytest.approx(math.log(4), rel=0.04)
-        assert head.log_logit_scale.exp().item() == pytest.approx(start * result["chosen"], rel=1e-3)
-        assert result["nll"][f"{result['chosen']:.3f}"] == pytest.approx(min(result["nll"].values()), abs=1e-6)
-
-
-def test_temperature_calibration_keeps_the_accuracy_of_a_real_synthesizer(processor):
-    synth = tiny_synthesizer(seed=0)
-    texts = FakeTexts(synth.config.text_embed_dim)
-    episodes = calibration_episodes()
-    before = meta_train.evaluate_episodes(synth, episodes, processor, texts)
-    result = calibrate_logit_scale(synth, episodes, processor, texts)
-    assert min(LOGIT_SCALE_MULTIPLIERS) <= result["chosen"] <= max(LOGIT_SCALE_MULTIPLIERS)
-    assert meta_train.evaluate_episodes(synth, episodes, processor, texts) == before  # a temperature never changes argmax
-
-
-def test_temperature_calibration_without_image_episodes_leaves_the_scale_alone(processor):
-    synth = tiny_synthesizer(seed=0)
-    before = synth.log_logit_scale.item()
-    text_only = [type(e)(**{**e.__dict__, "use_images": False}) for e in calibration_episodes()]
-    assert "note" in calibrate_logit_scale(synth, text_only, processor, FakeTexts(synth.config.text_embed_dim))
-    assert synth.log_logit_scale.item() == before

@@ -15,6 +15,8 @@ from ...body.timm_network import TARGET_MODEL_ARGS
 #: (with its mirror image): scale is the one nuisance of medical images that flips and rotations do not cover.
 SUPPORT_VIEWS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose", "zoom", "zoom_hflip")
 ZOOM_FRACTION = 0.75
+#: Ways of turning a clinical text into its class's pseudo-prototype (see ``SGPSConfig.text_generator``).
+TEXT_GENERATORS = ("mlp", "class_memory")
 
 
 class SGPSConfig(PretrainedConfig):
@@ -41,8 +43,13 @@ class SGPSConfig(PretrainedConfig):
             shipped as a PyPI package), a local directory or a Hub model id.
         text_embed_dim (`int`): output size of the text encoder.
         max_text_length (`int`): clinical texts are truncated to this many tokens.
-        hidden_size (`int`): width of the text -> class-weight generator.
+        text_generator (`str`): how a clinical text becomes its class's pseudo-prototype (the prior mean of the
+            head). `"mlp"`: a generator network meta-trained on text-only episodes. `"class_memory"`: attention from
+            the text over the texts of the meta-training classes, returning the same mixture of their mean image
+            features (a closed form with no learned weights; its temperature is fitted on meta-val tasks).
+        hidden_size (`int`): width of the `"mlp"` text generator.
         text_dropout_rate (`float`): dropout inside that generator while meta-training.
+        text_memory_size (`int`): number of meta-training classes in the `"class_memory"` (set when it is built).
         support_views (`list[str]`): deterministic support augmentation inside synthesis: every support
             image also enters the head under these transforms (of `SUPPORT_VIEWS`: dihedral ones and a central zoom).
         ridge_init (`float`): initial ridge regulariser of the closed-form head (relative to the mean
@@ -69,6 +76,8 @@ class SGPSConfig(PretrainedConfig):
         max_text_length: int = 128,
         hidden_size: int = 512,
         text_dropout_rate: float = 0.1,
+        text_generator: str = "mlp",
+        text_memory_size: int = 0,
         support_views: list[str] | None = None,
         ridge_init: float = 1.0,
         prior_init: float = 0.5,
@@ -88,6 +97,8 @@ class SGPSConfig(PretrainedConfig):
         self.max_text_length = _coerce(int, "max_text_length", max_text_length)
         self.hidden_size = _coerce(int, "hidden_size", hidden_size)
         self.text_dropout_rate = _coerce(float, "text_dropout_rate", text_dropout_rate)
+        self.text_generator = str(text_generator)
+        self.text_memory_size = _coerce(int, "text_memory_size", text_memory_size)
         self.support_views = list(support_views) if support_views is not None else ["identity", "hflip"]
         self.ridge_init = _coerce(float, "ridge_init", ridge_init)
         self.prior_init = _coerce(float, "prior_init", prior_init)
@@ -102,6 +113,10 @@ class SGPSConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
         if not 0 <= self.text_dropout_rate < 1:
             raise ValueError(f"text_dropout_rate must be in [0, 1), got {self.text_dropout_rate}.")
+        if self.text_generator not in TEXT_GENERATORS:
+            raise ValueError(f"text_generator must be one of {', '.join(TEXT_GENERATORS)}; got {self.text_generator!r}.")
+        if self.text_memory_size < 0:
+            raise ValueError(f"text_memory_size must be 0 or more, got {self.text_memory_size}.")
         for name in ("ridge_init", "prior_init", "logit_scale_init"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")

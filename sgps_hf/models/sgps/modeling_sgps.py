@@ -7,8 +7,9 @@ full state dict of a timm classifier, with no gradient step:
    unchanged into every classifier, BatchNorm running statistics included.
 2. Each support image enters under the ``support_views`` (flips, rotations and a central zoom; identity and
    horizontal flip by default): deterministic support augmentation.
-3. The clinical texts generate a class weight each (``text_to_weight``), used as the prior mean of the
-   head with a meta-learned, shot-dependent strength.
+3. The clinical texts generate a pseudo-prototype each (``text_prototypes``: a meta-trained generator, or attention
+   over the texts of the meta-training classes returning their mean features), used as the prior mean of the
+   head with a shot-dependent strength calibrated on meta-validation tasks.
 4. The head is solved in closed form from the support features (:mod:`sgps_hf.models.sgps.heads`: standardised
    features, kernel ridge regression around the text prior, a shot-dependent regulariser) and folded
    into the timm model's ordinary ``classifier`` layer. With no images the head is the text prior alone.
@@ -73,10 +74,15 @@ class SGPSSynthesizer(PreTrainedModel):
         # Mean body feature of the meta-training images: the centre of text-only tasks (set by meta-training).
         self.register_buffer("feature_mean", torch.zeros(features))
         self.log_feature_scale = nn.Parameter(torch.zeros(features))
-        self.text_to_weight = nn.Sequential(
-            nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden), nn.GELU(), nn.Dropout(config.text_dropout_rate),
-            nn.Linear(hidden, features),
-        )
+        if config.text_generator == "mlp":
+            self.text_to_weight = nn.Sequential(
+                nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden), nn.GELU(), nn.Dropout(config.text_dropout_rate),
+                nn.Linear(hidden, features),
+            )
+        else:  # "class_memory": filled by sgps_hf.training.calibration.build_text_memory after meta-training
+            self.register_buffer("log_text_temperature", torch.tensor(math.log(0.05)))
+            if config.text_memory_size:  # (no empty buffers: safetensors would save two of them as one shared tensor)
+                self._register_text_memory(torch.zeros(config.text_memory_size, text_dim), torch.zeros(config.text_memory_size, features))
         # log(ridge) is affine in log(1 + shots): meta-learned, shot-dependent.
         self.ridge_coefficients = nn.Parameter(torch.tensor([math.log(config.ridge_init), 0.0]))
         # The strength of the text prior beside images, log(strength) affine in log(shots), is calibrated on
@@ -115,6 +121,8 @@ class SGPSSynthesizer(PreTrainedModel):
         """
 
     def _zero_generators(self) -> None:
+        if self.config.text_generator != "mlp":
+            return
         with torch.no_grad():
             nn.init.zeros_(self.text_to_weight[-1].weight)
             nn.init.zeros_(self.text_to_weight[-1].bias)
@@ -124,6 +132,28 @@ class SGPSSynthesizer(PreTrainedModel):
         """Embeddings of the clinical texts from the frozen encoder (not part of this model's weights)."""
         encoder = load_text_encoder(self.config.text_encoder)
         return embed_tokens(encoder, input_ids.cpu(), attention_mask.cpu()).to(self.device)
+
+    def text_prototypes(self, text_embeds: Tensor) -> Tensor:
+        """Pseudo-prototypes [C, D] in the head's standardised feature space, one per text embedding [C, E]."""
+        if self.config.text_generator == "mlp":
+            return self.text_to_weight(text_embeds)
+        if not self.config.text_memory_size:  # before the memory is built the texts carry no information
+            return text_embeds.new_zeros(text_embeds.shape[0], self.target.num_features)
+        similarity = nn.functional.normalize(text_embeds, dim=-1) @ self.text_memory_keys.T
+        attention = torch.softmax(similarity / self.log_text_temperature.exp(), dim=-1)
+        return attention @ (self.text_memory_features * self.log_feature_scale.exp())
+
+    def set_text_memory(self, keys: Tensor, features: Tensor) -> None:
+        """Replace the ``"class_memory"`` entries: text embeddings [M, E] and centred mean features [M, D]."""
+        if self.config.text_generator != "class_memory":
+            raise ValueError(f"set_text_memory needs text_generator='class_memory', not {self.config.text_generator!r}.")
+        device = self.log_text_temperature.device
+        self._register_text_memory(nn.functional.normalize(keys.float(), dim=-1).to(device), features.float().to(device))
+        self.config.text_memory_size = int(keys.shape[0])
+
+    def _register_text_memory(self, keys: Tensor, features: Tensor) -> None:
+        self.register_buffer("text_memory_keys", keys)  # unit-norm text embeddings of the meta-train classes
+        self.register_buffer("text_memory_features", features)  # their mean body feature minus feature_mean
 
     # -- features -------------------------------------------------------------------------------
     def support_view_features(
@@ -181,7 +211,7 @@ class SGPSSynthesizer(PreTrainedModel):
         scale = self.log_feature_scale.exp()
         # The texts generate pseudo-prototypes in the standardised feature space; divided by D they are in the units
         # of the ridge solution, whose large-regulariser limit is the image prototypes (see sgps_hf.models.sgps.heads).
-        prototypes = self.text_to_weight(text_embeds) * text_mask.unsqueeze(1)  # [C, D]
+        prototypes = self.text_prototypes(text_embeds) * text_mask.unsqueeze(1)  # [C, D]
         prior = prototypes.T / prototypes.shape[1]  # [D, C]
         zero_shot = self.log_zero_shot_scale.exp() * prior
         if has_support:

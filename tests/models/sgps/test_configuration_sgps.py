@@ -66,6 +66,8 @@ def test_values_are_coerced_to_plain_types():
         ({"interpolation": "nearest"}, "interpolation must be 'bilinear' or 'bicubic'"),
         ({"channel_multiplier": 0}, "must be positive"),
         ({"depth_multiplier": -0.5}, "must be positive"),
+        ({"text_generator": "lookup"}, "text_generator must be one of mlp, class_memory"),
+        ({"text_memory_size": -1}, "text_memory_size must be 0 or more"),
     ],
 )
 def test_invalid_values_are_rejected(kwargs, message):

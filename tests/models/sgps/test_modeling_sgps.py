@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file, save_file
-from sgps_testing import last_json_line, noise_image, run_python, synthetic_task, tiny_config, tiny_synthesizer
+from sgps_testing import last_json_line, noise_image, run_python, synthetic_task, tiny_synthesizer
 from transformers import AutoConfig, AutoModel
 
 from sgps_hf import ClassSpec, SGPSConfig, SGPSProcessor, SGPSSynthesizer, SynthesisError, TaskSpec
@@ -448,3 +448,51 @@ def test_from_pretrained_records_provenance(synth, tasks, tmp_path):
     assert info["name_or_path"] == str(tmp_path / "ckpt")
     assert info["revision"] == "sha256:" + state_dict_sha256(synth.state_dict())[:16]
     assert synth.synthesize(tasks["mixed"]).info["synthesizer"]["name_or_path"] == "unsaved"
+
+
+# -- the class-memory text generator --------------------------------------------------------------------------------
+def memory_synthesizer(entries=5, seed=0):
+    synth = tiny_synthesizer(seed=seed, text_generator="class_memory")
+    generator = torch.Generator().manual_seed(seed)
+    dim, features = synth.config.text_embed_dim, synth.target.num_features
+    with torch.no_grad():
+        synth.log_feature_scale.normal_(0, 0.3, generator=generator)
+    synth.set_text_memory(torch.randn(entries, dim, generator=generator), torch.randn(entries, features, generator=generator))
+    return synth
+
+
+def test_class_memory_prototypes_are_the_attention_mixture_of_the_stored_features():
+    synth = memory_synthesizer()
+    assert not hasattr(synth, "text_to_weight") and synth.config.text_memory_size == 5
+    texts = torch.randn(3, synth.config.text_embed_dim, generator=torch.Generator().manual_seed(9))
+    cosine = torch.nn.functional.normalize(texts, dim=-1) @ synth.text_memory_keys.T
+    attention = torch.softmax(cosine / synth.log_text_temperature.exp(), dim=-1)
+    expected = attention @ (synth.text_memory_features * synth.log_feature_scale.exp())
+    torch.testing.assert_close(synth.text_prototypes(texts), expected)
+    with torch.no_grad():
+        synth.log_text_temperature.fill_(math.log(1e-4))  # a text equal to a stored one returns that class's features
+    torch.testing.assert_close(synth.text_prototypes(synth.text_memory_keys[2:3] * 7.0)[0], synth.text_memory_features[2] * synth.log_feature_scale.exp())
+
+
+def test_an_empty_class_memory_gives_uninformative_texts():
+    synth = tiny_synthesizer(seed=0, text_generator="class_memory")
+    assert "text_memory_keys" not in synth.state_dict()
+    assert torch.count_nonzero(synth.text_prototypes(torch.randn(2, synth.config.text_embed_dim))) == 0
+
+
+def test_set_text_memory_needs_the_class_memory_generator(synth):
+    with pytest.raises(ValueError, match="class_memory"):
+        synth.set_text_memory(torch.zeros(2, synth.config.text_embed_dim), torch.zeros(2, synth.target.num_features))
+
+
+def test_a_class_memory_synthesizer_round_trips_and_synthesizes_text_only_tasks(tasks, tmp_path):
+    synth = memory_synthesizer()
+    synth.save_pretrained(tmp_path)
+    loaded = SGPSSynthesizer.from_pretrained(tmp_path)
+    assert loaded.config.text_generator == "class_memory" and loaded.config.text_memory_size == 5
+    assert state_dict_sha256(loaded.state_dict()) == state_dict_sha256(synth.state_dict())
+    for kind in ("text-only", "mixed"):
+        weights = loaded.synthesize(tasks[kind]).model.state_dict()
+        assert state_dict_sha256(weights) == state_dict_sha256(synth.synthesize(tasks[kind]).model.state_dict())
+    head = loaded.synthesize(tasks["text-only"]).model.classifier.weight
+    assert torch.isfinite(head).all() and head.abs().sum() > 0

@@ -1,0 +1,244 @@
+"""Unit tests of the post-hoc calibration on meta-val (sgps_hf.training.calibration): the class memory of the text
+generator and its temperature, the ridge and prior multipliers, and the two temperatures."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from sgps_testing import tiny_synthesizer
+
+from sgps_hf.data.episodes import ClassPool, EpisodeSampler
+from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
+from sgps_hf.training import calibration
+from sgps_hf.training.calibration import (
+    LOGIT_SCALE_MULTIPLIERS,
+    PRIOR_STRENGTHS,
+    RIDGE_MULTIPLIERS,
+    TEXT_TEMPERATURES,
+    build_text_memory,
+    calibrate_logit_scale,
+    calibrate_prior_strength,
+    calibrate_ridge,
+    calibrate_text_temperature,
+    calibrate_zero_shot_scale,
+)
+from sgps_hf.training.feature_cache import pool_features
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def pools(size=32, per_class=(5, 4, 6, 3), tasks=("task-a", "task-a", "task-a", "task-b")):
+    rng = np.random.default_rng(0)
+    return [
+        ClassPool(task, f"class-{i}", rng.integers(0, 256, (m, size, size, 3), dtype=np.uint8), f"text of class {i}")
+        for i, (task, m) in enumerate(zip(tasks, per_class))
+    ]
+
+
+@pytest.fixture(scope="module")
+def processor():
+    config = tiny_synthesizer(seed=0).config
+    return SGPSImageProcessor(image_size=config.image_size, image_mean=config.image_mean, image_std=config.image_std)
+
+
+# -- prior calibration --------------------------------------------------------------------------------------------
+class FakeTexts:
+    """A TextBank stand-in: a fixed random embedding per text (no text encoder needed)."""
+
+    def __init__(self, dim):
+        self.dim, self.cache = dim, {}
+
+    def __call__(self, texts):
+        for text in texts:
+            self.cache.setdefault(text, torch.randn(self.dim, generator=torch.Generator().manual_seed(len(self.cache))))
+        return torch.stack([self.cache[t] for t in texts])
+
+
+def calibration_episodes():
+    chosen = pools(per_class=(8, 8, 8, 8), tasks=("t", "t", "t", "t"))
+    one = [EpisodeSampler(chosen, n_way=3, k_shot=1, q_query=2, seed=0).episode(i) for i in range(2)]
+    five = [EpisodeSampler(chosen, n_way=3, k_shot=5, q_query=2, seed=0).episode(i) for i in range(2)]
+    return one + five
+
+
+def strength(model, shots):
+    low, slope = model.prior_coefficients.tolist()
+    return math.exp(low + slope * math.log(shots))
+
+
+def test_calibration_chooses_the_best_strength_per_shot_count_and_sets_it(processor, monkeypatch):
+    synth = tiny_synthesizer(seed=0)
+    best = {1: 1.0, 5: 0.25}
+
+    def fake_evaluate(model, episodes, processor, texts, features=None):
+        target = best[1] if episodes[0].k_shot <= 2 else best[5]
+        return 1.0 - abs(strength(model, 1) - target)  # set_prior_strength(s, s): the same strength at every shot count
+
+    monkeypatch.setattr(calibration, "evaluate_episodes", fake_evaluate)
+    result = calibrate_prior_strength(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
+    assert result["chosen"] == {"1": 1.0, "5": 0.25}
+    assert set(result["scores"]) == {"1", "5"} and set(result["scores"]["1"]) == set(PRIOR_STRENGTHS)
+    assert strength(synth, 1) == pytest.approx(1.0) and strength(synth, 5) == pytest.approx(0.25)
+
+
+def test_calibration_ties_go_to_the_weaker_prior(processor):
+    # untrained: the text generator is zero, so every strength classifies alike and the weakest (0) wins
+    synth = tiny_synthesizer(seed=0)
+    result = calibrate_prior_strength(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
+    assert result["chosen"] == {"1": 0.0, "5": 0.0}
+    assert len(set(result["scores"]["1"].values())) == 1
+    assert strength(synth, 1) == pytest.approx(1e-6)
+
+
+def test_calibration_without_episodes_leaves_the_prior_alone(processor):
+    synth = tiny_synthesizer(seed=0)
+    before = synth.prior_coefficients.clone()
+    assert "note" in calibrate_prior_strength(synth, [], processor, FakeTexts(synth.config.text_embed_dim))
+    assert torch.equal(synth.prior_coefficients, before)
+    assert strength(synth, 1) == pytest.approx(synth.config.prior_init)
+
+
+# -- temperature calibration --------------------------------------------------------------------------------------
+class FixedMarginHead(torch.nn.Module):
+    """A stand-in synthesizer whose query logits are ``scale`` on one class: the true one, except every 3rd query."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.log_logit_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
+
+    def forward(self, num_classes, query_labels, return_weights=False, **inputs):
+        picked = torch.where(torch.arange(len(query_labels)) % 3 == 0, (query_labels + 1) % num_classes, query_labels)
+        logits = self.log_logit_scale.exp() * torch.nn.functional.one_hot(picked, num_classes).float()
+        return SimpleNamespace(logits=logits)
+
+
+def test_temperature_calibration_fits_the_nll_optimal_scale_and_sets_it(processor):
+    episodes = calibration_episodes()
+    texts = FakeTexts(16)
+    # 3-way, 2 of every 3 queries right with margin m: the NLL is least where e^m / (e^m + 2) = 2/3, i.e. m = log 4.
+    for start in (0.5, 4.0):  # under- and over-confident
+        head = FixedMarginHead(start)
+        result = calibrate_logit_scale(head, episodes, processor, texts)
+        assert start * result["chosen"] == pytest.approx(math.log(4), rel=0.04)
+        assert head.log_logit_scale.exp().item() == pytest.approx(start * result["chosen"], rel=1e-3)
+        assert result["nll"][f"{result['chosen']:.3f}"] == pytest.approx(min(result["nll"].values()), abs=1e-6)
+
+
+def test_temperature_calibration_keeps_the_accuracy_of_a_real_synthesizer(processor):
+    synth = tiny_synthesizer(seed=0)
+    texts = FakeTexts(synth.config.text_embed_dim)
+    episodes = calibration_episodes()
+    before = calibration.evaluate_episodes(synth, episodes, processor, texts)
+    result = calibrate_logit_scale(synth, episodes, processor, texts)
+    assert min(LOGIT_SCALE_MULTIPLIERS) <= result["chosen"] <= max(LOGIT_SCALE_MULTIPLIERS)
+    assert calibration.evaluate_episodes(synth, episodes, processor, texts) == before  # a temperature never changes argmax
+
+
+def test_temperature_calibration_without_image_episodes_leaves_the_scale_alone(processor):
+    synth = tiny_synthesizer(seed=0)
+    before = synth.log_logit_scale.item()
+    text_only = [type(e)(**{**e.__dict__, "use_images": False}) for e in calibration_episodes()]
+    assert "note" in calibrate_logit_scale(synth, text_only, processor, FakeTexts(synth.config.text_embed_dim))
+    assert synth.log_logit_scale.item() == before
+
+
+# -- class memory -------------------------------------------------------------------------------------------------
+def memory_synthesizer(seed=0):
+    return tiny_synthesizer(seed=seed, text_generator="class_memory")
+
+
+def test_build_text_memory_holds_each_classes_text_and_centred_mean_feature(processor):
+    synth = memory_synthesizer()
+    chosen = pools()
+    texts = FakeTexts(synth.config.text_embed_dim)
+    with torch.no_grad():
+        synth.feature_mean.normal_(generator=torch.Generator().manual_seed(3))
+    build_text_memory(synth, chosen, processor, texts)
+    features = pool_features(synth, chosen, processor, views=["identity"])
+    assert synth.config.text_memory_size == len(chosen) == synth.text_memory_keys.shape[0]
+    for row, pool in enumerate(chosen):
+        expected = features[(pool.task, pool.class_name)][:, 0].mean(0) - synth.feature_mean
+        torch.testing.assert_close(synth.text_memory_features[row], expected)
+        torch.testing.assert_close(synth.text_memory_keys[row], torch.nn.functional.normalize(texts([pool.text])[0], dim=0))
+
+
+def test_build_text_memory_needs_pools(processor):
+    with pytest.raises(ValueError, match="meta-train class pools"):
+        build_text_memory(memory_synthesizer(), [], processor, FakeTexts(16))
+
+
+def test_text_temperature_is_chosen_by_text_only_accuracy_and_set(processor, monkeypatch):
+    synth = memory_synthesizer()
+    build_text_memory(synth, pools(), processor, FakeTexts(synth.config.text_embed_dim))
+    seen = []
+
+    def fake_evaluate(model, episodes, processor, texts, features=None):
+        assert not any(e.use_images for e in episodes), "the temperature is chosen on text-only episodes"
+        seen.append(model.log_text_temperature.exp().item())
+        return 1.0 - abs(math.log(seen[-1] / 0.07))
+
+    monkeypatch.setattr(calibration, "evaluate_episodes", fake_evaluate)
+    result = calibrate_text_temperature(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
+    assert seen == pytest.approx(list(TEXT_TEMPERATURES), rel=1e-5)
+    assert result["chosen"] == 0.07 and synth.log_text_temperature.exp().item() == pytest.approx(0.07)
+    assert result["memory classes"] == 4
+
+
+def test_calibrate_builds_the_memory_before_the_prior_is_chosen(processor):
+    from sgps_hf.training.checkpointing import TrainerState
+
+    synth, state = memory_synthesizer(), TrainerState()
+    texts = FakeTexts(synth.config.text_embed_dim)
+    calibration.calibrate(synth, state, calibration_episodes(), processor, texts, train_pools=pools())
+    assert synth.config.text_memory_size == 4 and state.text_calibration["chosen"] in TEXT_TEMPERATURES
+    for report in (state.ridge_calibration, state.prior_calibration, state.temperature_calibration, state.zero_shot_calibration):
+        assert "chosen" in report
+
+
+# -- ridge --------------------------------------------------------------------------------------------------------
+def ridge(model, shots):
+    low, slope = model.ridge_coefficients.tolist()
+    return math.exp(low + slope * math.log1p(shots))
+
+
+def test_ridge_calibration_chooses_a_multiplier_per_shot_count_and_interpolates(processor, monkeypatch):
+    synth = tiny_synthesizer(seed=0)
+    original = {shots: ridge(synth, shots) for shots in (1, 3, 5)}
+    best = {1: 2.0, 5: 0.25}
+
+    def fake_evaluate(model, episodes, processor, texts, features=None):
+        shots = 1 if episodes[0].k_shot <= 2 else 5
+        return 1.0 - abs(math.log(ridge(model, shots) / (original[shots] * best[shots])))
+
+    monkeypatch.setattr(calibration, "evaluate_episodes", fake_evaluate)
+    result = calibrate_ridge(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
+    assert result["chosen"] == {"1": 2.0, "5": 0.25} and set(result["scores"]["1"]) == set(RIDGE_MULTIPLIERS)
+    assert ridge(synth, 1) == pytest.approx(2.0 * original[1], rel=1e-5)
+    assert ridge(synth, 5) == pytest.approx(0.25 * original[5], rel=1e-5)
+    assert 0.25 * original[3] < ridge(synth, 3) < 2.0 * original[3]  # log-linear in between
+
+
+def test_ridge_calibration_without_image_episodes_leaves_the_ridge_alone(processor):
+    synth = tiny_synthesizer(seed=0)
+    before = synth.ridge_coefficients.detach().clone()
+    text_only = [type(e)(**{**e.__dict__, "use_images": False}) for e in calibration_episodes()]
+    assert "note" in calibrate_ridge(synth, text_only, processor, FakeTexts(synth.config.text_embed_dim))
+    assert torch.equal(synth.ridge_coefficients, before)
+
+
+# -- zero-shot temperature ----------------------------------------------------------------------------------------
+def test_zero_shot_scale_calibration_keeps_text_only_accuracy_and_sets_the_fit(processor):
+    synth = tiny_synthesizer(seed=0)
+    with torch.no_grad():
+        synth.text_to_weight[-1].weight.normal_(generator=torch.Generator().manual_seed(0))
+    texts, episodes = FakeTexts(synth.config.text_embed_dim), calibration_episodes()
+    text_only = [type(e)(**{**e.__dict__, "use_images": False}) for e in episodes]
+    before_accuracy, before_scale = calibration.evaluate_episodes(synth, text_only, processor, texts), synth.log_zero_shot_scale.item()
+    result = calibrate_zero_shot_scale(synth, episodes, processor, texts)
+    assert result["nll at chosen"] <= result["nll before"]
+    assert synth.log_zero_shot_scale.item() == pytest.approx(before_scale + math.log(result["chosen"]), abs=1e-4)
+    assert calibration.evaluate_episodes(synth, text_only, processor, texts) == before_accuracy
