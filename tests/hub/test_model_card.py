@@ -140,3 +140,9 @@ def test_synthesizer_card_renders():
     assert "multiplier" not in synthesizer_card("x/lite", SGPSConfig()).text.split("## Usage")[0]
     untrained = synthesizer_card("local/dir", config).text
     assert "has not been meta-trained" in untrained
+
+
+def test_synthesizer_card_describes_the_class_memory_text_generator():
+    text = synthesizer_card("x/memory", tiny_config(text_generator="class_memory", text_memory_size=225)).text
+    assert "attends over the texts of 225 meta-training classes" in text
+    assert "generator of width" not in text
