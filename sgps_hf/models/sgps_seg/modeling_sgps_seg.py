@@ -3,13 +3,15 @@
 ``SGPSSegSynthesizer`` holds the synthesized network's shared part (the frozen ImageNet EfficientNet-Lite0
 encoder of the classification side and a meta-learned UperNet decoder) and writes the task-specific
 part, the final 1x1 classifier convolution, in closed form from the examples' decoder features:
-one forward pass, no gradient step, deterministic. Two heads (``config.head``):
+one forward pass, no gradient step, deterministic. Heads (``config.head``; solved in ``heads.py``):
 
 * ``"ridge"``: class-balanced ridge regression of +-1 targets on the pixel features (with intercept),
   ``w = (X^T A X + lambda I)^-1 X^T A t``; logits ``(-s/2 (w.f+b), +s/2 (w.f+b))``. As ``lambda`` grows
   its direction tends to the difference of the prototypes.
 * ``"prototype"``: masked average pooling into foreground / background prototypes ``p_c`` and PANet's
   squared-distance rule as a linear layer, ``w_c = 2 s p_c``, ``b_c = -s |p_c|^2``.
+* ``"blend"`` (whenever ``config.prototype_mix`` is set): the two margins, each in units of its separation on the
+  examples, mixed with a prototype weight that depends on the number of examples K.
 
 The scale ``s`` and ridge strength ``lambda`` are meta-learned scalars.
 
@@ -37,6 +39,7 @@ from transformers.utils import ModelOutput
 
 from ...errors import SynthesisError
 from .configuration_sgps_seg import SGPSSegConfig
+from .heads import mix_for, solve_head
 
 if TYPE_CHECKING:
     from .segmenter import SynthesizedSegmenter
@@ -205,12 +208,15 @@ class SGPSSegSynthesizer(PreTrainedModel):
         return self.log_scale.exp()
 
     def resolve_head(self, num_examples: int) -> str:
-        """The head used for ``num_examples`` examples: ``config.head``, or prototype up to ``config.prototype_max_k``."""
+        """The head for ``num_examples`` examples: prototype up to ``config.prototype_max_k``, else ``"blend"`` when
+        ``config.prototype_mix`` is set, else ``config.head``."""
         limit = getattr(self.config, "prototype_max_k", None)
-        return "prototype" if limit is not None and num_examples <= limit else self.config.head
+        if limit is not None and num_examples <= limit:
+            return "prototype"
+        return "blend" if getattr(self.config, "prototype_mix", None) else self.config.head
 
     def head_from_support(self, support_features: Tensor, support_masks: Tensor, head: str | None = None) -> tuple[Tensor, Tensor]:
-        """Closed-form classifier ``(weight (2, C, 1, 1), bias (2,))`` from decoder features and masks.
+        """Closed-form classifier ``(weight (2, C, 1, 1), bias (2,))`` from decoder features and masks (heads.py).
 
         ``support_masks``: ``(K, 1, H, W)`` in [0, 1] at any resolution (area-pooled to the features').
         """
@@ -230,30 +236,8 @@ class SGPSSegSynthesizer(PreTrainedModel):
             gain[:learned] = 1 / (x[:, :learned] ** 2).sum(1).mean().clamp_min(1e-12).sqrt()
         x = (x - offset) * gain
         y = y.reshape(-1).double()
-        fg, bg = y.sum(), (1 - y).sum()
-        if fg <= 0 or bg <= 0:
-            raise SynthesisError("The examples need both foreground and background pixels to synthesize a segmenter.")
-        scale = self.scale.double()
-        if head == "prototype":
-            p_fg = (x * y[:, None]).sum(0) / fg
-            p_bg = (x * (1 - y)[:, None]).sum(0) / bg
-            prototypes = torch.stack([p_bg, p_fg])
-            weight = 2 * scale * prototypes
-            bias = -scale * (prototypes**2).sum(1)
-        elif head == "ridge":
-            a = 0.5 * y / fg + 0.5 * (1 - y) / bg  # class-balanced pixel weights, summing to 1
-            t = 2 * y - 1
-            xa = torch.cat([x, torch.ones_like(x[:, :1])], 1)
-            gram = xa.T @ (xa * a[:, None])
-            energy = torch.diagonal(gram)[:c].mean().clamp_min(1e-12)
-            reg = torch.eye(c + 1, dtype=x.dtype, device=x.device) * (self.log_ridge_lambda.double().exp() * energy)
-            reg[c, c] = 1e-6 * energy  # (almost) no penalty on the intercept
-            solution = torch.linalg.solve(gram + reg, xa.T @ (a * t))
-            direction, intercept = solution[:c], solution[c]
-            weight = torch.stack([-direction, direction]) * (scale / 2)
-            bias = torch.stack([-intercept, intercept]) * (scale / 2)
-        else:
-            raise SynthesisError(f"Unknown head {head!r}.")
+        mix = mix_for(self.config.prototype_mix or [], k) if head == "blend" else None
+        weight, bias = solve_head(head, x, y, self.scale.double(), self.log_ridge_lambda.double().exp(), mix)
         # the head was solved on (x - offset) * gain: fold both into the 1x1 conv on the network's own features
         weight = weight * gain
         bias = bias - weight @ offset
