@@ -116,18 +116,26 @@ class SGPSSegSynthesizer(PreTrainedModel):
         return sum(self.raw_dim(j) for j in range(len(self.config.raw_levels)))
 
     @torch.no_grad()
-    def fit_raw_passthrough(self, features: Sequence[Tensor], shift_margin: float = 2.0) -> None:
+    def fit_raw_passthrough(self, features: Sequence[Tensor], shift_margin: float = 2.0, standardize: bool = True, level_norm: str = "dim") -> None:
         """Fit the raw pass-through from encoder feature maps of (meta-train) images (one tensor per stage).
 
         Per stage: standardise each channel (mean / std over all pixels), rotate onto the leading ``raw_dims``
         principal components, divide by ``sqrt(dim)`` (so every stage weighs about alike per pixel) and add a
         per-channel shift of ``shift_margin`` times the most negative value seen, which keeps the ReLUs of the
         UperNet's conv modules inactive on such images.
+
+        ``standardize=False`` keeps the channels' own variances (one scale per stage, as PANet's raw features);
+        ``level_norm="energy"`` divides each stage by the root of the mean pixel energy it keeps (each stage then weighs
+        exactly 1 per pixel on average, as PANet's per-level normalisation does per pixel) instead of ``sqrt(dim)``.
         """
+        if level_norm not in ("dim", "energy"):
+            raise SynthesisError(f"level_norm must be 'dim' or 'energy', got {level_norm!r}.")
         for j, level in enumerate(self.config.raw_levels):
             f = features[level].double()
             x = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
             mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+            if not standardize:
+                std = torch.full_like(std, float(x.std(0).pow(2).mean().sqrt().clamp_min(1e-6)))
             z = (x - mean) / std
             dim = self.raw_dim(j)
             if dim < x.shape[1]:
@@ -135,7 +143,11 @@ class SGPSSegSynthesizer(PreTrainedModel):
                 basis = vectors.flip(1)[:, :dim]
             else:
                 basis = torch.eye(x.shape[1], dtype=z.dtype)
-            projection = basis.T / std[None, :] / math.sqrt(dim)
+            projection = basis.T / std[None, :]
+            if level_norm == "energy":
+                projection = projection / ((x - mean) @ projection.T).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+            else:
+                projection = projection / math.sqrt(dim)
             u = (x - mean) @ projection.T
             offset = shift_margin * (-u.min(0).values).clamp_min(0) + 1e-3
             getattr(self, f"raw_projection_{j}").copy_(projection.float())
