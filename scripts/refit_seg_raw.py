@@ -38,6 +38,9 @@ def main() -> None:
     bank = FeatureBank(model, task_arrays(load_seg_dataset(tasks=names), names), mirrored=False)
     fit_raw_in_loop(model, bank, spec)
     model.save_pretrained(args.output)
+    # keep the meta-training record beside the weights, with the re-fit noted (the decoder is that run's)
+    training["raw_refit"] = {**spec, "script": "scripts/refit_seg_raw.py"}
+    (Path(args.output) / "training.json").write_text(json.dumps(training, indent=2))
     print(f"raw pass-through re-fitted with {spec}; saved to {args.output}")
 
 

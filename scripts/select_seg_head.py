@@ -59,6 +59,14 @@ def episode_dice(model: SGPSSegSynthesizer, decoded: torch.Tensor, masks: torch.
     return float(np.mean(dice_scores(logits[:, 1] > logits[:, 0], masks[list(episode.query)][:, 0])))
 
 
+def _raw_fit(checkpoint: str) -> dict:
+    """How the checkpoint's raw block was fitted (training.json: a post-hoc re-fit if any, else the meta-training fit)."""
+    path = Path(checkpoint) / "training.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    spec = info.get("raw_refit") or info.get("config", {}).get("passthrough", {})
+    return {"standardize": bool(spec.get("standardize", True)), "level_norm": str(spec.get("level_norm", "dim"))}
+
+
 def task_of(binary: str) -> str:
     return binary.split("/")[0]
 
@@ -138,6 +146,7 @@ def select(args: argparse.Namespace) -> dict:
         "mean_over_tasks": {str(k): {str(m): float(np.mean([scores[t][str(k)][str(m)] for t in whole])) for m in args.grid} for k in args.ks},
         "chosen": {str(k): w for k, w in chosen.items()}, "prototype_mix": interpolate(chosen, max(args.ks)),
         "leave_one_task_out": loto,
+        "raw_fit": _raw_fit(args.checkpoint),
         "leave_one_task_out_gain_over_ridge": {str(k): float(np.mean([loto[t][str(k)]["dice"] - loto[t][str(k)]["ridge"] for t in whole])) for k in args.ks},
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
