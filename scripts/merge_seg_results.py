@@ -5,7 +5,7 @@ Only for methods that do not depend on the synthesizer checkpoint (e.g. ``finetu
 fresh decoder, seeded) and only when the earlier run used the same tasks, seed, queries and K; its episodes are the
 first ``episodes_per_task_and_k`` of this run's (EpisodeSampler.fixed is prefix-stable). A method that did depend
 on the earlier checkpoint must be renamed (``SRC:DST``, e.g. ``finetune:finetune-previous-64ch``). Recorded under
-``protocol.carried_over``."""
+``protocol.carried_over`` (one record per merged run)."""
 import argparse
 import json
 import sys
@@ -31,8 +31,12 @@ for spec in methods:
     main["summary"][dst] = earlier["summary"][m]
     if m in earlier.get("timing_s", {}):
         main["timing_s"][dst] = earlier["timing_s"][m]
-main["protocol"]["carried_over"] = {"methods": [m.partition(":")[2] or m for m in methods], "episodes_per_task_and_k": earlier["protocol"]["episodes_per_task_and_k"],
-                                    "from": {k: earlier["protocol"][k] for k in ("checkpoint", "finetune_imagenet_steps", "finetune_imagenet_lr", "wall_s")}}
+record = {"methods": [m.partition(":")[2] or m for m in methods], "episodes_per_task_and_k": earlier["protocol"]["episodes_per_task_and_k"],
+          "from": {k: earlier["protocol"][k] for k in ("checkpoint", "finetune_imagenet_steps", "finetune_imagenet_lr", "wall_s")}}
+# several merges (from different earlier runs) keep one record each
+previous = main["protocol"].get("carried_over")
+records = [] if previous is None else (previous if isinstance(previous, list) else [previous])
+main["protocol"]["carried_over"] = [r for r in records if not set(r["methods"]) & set(record["methods"])] + [record]
 # paired differences against carried-over methods that kept their per-episode Dice (same episodes, prefix-stable)
 sys.path.insert(0, str(B.parent))
 from sgps_hf.evaluation.segmentation import paired_difference  # noqa: E402

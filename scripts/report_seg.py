@@ -9,15 +9,18 @@ from pathlib import Path
 
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-ORDER = ["synthesizer", "synthesizer-prototype", "synthesizer-ridge", "synthesizer-posthoc-previous", "panet-imagenet", "panet-imagenet-all-levels", "finetune", "finetune-previous-64ch", "finetune-imagenet", "mean-mask"]
+ORDER = ["synthesizer", "synthesizer-prototype", "synthesizer-ridge", "synthesizer-blend-std-raw", "synthesizer-previous-bundled", "synthesizer-posthoc-previous", "panet-imagenet", "panet-imagenet-all-levels", "finetune", "finetune-ridge-init", "finetune-previous-64ch", "finetune-imagenet", "mean-mask"]
 DESCRIBE = {
-    "synthesizer": "**SGPS-Seg, the bundled synthesizer**: decoder meta-trained with the raw encoder pass-through in the loop (learned + raw channels), ridge head at every K (chosen on meta-val): one forward pass, no gradient",
+    "synthesizer": "**SGPS-Seg, the bundled synthesizer**: decoder meta-trained with the raw encoder pass-through in the loop (learned + raw channels), raw block re-fitted post hoc (one scale per stage, each stage at unit mean pixel energy, as PANet weighs its levels); blended closed-form head, the ridge and prototype margins mixed with prototype weight 0.5 / 0.4 / 0.2 / 0.2 at K = 1 / 2 / 5 / 8 (`prototype_mix`; raw fit and weights chosen post hoc on the meta-val and meta-train tasks, see below): one forward pass, no gradient",
+    "synthesizer-blend-std-raw": "the first candidate of this round: the meta-training raw block (standardised channels, 1/sqrt(dim) per stage) with its own blend weights 0.1 / 0.2 / 0.1 / 0.1; carried over from its single held-out run (same episodes)",
+    "synthesizer-previous-bundled": "the previous bundled synthesizer (the same decoder, the meta-training raw block, ridge head at every K): carried over from this round's first held-out run (same episodes)",
     "synthesizer-posthoc-previous": "the previous bundled synthesizer (decoder meta-trained without the raw block, raw pass-through added post hoc, ridge at every K): carried over from the previous run on the same episodes",
     "synthesizer-prototype": "the same features + prototype (PANet distance rule) head: ablation",
-    "synthesizer-ridge": "the same features + ridge head at every K (identical to `synthesizer` for this checkpoint)",
+    "synthesizer-ridge": "the same features + ridge head at every K (the previous bundled synthesizer's head, on the re-fitted raw block)",
     "panet-imagenet": "PANet-style cosine prototypes on the frozen ImageNet Lite0 body, no meta-training; feature stages 0+1 (stride 4 and 8), the levels chosen on meta-val",
     "panet-imagenet-all-levels": "the same PANet rule on all four stages (0-3) of the body (runner-up on meta-val by 0.002; the stronger PANet on the held-out tasks)",
-    "finetune": "fine-tune the bundled synthesized network's learned decoder + its whole (learned + raw) 1x1 classifier on the examples, starting from the synthesized weights (20 Adam steps, lr 1e-3, examples + mirrors; raw block fixed)",
+    "finetune": "fine-tune the bundled synthesized network's learned decoder + its whole (learned + raw) 1x1 classifier on the examples, starting from the synthesized (blended-head) weights (20 Adam steps, lr 1e-3, examples + mirrors; raw block fixed)",
+    "finetune-ridge-init": "the same fine-tuning started from the previous bundled synthesizer's ridge-head weights (the previous round's `finetune`): carried over, 8 episodes",
     "finetune-previous-64ch": "fine-tuning the *previous* bundled synthesized network (64 learned channels, no raw block; 20 Adam steps, lr 1e-3): carried over from the earlier run, 8 episodes (for comparison with `finetune` on the new network)",
     "finetune-imagenet": "fine-tune the same UperNet from ImageNet body + fresh decoder (40 Adam steps, lr 3e-3, examples + mirrors)",
     "mean-mask": "mean of the example masks, thresholded at 0.5",
@@ -27,6 +30,11 @@ DESCRIBE = {
 def load(split: str) -> dict | None:
     path = BENCH / f"seg_results_{split}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def carried_methods(protocol: dict) -> list[str]:
+    records = protocol.get("carried_over") or []
+    return [m for r in (records if isinstance(records, list) else [records]) for m in r["methods"]]
 
 
 def methods_of(result: dict) -> list[str]:
@@ -56,10 +64,51 @@ def paired(result: dict) -> list[str]:
     ks = result["protocol"]["ks"]
     lines = ["| difference (same episodes) | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
     for name, by_k in result.get("paired", {}).items():
-        if name == "synthesizer - synthesizer-ridge":
+        if all(abs(by_k[str(k)]["diff"]) < 1e-12 for k in ks):  # a method identical to the synthesizer (e.g. its own head forced)
             continue
         lines.append(f"| {name} | " + " | ".join(f"{by_k[str(k)]['diff']:+.3f} [{by_k[str(k)]['ci'][0]:+.3f}, {by_k[str(k)]['ci'][1]:+.3f}]" for k in ks) + " |")
     return lines
+
+
+def head_selection() -> list[str]:
+    """The blended head's prototype weight per K on the selection tasks (``scripts/select_seg_head.py``)."""
+    path = BENCH / "seg_head_selection.json"
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    ks = list(r["chosen"])
+    lines = ["## Blended head: selection of the prototype weight (meta-val + meta-train tasks only)", "",
+             f"`python scripts/select_seg_head.py --write` (`benchmarks/seg_head_selection.json`): {r['episodes_per_binary_task_and_k']} episodes per binary "
+             f"task and K (seed {r['seed']}, 8 queries), tasks {', '.join(r['selection_tasks'])} (meta-val: {', '.join(r['meta_val'])}); binary tasks averaged "
+             f"within their task, then the {len(r['selection_tasks'])} tasks equally. On the meta-train tasks the learned channels are "
+             f"{'zeroed (they were meta-trained on those masks)' if r.get('meta_train_features', 'raw') == 'raw' else 'kept'}. "
+             "Mean Dice by prototype weight (0 = ridge, 1 = prototype):", "",
+             "| K | " + " | ".join(str(m) for m in r["grid"]) + " | chosen | leave-one-task-out gain over ridge |", "|---|" + "---|" * (len(r["grid"]) + 2)]
+    for k in ks:
+        row = r["mean_over_tasks"][k]
+        lines.append(f"| {k} | " + " | ".join(f"{row[str(m)]:.3f}" for m in r["grid"]) + f" | {r['chosen'][k]} | {r['leave_one_task_out_gain_over_ridge'][k]:+.4f} |")
+    lines += ["", f"Stored `prototype_mix` (K = 1..{len(r['prototype_mix'])}, linear between evaluated K): {r['prototype_mix']}.", ""]
+    return lines + raw_variants()
+
+
+def raw_variants() -> list[str]:
+    """Raw-block fits compared on the selection tasks, each with its own chosen prototype weights."""
+    files = sorted(f for f in BENCH.glob("seg_head_selection_raw_*.json") if not f.stem.endswith("all_features"))
+    if not files:
+        return []
+    lines = ["Raw-block fits of the same decoder (`scripts/refit_seg_raw.py`), each with its own prototype weights chosen by the rule above; "
+             "six-task mean Dice at the chosen weights (ridge alone in brackets). The fit with the highest mean over K is bundled:", "",
+             "| standardise channels | stage scale | chosen weights K=1/2/5/8 | " + " | ".join(f"K={k}" for k in (1, 2, 5, 8)) + " | mean |", "|---|---|---|" + "---|" * 5]
+    for f in files:
+        r = json.loads(f.read_text())
+        ks = list(r["chosen"])
+        at = [r["mean_over_tasks"][k][str(r["chosen"][k])] for k in ks]
+        ridge = [r["mean_over_tasks"][k]["0.0"] for k in ks]
+        fit = r.get("raw_fit", {})
+        scale = "1/sqrt(kept energy)" if fit.get("level_norm") == "energy" else "1/sqrt(dim)"
+        lines.append(f"| {'yes' if fit.get('standardize', True) else 'no (one scale per stage)'} | {scale} | {' / '.join(str(r['chosen'][k]) for k in ks)} | "
+                     + " | ".join(f"{a:.3f} ({b:.3f})" for a, b in zip(at, ridge)) + f" | {sum(at) / len(at):.4f} |")
+    return lines + [""]
 
 
 def per_task(result: dict) -> list[str]:
@@ -104,7 +153,7 @@ def main() -> None:
            "(local `evaluate` modules `sgps_hf/metric_modules/dice|iou`), averaged over queries, then over tasks. 128 px, "
            f"checkpoint `{p['checkpoint']}`, {p['threads']} torch thread; wall {p['wall_s']:.0f} s. "
            "Brackets: 95% bootstrap interval of the task-mean Dice (episodes resampled within each task, 2000 replicates)."
-           + (f" `{', '.join(p['carried_over']['methods'])}` are carried over from earlier runs of the same protocol, on the first n of the same "
+           + (f" `{', '.join(carried_methods(p))}` are carried over from earlier runs of the same protocol, on the first n of the same "
               "episodes (n in the episodes column; `scripts/merge_seg_results.py`)." if p.get("carried_over") else ""), "",
            "Methods:", *[f"- `{m}`: {DESCRIBE.get(m, m)}" for m in methods_of(held)], ""]
     notes = BENCH / "seg_notes.md"
@@ -112,7 +161,7 @@ def main() -> None:
         out += [notes.read_text().strip(), ""]
     out += ["## Held-out tasks: mean Dice", "", *table(held), "", "Paired differences of task-mean Dice (95% bootstrap interval):", "", *paired(held), "",
             "## Held-out tasks: mean IoU", "", *table(held, "iou"), "",
-            "![data efficiency](seg_data_efficiency.png)", "", "## Per held-out task", "", *per_task(held), ""]
+            "![data efficiency](seg_data_efficiency.png)", "", "## Per held-out task", "", *per_task(held), "", *head_selection()]
     if val:
         out += ["## Meta-validation task (model selection only): mean Dice", "", *table(val), "", *paired(val), ""]
         panet = sorted(BENCH.glob("seg_results_meta_val_panet_*.json"))

@@ -56,7 +56,7 @@ class SegTrainingConfig:
     max_minutes: float | None = None
     num_threads: int | None = 1
     # raw encoder pass-through. In the loop (``model.raw_levels`` set): its standardisation / principal axes are fitted on
-    # meta-train images before the first step (keys fit_images_per_task, fit_seed, shift_margin here) and the head sees
+    # meta-train images before the first step (keys fit_images_per_task, fit_seed, shift_margin, standardize, level_norm) and the head sees
     # learned + raw channels throughout meta-training. Post hoc (legacy, scripts/passthrough_seg.py): the other keys.
     passthrough: dict[str, Any] = field(default_factory=dict)
     # regularisation: per episode, each learned decoder channel is zeroed (in examples and queries alike) with this
@@ -285,7 +285,8 @@ def fit_raw_in_loop(model: SGPSSegSynthesizer, bank: FeatureBank, spec: dict[str
     names = sorted(bank.features)
     picks = {name: torch.from_numpy(np.sort(rng.permutation(len(bank.masks[name]))[:per_task])) for name in names}
     features = [torch.cat([bank.features[name][0][level][picks[name]].float() for name in names]) for level in range(len(model.config.out_indices))]
-    model.fit_raw_passthrough(features, shift_margin=float(spec.get("shift_margin", 2.0)))
+    model.fit_raw_passthrough(features, shift_margin=float(spec.get("shift_margin", 2.0)), standardize=bool(spec.get("standardize", True)),
+                              level_norm=str(spec.get("level_norm", "dim")))
 
 
 @torch.no_grad()

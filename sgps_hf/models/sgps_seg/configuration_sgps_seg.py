@@ -42,6 +42,10 @@ class SGPSSegConfig(PretrainedConfig):
         raw_weight (`float`): weight of the raw block relative to the (energy-normalised) learned block in the head.
         learned_energy_norm (`bool`): scale the learned block by the inverse root of its mean pixel energy on the
             examples (so the two blocks weigh alike whatever the decoder's scale).
+        prototype_mix (`list[float]`, *optional*): when set, the head for K examples is the ``"blend"`` of the
+            prototype and ridge margins (each divided by its separation on the examples) with prototype weight
+            ``prototype_mix[K - 1]`` (the last entry for larger K); ``prototype_max_k`` still takes precedence.
+            Both parts are linear in the features, so the export stays one 1x1 classifier.
         learn_raw_weight (`bool`): meta-learn the raw block's weight (a scalar ``log_raw_weight`` initialised at
             ``log(raw_weight)``; ``raw_weight`` in the saved config is kept equal to its value).
     """
@@ -67,6 +71,7 @@ class SGPSSegConfig(PretrainedConfig):
         raw_weight: float = 1.0,
         learned_energy_norm: bool = False,
         learn_raw_weight: bool = False,
+        prototype_mix: list[float] | None = None,
         **kwargs: Any,
     ) -> None:
         if head not in HEADS:
@@ -101,6 +106,9 @@ class SGPSSegConfig(PretrainedConfig):
             raise ValueError(f"raw_weight must be positive, got {raw_weight}.")
         self.learned_energy_norm = bool(learned_energy_norm)
         self.learn_raw_weight = bool(learn_raw_weight)
+        self.prototype_mix = [float(v) for v in prototype_mix] if prototype_mix else None
+        if self.prototype_mix is not None and any(not 0.0 <= v <= 1.0 for v in self.prototype_mix):
+            raise ValueError(f"prototype_mix entries must be in [0, 1], got {prototype_mix}.")
         super().__init__(**kwargs)
 
     def segmenter_config(self, raw_channels: int = 0):

@@ -3,13 +3,15 @@
 ``SGPSSegSynthesizer`` holds the synthesized network's shared part (the frozen ImageNet EfficientNet-Lite0
 encoder of the classification side and a meta-learned UperNet decoder) and writes the task-specific
 part, the final 1x1 classifier convolution, in closed form from the examples' decoder features:
-one forward pass, no gradient step, deterministic. Two heads (``config.head``):
+one forward pass, no gradient step, deterministic. Heads (``config.head``; solved in ``heads.py``):
 
 * ``"ridge"``: class-balanced ridge regression of +-1 targets on the pixel features (with intercept),
   ``w = (X^T A X + lambda I)^-1 X^T A t``; logits ``(-s/2 (w.f+b), +s/2 (w.f+b))``. As ``lambda`` grows
   its direction tends to the difference of the prototypes.
 * ``"prototype"``: masked average pooling into foreground / background prototypes ``p_c`` and PANet's
   squared-distance rule as a linear layer, ``w_c = 2 s p_c``, ``b_c = -s |p_c|^2``.
+* ``"blend"`` (whenever ``config.prototype_mix`` is set): the two margins, each in units of its separation on the
+  examples, mixed with a prototype weight that depends on the number of examples K.
 
 The scale ``s`` and ridge strength ``lambda`` are meta-learned scalars.
 
@@ -37,6 +39,7 @@ from transformers.utils import ModelOutput
 
 from ...errors import SynthesisError
 from .configuration_sgps_seg import SGPSSegConfig
+from .heads import mix_for, solve_head
 
 if TYPE_CHECKING:
     from .segmenter import SynthesizedSegmenter
@@ -113,18 +116,26 @@ class SGPSSegSynthesizer(PreTrainedModel):
         return sum(self.raw_dim(j) for j in range(len(self.config.raw_levels)))
 
     @torch.no_grad()
-    def fit_raw_passthrough(self, features: Sequence[Tensor], shift_margin: float = 2.0) -> None:
+    def fit_raw_passthrough(self, features: Sequence[Tensor], shift_margin: float = 2.0, standardize: bool = True, level_norm: str = "dim") -> None:
         """Fit the raw pass-through from encoder feature maps of (meta-train) images (one tensor per stage).
 
         Per stage: standardise each channel (mean / std over all pixels), rotate onto the leading ``raw_dims``
         principal components, divide by ``sqrt(dim)`` (so every stage weighs about alike per pixel) and add a
         per-channel shift of ``shift_margin`` times the most negative value seen, which keeps the ReLUs of the
         UperNet's conv modules inactive on such images.
+
+        ``standardize=False`` keeps the channels' own variances (one scale per stage, as PANet's raw features);
+        ``level_norm="energy"`` divides each stage by the root of the mean pixel energy it keeps (each stage then weighs
+        exactly 1 per pixel on average, as PANet's per-level normalisation does per pixel) instead of ``sqrt(dim)``.
         """
+        if level_norm not in ("dim", "energy"):
+            raise SynthesisError(f"level_norm must be 'dim' or 'energy', got {level_norm!r}.")
         for j, level in enumerate(self.config.raw_levels):
             f = features[level].double()
             x = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
             mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+            if not standardize:
+                std = torch.full_like(std, float(x.std(0).pow(2).mean().sqrt().clamp_min(1e-6)))
             z = (x - mean) / std
             dim = self.raw_dim(j)
             if dim < x.shape[1]:
@@ -132,7 +143,11 @@ class SGPSSegSynthesizer(PreTrainedModel):
                 basis = vectors.flip(1)[:, :dim]
             else:
                 basis = torch.eye(x.shape[1], dtype=z.dtype)
-            projection = basis.T / std[None, :] / math.sqrt(dim)
+            projection = basis.T / std[None, :]
+            if level_norm == "energy":
+                projection = projection / ((x - mean) @ projection.T).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+            else:
+                projection = projection / math.sqrt(dim)
             u = (x - mean) @ projection.T
             offset = shift_margin * (-u.min(0).values).clamp_min(0) + 1e-3
             getattr(self, f"raw_projection_{j}").copy_(projection.float())
@@ -205,12 +220,15 @@ class SGPSSegSynthesizer(PreTrainedModel):
         return self.log_scale.exp()
 
     def resolve_head(self, num_examples: int) -> str:
-        """The head used for ``num_examples`` examples: ``config.head``, or prototype up to ``config.prototype_max_k``."""
+        """The head for ``num_examples`` examples: prototype up to ``config.prototype_max_k``, else ``"blend"`` when
+        ``config.prototype_mix`` is set, else ``config.head``."""
         limit = getattr(self.config, "prototype_max_k", None)
-        return "prototype" if limit is not None and num_examples <= limit else self.config.head
+        if limit is not None and num_examples <= limit:
+            return "prototype"
+        return "blend" if getattr(self.config, "prototype_mix", None) else self.config.head
 
     def head_from_support(self, support_features: Tensor, support_masks: Tensor, head: str | None = None) -> tuple[Tensor, Tensor]:
-        """Closed-form classifier ``(weight (2, C, 1, 1), bias (2,))`` from decoder features and masks.
+        """Closed-form classifier ``(weight (2, C, 1, 1), bias (2,))`` from decoder features and masks (heads.py).
 
         ``support_masks``: ``(K, 1, H, W)`` in [0, 1] at any resolution (area-pooled to the features').
         """
@@ -230,30 +248,8 @@ class SGPSSegSynthesizer(PreTrainedModel):
             gain[:learned] = 1 / (x[:, :learned] ** 2).sum(1).mean().clamp_min(1e-12).sqrt()
         x = (x - offset) * gain
         y = y.reshape(-1).double()
-        fg, bg = y.sum(), (1 - y).sum()
-        if fg <= 0 or bg <= 0:
-            raise SynthesisError("The examples need both foreground and background pixels to synthesize a segmenter.")
-        scale = self.scale.double()
-        if head == "prototype":
-            p_fg = (x * y[:, None]).sum(0) / fg
-            p_bg = (x * (1 - y)[:, None]).sum(0) / bg
-            prototypes = torch.stack([p_bg, p_fg])
-            weight = 2 * scale * prototypes
-            bias = -scale * (prototypes**2).sum(1)
-        elif head == "ridge":
-            a = 0.5 * y / fg + 0.5 * (1 - y) / bg  # class-balanced pixel weights, summing to 1
-            t = 2 * y - 1
-            xa = torch.cat([x, torch.ones_like(x[:, :1])], 1)
-            gram = xa.T @ (xa * a[:, None])
-            energy = torch.diagonal(gram)[:c].mean().clamp_min(1e-12)
-            reg = torch.eye(c + 1, dtype=x.dtype, device=x.device) * (self.log_ridge_lambda.double().exp() * energy)
-            reg[c, c] = 1e-6 * energy  # (almost) no penalty on the intercept
-            solution = torch.linalg.solve(gram + reg, xa.T @ (a * t))
-            direction, intercept = solution[:c], solution[c]
-            weight = torch.stack([-direction, direction]) * (scale / 2)
-            bias = torch.stack([-intercept, intercept]) * (scale / 2)
-        else:
-            raise SynthesisError(f"Unknown head {head!r}.")
+        mix = mix_for(self.config.prototype_mix or [], k) if head == "blend" else None
+        weight, bias = solve_head(head, x, y, self.scale.double(), self.log_ridge_lambda.double().exp(), mix)
         # the head was solved on (x - offset) * gain: fold both into the 1x1 conv on the network's own features
         weight = weight * gain
         bias = bias - weight @ offset

@@ -24,6 +24,7 @@ def test_default_checkpoint_loads_offline_and_beats_trivial_masks(monkeypatch):
     support, queries = order[:5], order[5:25]
     task = SegmentationTask("nodule", [(arrays.images[i], arrays.masks[i]) for i in support])
     segmenter = synth.synthesize(task)
+    assert segmenter.info["head"] == "blend" and synth.config.prototype_mix  # the bundled head: ridge + prototype blend
     predicted = segmenter.predict([arrays.images[i] for i in queries])
     references = [arrays.masks[i] for i in queries]
     dice = dice_iou(predicted, references)["dice"]

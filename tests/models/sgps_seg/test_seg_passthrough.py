@@ -10,6 +10,7 @@ from transformers import UperNetForSemanticSegmentation
 from seg_testing import PLAIN_TRANSFORMERS, blob_pair, check_plain, tiny_seg_synthesizer
 from sgps_testing import last_json_line, run_python
 from sgps_hf import SegmentationTask, SGPSSegConfig
+from sgps_hf.errors import SynthesisError
 from sgps_hf.evaluation.segmentation import bootstrap_ci, paired_difference
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -168,3 +169,27 @@ def test_finetune_baseline_trains_learned_decoder_and_wide_classifier():
     tuned = finetune_predict(synth, bank, episode, steps=5, lr=1e-2, init_head=True, seed=0)
     assert tuned.shape == before.shape and not torch.equal(tuned, before)
     assert all(torch.equal(v, synth.state_dict()[k]) for k, v in untouched.items())  # works on a copy
+
+
+def test_raw_fit_variants_scale_each_stage_as_documented():
+    synth = raw_synth(2)
+    g = torch.Generator().manual_seed(7)
+    features = synth.encode(torch.randn(6, 3, 32, 32, generator=g))
+
+    def block(j, level):
+        x = features[level].permute(0, 2, 3, 1).reshape(-1, features[level].shape[1]).double()
+        u = x @ getattr(synth, f"raw_projection_{j}").double().T + getattr(synth, f"raw_bias_{j}").double() - getattr(synth, f"raw_offset_{j}").double()
+        return x, u
+
+    synth.fit_raw_passthrough(features, level_norm="energy")
+    for j, level in enumerate(synth.config.raw_levels):  # each stage keeps a mean pixel energy of exactly 1
+        torch.testing.assert_close(block(j, level)[1].pow(2).sum(1).mean(), torch.tensor(1.0, dtype=torch.float64), rtol=1e-4, atol=1e-4)
+    synth.fit_raw_passthrough(features, standardize=False)
+    x, u = block(0, 0)  # stage 0 keeps all its channels: without standardisation u is a rotation of x - mean, scaled once
+    ratio = u.pow(2).sum(1) / (x - x.mean(0)).pow(2).sum(1).clamp_min(1e-12)
+    assert float(ratio.std() / ratio.mean()) < 1e-3
+    synth.fit_raw_passthrough(features)
+    _, u_std = block(0, 0)
+    assert not torch.allclose(u_std.pow(2).sum(1), u.pow(2).sum(1) * float(u_std.pow(2).sum(1).mean() / u.pow(2).sum(1).mean()), rtol=1e-2)
+    with pytest.raises(SynthesisError, match="level_norm"):
+        synth.fit_raw_passthrough(features, level_norm="pixel")
