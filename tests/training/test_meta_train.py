@@ -309,6 +309,27 @@ def test_exported_synthesizer_loads_and_synthesizes(reference_run, sources, tmp_
     assert all(torch.equal(t, model.state_dict()[k]) for k, t in weights.items())
 
 
+def test_a_class_memory_run_builds_the_memory_from_the_meta_train_classes(sources, train_env, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from sgps_hf import SGPSSynthesizer
+
+    output = tmp_path / "memory"
+    model = {**sgps_testing.TINY, "text_generator": "class_memory"}
+    run_training(train_args(output, sources, model=json.dumps(model), steps=4, **{"image-dropout": 0.0}), train_env)
+    checkpoint = output / "checkpoint-4" / "model.safetensors"
+    assert not any(key.startswith("text_memory") for key in load_file(checkpoint)), "no memory while meta-training"
+    for name in ("best", "final"):
+        config = json.loads((output / name / "config.json").read_text())
+        assert config["text_generator"] == "class_memory" and config["text_memory_size"] == 8  # the 8 meta-train classes
+        synthesizer, info = SGPSSynthesizer.from_pretrained(output / name, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"]
+        assert synthesizer.text_memory_keys.norm(dim=-1).allclose(torch.ones(8))
+        card = (output / name / "README.md").read_text()
+        assert re.search(r"text generator\*\*: class_memory \(8 meta-train classes, attention temperature [0-9.]+ chosen on meta-val\)", card)
+
+
 # -- resume ------------------------------------------------------------------------------------------------------
 
 
