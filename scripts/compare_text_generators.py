@@ -21,7 +21,7 @@ import torch
 from sgps_hf import SGPSSynthesizer
 from sgps_hf.metrics import mean_ci
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
-from sgps_hf.training.calibration import evaluate_episodes
+from sgps_hf.training.calibration import episode_accuracies
 from sgps_hf.training.config import TrainingConfig
 from sgps_hf.training.episode_inputs import TextBank
 from sgps_hf.training.feature_cache import pool_features
@@ -38,20 +38,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def per_episode(model, episodes, processor, texts, features) -> list[float]:
-    return [evaluate_episodes(model, [episode], processor, texts, features) for episode in episodes]
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.num_threads)
     config = TrainingConfig.from_file(args.config)
     named = dict(item.split("=", 1) for item in args.synthesizer)
-    rows, chance = [], None
+    rows, chance, pools_by_size = [], None, {}
     for name, path in named.items():
         model = SGPSSynthesizer.from_pretrained(path).eval()
         processor = SGPSImageProcessor.from_sgps_config(model.config)
-        _, val_pools, _ = training_pools(config, model.config.image_size)
+        size = model.config.image_size
+        if size not in pools_by_size:  # synthesizers of one image size share the decoded meta-val images
+            pools_by_size[size] = training_pools(config, size)[1]
+        val_pools = pools_by_size[size]
         texts = TextBank(model.config, [p.text for p in val_pools])
         features = pool_features(model, val_pools, processor)
         episodes = validation_episodes(val_pools, config)
@@ -59,9 +58,9 @@ def main(argv=None) -> None:
         image_only = [dataclasses.replace(e, use_text=False) for e in episodes]
         chance = float(np.mean([1 / len(e.class_names) for e in episodes]))
         scores = {
-            "text only": mean_ci(per_episode(model, text_only, processor, texts, features)),
-            "image + text": mean_ci(per_episode(model, episodes, processor, texts, features)),
-            "image only": mean_ci(per_episode(model, image_only, processor, texts, features)),
+            "text only": mean_ci(episode_accuracies(model, text_only, processor, texts, features)),
+            "image + text": mean_ci(episode_accuracies(model, episodes, processor, texts, features)),
+            "image only": mean_ci(episode_accuracies(model, image_only, processor, texts, features)),
         }
         rows.append((name, path, model.config.text_generator, scores))
         print(name, {k: round(v["mean"], 4) for k, v in scores.items()}, flush=True)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data.episodes import ClassPool, Episode
+from ..metrics import episode_accuracy
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from .checkpointing import TrainerState
@@ -41,21 +42,37 @@ RIDGE_MULTIPLIERS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 TEXT_TEMPERATURES = (0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5)
 
 
-@torch.no_grad()
 def evaluate_episodes(
     model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> float:
     """Mean query accuracy over fixed episodes (eval mode: no dropout)."""
+    accuracies = episode_accuracies(model, episodes, processor, texts, features)
+    return float(np.mean(accuracies)) if accuracies else float("nan")
+
+
+def episode_accuracies(
+    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    features: dict[PoolKey, torch.Tensor] | None = None,
+) -> list[float]:
+    """The query accuracy of each episode (eval mode: no dropout)."""
+    return [episode_accuracy(logits, labels) for logits, labels in query_logits(model, episodes, processor, texts, features)]
+
+
+@torch.no_grad()
+def query_logits(
+    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    features: dict[PoolKey, torch.Tensor] | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(query logits, query labels) of each episode, in eval mode (no dropout); the model's mode is restored."""
     was_training = model.training
     model.eval()
-    accuracies = []
+    pairs = []
     for episode in episodes:
         inputs = episode_inputs(episode, processor, texts, augment_seed=None, features=features)
-        logits = model(**inputs, return_weights=False).logits
-        accuracies.append((logits.argmax(-1) == inputs["query_labels"]).float().mean().item())
+        pairs.append((model(**inputs, return_weights=False).logits, inputs["query_labels"]))
     model.train(was_training)
-    return float(np.mean(accuracies)) if accuracies else float("nan")
+    return pairs
 
 
 def calibrate(
@@ -191,7 +208,7 @@ def calibrate_logit_scale(
     chosen = [e for e in episodes if e.use_images]
     if not chosen:
         return {"note": "no meta-val episodes with images: logit scale left as meta-trained"}
-    best, nll = nll_best_multiplier(_query_logits(model, chosen, processor, texts, features))
+    best, nll = nll_best_multiplier(query_logits(model, chosen, processor, texts, features))
     model.log_logit_scale.add_(math.log(best))
     return {"nll": {f"{m:.3f}": v for m, v in nll.items()}, "chosen": round(best, 4)}
 
@@ -208,20 +225,9 @@ def calibrate_zero_shot_scale(
     text_only = _text_only(episodes)
     if not text_only:
         return {"note": "no meta-val episodes with texts: zero-shot scale left as it was"}
-    best, nll = nll_best_multiplier(_query_logits(model, text_only, processor, texts, features), ZERO_SHOT_SCALE_MULTIPLIERS)
+    best, nll = nll_best_multiplier(query_logits(model, text_only, processor, texts, features), ZERO_SHOT_SCALE_MULTIPLIERS)
     model.log_zero_shot_scale.add_(math.log(best))
     return {"chosen": round(best, 4), "nll at chosen": round(nll[best], 4), "nll before": round(nll[min(nll, key=lambda m: abs(math.log(m)))], 4)}
-
-
-def _query_logits(model, episodes, processor, texts, features) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    was_training = model.training
-    model.eval()
-    pairs = []
-    for episode in episodes:
-        inputs = episode_inputs(episode, processor, texts, augment_seed=None, features=features)
-        pairs.append((model(**inputs, return_weights=False).logits, inputs["query_labels"]))
-    model.train(was_training)
-    return pairs
 
 
 def nll_best_multiplier(

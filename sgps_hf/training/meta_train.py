@@ -21,6 +21,7 @@ from transformers import get_scheduler
 
 from ..body.backbones import load_pretrained_body
 from ..data.episodes import Episode, EpisodeSampler
+from ..metrics import episode_accuracy
 from ..models.sgps.configuration_sgps import SGPSConfig
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
@@ -142,7 +143,7 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
                 if accelerator.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad()
-            accuracy = (output_step.logits.argmax(-1) == inputs["query_labels"]).float().mean().item()
+            accuracy = episode_accuracy(output_step.logits, inputs["query_labels"])
             window.append((output_step.loss.item(), accuracy))
         state.step += 1
         bar.update(1)
