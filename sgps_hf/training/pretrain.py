@@ -7,6 +7,8 @@ not drown the 2-class ones, and images are augmented as suits medical images
 (:func:`~sgps_hf.training.augment.medical_augment`). Only meta-train classes are used, so validation
 and held-out tasks stay unseen. :func:`interpolate_bodies` then mixes the adapted and the starting
 weights (WiSE-FT), which keeps part of what ImageNet features give families absent from training.
+:func:`distill_body` trains a body with no reachable pretrained weights to reproduce another's features
+on the same balanced, augmented draws.
 """
 
 from __future__ import annotations
@@ -30,6 +32,62 @@ def pretrain_body(
     accelerator: Accelerator, body: nn.Module, pools: list[ClassPool], processor: SGPSImageProcessor, config: TrainingConfig
 ) -> list[dict[str, float]]:
     """Train ``body`` in place for ``config.pretrain_epochs`` epochs; returns per-epoch loss/accuracy."""
+    classifier = nn.Sequential(body, nn.Linear(body.num_features, len(pools)))
+
+    def step(module: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+        logits = module(pixels)
+        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
+        return loss, (logits.argmax(-1) == labels).float().mean().item()
+
+    return _train_on_pools(accelerator, classifier, body, step, pools, processor, config, "pre-training body", "accuracy")
+
+
+def distill_body(
+    accelerator: Accelerator,
+    student: nn.Module,
+    teacher: nn.Module,
+    pools: list[ClassPool],
+    processor: SGPSImageProcessor,
+    config: TrainingConfig,
+) -> list[dict[str, float]]:
+    """Feature distillation: train the body ``student`` in place to reproduce the frozen body ``teacher``.
+
+    Both see the same augmented meta-train image (balanced draws, as :func:`pretrain_body`); a linear map
+    of the student's pooled features regresses the teacher's (thrown away afterwards, so the two may have
+    different widths). The loss is the mean squared error over the teacher features' variance in the
+    batch, so ``1 - loss`` is the fraction of the teacher's feature variance the student explains (the
+    per-epoch ``explained_variance``). This is how a body with no reachable pretrained weights
+    (EfficientNet-V2 offline) can inherit the ImageNet teacher's features.
+    """
+    teacher.eval().requires_grad_(False)
+    distiller = nn.Sequential(student, nn.Linear(student.num_features, teacher.num_features))
+
+    def step(module: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+        with torch.no_grad():
+            target = teacher(pixels)
+        loss = nn.functional.mse_loss(module(pixels), target) / target.var(dim=0).mean().clamp_min(1e-8)
+        return loss, 1.0 - loss.item()
+
+    teacher.to(accelerator.device)
+    return _train_on_pools(accelerator, distiller, student, step, pools, processor, config, "distilling body", "explained_variance")
+
+
+def _train_on_pools(
+    accelerator: Accelerator,
+    trainable: nn.Module,
+    body: nn.Module,
+    step,
+    pools: list[ClassPool],
+    processor: SGPSImageProcessor,
+    config: TrainingConfig,
+    description: str,
+    metric: str,
+) -> list[dict[str, float]]:
+    """The loop body adaptation and distillation share: balanced augmented draws, AdamW, one-cycle schedule.
+
+    ``step(trainable, pixels, labels)`` returns the batch loss and a per-batch metric (averaged over
+    the batches of an epoch, weighted by batch size, as ``metric``).
+    """
     images = np.concatenate([pool.images for pool in pools])
     labels = np.concatenate([np.full(len(pool.images), i) for i, pool in enumerate(pools)])
     dataset = torch.utils.data.TensorDataset(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels).long())
@@ -38,34 +96,32 @@ def pretrain_body(
         balanced_weights(pools), num_samples=config.pretrain_samples_per_epoch or len(dataset), replacement=True, generator=generator
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.pretrain_batch_size, sampler=sampler, drop_last=True)
-    classifier = nn.Sequential(body, nn.Linear(body.num_features, len(pools)))
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=config.pretrain_learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.pretrain_learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.pretrain_learning_rate, total_steps=config.pretrain_epochs * len(loader), pct_start=0.15
     )
-    classifier, optimizer, loader, scheduler = accelerator.prepare(classifier, optimizer, loader, scheduler)
+    trainable, optimizer, loader, scheduler = accelerator.prepare(trainable, optimizer, loader, scheduler)
     momenta = [(bn, bn.momentum) for _, bn in batchnorm_layers(body)]
     for bn, _ in momenta:
-        bn.momentum = 0.1  # ordinary running statistics while pre-training
+        bn.momentum = 0.1  # ordinary running statistics while training the body
     history = []
-    classifier.train()
+    trainable.train()
     try:
         for epoch in range(config.pretrain_epochs):
-            losses, correct, seen = [], 0, 0
-            for batch_images, batch_labels in tqdm(loader, desc=f"pre-training body {epoch + 1}/{config.pretrain_epochs}", disable=not accelerator.is_main_process):
+            losses, total, seen = [], 0.0, 0
+            for batch_images, batch_labels in tqdm(loader, desc=f"{description} {epoch + 1}/{config.pretrain_epochs}", disable=not accelerator.is_main_process):
                 batch_images = medical_augment(batch_images, generator)
-                logits = classifier(processor.normalize_uint8(batch_images))
-                loss = nn.functional.cross_entropy(logits, batch_labels, label_smoothing=0.1)
+                loss, value = step(trainable, processor.normalize_uint8(batch_images), batch_labels)
                 accelerator.backward(loss)
-                accelerator.clip_grad_norm_(classifier.parameters(), config.max_grad_norm)
+                accelerator.clip_grad_norm_(trainable.parameters(), config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
                 losses.append(loss.item())
-                correct += (logits.argmax(-1) == batch_labels).sum().item()
+                total += value * len(batch_labels)
                 seen += len(batch_labels)
-            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "accuracy": correct / max(seen, 1)})
-            accelerator.print(f"pre-training epoch {epoch + 1}: loss {history[-1]['loss']:.3f}, train accuracy {history[-1]['accuracy']:.3f}")
+            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), metric: total / max(seen, 1)})
+            accelerator.print(f"{description} epoch {epoch + 1}: loss {history[-1]['loss']:.3f}, {metric} {history[-1][metric]:.3f}")
     finally:
         for bn, momentum in momenta:
             bn.momentum = momentum

@@ -8,6 +8,7 @@ import pytest
 import torch
 from sgps_testing import tiny_synthesizer
 
+from sgps_hf.body.timm_network import batchnorm_layers
 from sgps_hf.data.episodes import ClassPool, EpisodeSampler
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.training.augment import medical_augment, random_flips
@@ -158,3 +159,53 @@ def test_the_cache_is_reused_and_a_changed_body_gets_a_new_key(processor, tmp_pa
     other[0].images[0, 0, 0, 0] ^= 1
     pool_features(synth, other, processor, cache_dir=tmp_path)
     assert len(sorted((tmp_path / "features").glob("*.safetensors"))) == 3
+
+
+# -- body adaptation and distillation ---------------------------------------------------------------------------
+def body_config(**overrides):
+    from sgps_hf.training.config import TrainingConfig
+
+    return TrainingConfig(**{"pretrain_epochs": 2, "pretrain_batch_size": 6, "pretrain_samples_per_epoch": 18, "pretrain_learning_rate": 3e-3, **overrides})
+
+
+def state_of(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_pretrain_body_trains_the_body_in_place_and_reports_every_epoch():
+    from accelerate import Accelerator
+
+    from sgps_hf.training.pretrain import pretrain_body
+
+    synth = tiny_synthesizer()
+    processor = SGPSImageProcessor.from_sgps_config(synth.config)
+    before = state_of(synth.target)
+    history = pretrain_body(Accelerator(cpu=True), synth.target, pools(), processor, body_config())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(np.isfinite(h["loss"]) and 0 <= h["accuracy"] <= 1 for h in history)
+    after = synth.target.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    # the BatchNorm momenta the synthesizer runs with are restored after training at ordinary momentum
+    assert [bn.momentum for _, bn in batchnorm_layers(synth.target)] == [bn.momentum for _, bn in batchnorm_layers(tiny_synthesizer().target)]
+
+
+def test_distill_body_teaches_the_student_the_teachers_features_and_leaves_the_teacher_alone():
+    from accelerate import Accelerator
+
+    from sgps_hf.training.pretrain import distill_body
+
+    teacher = tiny_synthesizer(seed=1, channel_multiplier=0.5).target
+    student = tiny_synthesizer(seed=2).target
+    processor = SGPSImageProcessor.from_sgps_config(tiny_synthesizer().config)
+    teacher_before, student_before = state_of(teacher), state_of(student)
+    config = body_config(pretrain_epochs=6, pretrain_learning_rate=1e-2)
+    history = distill_body(Accelerator(cpu=True), student, teacher, pools(per_class=(8, 8, 8, 8)), processor, config)
+    assert [h["epoch"] for h in history] == list(range(1, 7))
+    assert all(abs(h["explained_variance"] - (1 - h["loss"])) < 1e-6 for h in history)
+    # the student learns to explain more of the teacher's features (widths differ: a linear map joins them)
+    assert teacher.num_features != student.num_features
+    assert history[-1]["explained_variance"] > history[0]["explained_variance"]
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert any(not torch.equal(v, student.state_dict()[k]) for k, v in student_before.items() if v.is_floating_point())
+    assert set(student.state_dict()) == set(student_before)  # the projection is not left in the body
