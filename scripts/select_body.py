@@ -53,19 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def adapted_body(model: SGPSSynthesizer, args: argparse.Namespace, processor: SGPSImageProcessor) -> tuple[dict, list, float]:
-    """``model``'s body adapted on the meta-train classes, its history and the minutes it took (cached in --work-dir)."""
+    """``model``'s body adapted on the meta-train classes: its weights, history and minutes (cached in --work-dir)."""
     path = Path(args.work_dir) / f"adapted-{args.epochs}ep-{args.samples or 'all'}.safetensors"
-    if not path.is_file():
-        config = TrainingConfig(
-            pretrain_epochs=args.epochs, pretrain_batch_size=args.batch_size, pretrain_learning_rate=args.learning_rate,
-            pretrain_samples_per_epoch=args.samples,
-        )
-        started = time.monotonic()
-        pools = build_pools("meta_train", model.config.image_size)
-        history = pretrain_body(Accelerator(), model.target, pools, processor, config)
-        save_trained(path, model.target, history, (time.monotonic() - started) / 60)
-    record = json.loads(path.with_suffix(".json").read_text())
-    return load_file(path), record["history"], record["minutes"]
+
+    def adapt(accelerator, body, pools, config):
+        return pretrain_body(accelerator, body, pools, processor, config)
+
+    return trained_body(path, model.target, adapt, args.epochs, args.samples, args, model.config.image_size)
 
 
 def distilled_student(teacher: SGPSSynthesizer, args: argparse.Namespace, processor: SGPSImageProcessor) -> tuple[SGPSSynthesizer, list, float]:
@@ -73,24 +67,30 @@ def distilled_student(teacher: SGPSSynthesizer, args: argparse.Namespace, proces
     samples = args.distill_samples or args.samples
     student = SGPSSynthesizer(SGPSConfig(target_architecture=args.distill, body_init="none")).eval()
     path = Path(args.work_dir) / f"distilled-{args.distill}-{args.distill_epochs}ep-{samples or 'all'}.safetensors"
+
+    def distill(accelerator, body, pools, config):
+        return distill_body(accelerator, body, teacher.target, pools, processor, config)
+
+    weights, history, minutes = trained_body(path, student.target, distill, args.distill_epochs, samples, args, teacher.config.image_size)
+    student.target.load_state_dict(weights)
+    return student.eval(), history, minutes
+
+
+def trained_body(path: Path, body: torch.nn.Module, train, epochs: int, samples: int | None, args: argparse.Namespace, image_size: int) -> tuple[dict, list, float]:
+    """``body`` after ``train(accelerator, body, pools, config)`` on the meta-train classes, trained once and cached at
+    ``path`` (safetensors, plus a JSON of the history and the minutes it took): (weights, history, minutes)."""
     if not path.is_file():
         config = TrainingConfig(
-            pretrain_epochs=args.distill_epochs, pretrain_batch_size=args.batch_size, pretrain_learning_rate=args.learning_rate,
+            pretrain_epochs=epochs, pretrain_batch_size=args.batch_size, pretrain_learning_rate=args.learning_rate,
             pretrain_samples_per_epoch=samples,
         )
         started = time.monotonic()
-        pools = build_pools("meta_train", teacher.config.image_size)
-        history = distill_body(Accelerator(), student.target, teacher.target, pools, processor, config)
-        save_trained(path, student.target, history, (time.monotonic() - started) / 60)
-    student.target.load_state_dict(load_file(path))
+        history = train(Accelerator(), body, build_pools("meta_train", image_size), config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in body.state_dict().items()}, path)
+        path.with_suffix(".json").write_text(json.dumps({"history": history, "minutes": (time.monotonic() - started) / 60}))
     record = json.loads(path.with_suffix(".json").read_text())
-    return student.eval(), record["history"], record["minutes"]
-
-
-def save_trained(path: Path, body: torch.nn.Module, history: list, minutes: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in body.state_dict().items()}, path)
-    path.with_suffix(".json").write_text(json.dumps({"history": history, "minutes": minutes}))
+    return load_file(path), record["history"], record["minutes"]
 
 
 @torch.no_grad()
