@@ -48,6 +48,16 @@ def write_task_folder(root: Path, n: int, labels: tuple[str, ...] = ("lesion",),
     return root
 
 
+def write_query_images(folder: Path, first_seed: int) -> list[str]:
+    """Two blob images of odd, different sizes saved as PNGs (queries a saved segmenter must resize back to)."""
+    paths = []
+    for i, size in enumerate([(40, 32), (23, 61)]):
+        path = folder / f"q{i}.png"
+        blob_pair(first_seed + i, size)[0].save(path)
+        paths.append(str(path))
+    return paths
+
+
 # A fresh interpreter that loads a saved segmenter with plain transformers only (Auto class and pipeline) and prints its masks.
 PLAIN_TRANSFORMERS = """
 import json, sys

@@ -5,6 +5,7 @@ Import it from a test module as ``import sgps_testing`` (tests/conftest.py puts 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -20,6 +21,15 @@ import pytest
 from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module, so a test can call its ``main()`` and helpers in-process
+    (a subprocess would spend ~10 s importing the stack again)."""
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 #: The shared real medical images (``../shared/data`` relative to the project root); override with SGPS_SHARED_DATA.
 SHARED_DATA = Path(os.environ.get("SGPS_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 DESCRIPTIONS = PROJECT_ROOT / "sgps_hf" / "data" / "descriptions"

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import pytest
-from sgps_testing import PROJECT_ROOT, tiny_synthesizer, write_images
+from sgps_testing import load_script, tiny_synthesizer, write_images
 
 from sgps_hf import SGPSProcessor
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("adaptation_curve", PROJECT_ROOT / "scripts" / "adaptation_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_curve_table_on_a_toy_task(tmp_path):
@@ -29,7 +21,7 @@ def test_curve_table_on_a_toy_task(tmp_path):
     out = tmp_path / "curve.md"
     args = ["--synthesizer", str(tmp_path / "synth"), "--data-dir", str(tmp_path / "data"), "--tasks", "toy",
             "--shots", "1", "2", "4", "--queries", "2", "--seeds", "2", "--out", str(out)]
-    assert load_script().main(args) == 0
+    assert load_script("adaptation_curve").main(args) == 0
     text = out.read_text()
     assert "| task | 1 shot | 2 shots | 4 shots |" in text and "mean over 2 seed(s)" in text
     row = re.search(r"^\| toy \| (.+) \|$", text, re.M).group(1).split(" | ")
@@ -38,5 +30,5 @@ def test_curve_table_on_a_toy_task(tmp_path):
 
 def test_skips_without_a_checkpoint(tmp_path, capsys):
     out = tmp_path / "curve.md"
-    assert load_script().main(["--synthesizer", str(tmp_path / "missing"), "--out", str(out)]) == 0
+    assert load_script("adaptation_curve").main(["--synthesizer", str(tmp_path / "missing"), "--out", str(out)]) == 0
     assert "Skipped: synthesizer checkpoint" in capsys.readouterr().out and not out.exists()

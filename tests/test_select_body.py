@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import pytest
-from sgps_testing import PROJECT_ROOT
+from sgps_testing import load_script
 
 from sgps_hf.data import build_pools
 
@@ -16,16 +15,9 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 SUBSET = {"meta_train": "pathology-colon-lc25000", "meta_val": "endoscopy-larynx-contact"}
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("select_body", PROJECT_ROOT / "scripts" / "select_body.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture()
 def script(monkeypatch, tmp_path):
-    module = load_script()
+    module = load_script("select_body")
 
     def small_pools(split, image_size):
         pools = build_pools(split, image_size, tasks=[SUBSET[split]])

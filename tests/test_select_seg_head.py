@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 from seg_testing import tiny_seg_synthesizer
-from sgps_testing import PROJECT_ROOT
+from sgps_testing import load_script
 
 from sgps_hf import SGPSSegSynthesizer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("select_seg_head", PROJECT_ROOT / "scripts" / "select_seg_head.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_choice_is_the_best_mean_over_tasks_and_interpolates_between_ks():
-    script = load_script()
+    script = load_script("select_seg_head")
     grid = [0.0, 0.5, 1.0]
     scores = {  # task a prefers 0.5 strongly at K=1, task b mildly prefers ridge: the mean picks 0.5; at K=2 ridge
         "a": {"1": {"0.0": 0.2, "0.5": 0.6, "1.0": 0.1}, "2": {"0.0": 0.5, "0.5": 0.4, "1.0": 0.3}},
@@ -35,7 +27,7 @@ def test_choice_is_the_best_mean_over_tasks_and_interpolates_between_ks():
 
 
 def test_write_choice_changes_only_prototype_mix(tmp_path):
-    script = load_script()
+    script = load_script("select_seg_head")
     synth = tiny_seg_synthesizer(0)
     synth.save_pretrained(tmp_path / "s")
     script.write_choice(str(tmp_path / "s"), [0.3, 0.1])

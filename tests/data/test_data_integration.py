@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sgps_testing import load_script
 
 from sgps_hf.data import (
     ClassPool,
@@ -74,10 +74,7 @@ def test_every_meta_val_task_can_form_a_multi_way_episode():
 
 
 def test_splits_yaml_is_what_make_splits_regenerates(real_data_dir: Path, tmp_path: Path):
-    # The script's own main(), in-process (a subprocess would spend ~10 s importing the stack again).
-    spec = importlib.util.spec_from_file_location("make_splits", REPO / "scripts" / "make_splits.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("make_splits")
     out = tmp_path / "splits.yaml"
     assert script.main(["--data-dir", str(real_data_dir), "--output", str(out)]) == 0
     packaged = REPO / "sgps_hf" / "data" / "configs" / "splits.yaml"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
-from seg_testing import PLAIN_TRANSFORMERS, blob_pair, check_plain
+from seg_testing import PLAIN_TRANSFORMERS, check_plain, write_query_images
 from sgps_testing import last_json_line, run_python
 from sgps_hf import SynthesizedSegmenter
 
@@ -20,13 +20,7 @@ def segmenter(tiny_synth, tiny_task):
 
 @pytest.fixture(scope="module")
 def query_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("queries")
-    paths = []
-    for i, size in enumerate([(40, 32), (23, 61)]):
-        path = folder / f"q{i}.png"
-        blob_pair(50 + i, size)[0].save(path)
-        paths.append(str(path))
-    return paths
+    return write_query_images(tmp_path_factory.mktemp("queries"), 50)
 
 
 def test_saved_folder_loads_with_plain_transformers_in_a_fresh_process(segmenter, query_files, tmp_path):

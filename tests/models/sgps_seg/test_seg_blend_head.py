@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seg_testing import PLAIN_TRANSFORMERS, blob_pair, check_plain, tiny_seg_synthesizer
+from seg_testing import PLAIN_TRANSFORMERS, blob_pair, check_plain, tiny_seg_synthesizer, write_query_images
 from sgps_testing import last_json_line, run_python
 from sgps_hf import SegmentationTask, SGPSSegConfig
 from sgps_hf.errors import SynthesisError
@@ -83,10 +83,6 @@ def test_blended_export_loads_with_plain_transformers_in_a_fresh_process_with_th
     synth.fit_raw_passthrough(synth.encode(images))
     segmenter = synth.synthesize(SegmentationTask("blob", [blob_pair(i) for i in range(3)]))
     assert segmenter.info["head"] == "blend"
-    files = []
-    for i, size in enumerate([(40, 32), (23, 61)]):
-        path = tmp_path / f"q{i}.png"
-        blob_pair(70 + i, size)[0].save(path)
-        files.append(str(path))
+    files = write_query_images(tmp_path, 70)
     folder = segmenter.save_pretrained(tmp_path / "seg")
     check_plain(last_json_line(run_python(PLAIN_TRANSFORMERS, str(folder), *files).stdout), segmenter, files)

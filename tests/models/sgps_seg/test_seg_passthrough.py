@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import UperNetForSemanticSegmentation
 
-from seg_testing import PLAIN_TRANSFORMERS, blob_pair, check_plain, tiny_seg_synthesizer
+from seg_testing import PLAIN_TRANSFORMERS, blob_pair, check_plain, tiny_seg_synthesizer, write_query_images
 from sgps_testing import last_json_line, run_python
 from sgps_hf import SegmentationTask, SGPSSegConfig
 from sgps_hf.errors import SynthesisError
@@ -128,11 +128,7 @@ def test_saved_wide_segmenter_loads_with_plain_transformers_in_a_fresh_process(t
     segmenter = synth.synthesize(SegmentationTask("blob", [blob_pair(i) for i in range(3)]))
     assert segmenter.model.config.hidden_size == synth.config.hidden_size + synth.raw_channels
     assert segmenter.info["segmenter"]["raw_channels"] == synth.raw_channels
-    files = []
-    for i, size in enumerate([(40, 32), (23, 61)]):
-        path = tmp_path / f"q{i}.png"
-        blob_pair(60 + i, size)[0].save(path)
-        files.append(str(path))
+    files = write_query_images(tmp_path, 60)
     folder = segmenter.save_pretrained(tmp_path / "seg")
     out = last_json_line(run_python(PLAIN_TRANSFORMERS, str(folder), *files).stdout)
     check_plain(out, segmenter, files)
