@@ -54,6 +54,35 @@ def body_features(body: nn.Module, tensors: Mapping[str, Tensor], images: Tensor
         return functional_call(body, dict(tensors), (images.contiguous(memory_format=torch.channels_last),))
 
 
+def task_batchnorm(body: nn.Module, tensors: Mapping[str, Tensor], images: Tensor, weight: float) -> tuple[dict[str, Tensor], Tensor]:
+    """Task-adaptive BatchNorm: ``tensors`` with every BatchNorm's running statistics moved a fraction ``weight``
+    towards those of ``images`` (a task's support images), and the pooled features of ``images`` under them.
+
+    One eval-mode pass: each layer mixes its statistics just before it normalises, so the features returned are
+    exactly what the adapted body (materialised or functional) computes for the same images. The statistics are
+    not differentiated; the caller's tensors are not modified.
+    """
+    adapted = dict(tensors)
+    layers = batchnorm_layers(body)
+    for name, _ in layers:
+        for stat in ("running_mean", "running_var"):
+            adapted[f"{name}.{stat}"] = tensors[f"{name}.{stat}"].detach().clone()
+
+    def mix(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        with torch.no_grad():
+            x = inputs[0]
+            module.running_mean.mul_(1 - weight).add_(weight * x.mean((0, 2, 3)))
+            module.running_var.mul_(1 - weight).add_(weight * x.var((0, 2, 3), unbiased=False))
+
+    hooks = [module.register_forward_pre_hook(mix) for _, module in layers]
+    try:
+        features = body_features(body, adapted, images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return adapted, features
+
+
 def classify(body: nn.Module, weights: Mapping[str, Tensor], images: Tensor) -> Tensor:
     """Logits of a synthesized classifier given as a state dict (body tensors + head)."""
     body_tensors = {k: v for k, v in weights.items() if k not in (HEAD_WEIGHT, HEAD_BIAS)}

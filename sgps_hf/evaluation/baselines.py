@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..data.episodes import Episode
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
-from ..body.timm_network import HEAD_BIAS, HEAD_WEIGHT
+from ..body.timm_network import HEAD_BIAS, HEAD_WEIGHT, classify
 from ..training.augment import episode_seed, random_flips
 
 Predictor = Callable[[Tensor], Tensor]  # uint8 query images [n, 3, H, W] -> logits [n, num_classes]
@@ -101,6 +101,12 @@ class SGPSMethod:
     def adapt(self, episode: Episode) -> Predictor:
         n = len(episode.class_names)
         inputs: dict[str, Any] = {"text_embeds": self.text_bank(episode.class_texts), "text_mask": torch.full((n,), self.use_text)}
+        if self.use_images and self.synthesizer.config.task_batchnorm_images is not None:
+            # The body is the task's own (task-adaptive BatchNorm): support and queries go through it, not the memo.
+            inputs.update(support_pixel_values=self.processor.normalize_uint8(episode.support), support_labels=episode.support_labels)
+            weights = self.synthesizer.generate_weights(n, **inputs)
+            target = self.synthesizer.target
+            return torch.no_grad()(lambda images: classify(target, weights, self.processor.normalize_uint8(images)))
         if self.use_images:
             support = self.synthesizer.support_view_features(self.processor.normalize_uint8(episode.support), embed=self.features)
             inputs.update(support_features=support, support_labels=episode.support_labels)

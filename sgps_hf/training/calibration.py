@@ -7,7 +7,10 @@ the training episodes, whose classes and texts the synthesizer has already seen:
    temperature chosen on text-only meta-val episodes;
 2. the ridge regulariser at 1 and 5 shots, under the synthesizer's own support views (meta-training may cache fewer);
 3. the strength of the text prior beside images;
-4. the temperature of the head (least NLL), then of the zero-shot head.
+4. task-adaptive BatchNorm: how many images the body's own statistics count as beside a task's support images
+   (or none of it), on the pixels of the first ``TASK_BATCHNORM_EPISODES`` episodes (cached features are those of
+   the unadapted body, and each candidate costs a body pass per episode);
+5. the temperature of the head (least NLL), then of the zero-shot head.
 
 Every step but the temperatures is chosen by meta-val accuracy on a small grid; temperatures never change an argmax.
 """
@@ -38,6 +41,10 @@ ZERO_SHOT_SCALE_MULTIPLIERS = tuple(float(v) for v in np.exp(np.linspace(np.log(
 PRIOR_STRENGTHS = (0.0, 0.25, 0.5, 1.0, 2.0)
 #: Candidate multipliers of the meta-learned ridge regulariser at 1 and at 5 shots.
 RIDGE_MULTIPLIERS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+#: Candidate values of ``SGPSConfig.task_batchnorm_images`` (None: the body's BatchNorm statistics kept as they are).
+TASK_BATCHNORM_IMAGES: tuple[float | None, ...] = (None, 25.0, 50.0, 100.0)
+#: Meta-val episodes that choose it: every candidate runs the body on their pixels (about 2.5 s an episode on 2 cores).
+TASK_BATCHNORM_EPISODES = 100
 #: Candidate softmax temperatures of the class memory's attention over the meta-train texts (cosine similarities).
 TEXT_TEMPERATURES = (0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5)
 
@@ -85,6 +92,10 @@ def calibrate(
         state.text_calibration = calibrate_text_temperature(model, episodes, processor, texts, features)
     state.ridge_calibration = calibrate_ridge(model, episodes, processor, texts, features)
     state.prior_calibration = calibrate_prior_strength(model, episodes, processor, texts, features)
+    state.batchnorm_calibration = calibrate_task_batchnorm(model, episodes[:TASK_BATCHNORM_EPISODES], processor, texts)
+    if model.config.task_batchnorm_images is not None:  # the cached features no longer are the classifier's
+        features = None
+        episodes = episodes[:TASK_BATCHNORM_EPISODES]
     state.temperature_calibration = calibrate_logit_scale(model, episodes, processor, texts, features)
     state.zero_shot_calibration = calibrate_zero_shot_scale(model, episodes, processor, texts, features)
 
@@ -179,6 +190,26 @@ def calibrate_prior_strength(
     best = {shots: max(PRIOR_STRENGTHS, key=lambda v: (round(by[v], 6), -v)) for shots, by in scores.items()}
     model.set_prior_strength(best["1"], best["5"])
     return {"scores": scores, "chosen": best}
+
+
+def calibrate_task_batchnorm(
+    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank
+) -> dict[str, Any]:
+    """Choose ``task_batchnorm_images`` (of ``TASK_BATCHNORM_IMAGES``) by meta-val accuracy on the episodes' pixels.
+
+    Whole unseen tasks are the test of whether a handful of support images estimate a new domain's BatchNorm
+    statistics better than the body's own. Ties go to no adaptation, then to the larger count (the smaller change).
+    """
+    chosen = [e for e in episodes if e.use_images]
+    if not chosen:
+        return {"note": "no meta-val episodes with images: the body's BatchNorm statistics kept"}
+    scores: dict[str, float] = {}
+    for count in TASK_BATCHNORM_IMAGES:
+        model.config.task_batchnorm_images = count
+        scores[str(count)] = evaluate_episodes(model, chosen, processor, texts)
+    best = max(TASK_BATCHNORM_IMAGES, key=lambda c: (round(scores[str(c)], 6), math.inf if c is None else c))
+    model.config.task_batchnorm_images = best
+    return {"episodes": len(chosen), "scores": scores, "chosen": best}
 
 
 def _shot_buckets(episodes: list[Episode]) -> dict[str, list[Episode]]:

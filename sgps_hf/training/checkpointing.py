@@ -26,6 +26,7 @@ class TrainerState:
     ridge_calibration: dict[str, Any] = field(default_factory=dict)
     text_calibration: dict[str, Any] = field(default_factory=dict)
     zero_shot_calibration: dict[str, Any] = field(default_factory=dict)
+    batchnorm_calibration: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -43,6 +43,8 @@ def export_synthesizer(model: SGPSSynthesizer, folder: Path, config: TrainingCon
             ),
             "ridge multiplier at 1 / 5 shots (chosen on meta-val)": json.dumps(state.ridge_calibration.get("chosen", {})),
             "text prior strength (chosen on meta-val)": json.dumps(state.prior_calibration.get("chosen", {})),
+            "task-adaptive BatchNorm, images the body's statistics count as (chosen on meta-val; null: off)":
+                json.dumps(model.config.task_batchnorm_images),
             "logit-scale multiplier (temperature, fitted on meta-val)": json.dumps(state.temperature_calibration.get("chosen")),
             "zero-shot scale multiplier (fitted on meta-val)": json.dumps(state.zero_shot_calibration.get("chosen")),
             "optimizer": f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, seed {config.seed}",

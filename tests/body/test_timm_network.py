@@ -13,6 +13,7 @@ from sgps_hf.body.timm_network import (
     classify,
     create_target,
     materialize,
+    task_batchnorm,
     training_mode,
 )
 
@@ -113,3 +114,37 @@ def test_materialize_requires_every_tensor(config, body):
     del weights["bn2.running_var"]
     with pytest.raises(RuntimeError, match="bn2.running_var"):
         materialize(config, weights)
+
+
+# -- task-adaptive BatchNorm ---------------------------------------------------------------------------------------
+def test_task_batchnorm_features_are_those_of_the_adapted_body_and_the_input_is_untouched(config, body):
+    images = torch.randn(6, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(1))
+    tensors = body_tensors(body)
+    before = {name: tensor.clone() for name, tensor in tensors.items()}
+    with torch.no_grad():
+        adapted, features = task_batchnorm(body, tensors, images, 0.4)
+        model = materialize(config, {**adapted, HEAD_WEIGHT: torch.zeros(2, body.num_features), HEAD_BIAS: torch.zeros(2)})
+        expected = model.forward_head(model.forward_features(images), pre_logits=True)
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(tensors[name], value) for name, value in before.items())  # the caller's tensors
+    changed = [name for name in adapted if not torch.equal(adapted[name], before[name])]
+    assert changed and all(name.endswith(("running_mean", "running_var")) for name in changed)
+
+
+def test_task_batchnorm_mixes_each_layer_towards_the_statistics_of_its_input(config, body):
+    images = torch.randn(5, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(2))
+    first_name, first = batchnorm_layers(body)[0]
+    inputs = []
+    hook = first.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            adapted, _ = task_batchnorm(body, body_tensors(body), images, 1.0)
+    finally:
+        hook.remove()
+    x = inputs[0]
+    torch.testing.assert_close(adapted[f"{first_name}.running_mean"], x.mean((0, 2, 3)))
+    torch.testing.assert_close(adapted[f"{first_name}.running_var"], x.var((0, 2, 3), unbiased=False))
+    with torch.no_grad():
+        unchanged, features = task_batchnorm(body, body_tensors(body), images, 0.0)
+    assert all(torch.equal(unchanged[name], value) for name, value in body_tensors(body).items())
+    torch.testing.assert_close(features, body_features(body, body_tensors(body), images))

@@ -124,3 +124,24 @@ def test_fit_temperature_recovers_a_known_temperature():
     fitted = fit_temperature([true_logits * 3], [labels])  # over-confident by a factor 3
     assert fitted == pytest.approx(3.0, rel=0.1)
     assert 1e-4 <= fit_temperature([torch.tensor([[50.0, -50.0]])], [torch.tensor([0])]) <= 1e4
+
+
+def test_sgps_with_task_batchnorm_scores_the_queries_through_the_synthesized_body(setup):
+    from sgps_hf.training.episode_inputs import TextBank
+
+    synthesizer = copy.deepcopy(setup[0])
+    synthesizer.config.task_batchnorm_images = 5.0
+    pools = _pools()
+    texts = TextBank(synthesizer.config, [p.text for p in pools])
+    episode = make_episodes(pools, 3, 2, 2, 1, seed=0)[0]
+    processor = SGPSImageProcessor.from_sgps_config(synthesizer.config)
+    with torch.no_grad():
+        output = synthesizer(
+            support_pixel_values=processor.normalize_uint8(episode.support), support_labels=episode.support_labels,
+            text_embeds=texts(episode.class_texts), text_mask=torch.ones(3, dtype=torch.bool),
+            query_pixel_values=processor.normalize_uint8(episode.query),
+        )
+    adapted = B.SGPSMethod(synthesizer, texts).adapt(episode)(episode.query)
+    torch.testing.assert_close(adapted, output.logits)
+    synthesizer.config.task_batchnorm_images = None  # the memo's body is the unadapted one: other logits
+    assert not torch.allclose(B.SGPSMethod(synthesizer, texts).adapt(episode)(episode.query), adapted)

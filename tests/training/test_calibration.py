@@ -18,11 +18,13 @@ from sgps_hf.training.calibration import (
     LOGIT_SCALE_MULTIPLIERS,
     PRIOR_STRENGTHS,
     RIDGE_MULTIPLIERS,
+    TASK_BATCHNORM_IMAGES,
     TEXT_TEMPERATURES,
     build_text_memory,
     calibrate_logit_scale,
     calibrate_prior_strength,
     calibrate_ridge,
+    calibrate_task_batchnorm,
     calibrate_text_temperature,
     calibrate_zero_shot_scale,
 )
@@ -195,8 +197,37 @@ def test_calibrate_builds_the_memory_before_the_prior_is_chosen(processor):
     texts = FakeTexts(synth.config.text_embed_dim)
     calibration.calibrate(synth, state, calibration_episodes(), processor, texts, train_pools=pools())
     assert synth.config.text_memory_size == 4 and state.text_calibration["chosen"] in TEXT_TEMPERATURES
-    for report in (state.ridge_calibration, state.prior_calibration, state.temperature_calibration, state.zero_shot_calibration):
+    for report in (state.ridge_calibration, state.prior_calibration, state.batchnorm_calibration,
+                   state.temperature_calibration, state.zero_shot_calibration):
         assert "chosen" in report
+    assert synth.config.task_batchnorm_images in TASK_BATCHNORM_IMAGES
+
+
+# -- task-adaptive BatchNorm --------------------------------------------------------------------------------------
+def test_task_batchnorm_is_chosen_by_meta_val_accuracy_on_pixels_and_set(processor, monkeypatch):
+    synth = tiny_synthesizer(seed=0)
+    seen = []
+
+    def fake_evaluate(model, episodes, processor, texts, features=None):
+        seen.append((model.config.task_batchnorm_images, features))
+        return {None: 0.5, 25.0: 0.55, 50.0: 0.6, 100.0: 0.58}[model.config.task_batchnorm_images]
+
+    monkeypatch.setattr(calibration, "evaluate_episodes", fake_evaluate)
+    result = calibrate_task_batchnorm(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
+    assert result["chosen"] == 50.0 and synth.config.task_batchnorm_images == 50.0
+    assert [count for count, _ in seen] == list(TASK_BATCHNORM_IMAGES) and all(f is None for _, f in seen)
+    assert result["episodes"] == 4 and set(result["scores"]) == {str(c) for c in TASK_BATCHNORM_IMAGES}
+
+
+def test_task_batchnorm_ties_keep_the_body_and_text_only_episodes_leave_it_off(processor, monkeypatch):
+    synth = tiny_synthesizer(seed=0)
+    monkeypatch.setattr(calibration, "evaluate_episodes", lambda *args, **kwargs: 0.5)
+    texts = FakeTexts(synth.config.text_embed_dim)
+    assert calibrate_task_batchnorm(synth, calibration_episodes(), processor, texts)["chosen"] is None
+    assert synth.config.task_batchnorm_images is None
+    text_only = [type(e)(**{**e.__dict__, "use_images": False}) for e in calibration_episodes()]
+    assert "note" in calibrate_task_batchnorm(synth, text_only, processor, texts)
+    assert synth.config.task_batchnorm_images is None
 
 
 # -- ridge --------------------------------------------------------------------------------------------------------

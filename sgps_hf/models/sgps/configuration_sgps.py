@@ -52,6 +52,10 @@ class SGPSConfig(PretrainedConfig):
         text_memory_size (`int`): number of meta-training classes in the `"class_memory"` (set when it is built).
         support_views (`list[str]`): deterministic support augmentation inside synthesis: every support
             image also enters the head under these transforms (of `SUPPORT_VIEWS`: dihedral ones and a central zoom).
+        task_batchnorm_images (`float`, *optional*): task-adaptive BatchNorm. Synthesis moves the body's BatchNorm
+            statistics towards those of the task's support images (all views) by ``N / (N + task_batchnorm_images)``
+            for N support images, so the body's own statistics count as this many images (chosen on meta-validation
+            tasks). None: the body is copied unchanged, the classifier differing from the body only in its head.
         ridge_init (`float`): initial ridge regulariser of the closed-form head (relative to the mean
             squared feature norm).
         prior_init (`float`): strength of the text-generated prior mean beside images until it is calibrated
@@ -79,6 +83,7 @@ class SGPSConfig(PretrainedConfig):
         text_generator: str = "mlp",
         text_memory_size: int = 0,
         support_views: list[str] | None = None,
+        task_batchnorm_images: float | None = None,
         ridge_init: float = 1.0,
         prior_init: float = 0.5,
         logit_scale_init: float = 10.0,
@@ -100,6 +105,7 @@ class SGPSConfig(PretrainedConfig):
         self.text_generator = str(text_generator)
         self.text_memory_size = _coerce(int, "text_memory_size", text_memory_size)
         self.support_views = list(support_views) if support_views is not None else ["identity", "hflip"]
+        self.task_batchnorm_images = None if task_batchnorm_images is None else _coerce(float, "task_batchnorm_images", task_batchnorm_images)
         self.ridge_init = _coerce(float, "ridge_init", ridge_init)
         self.prior_init = _coerce(float, "prior_init", prior_init)
         self.logit_scale_init = _coerce(float, "logit_scale_init", logit_scale_init)
@@ -117,6 +123,8 @@ class SGPSConfig(PretrainedConfig):
             raise ValueError(f"text_generator must be one of {', '.join(TEXT_GENERATORS)}; got {self.text_generator!r}.")
         if self.text_memory_size < 0:
             raise ValueError(f"text_memory_size must be 0 or more, got {self.text_memory_size}.")
+        if self.task_batchnorm_images is not None and self.task_batchnorm_images <= 0:
+            raise ValueError(f"task_batchnorm_images must be positive (or None to keep the body's statistics), got {self.task_batchnorm_images}.")
         for name in ("ridge_init", "prior_init", "logit_scale_init"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")

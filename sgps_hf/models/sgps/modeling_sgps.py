@@ -3,8 +3,10 @@
 ``w = H(c; theta)``: the task context ``c`` (support images + clinical texts of each class) becomes the
 full state dict of a timm classifier, with no gradient step:
 
-1. The body is the meta-learned base (by default ImageNet EfficientNet-Lite0 at 128 px); it is copied
-   unchanged into every classifier, BatchNorm running statistics included.
+1. The body is the meta-learned base (by default ImageNet EfficientNet-Lite0 at 128 px, adapted on the meta-train
+   classes); it is copied into every classifier. With ``task_batchnorm_images`` set, its BatchNorm statistics move
+   towards those of the task's support images (task-adaptive BatchNorm, in the same single pass that computes
+   the support features); otherwise it is copied unchanged.
 2. Each support image enters under the ``support_views`` (flips, rotations and a central zoom; identity and
    horizontal flip by default): deterministic support augmentation.
 3. The clinical texts generate a pseudo-prototype each (``text_prototypes``: a meta-trained generator, or attention
@@ -35,7 +37,7 @@ from ...errors import SynthesisError
 from ...hub.atomic import save_pretrained_atomically
 from ...hub.checkpoints import load_checked, own_tensors, prepare_load
 from .heads import fold_linear, ridge_head, standardize, support_shots
-from ...body.timm_network import HEAD_BIAS, HEAD_WEIGHT, body_features, create_target
+from ...body.timm_network import HEAD_BIAS, HEAD_WEIGHT, body_features, classify, create_target, task_batchnorm
 from ...body.text_encoder import embed_tokens, load_text_encoder
 
 if TYPE_CHECKING:
@@ -173,6 +175,29 @@ class SGPSSynthesizer(PreTrainedModel):
     def body_tensors(self) -> dict[str, Tensor]:
         return {**dict(self.target.named_parameters()), **dict(self.target.named_buffers())}
 
+    def task_body(self, support_pixel_values: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """(the body tensors of this task's classifier, the support view features [S, V, D] under them).
+
+        Without ``task_batchnorm_images`` the body is this model's own. With it, every BatchNorm's statistics move
+        ``N / (N + task_batchnorm_images)`` of the way to those of the N support images under all their views
+        (:func:`~sgps_hf.body.timm_network.task_batchnorm`): a new imaging domain shifts the body's activations,
+        and the support set is the only sample of that domain a synthesis sees.
+        """
+        tensors = self.body_tensors()
+        prior_images = self.config.task_batchnorm_images
+        if prior_images is None:
+            return tensors, self.support_view_features(support_pixel_values)
+        count = support_pixel_values.shape[0]
+        adapted: dict[str, Tensor] = {}
+
+        def embed(batch: Tensor) -> Tensor:
+            statistics, features = task_batchnorm(self.target, tensors, batch, count / (count + prior_images))
+            adapted.update(statistics)
+            return features
+
+        features = self.support_view_features(support_pixel_values, embed=embed)
+        return adapted, features
+
     # -- synthesis ------------------------------------------------------------------------------
     def generate_weights(
         self,
@@ -195,8 +220,9 @@ class SGPSSynthesizer(PreTrainedModel):
                 (meta-training on a frozen body caches them).
         """
         device = self.log_logit_scale.device
+        body = self.body_tensors()
         if support_features is None and support_pixel_values is not None and support_pixel_values.shape[0] > 0:
-            support_features = self.support_view_features(support_pixel_values)
+            body, support_features = self.task_body(support_pixel_values)
         has_support = support_features is not None and support_features.shape[0] > 0
         image_mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
         if has_support:
@@ -228,7 +254,7 @@ class SGPSSynthesizer(PreTrainedModel):
         else:
             mean, weights = self.feature_mean, zero_shot
         head_weight, head_bias = fold_linear(weights, mean, scale, self.log_logit_scale.exp())
-        return {**self.body_tensors(), HEAD_WEIGHT: head_weight, HEAD_BIAS: head_bias}
+        return {**body, HEAD_WEIGHT: head_weight, HEAD_BIAS: head_bias}
 
     @staticmethod
     def _coefficient(coefficients: Tensor, shots: Tensor) -> Tensor:
@@ -258,7 +284,8 @@ class SGPSSynthesizer(PreTrainedModel):
         """Synthesize weights for one task and, when queries are given, classify them with those weights.
 
         ``support_features`` / ``query_features`` (body features, see :meth:`support_view_features`) may
-        replace the pixels when the body is frozen and its features are cached.
+        replace the pixels when the body is frozen and its features are cached; they are features of the body as
+        it is, so task-adaptive BatchNorm (``task_batchnorm_images``) needs the pixels.
         """
         if num_classes is None:
             if text_mask is not None:
@@ -273,10 +300,11 @@ class SGPSSynthesizer(PreTrainedModel):
             num_classes, support_pixel_values, support_labels, text_embeds, text_mask, support_features=support_features
         )
         logits = loss = None
-        if query_features is None and query_pixel_values is not None:
-            query_features = body_features(self.target, self.body_tensors(), query_pixel_values)
         if query_features is not None:
             logits = nn.functional.linear(query_features, weights[HEAD_WEIGHT], weights[HEAD_BIAS])
+        elif query_pixel_values is not None:  # through the synthesized body (its BatchNorm may be the task's)
+            logits = classify(self.target, weights, query_pixel_values)
+        if logits is not None:
             if query_labels is not None:
                 loss = nn.functional.cross_entropy(logits, query_labels)
         return SGPSOutput(loss=loss, logits=logits, weights=weights if return_weights else None)

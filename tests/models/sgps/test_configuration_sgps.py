@@ -68,6 +68,8 @@ def test_values_are_coerced_to_plain_types():
         ({"depth_multiplier": -0.5}, "must be positive"),
         ({"text_generator": "lookup"}, "text_generator must be one of mlp, class_memory"),
         ({"text_memory_size": -1}, "text_memory_size must be 0 or more"),
+        ({"task_batchnorm_images": 0}, "task_batchnorm_images must be positive"),
+        ({"task_batchnorm_images": "many"}, "task_batchnorm_images must be a float"),
     ],
 )
 def test_invalid_values_are_rejected(kwargs, message):
@@ -76,7 +78,8 @@ def test_invalid_values_are_rejected(kwargs, message):
 
 
 def test_save_and_load_round_trip_via_auto_config(tmp_path):
-    config = tiny_config(support_views=["identity", "rot90", "transpose"], prior_init=0.25, interpolation="bicubic")
+    config = tiny_config(support_views=["identity", "rot90", "transpose"], prior_init=0.25, interpolation="bicubic",
+                         task_batchnorm_images=50)
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "sgps"
@@ -88,6 +91,7 @@ def test_save_and_load_round_trip_via_auto_config(tmp_path):
         assert loaded.to_diff_dict() == config.to_diff_dict()
         assert loaded.support_views == ["identity", "rot90", "transpose"]
         assert loaded.prior_init == 0.25 and loaded.interpolation == "bicubic"
+        assert loaded.task_batchnorm_images == 50.0
 
 
 def test_auto_config_for_model_type():

@@ -171,6 +171,38 @@ def test_every_classifier_carries_the_synthesizer_body_unchanged(synth, processo
         assert all(torch.equal(weights[k], v) for k, v in base.items()), kind
 
 
+def test_task_batchnorm_writes_support_statistics_that_the_classifier_itself_uses(processor, tasks, queries):
+    synth = tiny_synthesizer(seed=0, task_batchnorm_images=4.0)
+    base = synth.target.state_dict()
+    classifier = synth.synthesize(tasks["mixed"], processor=processor)
+    weights = classifier.model.state_dict()
+    changed = {k for k, v in base.items() if not torch.equal(weights[k], v)}
+    assert changed and all(k.endswith(("running_mean", "running_var")) for k in changed)
+    with torch.no_grad():
+        logits = forward(synth, processor, tasks["mixed"], query_pixel_values=queries).logits
+        torch.testing.assert_close(logits, classifier.model(queries), rtol=1e-5, atol=1e-5)
+    assert state_dict_sha256(synth.synthesize(tasks["mixed"]).model.state_dict()) == state_dict_sha256(weights)
+    assert state_dict_sha256(synth.target.state_dict()) == state_dict_sha256(base)  # the synthesizer is untouched
+    # A text-only task has no support images to estimate statistics from: the body stays the synthesizer's.
+    text_only = synth.synthesize(tasks["text-only"], processor=processor).model.state_dict()
+    assert all(torch.equal(text_only[k], v) for k, v in base.items())
+
+
+def test_task_batchnorm_moves_the_statistics_by_the_share_of_the_support_images(processor, tasks):
+    # 6 support images against a body worth 4: the first BatchNorm moves 6/10 of the way to the statistics of
+    # its input, the stem's output on every support view.
+    synth = tiny_synthesizer(seed=0, task_batchnorm_images=4.0)
+    pixels = processor.prepare_task(tasks["mixed"])["support_pixel_values"]
+    weights = synth.synthesize(tasks["mixed"], processor=processor).model.state_dict()
+    with torch.no_grad():
+        stem = synth.target.conv_stem(torch.cat([apply_view(pixels, view) for view in synth.config.support_views]))
+    share = 6 / (6 + 4.0)
+    torch.testing.assert_close(weights["bn1.running_mean"], (1 - share) * synth.target.bn1.running_mean + share * stem.mean((0, 2, 3)))
+    torch.testing.assert_close(
+        weights["bn1.running_var"], (1 - share) * synth.target.bn1.running_var + share * stem.var((0, 2, 3), unbiased=False)
+    )
+
+
 def test_head_is_the_ridge_solution_on_the_classifiers_own_features_of_the_support_views(synth, processor, tasks):
     # Untrained: the text generator is zero, so the head is exactly the closed-form ridge head of the support
     # images under identity and hflip, on the features the shipped classifier itself computes.
