@@ -10,7 +10,7 @@ the training episodes, whose classes and texts the synthesizer has already seen:
 4. task-adaptive BatchNorm: how many images the body's own statistics count as beside a task's support images
    (or none of it), on the pixels of the first ``TASK_BATCHNORM_EPISODES`` episodes (cached features are those of
    the unadapted body, and each candidate costs a body pass per episode);
-5. the temperature of the head (least NLL), then of the zero-shot head.
+5. the temperature of the head (least NLL; on those episodes' pixels when task BatchNorm is on), then of the zero-shot head.
 
 Every step but the temperatures is chosen by meta-val accuracy on a small grid; temperatures never change an argmax.
 """
@@ -93,10 +93,11 @@ def calibrate(
     state.ridge_calibration = calibrate_ridge(model, episodes, processor, texts, features)
     state.prior_calibration = calibrate_prior_strength(model, episodes, processor, texts, features)
     state.batchnorm_calibration = calibrate_task_batchnorm(model, episodes[:TASK_BATCHNORM_EPISODES], processor, texts)
-    if model.config.task_batchnorm_images is not None:  # the cached features no longer are the classifier's
-        features = None
-        episodes = episodes[:TASK_BATCHNORM_EPISODES]
-    state.temperature_calibration = calibrate_logit_scale(model, episodes, processor, texts, features)
+    if model.config.task_batchnorm_images is None:
+        state.temperature_calibration = calibrate_logit_scale(model, episodes, processor, texts, features)
+    else:  # the cached features are no longer the classifier's: the pixels of the episodes that chose it
+        state.temperature_calibration = calibrate_logit_scale(model, episodes[:TASK_BATCHNORM_EPISODES], processor, texts)
+    # Text-only synthesis keeps the body as it is, so the cached features still serve the zero-shot head.
     state.zero_shot_calibration = calibrate_zero_shot_scale(model, episodes, processor, texts, features)
 
 
