@@ -51,7 +51,6 @@ def without_learned(model: SGPSSegSynthesizer, decoded: torch.Tensor) -> torch.T
 
 
 def episode_dice(model: SGPSSegSynthesizer, decoded: torch.Tensor, masks: torch.Tensor, episode, mix: float) -> float:
-    k = episode.k
     model.config.prototype_mix = [mix]
     head = "ridge" if mix == 0 else "blend"  # weight 0 is exactly the ridge head
     weight, bias = model.head_from_support(decoded[list(episode.support)], masks[list(episode.support)], head=head)

@@ -213,7 +213,6 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
         writer.writerow(["step", "loss", "lr", "log_scale", "log_ridge_lambda", "val_dice", "val_dice_k1", "val_dice_k5", "elapsed_s", "raw_weight"])
 
     clock = time.time() - state["elapsed_s"]
-    rng = np.random.default_rng([config.seed, 7])
     running: list[float] = []
 
     def save_checkpoint() -> None:
