@@ -54,8 +54,12 @@ def evaluate_episodes(
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> float:
     """Mean query accuracy over fixed episodes (eval mode: no dropout)."""
-    accuracies = episode_accuracies(model, episodes, processor, texts, features)
-    return float(np.mean(accuracies)) if accuracies else float("nan")
+    return mean_accuracy(query_logits(model, episodes, processor, texts, features))
+
+
+def mean_accuracy(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Mean over episodes of the query accuracy of their (logits, labels); NaN for none."""
+    return float(np.mean([episode_accuracy(logits, labels) for logits, labels in pairs])) if pairs else float("nan")
 
 
 def episode_accuracies(
@@ -92,11 +96,11 @@ def calibrate(
         state.text_calibration = calibrate_text_temperature(model, episodes, processor, texts, features)
     state.ridge_calibration = calibrate_ridge(model, episodes, processor, texts, features)
     state.prior_calibration = calibrate_prior_strength(model, episodes, processor, texts, features)
-    state.batchnorm_calibration = calibrate_task_batchnorm(model, episodes[:TASK_BATCHNORM_EPISODES], processor, texts)
+    state.batchnorm_calibration, chosen_logits = calibrate_task_batchnorm(model, episodes[:TASK_BATCHNORM_EPISODES], processor, texts)
     if model.config.task_batchnorm_images is None:
         state.temperature_calibration = calibrate_logit_scale(model, episodes, processor, texts, features)
-    else:  # the cached features are no longer the classifier's: the pixels of the episodes that chose it
-        state.temperature_calibration = calibrate_logit_scale(model, episodes[:TASK_BATCHNORM_EPISODES], processor, texts)
+    else:  # the cached features are no longer the classifier's: the logits, on pixels, of the episodes that chose it
+        state.temperature_calibration = fit_logit_scale(model, chosen_logits)
     # Text-only synthesis keeps the body as it is, so the cached features still serve the zero-shot head.
     state.zero_shot_calibration = calibrate_zero_shot_scale(model, episodes, processor, texts, features)
 
@@ -195,22 +199,26 @@ def calibrate_prior_strength(
 
 def calibrate_task_batchnorm(
     model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[tuple[torch.Tensor, torch.Tensor]]]:
     """Choose ``task_batchnorm_images`` (of ``TASK_BATCHNORM_IMAGES``) by meta-val accuracy on the episodes' pixels.
 
     Whole unseen tasks are the test of whether a handful of support images estimate a new domain's BatchNorm
     statistics better than the body's own. Ties go to no adaptation, then to the larger count (the smaller change).
+    Returns the report and the chosen value's (query logits, labels) per episode, so that the temperature is fitted
+    without another body pass over the same pixels.
     """
     chosen = [e for e in episodes if e.use_images]
     if not chosen:
-        return {"note": "no meta-val episodes with images: the body's BatchNorm statistics kept"}
+        return {"note": "no meta-val episodes with images: the body's BatchNorm statistics kept"}, []
+    logits: dict[float | None, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     scores: dict[str, float] = {}
     for count in TASK_BATCHNORM_IMAGES:
         model.config.task_batchnorm_images = count
-        scores[str(count)] = evaluate_episodes(model, chosen, processor, texts)
+        logits[count] = query_logits(model, chosen, processor, texts)
+        scores[str(count)] = mean_accuracy(logits[count])
     best = max(TASK_BATCHNORM_IMAGES, key=lambda c: (round(scores[str(c)], 6), math.inf if c is None else c))
     model.config.task_batchnorm_images = best
-    return {"episodes": len(chosen), "scores": scores, "chosen": best}
+    return {"episodes": len(chosen), "scores": scores, "chosen": best}, logits[best]
 
 
 def _shot_buckets(episodes: list[Episode]) -> dict[str, list[Episode]]:
@@ -237,10 +245,15 @@ def calibrate_logit_scale(
     tighter ridge fit, so more confident logits), so the scale is refitted where the model is selected. Logits are
     linear in the scale, so one pass over the episodes serves every candidate. Accuracy is unchanged.
     """
-    chosen = [e for e in episodes if e.use_images]
-    if not chosen:
+    return fit_logit_scale(model, query_logits(model, [e for e in episodes if e.use_images], processor, texts, features))
+
+
+@torch.no_grad()
+def fit_logit_scale(model: SGPSSynthesizer, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    """Set the logit-scale multiplier of least NLL over (query logits, labels) of episodes with images."""
+    if not pairs:
         return {"note": "no meta-val episodes with images: logit scale left as meta-trained"}
-    best, nll = nll_best_multiplier(query_logits(model, chosen, processor, texts, features))
+    best, nll = nll_best_multiplier(pairs)
     model.log_logit_scale.add_(math.log(best))
     return {"nll": {f"{m:.3f}": v for m, v in nll.items()}, "chosen": round(best, 4)}
 

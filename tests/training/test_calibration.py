@@ -3,6 +3,7 @@ generator and its temperature, the ridge and prior multipliers, and the two temp
 
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 
@@ -27,6 +28,7 @@ from sgps_hf.training.calibration import (
     calibrate_task_batchnorm,
     calibrate_text_temperature,
     calibrate_zero_shot_scale,
+    fit_logit_scale,
 )
 from sgps_hf.training.feature_cache import pool_features
 
@@ -208,26 +210,51 @@ def test_task_batchnorm_is_chosen_by_meta_val_accuracy_on_pixels_and_set(process
     synth = tiny_synthesizer(seed=0)
     seen = []
 
-    def fake_evaluate(model, episodes, processor, texts, features=None):
-        seen.append((model.config.task_batchnorm_images, features))
-        return {None: 0.5, 25.0: 0.55, 50.0: 0.6, 100.0: 0.58}[model.config.task_batchnorm_images]
+    produced = {}
 
-    monkeypatch.setattr(calibration, "evaluate_episodes", fake_evaluate)
-    result = calibrate_task_batchnorm(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
+    def fake_query_logits(model, episodes, processor, texts, features=None):
+        count = model.config.task_batchnorm_images
+        seen.append((count, features))
+        produced[count] = pairs_scoring({None: 0.5, 25.0: 0.55, 50.0: 0.6, 100.0: 0.58}[count])
+        return produced[count]
+
+    monkeypatch.setattr(calibration, "query_logits", fake_query_logits)
+    result, logits = calibrate_task_batchnorm(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
     assert result["chosen"] == 50.0 and synth.config.task_batchnorm_images == 50.0
     assert [count for count, _ in seen] == list(TASK_BATCHNORM_IMAGES) and all(f is None for _, f in seen)
     assert result["episodes"] == 4 and set(result["scores"]) == {str(c) for c in TASK_BATCHNORM_IMAGES}
+    assert logits is produced[50.0]  # the chosen value's logits, for the temperature fit
 
 
 def test_task_batchnorm_ties_keep_the_body_and_text_only_episodes_leave_it_off(processor, monkeypatch):
     synth = tiny_synthesizer(seed=0)
-    monkeypatch.setattr(calibration, "evaluate_episodes", lambda *args, **kwargs: 0.5)
+    monkeypatch.setattr(calibration, "query_logits", lambda *args, **kwargs: pairs_scoring(0.5))
     texts = FakeTexts(synth.config.text_embed_dim)
-    assert calibrate_task_batchnorm(synth, calibration_episodes(), processor, texts)["chosen"] is None
+    assert calibrate_task_batchnorm(synth, calibration_episodes(), processor, texts)[0]["chosen"] is None
     assert synth.config.task_batchnorm_images is None
     text_only = [type(e)(**{**e.__dict__, "use_images": False}) for e in calibration_episodes()]
-    assert "note" in calibrate_task_batchnorm(synth, text_only, processor, texts)
+    report, logits = calibrate_task_batchnorm(synth, text_only, processor, texts)
+    assert "note" in report and logits == []
     assert synth.config.task_batchnorm_images is None
+
+
+def test_temperature_after_task_batchnorm_is_the_one_a_pass_over_its_pixels_gives(processor):
+    synth = tiny_synthesizer(seed=0)
+    texts = FakeTexts(synth.config.text_embed_dim)
+    twin = copy.deepcopy(synth)
+    _, logits = calibrate_task_batchnorm(synth, calibration_episodes(), processor, texts)
+    twin.config.task_batchnorm_images = synth.config.task_batchnorm_images
+    assert fit_logit_scale(synth, logits) == calibrate_logit_scale(twin, calibration_episodes(), processor, texts)
+    assert synth.log_logit_scale.item() == twin.log_logit_scale.item()
+
+
+def pairs_scoring(accuracy: float, queries: int = 100) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One episode's (logits, labels) of 2-way queries, ``accuracy`` of them right."""
+    right = round(accuracy * queries)
+    logits = torch.zeros(queries, 2)
+    logits[:right, 0] = 1.0
+    logits[right:, 1] = 1.0
+    return [(logits, torch.zeros(queries, dtype=torch.long))]
 
 
 # -- ridge --------------------------------------------------------------------------------------------------------
