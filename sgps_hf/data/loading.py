@@ -54,6 +54,8 @@ LABEL_COLUMN = "label"
 # (csv/jsonl are left out on purpose: in an imagefolder they are its ``metadata`` file.)
 _TABULAR_SUFFIXES = frozenset({".parquet", ".arrow"})
 # Folder names that ``imagefolder`` reads as splits rather than classes.
+# imagefolder's metadata file names (https://huggingface.co/docs/datasets/image_dataset#imagefolder).
+_METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 _SPLIT_NAMES = frozenset(
     {"train", "training", "test", "testing", "eval", "evaluation", "valid", "validation", "val", "dev"}
 )
@@ -103,6 +105,7 @@ def load_image_dataset(
     image_column: str | None = None,
     label_column: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    keep_metadata: bool = False,
 ) -> Dataset:
     """Load an image classification dataset with columns ``image`` and ``label``.
 
@@ -115,6 +118,8 @@ def load_image_dataset(
         label_column: the column holding labels; auto-detected (the only ``ClassLabel`` feature) if
             None. A string or integer column is class-encoded.
         cache_dir: the ``datasets`` cache to use (default: the ``datasets`` default).
+        keep_metadata: keep every other column after ``image`` and ``label`` (e.g. the columns of
+            an imagefolder's ``metadata.csv``: patient id, sex, age...), for per-subgroup reports.
 
     Raises:
         DataError: the source cannot be found or opened, or its columns are missing or ambiguous.
@@ -122,13 +127,22 @@ def load_image_dataset(
     dataset = _open(source, split=split, cache_dir=cache_dir)
     if len(dataset) == 0:
         raise DataError(f"Dataset {_describe(source)} (split {split!r}) has no rows.")
-    return standardize_columns(dataset, image_column=image_column, label_column=label_column)
+    return standardize_columns(
+        dataset, image_column=image_column, label_column=label_column, keep_metadata=keep_metadata
+    )
 
 
 def standardize_columns(
-    dataset: Dataset, *, image_column: str | None = None, label_column: str | None = None
+    dataset: Dataset,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    keep_metadata: bool = False,
 ) -> Dataset:
-    """Keep only the image and label columns of ``dataset``, named ``image`` and ``label``."""
+    """Name the image and label columns ``image`` and ``label`` and put them first.
+
+    The other columns are dropped unless ``keep_metadata`` is set.
+    """
     image_column = _image_column(dataset, image_column)
     label_column = _label_column(dataset, label_column)
     if image_column == label_column:
@@ -137,7 +151,11 @@ def standardize_columns(
         dataset = dataset.cast_column(image_column, Image())
     if not isinstance(dataset.features[label_column], ClassLabel):
         dataset = dataset.class_encode_column(label_column)
-    dataset = dataset.select_columns([image_column, label_column])
+    others = [name for name in dataset.column_names if name not in (image_column, label_column)]
+    clashes = {IMAGE_COLUMN, LABEL_COLUMN} & set(others) if keep_metadata else set()
+    if clashes:
+        raise DataError(f"Metadata column(s) {sorted(clashes)} clash with the image/label columns; rename them.")
+    dataset = dataset.select_columns([image_column, label_column, *(others if keep_metadata else [])])
     renames = {old: new for old, new in ((image_column, IMAGE_COLUMN), (label_column, LABEL_COLUMN)) if old != new}
     return dataset.rename_columns(renames) if renames else dataset
 
@@ -172,25 +190,57 @@ def _open_local(path: Path, *, split: str, cache_dir: Any) -> Dataset:
         return loaded if isinstance(loaded, Dataset) else _pick_split(loaded, split, repr(str(path)))
     if _has_tabular_files(path):
         return load_dataset(str(path), split=split, cache_dir=cache_dir)
-    return load_dataset(
-        "imagefolder", data_dir=str(path), split=split, cache_dir=cache_dir, **_class_layout_files(path)
-    )
-
-
-def _class_layout_files(path: Path) -> dict[str, Any]:
-    """``data_files`` for the plain ``<class>/<image>`` layout, or nothing to let ``datasets`` infer.
-
-    Without ``data_files``, ``datasets`` globs the tree once per known split-naming pattern (dozens
-    of walks: ~5 s for a 3,000-image task, even when cached); one explicit pattern takes ~0.5 s. The
-    inference is kept for split folders (``train/``, ``test/``...) and imagefolder metadata files.
-    """
-    entries = list(path.iterdir())
-    has_split_dirs = any(p.is_dir() and p.name.lower() in _SPLIT_NAMES for p in entries)
-    has_metadata = any(p.is_file() and p.stem == "metadata" for p in entries)
-    if has_split_dirs or has_metadata:
-        return {}
+    if any(p.is_dir() and p.name.lower() in _SPLIT_NAMES for p in path.iterdir()):
+        # Split folders (train/, test/...) and their metadata files are left to imagefolder's inference.
+        return load_dataset("imagefolder", data_dir=str(path), split=split, cache_dir=cache_dir)
+    # The plain <class>/<image> layout. One explicit pattern: without data_files, datasets globs the
+    # tree once per known split-naming pattern (~5 s for a 3,000-image task, even cached; this ~0.5 s).
     # drop_labels=False: imagefolder otherwise omits the label column when there is a single class.
-    return {"data_files": {"train": "*/*"}, "drop_labels": False}
+    dataset = load_dataset(
+        "imagefolder",
+        data_dir=str(path),
+        split=split,
+        cache_dir=cache_dir,
+        data_files={"train": "*/*"},
+        drop_labels=False,
+    )
+    metadata = _metadata_file(path)
+    return _join_metadata(dataset, path, metadata) if metadata is not None else dataset
+
+
+def _metadata_file(path: Path) -> Path | None:
+    found = [path / name for name in _METADATA_FILES if (path / name).is_file()]
+    if len(found) > 1:
+        raise DataError(f"{str(path)!r} holds several metadata files ({', '.join(p.name for p in found)}); keep one.")
+    return found[0] if found else None
+
+
+def _join_metadata(dataset: Dataset, root: Path, metadata_file: Path) -> Dataset:
+    """Add the columns of an imagefolder ``metadata`` file to ``dataset``, matched by ``file_name``.
+
+    imagefolder (datasets >= 4) no longer infers folder labels once a metadata file is present, so
+    the folder labels are read as for the plain layout and the metadata is joined beside them.
+    Images without a metadata row get None in every metadata column.
+    """
+    builder = "csv" if metadata_file.suffix == ".csv" else "json"
+    table = load_dataset(builder, data_files=str(metadata_file), split="train")
+    if "file_name" not in table.column_names:
+        raise DataError(f"{metadata_file} has no 'file_name' column; it names each image relative to {str(root)!r}.")
+    columns = [name for name in table.column_names if name != "file_name"]
+    clashes = {IMAGE_COLUMN, LABEL_COLUMN} & set(columns)
+    if clashes:
+        raise DataError(
+            f"{metadata_file} has column(s) {sorted(clashes)}, which the folder layout defines; rename them."
+        )
+    rows = table.to_dict()
+    index = {Path(name).as_posix(): i for i, name in enumerate(rows["file_name"])}
+    paths = dataset.cast_column(IMAGE_COLUMN, Image(decode=False))[IMAGE_COLUMN]
+    root = root.resolve()
+    positions = [index.get(Path(item["path"]).resolve().relative_to(root).as_posix()) for item in paths]
+    for name in columns:
+        values = rows[name]
+        dataset = dataset.add_column(name, [None if i is None else values[i] for i in positions])
+    return dataset
 
 
 def _has_tabular_files(path: Path) -> bool:
@@ -206,14 +256,20 @@ def _pick_split(splits: DatasetDict, split: str, origin: str) -> Dataset:
 
 
 def _image_column(dataset: Dataset, requested: str | None) -> str:
-    return _feature_column(dataset, requested, Image, "image_column", "an Image", "a column of file paths or image bytes is cast to Image")
+    return _feature_column(
+        dataset, requested, Image, "image_column", "an Image", "a column of file paths or image bytes is cast to Image"
+    )
 
 
 def _label_column(dataset: Dataset, requested: str | None) -> str:
-    return _feature_column(dataset, requested, ClassLabel, "label_column", "a ClassLabel", "a string or integer column is class-encoded")
+    return _feature_column(
+        dataset, requested, ClassLabel, "label_column", "a ClassLabel", "a string or integer column is class-encoded"
+    )
 
 
-def _feature_column(dataset: Dataset, requested: str | None, feature_type: type, argument: str, feature: str, hint: str) -> str:
+def _feature_column(
+    dataset: Dataset, requested: str | None, feature_type: type, argument: str, feature: str, hint: str
+) -> str:
     """The ``requested`` column, else the only column whose feature is a ``feature_type``."""
     if requested is not None:
         _require_column(dataset, requested, argument)
@@ -222,7 +278,9 @@ def _feature_column(dataset: Dataset, requested: str | None, feature_type: type,
     if len(found) == 1:
         return found[0]
     if not found:
-        raise DataError(f"No column with {feature} feature among {list(dataset.features)}; pass {argument}=... ({hint}).")
+        raise DataError(
+            f"No column with {feature} feature among {list(dataset.features)}; pass {argument}=... ({hint})."
+        )
     raise DataError(f"Several {feature_type.__name__} columns {found}: pass {argument}=... to choose one.")
 
 

@@ -31,6 +31,18 @@ def test_registry_lists_every_manifest_task(real_manifest: dict, real_data_dir: 
     assert {t.name: t.class_counts for t in tasks} == {n: e["classes"] for n, e in real_manifest["tasks"].items()}
 
 
+def test_pad_ufes_metadata_loads_beside_folder_labels(real_data_dir: Path, real_manifest: dict):
+    from sgps_hf.data import load_image_dataset
+
+    ds = load_image_dataset(real_data_dir / "derm-smartphone-pad-ufes-20", keep_metadata=True)
+    assert {"patient_id", "age", "sex", "fitzpatrick", "body_region", "biopsied"} <= set(ds.column_names)
+    names = ds.features["label"].names
+    counts = {name: ds["label"].count(i) for i, name in enumerate(names)}
+    assert counts == real_manifest["tasks"]["derm-smartphone-pad-ufes-20"]["classes"]
+    assert all(pid is not None for pid in ds["patient_id"]), "every image has a metadata row"
+    assert {"MALE", "FEMALE"} <= set(ds["sex"])
+
+
 def test_every_task_loads_with_manifest_counts(real_arrays: dict, real_manifest: dict):
     assert set(real_arrays) == set(real_manifest["tasks"])
     for name, arrays in real_arrays.items():

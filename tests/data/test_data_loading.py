@@ -110,6 +110,28 @@ def test_single_class_folder_keeps_its_label(make_imagefolder):
     assert ds.features["label"].names == ["only"]
 
 
+def test_metadata_file_keeps_folder_labels_beside_its_columns(make_imagefolder):
+    folder = make_imagefolder({"a": [("L", (10, 10))] * 2, "b": [("RGB", (10, 10))]}, name="meta")
+    # b/000.png has no row: its metadata columns are None; a row for a missing file is ignored.
+    (folder / "metadata.csv").write_text("file_name,sex,age\na/001.png,F,40\na/000.png,M,71\ngone/x.png,F,1\n")
+    plain = load_image_dataset(folder)
+    assert list(plain.features) == ["image", "label"] and plain.features["label"].names == ["a", "b"]
+    ds = load_image_dataset(folder, keep_metadata=True)
+    assert list(ds.features) == ["image", "label", "sex", "age"]
+    rows = sorted(zip(ds["label"], ds["sex"], ds["age"], strict=True), key=str)
+    assert rows == sorted([(0, "M", 71), (0, "F", 40), (1, None, None)], key=str)
+
+
+def test_metadata_file_without_file_name_or_with_a_label_column_is_refused(make_imagefolder):
+    folder = make_imagefolder({"a": [("L", (10, 10))], "b": [("L", (10, 10))]}, name="badmeta")
+    (folder / "metadata.csv").write_text("image,sex\na/000.png,F\n")
+    with pytest.raises(DataError, match="file_name"):
+        load_image_dataset(folder)
+    (folder / "metadata.csv").write_text("file_name,label\na/000.png,b\n")
+    with pytest.raises(DataError, match="label"):
+        load_image_dataset(folder)
+
+
 def test_imagefolder_with_split_folders(make_imagefolder, tmp_path: Path):
     spec = {"a": [("L", (10, 10))] * 2, "b": [("L", (10, 10))] * 2}
     make_imagefolder(spec, name="train", root=tmp_path / "splitted")
