@@ -23,19 +23,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sgps_hf import DEFAULT_CHECKPOINT, SGPSProcessor, SGPSSynthesizer  # noqa: E402
+from sgps_hf.data.folders import task_from_folder  # noqa: E402
 from sgps_hf.data.registry import task_dir  # noqa: E402
 from sgps_hf.data.splits import load_splits  # noqa: E402
 from sgps_hf.errors import DataError  # noqa: E402
-from sgps_hf.data.folders import task_from_folder  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--synthesizer", default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--data-dir", default=None, help="folder of task folders (default: SGPS_DATA_DIR or ../shared/data)")
+    parser.add_argument(
+        "--data-dir", default=None, help="folder of task folders (default: SGPS_DATA_DIR or ../shared/data)"
+    )
     parser.add_argument("--tasks", nargs="*", default=None, help="tasks to run (default: the held-out tasks)")
     parser.add_argument("--ways", type=int, default=3)
-    parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 3, 5, 10], help="support images per class, in order")
+    parser.add_argument(
+        "--shots", type=int, nargs="+", default=[1, 2, 3, 5, 10], help="support images per class, in order"
+    )
     parser.add_argument("--queries", type=int, default=20, help="query images per class")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "adaptation_curve.md"))
@@ -50,7 +54,7 @@ def curve_for_task(synth, processor, folder: Path, args: argparse.Namespace, see
     queries = {name: files[: args.queries] for name, files in rest.items()}
     classifier = synth.synthesize(task, processor=processor)
     accuracies = [classifier.evaluate(queries)["accuracy"]]
-    for previous, shots in zip(args.shots, args.shots[1:]):
+    for previous, shots in zip(args.shots, args.shots[1:], strict=False):
         additions = {name: files[previous - args.shots[0] : shots - args.shots[0]] for name, files in pool.items()}
         added = {name: files for name, files in additions.items() if files}  # a small class may run out of cases
         if added:
@@ -95,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     synth = SGPSSynthesizer.from_pretrained(args.synthesizer)
     processor = SGPSProcessor.from_pretrained(args.synthesizer)
-    results = {name: [curve_for_task(synth, processor, folder, args, seed) for seed in range(args.seeds)] for name, folder in folders.items()}
+    results = {
+        name: [curve_for_task(synth, processor, folder, args, seed) for seed in range(args.seeds)]
+        for name, folder in folders.items()
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown(results, args, time.time() - start), encoding="utf-8")

@@ -35,8 +35,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--shots", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--num-threads", type=int, default=2)
-    parser.add_argument("--fast-views", nargs="+", default=["identity", "hflip"],
-                        help="a cheaper support_views setting to time in the same run (the speed/accuracy knob)")
+    parser.add_argument(
+        "--fast-views",
+        nargs="+",
+        default=["identity", "hflip"],
+        help="a cheaper support_views setting to time in the same run (the speed/accuracy knob)",
+    )
     parser.add_argument("--out", default="benchmarks/synthesis_speed.md")
     return parser.parse_args(argv)
 
@@ -57,10 +61,17 @@ def main(argv=None) -> int:
     processor = SGPSProcessor.from_pretrained(args.synthesizer)
     folder = task_dir(args.task)
     classes = sorted(p for p in folder.iterdir() if p.is_dir())[: args.ways]
-    task = TaskSpec(name=args.task, classes=[
-        ClassSpec(name=c.name, description=class_description(args.task, c.name) or "", images=sorted(c.iterdir())[: args.shots])
-        for c in classes
-    ])
+    task = TaskSpec(
+        name=args.task,
+        classes=[
+            ClassSpec(
+                name=c.name,
+                description=class_description(args.task, c.name) or "",
+                images=sorted(c.iterdir())[: args.shots],
+            )
+            for c in classes
+        ],
+    )
     synth.synthesize(task, processor=processor)  # warm-up: text encoder, kernels
     synthesis = median_seconds(lambda: synth.synthesize(task, processor=processor), args.repeats)
 
@@ -79,7 +90,9 @@ def main(argv=None) -> int:
 
     classifier = synth.synthesize(task, processor=processor)
     synthesized = classifier.model
-    reference = timm.create_model(config.target_architecture, num_classes=len(classes), **config.target_model_args).eval()
+    reference = timm.create_model(
+        config.target_architecture, num_classes=len(classes), **config.target_model_args
+    ).eval()
     batch = torch.randn(64, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(0))
     rates = {}
     with torch.no_grad():

@@ -45,19 +45,27 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=None, help="shared data folder (default: sgps_hf's default, ../shared/data)")
-    parser.add_argument("--model", type=json.loads, default={}, metavar="JSON", help="SGPSConfig overrides (default: none)")
+    parser.add_argument(
+        "--data-dir", default=None, help="shared data folder (default: sgps_hf's default, ../shared/data)"
+    )
+    parser.add_argument(
+        "--model", type=json.loads, default={}, metavar="JSON", help="SGPSConfig overrides (default: none)"
+    )
     parser.add_argument("--n-way", type=int, default=5)
     parser.add_argument("--k-shot", type=int, default=5)
     parser.add_argument("--q-query", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind before measuring")
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each kind per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--num-threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    parser.add_argument(
+        "--num-threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)"
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(PROJECT_ROOT / "benchmarks" / "training_throughput.md"))
-    parser.add_argument("--note", default="", help="free text for the results file (e.g. what else ran on the machine)")
+    parser.add_argument(
+        "--note", default="", help="free text for the results file (e.g. what else ran on the machine)"
+    )
     return parser.parse_args(argv)
 
 
@@ -71,8 +79,8 @@ class MetaTraining:
         from sgps_hf import SGPSSynthesizer
         from sgps_hf.data import EpisodeSampler
         from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
-        from sgps_hf.training.config import TrainingConfig
         from sgps_hf.training.augment import episode_seed
+        from sgps_hf.training.config import TrainingConfig
         from sgps_hf.training.episode_inputs import TextBank, episode_inputs
         from sgps_hf.training.meta_train import build_optimizer
 
@@ -83,17 +91,25 @@ class MetaTraining:
         self.max_grad_norm = config.max_grad_norm
         self.processor = SGPSImageProcessor.from_sgps_config(model_config)
         self.texts = TextBank(model_config, [pool.text for pool in pools])
-        self.sampler = EpisodeSampler(pools, n_way=args.n_way, k_shot=args.k_shot, q_query=args.q_query, seed=args.seed)
+        self.sampler = EpisodeSampler(
+            pools, n_way=args.n_way, k_shot=args.k_shot, q_query=args.q_query, seed=args.seed
+        )
         self.seed, self.index = args.seed, 0
         self.images_per_step = args.n_way * (args.k_shot + args.q_query)
-        self.image_passes_per_step = args.n_way * (2 * args.k_shot + args.q_query)  # support twice (once forward only), query once
+        self.image_passes_per_step = args.n_way * (
+            2 * args.k_shot + args.q_query
+        )  # support twice (once forward only), query once
         self.phases = Phases()
 
     def step(self) -> float:
         clock = self.phases.start()
         episode = self.sampler.episode(self.index)
-        assert episode.support.shape[0] + episode.query.shape[0] == self.images_per_step, "episode shapes must be fixed"
-        inputs = self._episode_inputs(episode, self.processor, self.texts, augment_seed=self._episode_seed(self.seed, self.index))
+        assert episode.support.shape[0] + episode.query.shape[0] == self.images_per_step, (
+            "episode shapes must be fixed"
+        )
+        inputs = self._episode_inputs(
+            episode, self.processor, self.texts, augment_seed=self._episode_seed(self.seed, self.index)
+        )
         self.index += 1
         clock.lap("data")
         loss = self.model(**inputs, return_weights=False).loss
@@ -111,8 +127,8 @@ class SupervisedTraining:
     """Plain supervised training of the target EfficientNet-V2 on random batches of the same pools."""
 
     def __init__(self, model_config, pools, args, batch_size: int) -> None:
-        from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
         from sgps_hf.body.timm_network import create_target
+        from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 
         self.images = np.concatenate([pool.images for pool in pools])  # uint8 [n, H, W, 3]
         self.labels = np.concatenate([np.full(len(pool), i) for i, pool in enumerate(pools)])
@@ -185,7 +201,13 @@ def fixed_shape_pools(pools, n_way: int, per_class: int):
     by_task: dict[str, list] = {}
     for pool in pools:
         by_task.setdefault(pool.task, []).append(pool)
-    kept = [p for task_pools in by_task.values() if sum(len(p) >= per_class for p in task_pools) >= n_way for p in task_pools if len(p) >= per_class]
+    kept = [
+        p
+        for task_pools in by_task.values()
+        if sum(len(p) >= per_class for p in task_pools) >= n_way
+        for p in task_pools
+        if len(p) >= per_class
+    ]
     return kept
 
 
@@ -205,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     pools = fixed_shape_pools(all_pools, args.n_way, args.k_shot + args.q_query)
     load_s = time.perf_counter() - started
     tasks = sorted({pool.task for pool in pools})
-    print(f"{len(pools)} classes of {len(tasks)} meta_train tasks ({sum(map(len, pools))} images, {model_config.image_size} px) loaded in {load_s:.1f} s")
+    print(
+        f"{len(pools)} classes of {len(tasks)} meta_train tasks ({sum(map(len, pools))} images, {model_config.image_size} px) loaded in {load_s:.1f} s"
+    )
 
     meta = MetaTraining(model_config, pools, args)
     supervised = SupervisedTraining(model_config, pools, args, batch_size=meta.images_per_step)
@@ -216,7 +240,11 @@ def main(argv: list[str] | None = None) -> None:
     meta.phases.enabled = supervised.phases.enabled = True  # timed steps only
     rounds = []
     for r in range(args.rounds):
-        order = (("meta", meta), ("supervised", supervised)) if r % 2 == 0 else (("supervised", supervised), ("meta", meta))
+        order = (
+            (("meta", meta), ("supervised", supervised))
+            if r % 2 == 0
+            else (("supervised", supervised), ("meta", meta))
+        )
         result = {name: timed(workload, args.steps) for name, workload in order}
         result["ratio_images_per_s"] = (result["meta"]["images"] / result["meta"]["wall_s"]) / (
             result["supervised"]["images"] / result["supervised"]["wall_s"]
@@ -255,12 +283,22 @@ def main(argv: list[str] | None = None) -> None:
             "selection": f"tasks with >= {args.n_way} classes of >= {args.k_shot + args.q_query} images (fixed episode shapes)",
         },
         "model": {
-            "sgps_config": {k: v for k, v in model_config.to_diff_dict().items() if not k.startswith("_") and k not in ("transformers_version",)},
+            "sgps_config": {
+                k: v
+                for k, v in model_config.to_diff_dict().items()
+                if not k.startswith("_") and k not in ("transformers_version",)
+            },
             "synthesizer_parameters": sum(p.numel() for p in meta.model.parameters()),
             "target_parameters": sum(p.numel() for p in supervised.model.parameters()),
         },
-        "episode": {"n_way": args.n_way, "k_shot": args.k_shot, "q_query": args.q_query, "images": meta.images_per_step,
-                    "modality_dropout": "off", "augmentation": "random flips (both workloads)"},
+        "episode": {
+            "n_way": args.n_way,
+            "k_shot": args.k_shot,
+            "q_query": args.q_query,
+            "images": meta.images_per_step,
+            "modality_dropout": "off",
+            "augmentation": "random flips (both workloads)",
+        },
         "warmup_steps": args.warmup,
         "timed_steps_per_round": args.steps,
         "rounds": rounds,
@@ -279,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
             "optimizer": f"AdamW lr {args.learning_rate}, weight decay 0.01, grad-norm clip 1.0",
         },
         "ratio_images_per_s": meta_images_s / supervised_images_s,
-        "ratio_images_per_cpu_s": (total("meta", "images") / total("meta", "cpu_s")) / (total("supervised", "images") / total("supervised", "cpu_s")),
+        "ratio_images_per_cpu_s": (total("meta", "images") / total("meta", "cpu_s"))
+        / (total("supervised", "images") / total("supervised", "cpu_s")),
         "ratio_per_round": [r["ratio_images_per_s"] for r in rounds],
         "goal_ratio": 0.6,
     }
@@ -287,7 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     output.write_text(render_markdown(results, output.with_suffix(".json").name), encoding="utf-8")
-    print(f"ratio (meta / supervised images/s) = {results['ratio_images_per_s']:.3f}; wrote {output} and {output.with_suffix('.json')}")
+    print(
+        f"ratio (meta / supervised images/s) = {results['ratio_images_per_s']:.3f}; wrote {output} and {output.with_suffix('.json')}"
+    )
 
 
 def _command(argv: list[str]) -> str:
@@ -300,7 +341,9 @@ def _command(argv: list[str]) -> str:
             continue
         skip = arg == "--note"
         shown.append(arg if not arg.startswith("--note=") else "--note='...'")
-    return " ".join(["python", "scripts/bench_training.py", *map(lambda a: a if a == "'...'" else shlex.quote(a), shown)])
+    return " ".join(
+        ["python", "scripts/bench_training.py", *map(lambda a: a if a == "'...'" else shlex.quote(a), shown)]
+    )
 
 
 def render_markdown(r: dict, json_name: str) -> str:
@@ -364,7 +407,11 @@ def render_markdown(r: dict, json_name: str) -> str:
     ]
     for label, part in (("(a) meta-training", meta), ("(b) supervised", sup)):
         ms = part["mean_ms_per_step"]
-        lines.append(f"| {label} | " + " | ".join(f"{ms.get(p, 0):.0f}" for p in phases) + f" | {sum(ms.values()):.0f} | {part['image_passes_per_step']} |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{ms.get(p, 0):.0f}" for p in phases)
+            + f" | {sum(ms.values()):.0f} | {part['image_passes_per_step']} |"
+        )
     # A backward pass costs about twice its forward pass: weigh passes with a backward 3, forward-only passes 1.
     forward_only = episode["n_way"] * episode["k_shot"]
     bound = 3 * episode["images"] / (3 * (meta["image_passes_per_step"] - forward_only) + forward_only)

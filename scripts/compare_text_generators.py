@@ -32,7 +32,9 @@ from sgps_hf.training.pools import training_pools
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--synthesizer", action="append", required=True, metavar="NAME=PATH", help="repeatable")
-    parser.add_argument("--config", default="scripts/configs/default.yaml", help="training config naming the meta-val tasks")
+    parser.add_argument(
+        "--config", default="scripts/configs/default.yaml", help="training config naming the meta-val tasks"
+    )
     parser.add_argument("--out", default="benchmarks/text_generator.md")
     parser.add_argument("--num-threads", type=int, default=2)
     return parser.parse_args(argv)
@@ -76,7 +78,9 @@ def main(argv=None) -> None:
         "|---|---|---|---|---|",
     ]
     for name, path, generator, scores in rows:
-        cells = " | ".join(f"{scores[k]['mean']:.3f} +- {scores[k]['ci95']:.3f}" for k in ("text only", "image + text", "image only"))
+        cells = " | ".join(
+            f"{scores[k]['mean']:.3f} +- {scores[k]['ci95']:.3f}" for k in ("text only", "image + text", "image only")
+        )
         lines.append(f"| {name} (`{path}`) | {generator} | {cells} |")
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

@@ -39,7 +39,10 @@ def main() -> None:
     models = {}
     # Two untrained references: the default config (random body, so its BatchNorm statistics are meaningless) and
     # one that measures statistics on the support set, which makes a random body a fair nearest-centroid rule.
-    for name, support_statistics in (("untrained (random init)", False), ("untrained (random init, support statistics)", True)):
+    for name, support_statistics in (
+        ("untrained (random init)", False),
+        ("untrained (random init, support statistics)", True),
+    ):
         torch.manual_seed(args.seed)
         models[name] = SGPSSynthesizer(SGPSConfig(support_statistics=support_statistics))
     for path in args.checkpoint:
@@ -51,8 +54,15 @@ def main() -> None:
         for label, use_text, use_images in SETTINGS:
             for shots in args.shots if use_images else [0]:
                 result = evaluate_synthesizer(
-                    model, pools, n_way=args.ways, k_shot=max(shots, 1), q_query=15, episodes=args.episodes,
-                    seed=args.seed, use_text=use_text, use_images=use_images,
+                    model,
+                    pools,
+                    n_way=args.ways,
+                    k_shot=max(shots, 1),
+                    q_query=15,
+                    episodes=args.episodes,
+                    seed=args.seed,
+                    use_text=use_text,
+                    use_images=use_images,
                 )
                 raw[f"{name} | {label} | {shots}-shot"] = {task: vars(score) for task, score in result.items()}
                 per_task = " | ".join(f"{result[t].mean:.3f}" for t in sorted(result) if t != "all")
@@ -69,7 +79,8 @@ def main() -> None:
         "",
         f"{args.ways}-way episodes (fewer where a task has fewer classes), 15 queries per class, drawn only from the "
         "held-out tasks; mean query accuracy +/- 95% CI over episodes. Chance per task: "
-        + ", ".join(f"{t} {chance[t]:.2f}" for t in tasks) + ".",
+        + ", ".join(f"{t} {chance[t]:.2f}" for t in tasks)
+        + ".",
         "",
         "| synthesizer | support | shots | all tasks | " + " | ".join(tasks) + " |",
         "|---|---|---|---|" + "---|" * len(tasks),

@@ -6,6 +6,7 @@ fresh decoder, seeded) and only when the earlier run used the same tasks, seed, 
 first ``episodes_per_task_and_k`` of this run's (EpisodeSampler.fixed is prefix-stable). A method that did depend
 on the earlier checkpoint must be renamed (``SRC:DST``, e.g. ``finetune:finetune-previous-64ch``). Recorded under
 ``protocol.carried_over`` (one record per merged run)."""
+
 import argparse
 import json
 import sys
@@ -25,14 +26,24 @@ for key in ("tasks", "seed", "queries_per_episode", "ks"):
 for spec in methods:
     m, _, dst = spec.partition(":")
     dst = dst or m
-    assert dst not in ("synthesizer", "synthesizer-prototype", "synthesizer-ridge", "finetune"), f"{m} depends on the checkpoint: rename it"
+    assert dst not in ("synthesizer", "synthesizer-prototype", "synthesizer-ridge", "finetune"), (
+        f"{m} depends on the checkpoint: rename it"
+    )
     for t in main["per_task"]:
-        main["per_task"][t][dst] = {k: {**v, "episodes": v.get("episodes", earlier["protocol"]["episodes_per_task_and_k"])} for k, v in earlier["per_task"][t][m].items()}
+        main["per_task"][t][dst] = {
+            k: {**v, "episodes": v.get("episodes", earlier["protocol"]["episodes_per_task_and_k"])}
+            for k, v in earlier["per_task"][t][m].items()
+        }
     main["summary"][dst] = earlier["summary"][m]
     if m in earlier.get("timing_s", {}):
         main["timing_s"][dst] = earlier["timing_s"][m]
-record = {"methods": [m.partition(":")[2] or m for m in methods], "episodes_per_task_and_k": earlier["protocol"]["episodes_per_task_and_k"],
-          "from": {k: earlier["protocol"][k] for k in ("checkpoint", "finetune_imagenet_steps", "finetune_imagenet_lr", "wall_s")}}
+record = {
+    "methods": [m.partition(":")[2] or m for m in methods],
+    "episodes_per_task_and_k": earlier["protocol"]["episodes_per_task_and_k"],
+    "from": {
+        k: earlier["protocol"][k] for k in ("checkpoint", "finetune_imagenet_steps", "finetune_imagenet_lr", "wall_s")
+    },
+}
 # several merges (from different earlier runs) keep one record each
 previous = main["protocol"].get("carried_over")
 records = [] if previous is None else (previous if isinstance(previous, list) else [previous])
@@ -44,7 +55,11 @@ from sgps_hf.evaluation.segmentation import paired_difference  # noqa: E402
 for spec in methods:
     dst = spec.partition(":")[2] or spec
     per = main["per_task"]
-    if "synthesizer" in next(iter(per.values())) and all("episode_dice" in per[t][dst][str(k)] for t in per for k in main["protocol"]["ks"]):
-        main.setdefault("paired", {})[f"synthesizer - {dst}"] = {str(k): paired_difference(per, "synthesizer", dst, k) for k in main["protocol"]["ks"]}
+    if "synthesizer" in next(iter(per.values())) and all(
+        "episode_dice" in per[t][dst][str(k)] for t in per for k in main["protocol"]["ks"]
+    ):
+        main.setdefault("paired", {})[f"synthesizer - {dst}"] = {
+            str(k): paired_difference(per, "synthesizer", dst, k) for k in main["protocol"]["ks"]
+        }
 (B / f"seg_results_{split}.json").write_text(json.dumps(main, indent=2))
 print("carried over", methods)

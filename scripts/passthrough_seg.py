@@ -60,16 +60,30 @@ def main() -> None:
     per_task = int(spec.get("fit_images_per_task", 48))
     for arrays in tasks.values():
         index = rng.permutation(len(arrays))[:per_task]
-        arrays.images, arrays.masks, arrays.stems = arrays.images[index], arrays.masks[index], [arrays.stems[i] for i in index]
+        arrays.images, arrays.masks, arrays.stems = (
+            arrays.images[index],
+            arrays.masks[index],
+            [arrays.stems[i] for i in index],
+        )
     bank = FeatureBank(model, tasks, mirrored=False, dtype=torch.float32)
-    features = [torch.cat([bank.features[name][0][level] for name in sorted(tasks)]) for level in range(len(model.config.out_indices))]
+    features = [
+        torch.cat([bank.features[name][0][level] for name in sorted(tasks)])
+        for level in range(len(model.config.out_indices))
+    ]
     model.fit_raw_passthrough(features, shift_margin=float(spec.get("shift_margin", 2.0)))
     model.save_pretrained(output)
     info_file = base / "training.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    info["passthrough"] = {**spec, "fit_tasks": sorted(tasks), "fit_images": sum(len(a) for a in tasks.values()), "base": str(base)}
+    info["passthrough"] = {
+        **spec,
+        "fit_tasks": sorted(tasks),
+        "fit_images": sum(len(a) for a in tasks.values()),
+        "base": str(base),
+    }
     (output / "training.json").write_text(json.dumps(info, indent=2))
-    print(f"wrote {output} (raw channels {model.raw_channels}, exported UperNet width {model.config.hidden_size + model.raw_channels})")
+    print(
+        f"wrote {output} (raw channels {model.raw_channels}, exported UperNet width {model.config.hidden_size + model.raw_channels})"
+    )
 
 
 if __name__ == "__main__":

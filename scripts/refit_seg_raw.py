@@ -25,13 +25,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--checkpoint", default=DEFAULT_SEG_CHECKPOINT)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--no-standardize", action="store_true", help="one scale per stage instead of per-channel standardisation")
+    parser.add_argument(
+        "--no-standardize", action="store_true", help="one scale per stage instead of per-channel standardisation"
+    )
     parser.add_argument("--level-norm", choices=["dim", "energy"], default="dim")
     parser.add_argument("--num-threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.num_threads)
     model = SGPSSegSynthesizer.from_pretrained(args.checkpoint).eval()
-    training = json.loads((Path(args.checkpoint) / "training.json").read_text()) if (Path(args.checkpoint) / "training.json").is_file() else {}
+    training = (
+        json.loads((Path(args.checkpoint) / "training.json").read_text())
+        if (Path(args.checkpoint) / "training.json").is_file()
+        else {}
+    )
     spec = dict(training.get("config", {}).get("passthrough", {}))
     spec.update(standardize=not args.no_standardize, level_norm=args.level_norm)
     names = seg_splits()["meta_train"]

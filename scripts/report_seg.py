@@ -7,9 +7,22 @@ import argparse
 import json
 from pathlib import Path
 
-
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-ORDER = ["synthesizer", "synthesizer-prototype", "synthesizer-ridge", "synthesizer-blend-std-raw", "synthesizer-previous-bundled", "synthesizer-posthoc-previous", "panet-imagenet", "panet-imagenet-all-levels", "finetune", "finetune-ridge-init", "finetune-previous-64ch", "finetune-imagenet", "mean-mask"]
+ORDER = [
+    "synthesizer",
+    "synthesizer-prototype",
+    "synthesizer-ridge",
+    "synthesizer-blend-std-raw",
+    "synthesizer-previous-bundled",
+    "synthesizer-posthoc-previous",
+    "panet-imagenet",
+    "panet-imagenet-all-levels",
+    "finetune",
+    "finetune-ridge-init",
+    "finetune-previous-64ch",
+    "finetune-imagenet",
+    "mean-mask",
+]
 DESCRIBE = {
     "synthesizer": "**SGPS-Seg, the bundled synthesizer**: decoder meta-trained with the raw encoder pass-through in the loop (learned + raw channels), raw block re-fitted post hoc (one scale per stage, each stage at unit mean pixel energy, as PANet weighs its levels); blended closed-form head, the ridge and prototype margins mixed with prototype weight 0.5 / 0.4 / 0.2 / 0.2 at K = 1 / 2 / 5 / 8 (`prototype_mix`; raw fit and weights chosen post hoc on the meta-val and meta-train tasks, see below): one forward pass, no gradient",
     "synthesizer-blend-std-raw": "the first candidate of this round: the meta-training raw block (standardised channels, 1/sqrt(dim) per stage) with its own blend weights 0.1 / 0.2 / 0.1 / 0.1; carried over from its single held-out run (same episodes)",
@@ -44,7 +57,10 @@ def methods_of(result: dict) -> list[str]:
 
 def table(result: dict, metric: str = "dice") -> list[str]:
     ks = result["protocol"]["ks"]
-    lines = ["| method | episodes / task / K | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    lines = [
+        "| method | episodes / task / K | " + " | ".join(f"K={k}" for k in ks) + " |",
+        "|---|---|" + "---|" * len(ks),
+    ]
     best = {str(k): max(result["summary"][m][str(k)][metric] for m in result["summary"]) for k in ks}
     for m in methods_of(result):
         cells = []
@@ -55,7 +71,11 @@ def table(result: dict, metric: str = "dice") -> list[str]:
             if metric == "dice" and "dice_ci" in cell:
                 text += f" [{cell['dice_ci'][0]:.3f}, {cell['dice_ci'][1]:.3f}]"
             cells.append(text)
-        n = {per[m][str(k)].get("episodes", result["protocol"]["episodes_per_task_and_k"]) for per in result["per_task"].values() for k in ks}
+        n = {
+            per[m][str(k)].get("episodes", result["protocol"]["episodes_per_task_and_k"])
+            for per in result["per_task"].values()
+            for k in ks
+        }
         lines.append(f"| {m} | {'/'.join(map(str, sorted(n)))} | " + " | ".join(cells) + " |")
     return lines
 
@@ -64,9 +84,17 @@ def paired(result: dict) -> list[str]:
     ks = result["protocol"]["ks"]
     lines = ["| difference (same episodes) | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
     for name, by_k in result.get("paired", {}).items():
-        if all(abs(by_k[str(k)]["diff"]) < 1e-12 for k in ks):  # a method identical to the synthesizer (e.g. its own head forced)
+        if all(
+            abs(by_k[str(k)]["diff"]) < 1e-12 for k in ks
+        ):  # a method identical to the synthesizer (e.g. its own head forced)
             continue
-        lines.append(f"| {name} | " + " | ".join(f"{by_k[str(k)]['diff']:+.3f} [{by_k[str(k)]['ci'][0]:+.3f}, {by_k[str(k)]['ci'][1]:+.3f}]" for k in ks) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{by_k[str(k)]['diff']:+.3f} [{by_k[str(k)]['ci'][0]:+.3f}, {by_k[str(k)]['ci'][1]:+.3f}]" for k in ks
+            )
+            + " |"
+        )
     return lines
 
 
@@ -77,17 +105,30 @@ def head_selection() -> list[str]:
         return []
     r = json.loads(path.read_text())
     ks = list(r["chosen"])
-    lines = ["## Blended head: selection of the prototype weight (meta-val + meta-train tasks only)", "",
-             f"`python scripts/select_seg_head.py --write` (`benchmarks/seg_head_selection.json`): {r['episodes_per_binary_task_and_k']} episodes per binary "
-             f"task and K (seed {r['seed']}, 8 queries), tasks {', '.join(r['selection_tasks'])} (meta-val: {', '.join(r['meta_val'])}); binary tasks averaged "
-             f"within their task, then the {len(r['selection_tasks'])} tasks equally. On the meta-train tasks the learned channels are "
-             f"{'zeroed (they were meta-trained on those masks)' if r.get('meta_train_features', 'raw') == 'raw' else 'kept'}. "
-             "Mean Dice by prototype weight (0 = ridge, 1 = prototype):", "",
-             "| K | " + " | ".join(str(m) for m in r["grid"]) + " | chosen | leave-one-task-out gain over ridge |", "|---|" + "---|" * (len(r["grid"]) + 2)]
+    lines = [
+        "## Blended head: selection of the prototype weight (meta-val + meta-train tasks only)",
+        "",
+        f"`python scripts/select_seg_head.py --write` (`benchmarks/seg_head_selection.json`): {r['episodes_per_binary_task_and_k']} episodes per binary "
+        f"task and K (seed {r['seed']}, 8 queries), tasks {', '.join(r['selection_tasks'])} (meta-val: {', '.join(r['meta_val'])}); binary tasks averaged "
+        f"within their task, then the {len(r['selection_tasks'])} tasks equally. On the meta-train tasks the learned channels are "
+        f"{'zeroed (they were meta-trained on those masks)' if r.get('meta_train_features', 'raw') == 'raw' else 'kept'}. "
+        "Mean Dice by prototype weight (0 = ridge, 1 = prototype):",
+        "",
+        "| K | " + " | ".join(str(m) for m in r["grid"]) + " | chosen | leave-one-task-out gain over ridge |",
+        "|---|" + "---|" * (len(r["grid"]) + 2),
+    ]
     for k in ks:
         row = r["mean_over_tasks"][k]
-        lines.append(f"| {k} | " + " | ".join(f"{row[str(m)]:.3f}" for m in r["grid"]) + f" | {r['chosen'][k]} | {r['leave_one_task_out_gain_over_ridge'][k]:+.4f} |")
-    lines += ["", f"Stored `prototype_mix` (K = 1..{len(r['prototype_mix'])}, linear between evaluated K): {r['prototype_mix']}.", ""]
+        lines.append(
+            f"| {k} | "
+            + " | ".join(f"{row[str(m)]:.3f}" for m in r["grid"])
+            + f" | {r['chosen'][k]} | {r['leave_one_task_out_gain_over_ridge'][k]:+.4f} |"
+        )
+    lines += [
+        "",
+        f"Stored `prototype_mix` (K = 1..{len(r['prototype_mix'])}, linear between evaluated K): {r['prototype_mix']}.",
+        "",
+    ]
     return lines + raw_variants()
 
 
@@ -96,9 +137,15 @@ def raw_variants() -> list[str]:
     files = sorted(f for f in BENCH.glob("seg_head_selection_raw_*.json") if not f.stem.endswith("all_features"))
     if not files:
         return []
-    lines = ["Raw-block fits of the same decoder (`scripts/refit_seg_raw.py`), each with its own prototype weights chosen by the rule above; "
-             "six-task mean Dice at the chosen weights (ridge alone in brackets). The fit with the highest mean over K is bundled:", "",
-             "| standardise channels | stage scale | chosen weights K=1/2/5/8 | " + " | ".join(f"K={k}" for k in (1, 2, 5, 8)) + " | mean |", "|---|---|---|" + "---|" * 5]
+    lines = [
+        "Raw-block fits of the same decoder (`scripts/refit_seg_raw.py`), each with its own prototype weights chosen by the rule above; "
+        "six-task mean Dice at the chosen weights (ridge alone in brackets). The fit with the highest mean over K is bundled:",
+        "",
+        "| standardise channels | stage scale | chosen weights K=1/2/5/8 | "
+        + " | ".join(f"K={k}" for k in (1, 2, 5, 8))
+        + " | mean |",
+        "|---|---|---|" + "---|" * 5,
+    ]
     for f in files:
         r = json.loads(f.read_text())
         ks = list(r["chosen"])
@@ -106,8 +153,11 @@ def raw_variants() -> list[str]:
         ridge = [r["mean_over_tasks"][k]["0.0"] for k in ks]
         fit = r.get("raw_fit", {})
         scale = "1/sqrt(kept energy)" if fit.get("level_norm") == "energy" else "1/sqrt(dim)"
-        lines.append(f"| {'yes' if fit.get('standardize', True) else 'no (one scale per stage)'} | {scale} | {' / '.join(str(r['chosen'][k]) for k in ks)} | "
-                     + " | ".join(f"{a:.3f} ({b:.3f})" for a, b in zip(at, ridge)) + f" | {sum(at) / len(at):.4f} |")
+        lines.append(
+            f"| {'yes' if fit.get('standardize', True) else 'no (one scale per stage)'} | {scale} | {' / '.join(str(r['chosen'][k]) for k in ks)} | "
+            + " | ".join(f"{a:.3f} ({b:.3f})" for a, b in zip(at, ridge, strict=False))
+            + f" | {sum(at) / len(at):.4f} |"
+        )
     return lines + [""]
 
 
@@ -130,8 +180,19 @@ def plot(result: dict, target: Path) -> None:
     ks = result["protocol"]["ks"]
     fig, ax = plt.subplots(figsize=(8, 4))
     for m in methods_of(result):
-        ax.plot(ks, [result["summary"][m][str(k)]["dice"] for k in ks], marker="o", label=m, linewidth=2.5 if m == "synthesizer" else 1.2)
-    ax.set(xlabel="examples K", ylabel="mean Dice over held-out tasks", title="Few-shot segmentation: data efficiency", xticks=ks)
+        ax.plot(
+            ks,
+            [result["summary"][m][str(k)]["dice"] for k in ks],
+            marker="o",
+            label=m,
+            linewidth=2.5 if m == "synthesizer" else 1.2,
+        )
+    ax.set(
+        xlabel="examples K",
+        ylabel="mean Dice over held-out tasks",
+        title="Few-shot segmentation: data efficiency",
+        xticks=ks,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
@@ -145,50 +206,112 @@ def main() -> None:
     if held is None:
         raise SystemExit("run scripts/evaluate_seg.py --split held_out first")
     p = held["protocol"]
-    out = ["# Few-shot segmentation benchmark (sgps-hf segmentation synthesizer)", "",
-           "Generated by `python scripts/evaluate_seg.py --split held_out|meta_val|meta_train` and `python scripts/report_seg.py`.", "",
-           f"Protocol: whole held-out tasks {', '.join(p['tasks'])}; {p['episodes_per_task_and_k']} seeded episodes per task and K "
-           f"(seed {p['seed']}; the fine-tuning baselines on the first {p.get('finetune_episodes') or p['episodes_per_task_and_k']} of them), "
-           f"{p['queries_per_episode']} query images each, the same episodes for every method; Dice and IoU per query image "
-           "(local `evaluate` modules `sgps_hf/metric_modules/dice|iou`), averaged over queries, then over tasks. 128 px, "
-           f"checkpoint `{p['checkpoint']}`, {p['threads']} torch thread; wall {p['wall_s']:.0f} s. "
-           "Brackets: 95% bootstrap interval of the task-mean Dice (episodes resampled within each task, 2000 replicates)."
-           + (f" `{', '.join(carried_methods(p))}` are carried over from earlier runs of the same protocol, on the first n of the same "
-              "episodes (n in the episodes column; `scripts/merge_seg_results.py`)." if p.get("carried_over") else ""), "",
-           "Methods:", *[f"- `{m}`: {DESCRIBE.get(m, m)}" for m in methods_of(held)], ""]
+    out = [
+        "# Few-shot segmentation benchmark (sgps-hf segmentation synthesizer)",
+        "",
+        "Generated by `python scripts/evaluate_seg.py --split held_out|meta_val|meta_train` and `python scripts/report_seg.py`.",
+        "",
+        f"Protocol: whole held-out tasks {', '.join(p['tasks'])}; {p['episodes_per_task_and_k']} seeded episodes per task and K "
+        f"(seed {p['seed']}; the fine-tuning baselines on the first {p.get('finetune_episodes') or p['episodes_per_task_and_k']} of them), "
+        f"{p['queries_per_episode']} query images each, the same episodes for every method; Dice and IoU per query image "
+        "(local `evaluate` modules `sgps_hf/metric_modules/dice|iou`), averaged over queries, then over tasks. 128 px, "
+        f"checkpoint `{p['checkpoint']}`, {p['threads']} torch thread; wall {p['wall_s']:.0f} s. "
+        "Brackets: 95% bootstrap interval of the task-mean Dice (episodes resampled within each task, 2000 replicates)."
+        + (
+            f" `{', '.join(carried_methods(p))}` are carried over from earlier runs of the same protocol, on the first n of the same "
+            "episodes (n in the episodes column; `scripts/merge_seg_results.py`)."
+            if p.get("carried_over")
+            else ""
+        ),
+        "",
+        "Methods:",
+        *[f"- `{m}`: {DESCRIBE.get(m, m)}" for m in methods_of(held)],
+        "",
+    ]
     notes = BENCH / "seg_notes.md"
     if notes.is_file():
         out += [notes.read_text().strip(), ""]
-    out += ["## Held-out tasks: mean Dice", "", *table(held), "", "Paired differences of task-mean Dice (95% bootstrap interval):", "", *paired(held), "",
-            "## Held-out tasks: mean IoU", "", *table(held, "iou"), "",
-            "![data efficiency](seg_data_efficiency.png)", "", "## Per held-out task", "", *per_task(held), "", *head_selection()]
+    out += [
+        "## Held-out tasks: mean Dice",
+        "",
+        *table(held),
+        "",
+        "Paired differences of task-mean Dice (95% bootstrap interval):",
+        "",
+        *paired(held),
+        "",
+        "## Held-out tasks: mean IoU",
+        "",
+        *table(held, "iou"),
+        "",
+        "![data efficiency](seg_data_efficiency.png)",
+        "",
+        "## Per held-out task",
+        "",
+        *per_task(held),
+        "",
+        *head_selection(),
+    ]
     if val:
         out += ["## Meta-validation task (model selection only): mean Dice", "", *table(val), "", *paired(val), ""]
         panet = sorted(BENCH.glob("seg_results_meta_val_panet_*.json"))
         if panet:
-            out += ["PANet feature levels on meta-val (stages of the Lite0 body, 0 = stride 4; the level choice was made in the earlier run, "
-                    "8 episodes per K; this run's 24-episode numbers for the two reported variants last):", ""]
+            out += [
+                "PANet feature levels on meta-val (stages of the Lite0 body, 0 = stride 4; the level choice was made in the earlier run, "
+                "8 episodes per K; this run's 24-episode numbers for the two reported variants last):",
+                "",
+            ]
             for f in panet:
                 r = json.loads(f.read_text())
-                out.append(f"- levels {r['protocol']['panet_levels']} (8 episodes): " + ", ".join(f"K={k} {r['summary']['panet-imagenet'][str(k)]['dice']:.3f}" for k in r["protocol"]["ks"]))
-            for key, levels in (("panet-imagenet", val["protocol"]["panet_levels"]), ("panet-imagenet-all-levels", [0, 1, 2, 3])):
+                out.append(
+                    f"- levels {r['protocol']['panet_levels']} (8 episodes): "
+                    + ", ".join(
+                        f"K={k} {r['summary']['panet-imagenet'][str(k)]['dice']:.3f}" for k in r["protocol"]["ks"]
+                    )
+                )
+            for key, levels in (
+                ("panet-imagenet", val["protocol"]["panet_levels"]),
+                ("panet-imagenet-all-levels", [0, 1, 2, 3]),
+            ):
                 if key in val["summary"]:
-                    out.append(f"- levels {levels} ({val['protocol']['episodes_per_task_and_k']} episodes): " + ", ".join(f"K={k} {val['summary'][key][str(k)]['dice']:.3f}" for k in val["protocol"]["ks"]))
+                    out.append(
+                        f"- levels {levels} ({val['protocol']['episodes_per_task_and_k']} episodes): "
+                        + ", ".join(f"K={k} {val['summary'][key][str(k)]['dice']:.3f}" for k in val["protocol"]["ks"])
+                    )
             out.append("")
     if train:
-        out += ["## Generalization gap (mean Dice, meta-train tasks minus held-out tasks; new episodes of the meta-train images)", "",
-                "| method | " + " | ".join(f"K={k}" for k in p["ks"]) + " |", "|---|" + "---|" * len(p["ks"])]
+        out += [
+            "## Generalization gap (mean Dice, meta-train tasks minus held-out tasks; new episodes of the meta-train images)",
+            "",
+            "| method | " + " | ".join(f"K={k}" for k in p["ks"]) + " |",
+            "|---|" + "---|" * len(p["ks"]),
+        ]
         for m in methods_of(train):
             if m in held["summary"]:
-                cells = [f"{train['summary'][m][str(k)]['dice']:.3f} - {held['summary'][m][str(k)]['dice']:.3f} = {train['summary'][m][str(k)]['dice'] - held['summary'][m][str(k)]['dice']:+.3f}" for k in p["ks"]]
+                cells = [
+                    f"{train['summary'][m][str(k)]['dice']:.3f} - {held['summary'][m][str(k)]['dice']:.3f} = {train['summary'][m][str(k)]['dice'] - held['summary'][m][str(k)]['dice']:+.3f}"
+                    for k in p["ks"]
+                ]
                 out.append(f"| {m} | " + " | ".join(cells) + " |")
         out.append("")
     t = held.get("timing_s", {})
     if t:
-        out += ["## Adaptation + inference time per episode (CPU, 1 thread, encoder features cached)", "",
-                "| method | seconds |", "|---|---|", *[f"| {m} | {t[m]:.3f} |" for m in methods_of(held) if m in t], ""]
-    out += ["## Meta-training", "", "Log `benchmarks/seg_training_log.csv`, curve `benchmarks/seg_learning_curve.png`, config `scripts/configs/seg_default.yaml`.", "",
-            "![learning curve](seg_learning_curve.png)", ""]
+        out += [
+            "## Adaptation + inference time per episode (CPU, 1 thread, encoder features cached)",
+            "",
+            "| method | seconds |",
+            "|---|---|",
+            *[f"| {m} | {t[m]:.3f} |" for m in methods_of(held) if m in t],
+            "",
+        ]
+    out += [
+        "## Meta-training",
+        "",
+        "Log `benchmarks/seg_training_log.csv`, curve `benchmarks/seg_learning_curve.png`, config `scripts/configs/seg_default.yaml`.",
+        "",
+        "![learning curve](seg_learning_curve.png)",
+        "",
+    ]
     (BENCH / "SEGMENTATION.md").write_text("\n".join(out))
     plot(held, BENCH / "seg_data_efficiency.png")
     print("wrote benchmarks/SEGMENTATION.md")

@@ -38,13 +38,21 @@ from sgps_hf.training.pretrain import distill_body, interpolate_bodies, pretrain
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--samples", type=int, default=None, help="images drawn per epoch (default: all meta-train images)")
+    parser.add_argument(
+        "--samples", type=int, default=None, help="images drawn per epoch (default: all meta-train images)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="WiSE-FT weights of the adapted body")
-    parser.add_argument("--distill", metavar="ARCH", default=None, help="also distil this timm architecture from the frozen Lite0")
+    parser.add_argument(
+        "--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="WiSE-FT weights of the adapted body"
+    )
+    parser.add_argument(
+        "--distill", metavar="ARCH", default=None, help="also distil this timm architecture from the frozen Lite0"
+    )
     parser.add_argument("--distill-epochs", type=int, default=3)
-    parser.add_argument("--distill-samples", type=int, default=None, help="draws per distillation epoch (default: --samples)")
+    parser.add_argument(
+        "--distill-samples", type=int, default=None, help="draws per distillation epoch (default: --samples)"
+    )
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--work-dir", default="runs/body-selection")
     parser.add_argument("--out", default="benchmarks/body_selection.md")
@@ -52,7 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def adapted_body(model: SGPSSynthesizer, args: argparse.Namespace, processor: SGPSImageProcessor) -> tuple[dict, list, float]:
+def adapted_body(
+    model: SGPSSynthesizer, args: argparse.Namespace, processor: SGPSImageProcessor
+) -> tuple[dict, list, float]:
     """``model``'s body adapted on the meta-train classes: its weights, history and minutes (cached in --work-dir)."""
     path = Path(args.work_dir) / f"adapted-{args.epochs}ep-{args.samples or 'all'}.safetensors"
 
@@ -62,7 +72,9 @@ def adapted_body(model: SGPSSynthesizer, args: argparse.Namespace, processor: SG
     return trained_body(path, model.target, adapt, args.epochs, args.samples, args, model.config.image_size)
 
 
-def distilled_student(teacher: SGPSSynthesizer, args: argparse.Namespace, processor: SGPSImageProcessor) -> tuple[SGPSSynthesizer, list, float]:
+def distilled_student(
+    teacher: SGPSSynthesizer, args: argparse.Namespace, processor: SGPSImageProcessor
+) -> tuple[SGPSSynthesizer, list, float]:
     """An untrained SGPS head on ``args.distill`` trained from scratch to reproduce ``teacher``'s body (cached)."""
     samples = args.distill_samples or args.samples
     student = SGPSSynthesizer(SGPSConfig(target_architecture=args.distill, body_init="none")).eval()
@@ -71,24 +83,38 @@ def distilled_student(teacher: SGPSSynthesizer, args: argparse.Namespace, proces
     def distill(accelerator, body, pools, config):
         return distill_body(accelerator, body, teacher.target, pools, processor, config)
 
-    weights, history, minutes = trained_body(path, student.target, distill, args.distill_epochs, samples, args, teacher.config.image_size)
+    weights, history, minutes = trained_body(
+        path, student.target, distill, args.distill_epochs, samples, args, teacher.config.image_size
+    )
     student.target.load_state_dict(weights)
     return student.eval(), history, minutes
 
 
-def trained_body(path: Path, body: torch.nn.Module, train, epochs: int, samples: int | None, args: argparse.Namespace, image_size: int) -> tuple[dict, list, float]:
+def trained_body(
+    path: Path,
+    body: torch.nn.Module,
+    train,
+    epochs: int,
+    samples: int | None,
+    args: argparse.Namespace,
+    image_size: int,
+) -> tuple[dict, list, float]:
     """``body`` after ``train(accelerator, body, pools, config)`` on the meta-train classes, trained once and cached at
     ``path`` (safetensors, plus a JSON of the history and the minutes it took): (weights, history, minutes)."""
     if not path.is_file():
         config = TrainingConfig(
-            pretrain_epochs=epochs, pretrain_batch_size=args.batch_size, pretrain_learning_rate=args.learning_rate,
+            pretrain_epochs=epochs,
+            pretrain_batch_size=args.batch_size,
+            pretrain_learning_rate=args.learning_rate,
             pretrain_samples_per_epoch=samples,
         )
         started = time.monotonic()
         history = train(Accelerator(), body, build_pools("meta_train", image_size), config)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in body.state_dict().items()}, path)
-        path.with_suffix(".json").write_text(json.dumps({"history": history, "minutes": (time.monotonic() - started) / 60}))
+        path.with_suffix(".json").write_text(
+            json.dumps({"history": history, "minutes": (time.monotonic() - started) / 60})
+        )
     record = json.loads(path.with_suffix(".json").read_text())
     return load_file(path), record["history"], record["minutes"]
 
@@ -104,7 +130,12 @@ def score(model: SGPSSynthesizer, pools, processor, episodes: int) -> dict[str, 
             episode = sampler.episode(i)
             support, query = episode_features(episode, features)
             labels = episode.query_labels
-            out = model(support_features=support, support_labels=episode.support_labels, num_classes=episode.n_way, query_features=query)
+            out = model(
+                support_features=support,
+                support_labels=episode.support_labels,
+                num_classes=episode.n_way,
+                query_features=query,
+            )
             prototypes = torch.stack([support[episode.support_labels == c, 0].mean(0) for c in range(episode.n_way)])
             proto_logits = -torch.cdist(query, prototypes)
             for rule, logits in (("ridge", out.logits), ("prototype", proto_logits)):
@@ -122,7 +153,9 @@ def main(argv=None) -> int:
     processor = SGPSImageProcessor.from_sgps_config(model.config)
     load_pretrained_body(model.target, "imagenet")
     start = {k: v.clone() for k, v in model.target.state_dict().items()}
-    adapted, history, adapt_minutes = adapted_body(model, args, processor) if any(a > 0 for a in args.alphas) else (start, [], 0.0)
+    adapted, history, adapt_minutes = (
+        adapted_body(model, args, processor) if any(a > 0 for a in args.alphas) else (start, [], 0.0)
+    )
     val_pools = build_pools("meta_val", model.config.image_size)
     rows = {}
     for alpha in args.alphas:
@@ -141,7 +174,11 @@ def main(argv=None) -> int:
 
 
 def write_report(
-    args, rows: dict[str, dict[str, float]], history: list, adapt_minutes: float, distillation: tuple[list, float] | None
+    args,
+    rows: dict[str, dict[str, float]],
+    history: list,
+    adapt_minutes: float,
+    distillation: tuple[list, float] | None,
 ) -> None:
     overall = [f"{rule} {k}-shot" for rule in ("prototype", "ridge") for k in (1, 5)]
     families = sorted({key.split(" ")[-1] for key in next(iter(rows.values())) if key.count(" ") == 2})
@@ -173,9 +210,19 @@ def write_report(
     ]
     for name, scores in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{scores[c]:.3f}" for c in overall) + " |")
-    lines += ["", "Per family (ridge, 5-shot):", "", "| body | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    lines += [
+        "",
+        "Per family (ridge, 5-shot):",
+        "",
+        "| body | " + " | ".join(families) + " |",
+        "|---|" + "---|" * len(families),
+    ]
     for name, scores in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{scores.get(f'ridge 5-shot {f}', float('nan')):.3f}" for f in families) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{scores.get(f'ridge 5-shot {f}', float('nan')):.3f}" for f in families)
+            + " |"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
 

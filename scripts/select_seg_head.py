@@ -39,7 +39,9 @@ def decoded_bank(model: SGPSSegSynthesizer, bank: FeatureBank, batch: int = 32) 
     with torch.no_grad():
         for name in sorted(bank.features):
             n = len(bank.masks[name])
-            out[name] = torch.cat([model.decode(bank.get(name, range(s, min(s + batch, n)))[0]) for s in range(0, n, batch)])
+            out[name] = torch.cat(
+                [model.decode(bank.get(name, range(s, min(s + batch, n)))[0]) for s in range(0, n, batch)]
+            )
     return out
 
 
@@ -91,9 +93,20 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--output", default="benchmarks/seg_head_selection.json")
     parser.add_argument("--num-threads", type=int, default=1)
-    parser.add_argument("--meta-train-features", choices=["raw", "all"], default="raw", help="features of the meta-train tasks (see above)")
-    parser.add_argument("--write", action="store_true", help="store the chosen prototype_mix in the checkpoint's config")
-    parser.add_argument("--from-json", default=None, help="with --write: take the choice from an earlier run's JSON instead of re-running")
+    parser.add_argument(
+        "--meta-train-features",
+        choices=["raw", "all"],
+        default="raw",
+        help="features of the meta-train tasks (see above)",
+    )
+    parser.add_argument(
+        "--write", action="store_true", help="store the chosen prototype_mix in the checkpoint's config"
+    )
+    parser.add_argument(
+        "--from-json",
+        default=None,
+        help="with --write: take the choice from an earlier run's JSON instead of re-running",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.num_threads)
     if args.from_json:
@@ -101,7 +114,10 @@ def main() -> None:
     else:
         result = select(args)
     print("chosen prototype weight per K:", result["chosen"], "-> prototype_mix", result["prototype_mix"])
-    print("leave-one-task-out gain over ridge:", {k: round(v, 4) for k, v in result["leave_one_task_out_gain_over_ridge"].items()})
+    print(
+        "leave-one-task-out gain over ridge:",
+        {k: round(v, 4) for k, v in result["leave_one_task_out_gain_over_ridge"].items()},
+    )
     if args.write:
         write_choice(args.checkpoint, result["prototype_mix"])
         print(f"wrote prototype_mix into {args.checkpoint}/config.json")
@@ -130,23 +146,58 @@ def select(args: argparse.Namespace) -> dict:
         binary[name] = {}
         for k in args.ks:
             episodes = sampler.fixed(name, k, args.episodes)
-            binary[name][str(k)] = {str(m): float(np.mean([episode_dice(model, decoded[name], bank.masks[name], ep, m) for ep in episodes])) for m in args.grid}
+            binary[name][str(k)] = {
+                str(m): float(
+                    np.mean([episode_dice(model, decoded[name], bank.masks[name], ep, m) for ep in episodes])
+                )
+                for m in args.grid
+            }
             print(f"{name} K={k}: " + " ".join(f"{m}:{v:.3f}" for m, v in binary[name][str(k)].items()), flush=True)
     whole = sorted({task_of(n) for n in binary})
-    scores = {t: {str(k): {str(m): float(np.mean([binary[n][str(k)][str(m)] for n in binary if task_of(n) == t])) for m in args.grid} for k in args.ks} for t in whole}
+    scores = {
+        t: {
+            str(k): {
+                str(m): float(np.mean([binary[n][str(k)][str(m)] for n in binary if task_of(n) == t]))
+                for m in args.grid
+            }
+            for k in args.ks
+        }
+        for t in whole
+    }
     chosen = {k: choose(scores, whole, k, args.grid) for k in args.ks}
     loto = {}
     for left in whole:
         rest = [t for t in whole if t != left]
-        loto[left] = {str(k): {"weight": (w := choose(scores, rest, k, args.grid)), "dice": scores[left][str(k)][str(w)], "ridge": scores[left][str(k)]["0.0"]} for k in args.ks}
+        loto[left] = {
+            str(k): {
+                "weight": (w := choose(scores, rest, k, args.grid)),
+                "dice": scores[left][str(k)][str(w)],
+                "ridge": scores[left][str(k)]["0.0"],
+            }
+            for k in args.ks
+        }
     result = {
-        "checkpoint": args.checkpoint, "selection_tasks": whole, "meta_val": splits["meta_val"], "episodes_per_binary_task_and_k": args.episodes,
-        "seed": args.seed, "meta_train_features": args.meta_train_features, "grid": args.grid, "per_binary_task": binary, "per_task": scores,
-        "mean_over_tasks": {str(k): {str(m): float(np.mean([scores[t][str(k)][str(m)] for t in whole])) for m in args.grid} for k in args.ks},
-        "chosen": {str(k): w for k, w in chosen.items()}, "prototype_mix": interpolate(chosen, max(args.ks)),
+        "checkpoint": args.checkpoint,
+        "selection_tasks": whole,
+        "meta_val": splits["meta_val"],
+        "episodes_per_binary_task_and_k": args.episodes,
+        "seed": args.seed,
+        "meta_train_features": args.meta_train_features,
+        "grid": args.grid,
+        "per_binary_task": binary,
+        "per_task": scores,
+        "mean_over_tasks": {
+            str(k): {str(m): float(np.mean([scores[t][str(k)][str(m)] for t in whole])) for m in args.grid}
+            for k in args.ks
+        },
+        "chosen": {str(k): w for k, w in chosen.items()},
+        "prototype_mix": interpolate(chosen, max(args.ks)),
         "leave_one_task_out": loto,
         "raw_fit": _raw_fit(args.checkpoint),
-        "leave_one_task_out_gain_over_ridge": {str(k): float(np.mean([loto[t][str(k)]["dice"] - loto[t][str(k)]["ridge"] for t in whole])) for k in args.ks},
+        "leave_one_task_out_gain_over_ridge": {
+            str(k): float(np.mean([loto[t][str(k)]["dice"] - loto[t][str(k)]["ridge"] for t in whole]))
+            for k in args.ks
+        },
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))

@@ -26,9 +26,9 @@ from sgps_hf.evaluation.baselines import fit_linear_head
 from sgps_hf.metrics import calibration
 from sgps_hf.models.sgps.configuration_sgps import SUPPORT_VIEWS
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
+from sgps_hf.training.calibration import nll_best_multiplier
 from sgps_hf.training.config import TrainingConfig
 from sgps_hf.training.feature_cache import episode_features, pool_features
-from sgps_hf.training.calibration import nll_best_multiplier
 from sgps_hf.training.pools import training_pools
 
 CANDIDATES = {
@@ -43,7 +43,9 @@ CANDIDATES = {
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--synthesizer", default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--config", default="scripts/configs/default.yaml", help="training config naming the meta-val tasks")
+    parser.add_argument(
+        "--config", default="scripts/configs/default.yaml", help="training config naming the meta-val tasks"
+    )
     parser.add_argument("--episodes", type=int, default=300, help="episodes per shot count")
     parser.add_argument("--out", default="benchmarks/support_views.md")
     parser.add_argument("--num-threads", type=int, default=2)
@@ -58,8 +60,11 @@ def score(model, episodes, features, views):
         support, query = episode_features(episode, features)
         with torch.no_grad():
             logits = model(
-                support_features=support[:, index], support_labels=episode.support_labels,
-                num_classes=len(episode.class_names), query_features=query, return_weights=False,
+                support_features=support[:, index],
+                support_labels=episode.support_labels,
+                num_classes=len(episode.class_names),
+                query_features=query,
+                return_weights=False,
             ).logits
         accuracies.append((logits.argmax(-1) == episode.query_labels).float().mean().item())
         pairs.append((logits, episode.query_labels))
@@ -69,7 +74,9 @@ def score(model, episodes, features, views):
 
 def _ece(pairs, multiplier):
     width = max(l.shape[1] for l, _ in pairs)
-    probs = torch.cat([torch.nn.functional.pad(torch.softmax(multiplier * l, -1), (0, width - l.shape[1])) for l, _ in pairs])
+    probs = torch.cat(
+        [torch.nn.functional.pad(torch.softmax(multiplier * l, -1), (0, width - l.shape[1])) for l, _ in pairs]
+    )
     return float(calibration(probs.numpy(), torch.cat([y for _, y in pairs]).numpy())["ece"])
 
 
@@ -77,7 +84,9 @@ def probe(episodes, features):
     accuracies = []
     for episode in episodes:
         support, query = episode_features(episode, features)
-        head = fit_linear_head(support[:, 0], episode.support_labels, len(episode.class_names), steps=100, lr=0.01, weight_decay=1e-4)
+        head = fit_linear_head(
+            support[:, 0], episode.support_labels, len(episode.class_names), steps=100, lr=0.01, weight_decay=1e-4
+        )
         with torch.no_grad():
             accuracies.append((head(query).argmax(-1) == episode.query_labels).float().mean().item())
     return float(np.mean(accuracies))
@@ -88,7 +97,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.num_threads)
     started = time.time()
     model = SGPSSynthesizer.from_pretrained(args.synthesizer).eval()
-    model.config.support_views = list(SUPPORT_VIEWS)  # featurise every candidate view once; the checkpoint is not saved
+    model.config.support_views = list(
+        SUPPORT_VIEWS
+    )  # featurise every candidate view once; the checkpoint is not saved
     processor = SGPSImageProcessor.from_sgps_config(model.config)
     _, val_pools, _ = training_pools(TrainingConfig.from_file(args.config), model.config.image_size)
     features = pool_features(model, val_pools, processor)
@@ -100,7 +111,9 @@ def main(argv=None) -> None:
             accuracy, ece, ece_fitted, multiplier = score(model, episodes, features, views)
             rows.append((shots, name, accuracy, ece, ece_fitted, multiplier))
             print(rows[-1], flush=True)
-        rows.append((shots, "linear probe (identity), reference", probe(episodes, features), math.nan, math.nan, math.nan))
+        rows.append(
+            (shots, "linear probe (identity), reference", probe(episodes, features), math.nan, math.nan, math.nan)
+        )
     write_report(args, rows, time.time() - started, [p.task for p in val_pools])
 
 

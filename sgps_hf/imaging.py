@@ -37,7 +37,9 @@ DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}) | DICOM_SUFFIXES
 #: The image suffixes PIL decodes itself: what ``datasets.Image`` features can hold (they decode with PIL, so no DICOM).
 PIL_IMAGE_SUFFIXES = IMAGE_SUFFIXES - DICOM_SUFFIXES
-_CHUNK_VALUES = 1 << 22  # high-bit-depth images are rescaled to 8 bits this many values at a time (bounded scratch memory)
+_CHUNK_VALUES = (
+    1 << 22
+)  # high-bit-depth images are rescaled to 8 bits this many values at a time (bounded scratch memory)
 # Bytes per pixel of PIL's in-memory storage, per mode (unknown modes count as 4).
 _PIL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 # The pixel limit of the load_image call in progress (load_image's ``max_pixels``).
@@ -130,14 +132,18 @@ def _open_path(path: Path) -> Image.Image:
 def _check_file(path: Path) -> None:
     check_path_text(str(path), "Image path")
     if not path.exists():
-        raise ImageLoadError(f"Image file not found: {path}. Check the path (relative paths are resolved from {Path.cwd()}).")
+        raise ImageLoadError(
+            f"Image file not found: {path}. Check the path (relative paths are resolved from {Path.cwd()})."
+        )
     if not path.is_file():
         raise ImageLoadError(f"Not a file: {path}. Pass image files, not folders.")
     size = path.stat().st_size
     if size == 0:
         raise ImageLoadError(f"Image file is empty (0 bytes): {path}.")
     if size > MAX_FILE_BYTES:
-        raise ImageLoadError(f"Image file {path} is {size / 2**20:.0f} MiB; the limit is {MAX_FILE_BYTES // 2**20} MiB.")
+        raise ImageLoadError(
+            f"Image file {path} is {size / 2**20:.0f} MiB; the limit is {MAX_FILE_BYTES // 2**20} MiB."
+        )
 
 
 def _open_bytes(data: bytes, name: str) -> Image.Image:
@@ -159,7 +165,9 @@ def _open_bytes(data: bytes, name: str) -> Image.Image:
         raise ImageLoadError(
             f"Cannot read {name} as an image ({exc}). Supported formats: PNG, JPEG, TIFF, BMP, GIF, WebP and DICOM."
         ) from exc
-    except Exception as exc:  # PIL's decoders raise many types on malformed data (KeyError, TypeError, struct.error...)
+    except (
+        Exception
+    ) as exc:  # PIL's decoders raise many types on malformed data (KeyError, TypeError, struct.error...)
         raise ImageLoadError(
             f"Image {name} is corrupt or truncated ({type(exc).__name__}: {exc}). Re-export or re-download it."
         ) from exc
@@ -259,7 +267,9 @@ def _min_max(array: np.ndarray, transform, what: str) -> tuple[float, float]:
     for rows in _row_chunks(array):
         values = np.asarray(array[rows] if transform is None else transform(array[rows]), dtype=np.float64)
         if not np.isfinite(values).all():
-            raise ImageLoadError(f"{what} contains NaN or infinite pixel values; remove them or replace them with finite values.")
+            raise ImageLoadError(
+                f"{what} contains NaN or infinite pixel values; remove them or replace them with finite values."
+            )
         low, high = min(low, float(values.min())), max(high, float(values.max()))
     return low, high
 

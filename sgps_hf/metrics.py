@@ -19,7 +19,10 @@ def classification_metrics(probs: np.ndarray, labels: Sequence[int], num_classes
     if len(labels) == 0:
         raise ValueError("Cannot compute metrics on zero images.")
     preds = np.asarray(probs).argmax(-1)
-    return {name: float(load_metric(name).compute(predictions=preds, references=labels)[name]) for name in ("accuracy", "macro_f1")}
+    return {
+        name: float(load_metric(name).compute(predictions=preds, references=labels)[name])
+        for name in ("accuracy", "macro_f1")
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,7 +76,9 @@ def episode_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(-1) == labels).float().mean().item()
 
 
-def dice_iou(predictions: Sequence[np.ndarray], references: Sequence[np.ndarray], per_image: bool = False) -> dict[str, Any]:
+def dice_iou(
+    predictions: Sequence[np.ndarray], references: Sequence[np.ndarray], per_image: bool = False
+) -> dict[str, Any]:
     """Mean per-image Dice and IoU of binary masks (and the per-image lists with ``per_image=True``)."""
     preds = [np.asarray(p, dtype=bool) for p in predictions]
     refs = [np.asarray(r, dtype=bool) for r in references]

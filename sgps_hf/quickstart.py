@@ -73,7 +73,9 @@ def run_quickstart(
             accuracies.append(classifier.evaluate(queries)["accuracy"])
             if draw == 0:
                 saved = classifier.save_pretrained(Path(out) / name)
-        results.append(QuickstartResult(name, len(task.classes), shots, accuracies, sum(map(len, queries.values())), saved))
+        results.append(
+            QuickstartResult(name, len(task.classes), shots, accuracies, sum(map(len, queries.values())), saved)
+        )
     return results
 
 
@@ -84,9 +86,13 @@ def format_results(results: list[QuickstartResult]) -> str:
     ]
     for r in results:
         spread = f"{min(r.accuracies):.3f}-{max(r.accuracies):.3f}"
-        lines.append(f"{r.task:34s} {r.num_classes:7d} {r.shots:5d} {r.accuracy:8.3f} {spread:>11s} {r.chance:6.3f} {r.num_queries:7d}")
+        lines.append(
+            f"{r.task:34s} {r.num_classes:7d} {r.shots:5d} {r.accuracy:8.3f} {spread:>11s} {r.chance:6.3f} {r.num_queries:7d}"
+        )
     mean_acc = np.mean([r.accuracy for r in results])
     mean_chance = np.mean([r.chance for r in results])
     lines.append(f"{'mean':34s} {'':7s} {'':5s} {mean_acc:8.3f} {'':11s} {mean_chance:6.3f}")
-    lines.append(f"accuracy: mean over {draws} random draws of the support images per task (min-max: the worst and best draw)")
+    lines.append(
+        f"accuracy: mean over {draws} random draws of the support images per task (min-max: the worst and best draw)"
+    )
     return "\n".join(lines)

@@ -40,13 +40,15 @@ Additions = Mapping[str, "ImageInput | Sequence[ImageInput]"]
 
 
 @torch.no_grad()
-def synthesize(synthesizer: nn.Module, task: TaskSpec, processor: SGPSProcessor | None = None) -> SynthesizedClassifier:
+def synthesize(
+    synthesizer: nn.Module, task: TaskSpec, processor: SGPSProcessor | None = None
+) -> SynthesizedClassifier:
     """A standalone classifier for ``task`` from ``synthesizer`` (an SGPSSynthesizer) in one forward pass."""
     processor = processor or SGPSProcessor.from_sgps_config(synthesizer.config)
     decoded = [cls.decode_images() for cls in task.classes]
     inputs = processor.prepare_task(task, images=[[image.pixels for image in images] for images in decoded])
     weights = _forward(synthesizer, inputs)
-    support = {cls.name: [clean_image(image.pixels) for image in images] for cls, images in zip(task.classes, decoded)}
+    support = {cls.name: [clean_image(image.pixels) for image in images] for cls, images in zip(task.classes, decoded, strict=False)}
     fingerprints = [[image.fingerprint for image in images] for images in decoded]
     info = classifier_info(synthesizer, weights, task, processor.image_processor, support, fingerprints)
     return SynthesizedClassifier(materialize(synthesizer.config, weights), task.class_names, info, support=support)
@@ -71,13 +73,19 @@ def _forward(synthesizer: nn.Module, inputs: Mapping[str, Any]) -> dict[str, Ten
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in output.weights.items()}
     bad = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if bad:
-        raise SynthesisError(f"Synthesis produced NaN/Inf in {len(bad)} tensors (e.g. {bad[0]}); the checkpoint may be corrupt.")
+        raise SynthesisError(
+            f"Synthesis produced NaN/Inf in {len(bad)} tensors (e.g. {bad[0]}); the checkpoint may be corrupt."
+        )
     return weights
 
 
 def classifier_info(
-    synthesizer: nn.Module, weights: Mapping[str, Tensor], task: TaskSpec, image_processor: SGPSImageProcessor,
-    support: Mapping[str, Sequence[Any]], fingerprints: Sequence[Sequence[str]],
+    synthesizer: nn.Module,
+    weights: Mapping[str, Tensor],
+    task: TaskSpec,
+    image_processor: SGPSImageProcessor,
+    support: Mapping[str, Sequence[Any]],
+    fingerprints: Sequence[Sequence[str]],
 ) -> dict[str, Any]:
     """The JSON-ready provenance of a new classifier (saved as ``sgps_task.json``)."""
     config = synthesizer.config
@@ -98,7 +106,10 @@ def classifier_info(
 
 
 def update(
-    synthesizer: nn.Module, classifier: SynthesizedClassifier, additions: Additions, processor: SGPSProcessor | None = None
+    synthesizer: nn.Module,
+    classifier: SynthesizedClassifier,
+    additions: Additions,
+    processor: SGPSProcessor | None = None,
 ) -> SynthesizedClassifier:
     """A new classifier re-synthesized from ``classifier``'s support set plus ``additions`` ({class: images}).
 
@@ -117,8 +128,11 @@ def update(
     old_task = classifier.info["task"]
     added_images = {name: [decode_image(image) for image in images] for name, images in added.items()}
     classes = [
-        ClassSpec(name=entry["name"], description=entry["description"],
-                  images=[*support.get(entry["name"], []), *(image.pixels for image in added_images.get(entry["name"], []))])
+        ClassSpec(
+            name=entry["name"],
+            description=entry["description"],
+            images=[*support.get(entry["name"], []), *(image.pixels for image in added_images.get(entry["name"], []))],
+        )
         for entry in old_task["classes"]
     ]
     task = TaskSpec(classes=classes, name=old_task["name"], modality=old_task["modality"])
@@ -161,20 +175,30 @@ def _check_compatible(synthesizer: nn.Module, classifier: SynthesizedClassifier)
         )
 
 
-def _carry_fingerprints(new_task: dict[str, Any], old_task: dict[str, Any], added: Mapping[str, Sequence[DecodedImage]]) -> None:
+def _carry_fingerprints(
+    new_task: dict[str, Any], old_task: dict[str, Any], added: Mapping[str, Sequence[DecodedImage]]
+) -> None:
     """Keep the original fingerprints (file sha256) of the old images instead of their re-decoded pixel hashes."""
-    for new, old in zip(new_task["classes"], old_task["classes"]):
+    for new, old in zip(new_task["classes"], old_task["classes"], strict=False):
         if "image_sha256" in old:
             new["image_sha256"] = [*old["image_sha256"], *(image.fingerprint for image in added.get(old["name"], []))]
 
 
-def _record_version(updated: SynthesizedClassifier, previous: SynthesizedClassifier, added: Mapping[str, Sequence[ImageInput]]) -> None:
+def _record_version(
+    updated: SynthesizedClassifier, previous: SynthesizedClassifier, added: Mapping[str, Sequence[ImageInput]]
+) -> None:
     info, old = updated.info, previous.info
     history = copy.deepcopy(old.get("history") or [])
     if not history:
         total = sum(c["num_images"] for c in old["task"]["classes"])
-        history.append({"version": previous.version, "created": old["created"], "summary": f"Synthesized from {total} support image(s).",
-                        "weights_sha256": old["weights_sha256"]})
+        history.append(
+            {
+                "version": previous.version,
+                "created": old["created"],
+                "summary": f"Synthesized from {total} support image(s).",
+                "weights_sha256": old["weights_sha256"],
+            }
+        )
     counts = {c["name"]: c["num_images"] for c in info["task"]["classes"]}
     # Names go into code spans whose fence outlasts any backtick in them: the summary is safe Markdown (the card and the app show it).
     parts = [f"{len(images)} to {md_code(name)} (now {counts[name]})" for name, images in added.items()]
@@ -184,12 +208,15 @@ def _record_version(updated: SynthesizedClassifier, previous: SynthesizedClassif
     if old.get("metrics"):
         summary += " Earlier evaluation metrics no longer apply and were cleared."
     info["version"] = previous.version + 1
-    info["history"] = [*history, {
-        "version": info["version"],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "summary": summary,
-        "added": {name: len(images) for name, images in added.items()},
-        "weights_sha256": info["weights_sha256"],
-        "previous_weights_sha256": old["weights_sha256"],
-    }]
+    info["history"] = [
+        *history,
+        {
+            "version": info["version"],
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "summary": summary,
+            "added": {name: len(images) for name, images in added.items()},
+            "weights_sha256": info["weights_sha256"],
+            "previous_weights_sha256": old["weights_sha256"],
+        },
+    ]
     updated.versions = [*previous.versions, copy.deepcopy(old)]

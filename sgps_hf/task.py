@@ -18,7 +18,6 @@ from .errors import InvalidTaskError
 from .imaging import DecodedImage, ImageInput, check_path_text, decode_image, image_fingerprint, load_image
 from .task_file import MAX_TASK_NESTING, load_yaml, read_task_text, short, unique_keys
 
-
 MAX_CLASSES = 100
 MAX_IMAGES_PER_CLASS = 100
 MAX_NAME_CHARS = 100
@@ -31,11 +30,22 @@ _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u20
 _INVISIBLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180e\u3164\uffa0")
 # Letters of other scripts that look like Latin ones (after case folding): two class names that differ only in these
 # are refused as duplicates ("a" and Cyrillic "\u0430").
-_LOOKALIKES = str.maketrans({
-    **dict(zip("\u0430\u0432\u0435\u043a\u043c\u043d\u043e\u0440\u0441\u0442\u0443\u0445\u0456\u0458\u0455\u04bb\u0501\u051b\u051d\u04cf",
-               "abekmhopctyxijshdqwl")),
-    **dict(zip("\u03b1\u03b2\u03b5\u03b6\u03b7\u03b9\u03ba\u03bc\u03bd\u03bf\u03c1\u03c4\u03c5\u03c7", "abezhikmnoptyx")),
-})
+_LOOKALIKES = str.maketrans(
+    {
+        **dict(
+            zip(
+                "\u0430\u0432\u0435\u043a\u043c\u043d\u043e\u0440\u0441\u0442\u0443\u0445\u0456\u0458\u0455\u04bb\u0501\u051b\u051d\u04cf",
+                "abekmhopctyxijshdqwl", strict=False,
+            )
+        ),
+        **dict(
+            zip(
+                "\u03b1\u03b2\u03b5\u03b6\u03b7\u03b9\u03ba\u03bc\u03bd\u03bf\u03c1\u03c4\u03c5\u03c7",
+                "abezhikmnoptyx", strict=False,
+            )
+        ),
+    }
+)
 
 
 def _clean_text(text: str, what: str) -> str:
@@ -48,7 +58,9 @@ def _clean_text(text: str, what: str) -> str:
         raise InvalidTaskError(f"{what} contains control characters {', '.join(bad)}; remove them.")
     bidi = sorted({f"U+{ord(ch):04X}" for ch in text if ch in _BIDI_CONTROLS})
     if bidi:
-        raise InvalidTaskError(f"{what} contains bidirectional-control characters {', '.join(bidi)} (they change how text reads); remove them.")
+        raise InvalidTaskError(
+            f"{what} contains bidirectional-control characters {', '.join(bidi)} (they change how text reads); remove them."
+        )
     return " ".join(text.split())
 
 
@@ -59,8 +71,16 @@ def _clean_name(text: str, what: str) -> str:
     names that look alike are stored alike.
     """
     text = _clean_text(text, what)
-    invisible = sorted({f"U+{ord(ch):04X}" for ch in text if unicodedata.category(ch) == "Cf" or ch in _INVISIBLE
-                        or 0xFE00 <= ord(ch) <= 0xFE0F or 0xE0100 <= ord(ch) <= 0xE01EF})
+    invisible = sorted(
+        {
+            f"U+{ord(ch):04X}"
+            for ch in text
+            if unicodedata.category(ch) == "Cf"
+            or ch in _INVISIBLE
+            or 0xFE00 <= ord(ch) <= 0xFE0F
+            or 0xE0100 <= ord(ch) <= 0xE01EF
+        }
+    )
     if invisible:
         raise InvalidTaskError(
             f"{what} {text[:40]!r} contains invisible characters {', '.join(invisible[:5])} (zero-width, formatting or variation "
@@ -72,7 +92,9 @@ def _clean_name(text: str, what: str) -> str:
 
         warnings.warn(
             f"{what} {text[:40]!r} was normalised to {normalized[:40]!r} (NFKC: full-width, ligature and other compatibility "
-            "characters take their plain form).", UserWarning, stacklevel=4,
+            "characters take their plain form).",
+            UserWarning,
+            stacklevel=4,
         )
     return normalized
 
@@ -103,8 +125,12 @@ class ClassSpec:
         if not self.name:
             raise InvalidTaskError("Class name is empty; give every class a short label such as 'melanoma'.")
         if len(self.name) > MAX_NAME_CHARS:
-            raise InvalidTaskError(f"Class name {self.name[:40]!r}... is {len(self.name)} characters; keep it under {MAX_NAME_CHARS}.")
-        self.description = _clean_text(self.description if self.description is not None else "", f"Description of class {self.name!r}")
+            raise InvalidTaskError(
+                f"Class name {self.name[:40]!r}... is {len(self.name)} characters; keep it under {MAX_NAME_CHARS}."
+            )
+        self.description = _clean_text(
+            self.description if self.description is not None else "", f"Description of class {self.name!r}"
+        )
         if len(self.description) > MAX_DESCRIPTION_CHARS:
             raise InvalidTaskError(
                 f"Description of class {self.name!r} is {len(self.description)} characters; "
@@ -114,7 +140,9 @@ class ClassSpec:
             self.images = [self.images]  # a single image given without a list
         self.images = list(self.images)
         if len(self.images) > MAX_IMAGES_PER_CLASS:
-            raise InvalidTaskError(f"Class {self.name!r} has {len(self.images)} images; the limit is {MAX_IMAGES_PER_CLASS}.")
+            raise InvalidTaskError(
+                f"Class {self.name!r} has {len(self.images)} images; the limit is {MAX_IMAGES_PER_CLASS}."
+            )
         if not self.images and not self.description:
             raise InvalidTaskError(
                 f"Class {self.name!r} has neither a description nor images; give it a clinical text, "
@@ -167,8 +195,14 @@ class TaskSpec:
         for cls in self.classes:
             key = name_key(cls.name)
             if key in seen:
-                alike = "" if cls.name.casefold() == seen[key].casefold() else " (they differ only in look-alike letters of another script)"
-                raise InvalidTaskError(f"Duplicate class name {cls.name!r} (same as {seen[key]!r}{alike}); class names must be unique.")
+                alike = (
+                    ""
+                    if cls.name.casefold() == seen[key].casefold()
+                    else " (they differ only in look-alike letters of another script)"
+                )
+                raise InvalidTaskError(
+                    f"Duplicate class name {cls.name!r} (same as {seen[key]!r}{alike}); class names must be unique."
+                )
             seen[key] = cls.name
         self.name = _clean_name(self.name, "Task name") or "custom-task"
         self.modality = _clean_text(self.modality, "Modality")
@@ -181,7 +215,9 @@ class TaskSpec:
     def descriptions(self) -> list[str]:
         return [c.description for c in self.classes]
 
-    def to_dict(self, include_fingerprints: bool = True, fingerprints: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
+    def to_dict(
+        self, include_fingerprints: bool = True, fingerprints: Sequence[Sequence[str]] | None = None
+    ) -> dict[str, Any]:
         """JSON-ready description of the task (images replaced by their sha256 fingerprints).
 
         ``fingerprints``: those of each class's images when already known (a synthesis decoded them), else computed.
@@ -212,7 +248,9 @@ class TaskSpec:
                 raise InvalidTaskError(f"Class #{index + 1} must be a mapping with at least a 'name'.")
             unknown = set(item) - {"name", "description", "images"}
             if unknown:
-                raise InvalidTaskError(f"Class #{index + 1} has unknown keys {_key_list(unknown)}; allowed: name, description, images.")
+                raise InvalidTaskError(
+                    f"Class #{index + 1} has unknown keys {_key_list(unknown)}; allowed: name, description, images."
+                )
             name = _text_field(item["name"], f"The name of class #{index + 1}")
             images = item.get("images") or []
             if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
@@ -227,8 +265,11 @@ class TaskSpec:
         unknown = set(data) - {"name", "modality", "classes"}
         if unknown:
             raise InvalidTaskError(f"Unknown task keys {_key_list(unknown)}; allowed: name, modality, classes.")
-        return cls(classes=classes, name=_text_field(data.get("name"), "The task name") or "custom-task",
-                   modality=_text_field(data.get("modality"), "The modality"))
+        return cls(
+            classes=classes,
+            name=_text_field(data.get("name"), "The task name") or "custom-task",
+            modality=_text_field(data.get("modality"), "The modality"),
+        )
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "TaskSpec":
@@ -245,7 +286,9 @@ class TaskSpec:
             # writes for an emoji) as two unpaired surrogates, which would then be rejected as invalid text.
             data = json.loads(text, object_pairs_hook=unique_keys)
         except RecursionError:
-            raise InvalidTaskError(f"Task file {path} is nested too deeply; a task needs only {MAX_TASK_NESTING} levels.") from None
+            raise InvalidTaskError(
+                f"Task file {path} is nested too deeply; a task needs only {MAX_TASK_NESTING} levels."
+            ) from None
         except InvalidTaskError as exc:
             raise InvalidTaskError(f"Task file {path}: {exc}") from None
         except ValueError:

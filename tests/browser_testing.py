@@ -8,14 +8,25 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def require_chromium() -> None:
     """Skip the calling test module without Chromium, except on CI (CI=true), where the browser tests are mandatory."""
     if not CHROMIUM.exists() and not os.environ.get("CI"):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium); CI=true makes this test mandatory", allow_module_level=True)
+        pytest.skip(
+            f"{CHROMIUM} is missing (apt-get install -y chromium); CI=true makes this test mandatory",
+            allow_module_level=True,
+        )
 
 
 def uploaded(component, file_name: str) -> None:

@@ -8,7 +8,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # so tests can `import
 
 from hub_server import HubServer, running_hub_server  # noqa: E402
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # Local Hugging Face Hub (tests/hub_server.py)
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,7 +125,8 @@ def tiny_synth():
 
 @pytest.fixture(scope="module")
 def tiny_task():
-    from sgps_hf import SegmentationTask
     from seg_testing import blob_pair
+
+    from sgps_hf import SegmentationTask
 
     return SegmentationTask("blob", [blob_pair(i) for i in range(3)], description="bright disc")

@@ -105,7 +105,13 @@ class Storage:
         """Record a new immutable commit with the full file table ``files`` and move ``branch`` to it."""
         parent = meta["refs"].get(branch)
         sha = hashlib.sha1(json.dumps([parent, title, files, time.time_ns(), uuid.uuid4().hex]).encode()).hexdigest()
-        meta["commits"][sha] = {"parent": parent, "title": title, "message": description, "date": _now(), "files": files}
+        meta["commits"][sha] = {
+            "parent": parent,
+            "title": title,
+            "message": description,
+            "date": _now(),
+            "files": files,
+        }
         meta["refs"][branch] = sha
         return sha
 
@@ -152,15 +158,26 @@ def create_app(storage_dir: str | Path, *, user: str = "test-user", required_tok
     def entry(path: str, f: dict | None, sha: str) -> dict:
         if f is not None:
             return {"type": "file", "path": path, "size": f["size"], "oid": f["oid"]}
-        return {"type": "directory", "path": path, "size": 0, "oid": hashlib.sha1(f"{sha}:{path}".encode()).hexdigest()}
+        return {
+            "type": "directory",
+            "path": path,
+            "size": 0,
+            "oid": hashlib.sha1(f"{sha}:{path}".encode()).hexdigest(),
+        }
 
     @app.get("/api/whoami-v2")
     async def whoami(request: Request) -> dict:
         if auth(request) is None:
             raise HubError(401, None, BAD_CREDENTIALS)
         return {
-            "type": "user", "id": hashlib.sha1(user.encode()).hexdigest()[:24], "name": user,
-            "fullname": user, "email": None, "orgs": [], "isPro": False, "canPay": False,
+            "type": "user",
+            "id": hashlib.sha1(user.encode()).hexdigest()[:24],
+            "name": user,
+            "fullname": user,
+            "email": None,
+            "orgs": [],
+            "isPro": False,
+            "canPay": False,
             "auth": {"type": "access_token", "accessToken": {"displayName": "local-test", "role": "write"}},
         }
 
@@ -204,8 +221,16 @@ def create_app(storage_dir: str | Path, *, user: str = "test-user", required_tok
         kind, repo_id, meta = open_repo(request, kinds, ns, name)
         sha, files = store.snapshot(meta, revision)
         info = {
-            "id": repo_id, "author": ns, "sha": sha, "private": meta["private"], "gated": False, "disabled": False,
-            "downloads": 0, "likes": 0, "tags": [], "createdAt": meta["createdAt"],
+            "id": repo_id,
+            "author": ns,
+            "sha": sha,
+            "private": meta["private"],
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "createdAt": meta["createdAt"],
             "lastModified": meta["commits"][sha]["date"],
             "siblings": [{"rfilename": p, "size": f["size"], "blobId": f["oid"]} for p, f in sorted(files.items())],
         }
@@ -222,8 +247,9 @@ def create_app(storage_dir: str | Path, *, user: str = "test-user", required_tok
 
     @app.get("/api/{kinds}/{ns}/{name}/tree/{revision}")
     @app.get("/api/{kinds}/{ns}/{name}/tree/{revision}/{path:path}")
-    async def tree(request: Request, kinds: str, ns: str, name: str, revision: str, path: str = "",
-                   recursive: bool = False) -> list[dict]:
+    async def tree(
+        request: Request, kinds: str, ns: str, name: str, revision: str, path: str = "", recursive: bool = False
+    ) -> list[dict]:
         _, _, meta = open_repo(request, kinds, ns, name)
         sha, files = store.snapshot(meta, revision)
         prefix = path.strip("/") + "/" if path.strip("/") else ""
@@ -231,7 +257,7 @@ def create_app(storage_dir: str | Path, *, user: str = "test-user", required_tok
         for p, f in files.items():
             if not p.startswith(prefix):
                 continue
-            parts = p[len(prefix):].split("/")
+            parts = p[len(prefix) :].split("/")
             for i in range(1, len(parts) if recursive else min(2, len(parts))):
                 folder = prefix + "/".join(parts[:i])
                 entries.setdefault(folder, entry(folder, None, sha))
@@ -257,14 +283,20 @@ def create_app(storage_dir: str | Path, *, user: str = "test-user", required_tok
         _, _, meta = open_repo(request, kinds, ns, name, write=True)
         _, files = store.snapshot(meta, revision)
         body = await request.json()
-        return {"files": [  # "regular" => content goes inline into the commit; "oid" lets unchanged files be skipped
-            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": files.get(f["path"], {}).get("oid")}
-            for f in body.get("files", [])
-        ]}
+        return {
+            "files": [  # "regular" => content goes inline into the commit; "oid" lets unchanged files be skipped
+                {
+                    "path": f["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": files.get(f["path"], {}).get("oid"),
+                }
+                for f in body.get("files", [])
+            ]
+        }
 
     @app.post("/api/{kinds}/{ns}/{name}/commit/{revision}")
-    async def commit(request: Request, kinds: str, ns: str, name: str, revision: str,
-                     create_pr: bool = False) -> dict:
+    async def commit(request: Request, kinds: str, ns: str, name: str, revision: str, create_pr: bool = False) -> dict:
         kind, repo_id, meta = open_repo(request, kinds, ns, name, write=True)
         if create_pr:
             raise HubError(400, None, "Pull requests are not supported by the local test hub")
@@ -312,8 +344,9 @@ def create_app(storage_dir: str | Path, *, user: str = "test-user", required_tok
         return resolve_file(request, "models", ns, name, revision, path)
 
     @app.api_route("/{prefix}/{ns}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
-    async def resolve_other_file(request: Request, prefix: str, ns: str, name: str, revision: str,
-                                 path: str) -> Response:
+    async def resolve_other_file(
+        request: Request, prefix: str, ns: str, name: str, revision: str, path: str
+    ) -> Response:
         if prefix not in ("datasets", "spaces"):
             raise HubError(404, "RepoNotFound", f"Repository not found: {prefix}/{ns}/{name}")
         return resolve_file(request, prefix, ns, name, revision, path)
@@ -344,8 +377,13 @@ class HubServer:
 
 
 @contextlib.contextmanager
-def running_hub_server(storage_dir: str | Path, *, token: str = "hf_local_test_token", user: str = "test-user",
-                       required_token: str | None = None) -> Iterator[HubServer]:
+def running_hub_server(
+    storage_dir: str | Path,
+    *,
+    token: str = "hf_local_test_token",
+    user: str = "test-user",
+    required_token: str | None = None,
+) -> Iterator[HubServer]:
     """Serve the local hub on 127.0.0.1 (free port) from a background thread; yields a :class:`HubServer`."""
     storage_dir = Path(storage_dir)
     app = create_app(storage_dir, user=user, required_token=required_token)

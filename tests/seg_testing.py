@@ -88,6 +88,6 @@ def check_plain(out, segmenter, query_files):
     assert out["labels"] == {"0": "background", "1": "foreground"} and out["use_pretrained_backbone"] is False
     expected = segmenter.predict(query_files)
     assert any(m.any() for m in expected)  # the comparison is not between two empty masks
-    for mine, auto, piped in zip(expected, out["auto"], out["pipeline"]):
+    for mine, auto, piped in zip(expected, out["auto"], out["pipeline"], strict=False):
         np.testing.assert_array_equal(np.asarray(auto, bool), mine)
         np.testing.assert_array_equal(np.asarray(piped, bool), mine)

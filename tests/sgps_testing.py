@@ -30,6 +30,8 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
 #: The shared real medical images (``../shared/data`` relative to the project root); override with SGPS_SHARED_DATA.
 SHARED_DATA = Path(os.environ.get("SGPS_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 DESCRIPTIONS = PROJECT_ROOT / "sgps_hf" / "data" / "descriptions"
@@ -95,13 +97,17 @@ def write_images(folder: Path, prefix: str, count: int, seed: int) -> list[Path]
     return paths
 
 
-def synthetic_task(folder: Path, texts: Sequence[str | None] = ("round pink papule", "dark irregular plaque", "scaly red patch"),
-                   images_per_class: Sequence[int] = (2, 2, 2), name: str = "synthetic-task"):
+def synthetic_task(
+    folder: Path,
+    texts: Sequence[str | None] = ("round pink papule", "dark irregular plaque", "scaly red patch"),
+    images_per_class: Sequence[int] = (2, 2, 2),
+    name: str = "synthetic-task",
+):
     """A TaskSpec whose class i has ``texts[i]`` (None: no text) and ``images_per_class[i]`` PNG files."""
     from sgps_hf import ClassSpec, TaskSpec
 
     classes = []
-    for i, (text, count) in enumerate(zip(texts, images_per_class)):
+    for i, (text, count) in enumerate(zip(texts, images_per_class, strict=False)):
         images = write_images(folder, f"class{i}", count, seed=i + 1)
         classes.append(ClassSpec(name=f"class_{i}", description=text or "", images=images))
     return TaskSpec(classes=classes, name=name, modality="synthetic noise")
@@ -116,7 +122,9 @@ def real_data_available(task: str = REAL_TASK) -> bool:
 
 
 def skip_without_real_data(task: str = REAL_TASK):
-    return pytest.mark.skipif(not real_data_available(task), reason=f"real data {SHARED_DATA / task} (or its descriptions) not available")
+    return pytest.mark.skipif(
+        not real_data_available(task), reason=f"real data {SHARED_DATA / task} (or its descriptions) not available"
+    )
 
 
 def real_task(task: str = REAL_TASK, num_classes: int = 5, shots: int = 1, offset: int = 0):
@@ -132,20 +140,34 @@ def real_task(task: str = REAL_TASK, num_classes: int = 5, shots: int = 1, offse
     return TaskSpec(classes=classes, name=task, modality=meta.get("modality", ""))
 
 
-def real_queries(task: str = REAL_TASK, names: Sequence[str] = (), per_class: int = 2, offset: int = 10) -> dict[str, list[Path]]:
+def real_queries(
+    task: str = REAL_TASK, names: Sequence[str] = (), per_class: int = 2, offset: int = 10
+) -> dict[str, list[Path]]:
     return {name: sorted((SHARED_DATA / task / name).iterdir())[offset : offset + per_class] for name in names}
 
 
 # -- subprocesses ---------------------------------------------------------------------------------------------
-def run_python(code: str, *args: str, env: dict | None = None, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
+def run_python(
+    code: str, *args: str, env: dict | None = None, timeout: float = 180, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (same venv); fails the test with its stderr when it fails."""
     import torch
 
     threads = str(torch.get_num_threads())  # synthesized bits depend on the thread count: use this process's
-    full_env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": threads, **(env or {})}
+    full_env = {
+        **os.environ,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": threads,
+        **(env or {}),
+    }
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=str(PROJECT_ROOT.parent),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=str(PROJECT_ROOT.parent),
     )
     if check and result.returncode != 0:
         pytest.fail(f"subprocess failed (rc={result.returncode}):\n{result.stderr[-4000:]}")
@@ -168,8 +190,11 @@ def sigkill_when_paused(code: str, args: Sequence[str], flag: Path, timeout: flo
     The kill tests use this to interrupt a save at a chosen point, every time, without timing guesses.
     """
     child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, cwd=str(PROJECT_ROOT.parent),
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        cwd=str(PROJECT_ROOT.parent),
     )
     try:
         deadline = time.monotonic() + timeout

@@ -19,8 +19,24 @@ def test_curve_table_on_a_toy_task(tmp_path):
     for index, name in enumerate(["alpha", "beta", "gamma"]):
         write_images(tmp_path / "data" / "toy" / name, name, 6, seed=index + 1)
     out = tmp_path / "curve.md"
-    args = ["--synthesizer", str(tmp_path / "synth"), "--data-dir", str(tmp_path / "data"), "--tasks", "toy",
-            "--shots", "1", "2", "4", "--queries", "2", "--seeds", "2", "--out", str(out)]
+    args = [
+        "--synthesizer",
+        str(tmp_path / "synth"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--tasks",
+        "toy",
+        "--shots",
+        "1",
+        "2",
+        "4",
+        "--queries",
+        "2",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert load_script("adaptation_curve").main(args) == 0
     text = out.read_text()
     assert "| task | 1 shot | 2 shots | 4 shots |" in text and "mean over 2 seed(s)" in text

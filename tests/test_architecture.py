@@ -72,7 +72,9 @@ def unresolved(path: Path, known: set[str]) -> list[str]:
         if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("sgps_hf")):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             if base not in known:
                 missing.append(f"{name}: {base}")
     return missing
@@ -103,7 +105,7 @@ def test_no_import_cycle():
         state[node] = 1
         for target in sorted(edges.get(node, ())):
             if state.get(target) == 1:
-                cycles.append(stack[stack.index(target):] + [target] if target in stack else [node, target])
+                cycles.append(stack[stack.index(target) :] + [target] if target in stack else [node, target])
             elif target not in state:
                 visit(target, stack + [target])
         state[node] = 2

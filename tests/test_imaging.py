@@ -297,7 +297,9 @@ def test_dicom_volume_gives_middle_slice(tmp_path):
 def test_dicom_with_undecodable_compressed_pixels(tmp_path):
     from pydicom.uid import JPEG2000Lossless
 
-    path = write_dicom(tmp_path / "j2k.dcm", RAMP, transfer_syntax=JPEG2000Lossless, raw=b"\xff\x4f\xff\x51" + b"\x00" * 64)
+    path = write_dicom(
+        tmp_path / "j2k.dcm", RAMP, transfer_syntax=JPEG2000Lossless, raw=b"\xff\x4f\xff\x51" + b"\x00" * 64
+    )
     with pytest.raises(ImageLoadError, match="(?s)Cannot decode DICOM pixel data.*uncompressed or as PNG"):
         load_image(path)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import sgps_testing
 import torch
 
-import sgps_testing
 from sgps_hf.models.sgps.heads import ridge_head
 
 
@@ -24,8 +24,13 @@ def test_text_only_class_of_a_mixed_task_is_not_suppressed():
     labels = torch.tensor([0, 0, 1, 1])
     texts = torch.randn(3, synth.config.text_embed_dim, generator=generator)
     with torch.no_grad():
-        mixed = synth.generate_weights(3, support_labels=labels, support_features=features, text_embeds=texts,
-                                       text_mask=torch.ones(3, dtype=torch.bool))
+        mixed = synth.generate_weights(
+            3,
+            support_labels=labels,
+            support_features=features,
+            text_embeds=texts,
+            text_mask=torch.ones(3, dtype=torch.bool),
+        )
         text_only = synth.generate_weights(3, text_embeds=texts, text_mask=torch.ones(3, dtype=torch.bool))
     weight = mixed["classifier.weight"]
     assert torch.isfinite(weight).all() and weight[2].abs().sum() > 0

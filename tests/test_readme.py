@@ -45,7 +45,9 @@ def test_readme_python_example_runs_against_a_local_hub(hub_env, tmp_path):
     code = example.replace("my-user/skin-lesions-classifier", repo_id)
     code = code.replace('Path("../shared/data/', f'Path("{SHARED}/')
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     labels = ["melanoma", "nevus", "basal_cell_carcinoma", "actinic_keratosis", "seborrheic_keratosis"]
     assert str(labels) in result.stdout

@@ -11,7 +11,6 @@ from sgps_hf import SGPSSegSynthesizer
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-
 def test_choice_is_the_best_mean_over_tasks_and_interpolates_between_ks():
     script = load_script("select_seg_head")
     grid = [0.0, 0.5, 1.0]

@@ -12,7 +12,10 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def two_classes(**first):
-    return [ClassSpec(**{"name": "nevus", "description": "uniform brown macule", **first}), ClassSpec("melanoma", "asymmetric, several colours")]
+    return [
+        ClassSpec(**{"name": "nevus", "description": "uniform brown macule", **first}),
+        ClassSpec("melanoma", "asymmetric, several colours"),
+    ]
 
 
 # -- ClassSpec --------------------------------------------------------------------------------------------------
@@ -103,7 +106,11 @@ def test_task_properties_and_to_dict(tmp_path):
     noise_image(3).save(image)
     pil = noise_image(4)
     task = TaskSpec(
-        [ClassSpec("nevus", "uniform brown macule", [image]), ClassSpec("melanoma", "", [pil]), ClassSpec("bcc", "pearly papule")],
+        [
+            ClassSpec("nevus", "uniform brown macule", [image]),
+            ClassSpec("melanoma", "", [pil]),
+            ClassSpec("bcc", "pearly papule"),
+        ],
         name="  derm  demo ",
         modality="dermoscopy",
     )
@@ -160,7 +167,9 @@ classes:
 def test_from_file_accepts_json(tmp_path):
     noise_image(0).save(tmp_path / "a.png")
     path = tmp_path / "task.json"
-    path.write_text(json.dumps({"classes": [{"name": "a", "images": ["a.png"]}, {"name": "b", "description": "text"}]}))
+    path.write_text(
+        json.dumps({"classes": [{"name": "a", "images": ["a.png"]}, {"name": "b", "description": "text"}]})
+    )
     task = TaskSpec.from_file(path)
     assert task.class_names == ["a", "b"] and task.name == "custom-task"
 
@@ -185,15 +194,27 @@ def test_from_file_allows_dotdot_that_stays_inside(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("classes:\n  - {name: a, description: x, label: 1}\n  - {name: b, description: y}\n", r"Class #1 has unknown keys \['label'\]"),
+        (
+            "classes:\n  - {name: a, description: x, label: 1}\n  - {name: b, description: y}\n",
+            r"Class #1 has unknown keys \['label'\]",
+        ),
         ("clases:\n  - {name: a, description: x}\n", "needs a 'classes' list"),
-        ("classes:\n  - {name: a, description: x}\n  - {name: b, description: y}\nauthor: me\n", r"Unknown task keys \['author'\]"),
+        (
+            "classes:\n  - {name: a, description: x}\n  - {name: b, description: y}\nauthor: me\n",
+            r"Unknown task keys \['author'\]",
+        ),
         ("classes: {a: x}\n", "needs a 'classes' list"),
         ("- a\n- b\n", "must contain a mapping"),
         ("classes:\n  - just-a-string\n  - {name: b, description: y}\n", "Class #1 must be a mapping"),
-        ("classes:\n  - {description: x}\n  - {name: b, description: y}\n", "Class #1 must be a mapping with at least a 'name'"),
+        (
+            "classes:\n  - {description: x}\n  - {name: b, description: y}\n",
+            "Class #1 must be a mapping with at least a 'name'",
+        ),
         ("classes:\n  - {name: a, images: a.png}\n  - {name: b, description: y}\n", "must be a list of file paths"),
-        ("classes:\n  - {name: a, images: [[a.png]]}\n  - {name: b, description: y}\n", "must be a list of file paths"),
+        (
+            "classes:\n  - {name: a, images: [[a.png]]}\n  - {name: b, description: y}\n",
+            "must be a list of file paths",
+        ),
         ("classes:\n  - {name: a\n", "not valid YAML/JSON"),
         ("classes:\n  - {name: a, description: x}\n  - {name: A, description: y}\n", "Duplicate class name"),
         ("classes:\n  - {name: a}\n  - {name: b, description: y}\n", "neither a description nor images"),

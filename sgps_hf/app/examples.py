@@ -11,7 +11,6 @@ from typing import Iterable
 from ..errors import DataError
 from .export import ExportArea, safe_filename
 
-
 # --------------------------------------------------------------------------------------------------
 # Example tasks from the shared data
 
@@ -30,7 +29,9 @@ class ExampleTask:
         return f"{self.name} ({len(self.classes)} classes)"
 
 
-def example_tasks(data_dir: str | os.PathLike | None = None, num_classes: int = 3, shots: int = 2) -> list[ExampleTask]:
+def example_tasks(
+    data_dir: str | os.PathLike | None = None, num_classes: int = 3, shots: int = 2
+) -> list[ExampleTask]:
     """Examples built from the held-out tasks of the shared data (never seen in meta-training); [] without data."""
     from ..data.descriptions import load_descriptions
     from ..data.registry import list_tasks, resolve_data_dir
@@ -54,7 +55,9 @@ def example_tasks(data_dir: str | os.PathLike | None = None, num_classes: int = 
     return examples
 
 
-def _example_from_folder(folder: Path, texts: dict[str, str], modality: str, num_classes: int, shots: int) -> ExampleTask | None:
+def _example_from_folder(
+    folder: Path, texts: dict[str, str], modality: str, num_classes: int, shots: int
+) -> ExampleTask | None:
     from ..data.folders import class_image_files
 
     if not folder.is_dir():

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .limits import AppInputError, AppLimits, DEFAULT_LIMITS
+from .limits import DEFAULT_LIMITS, AppInputError, AppLimits
 
 if TYPE_CHECKING:
     from ..models.sgps.classifier import SynthesizedClassifier
@@ -74,8 +74,14 @@ def scrub_token(message: str, token: str | None) -> str:
     return _TOKEN_PATTERN.sub("***", message)
 
 
-def push_from_app(classifier: "SynthesizedClassifier | None", repo_id: Any, token: Any, private: bool, include_support: bool,
-                  limits: AppLimits = DEFAULT_LIMITS) -> str:
+def push_from_app(
+    classifier: "SynthesizedClassifier | None",
+    repo_id: Any,
+    token: Any,
+    private: bool,
+    include_support: bool,
+    limits: AppLimits = DEFAULT_LIMITS,
+) -> str:
     """Push to the Hub (HF_ENDPOINT is respected) with the token typed in the app, used once and never stored.
 
     The app never falls back to a server-side token (HF_TOKEN, saved login): on a shared Space that would let
@@ -99,6 +105,10 @@ def push_from_app(classifier: "SynthesizedClassifier | None", repo_id: Any, toke
     if not token:
         raise AppInputError("Paste a Hub access token with write permission; the app never uses a server-side token.")
     try:
-        return classifier.push_to_hub(repo_id, token=token, private=bool(private) or None, include_support=bool(include_support))
+        return classifier.push_to_hub(
+            repo_id, token=token, private=bool(private) or None, include_support=bool(include_support)
+        )
     except Exception as exc:  # HTTP, network, permission errors: report them without the token
-        raise AppInputError(f"Push to {repo_id} failed: {scrub_token(f'{type(exc).__name__}: {exc}', token)[:500]}") from None
+        raise AppInputError(
+            f"Push to {repo_id} failed: {scrub_token(f'{type(exc).__name__}: {exc}', token)[:500]}"
+        ) from None

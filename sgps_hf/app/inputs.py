@@ -12,8 +12,7 @@ from PIL import Image
 from ..errors import ImageLoadError
 from ..imaging import load_image
 from ..task import ClassSpec, TaskSpec
-from .limits import ACCEPTED_FORMATS, AppInputError, AppLimits, DEFAULT_LIMITS
-
+from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
 
 # --------------------------------------------------------------------------------------------------
 # Uploaded files
@@ -42,7 +41,9 @@ def upload_path(item: Any) -> Path:
     raise AppInputError(f"Unrecognised upload ({type(item).__name__}); upload image files ({ACCEPTED_FORMATS}).")
 
 
-def read_upload(item: Any, limits: AppLimits = DEFAULT_LIMITS, roots: Sequence[Path] = ()) -> tuple[bytes, Image.Image]:
+def read_upload(
+    item: Any, limits: AppLimits = DEFAULT_LIMITS, roots: Sequence[Path] = ()
+) -> tuple[bytes, Image.Image]:
     """Validate one uploaded image; returns its bytes (for fingerprints) and its decoded RGB image.
 
     ``roots``: folders uploads must live in (Gradio's upload cache); anything else is refused, so an API
@@ -59,19 +60,27 @@ def read_upload(item: Any, limits: AppLimits = DEFAULT_LIMITS, roots: Sequence[P
     if size == 0:
         raise AppInputError(f"{name}: the file is empty.")
     if size > limits.max_upload_bytes:
-        raise AppInputError(f"{name}: {size / 2**20:.1f} MiB is above the {limits.max_upload_bytes / 2**20:.0f} MiB upload limit.")
+        raise AppInputError(
+            f"{name}: {size / 2**20:.1f} MiB is above the {limits.max_upload_bytes / 2**20:.0f} MiB upload limit."
+        )
     data = resolved.read_bytes()
     kind = sniff_format(data[:132])
     if kind is None:
-        raise AppInputError(f"{name}: not a {ACCEPTED_FORMATS} image. Export it in one of these formats and upload again.")
+        raise AppInputError(
+            f"{name}: not a {ACCEPTED_FORMATS} image. Export it in one of these formats and upload again."
+        )
     if kind != "DICOM":
         _check_header_size(data, name, limits)
     try:
-        image = load_image(data, max_pixels=limits.max_image_pixels)  # DICOM too: checked from its header, before decoding
+        image = load_image(
+            data, max_pixels=limits.max_image_pixels
+        )  # DICOM too: checked from its header, before decoding
     except ImageLoadError as exc:
         raise AppInputError(f"{name}: {_without_placeholder(str(exc))}") from None
     if image.width * image.height > limits.max_image_pixels:
-        raise AppInputError(f"{name}: {image.width}x{image.height} pixels is above the app's {limits.max_image_pixels / 1e6:.0f} MP limit; downscale it.")
+        raise AppInputError(
+            f"{name}: {image.width}x{image.height} pixels is above the app's {limits.max_image_pixels / 1e6:.0f} MP limit; downscale it."
+        )
     return data, image
 
 
@@ -91,7 +100,9 @@ def _check_header_size(data: bytes, name: str, limits: AppLimits) -> None:
     except Exception:  # undecodable: load_image reports it with a precise message
         return
     if width * height > limits.max_image_pixels:
-        raise AppInputError(f"{name}: {width}x{height} pixels is above the app's {limits.max_image_pixels / 1e6:.0f} MP limit; downscale it.")
+        raise AppInputError(
+            f"{name}: {width}x{height} pixels is above the app's {limits.max_image_pixels / 1e6:.0f} MP limit; downscale it."
+        )
 
 
 def _without_placeholder(message: str) -> str:
@@ -125,16 +136,25 @@ class ClassRow:
 
 
 def build_task(
-    rows: Sequence[ClassRow], task_name: str | None = "", modality: str | None = "", limits: AppLimits = DEFAULT_LIMITS, roots: Sequence[Path] = ()
+    rows: Sequence[ClassRow],
+    task_name: str | None = "",
+    modality: str | None = "",
+    limits: AppLimits = DEFAULT_LIMITS,
+    roots: Sequence[Path] = (),
 ) -> TaskSpec:
     """The TaskSpec of the form; blank rows are skipped. Raises AppInputError / InvalidTaskError with the fix."""
-    for what, text, limit in (("Task name", task_name, limits.max_name_chars), ("Modality", modality, limits.max_name_chars)):
+    for what, text, limit in (
+        ("Task name", task_name, limits.max_name_chars),
+        ("Modality", modality, limits.max_name_chars),
+    ):
         _check_text(text, what, limit)
     filled = [(index, row) for index, row in enumerate(rows, start=1) if not row.is_empty]
     if len(filled) > limits.max_classes:
         raise AppInputError(f"{len(filled)} classes: the app takes at most {limits.max_classes}.")
     if len(filled) < 2:
-        raise AppInputError(f"{len(filled)} class(es) filled in: a task needs at least 2 classes, each with a name and an image or clinical text.")
+        raise AppInputError(
+            f"{len(filled)} class(es) filled in: a task needs at least 2 classes, each with a name and an image or clinical text."
+        )
     classes = [_class_spec(index, row, limits, roots) for index, row in filled]
     return TaskSpec(classes=classes, name=task_name or "custom-task", modality=modality or "")
 
@@ -147,7 +167,9 @@ def _class_spec(index: int, row: ClassRow, limits: AppLimits, roots: Sequence[Pa
         raise AppInputError(f"Class {index} has images or text but no name; give it a label such as 'melanoma'.")
     files = as_list(row.files)
     if len(files) > limits.max_images_per_class:
-        raise AppInputError(f"Class {name!r} has {len(files)} images; the app takes at most {limits.max_images_per_class} per class.")
+        raise AppInputError(
+            f"Class {name!r} has {len(files)} images; the app takes at most {limits.max_images_per_class} per class."
+        )
     images = [read_upload(item, limits, roots)[0] for item in files]
     return ClassSpec(name=name, description=row.description or "", images=images)
 

@@ -13,7 +13,6 @@ from typing import Any, Callable, TypeVar
 
 from ..errors import SGPSError
 
-
 T = TypeVar("T")
 
 #: The formats the app accepts, sniffed from the file's first bytes (DICOM files often have no extension).

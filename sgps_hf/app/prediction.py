@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .inputs import as_list, display_name, read_upload, upload_path
-from .limits import ACCEPTED_FORMATS, AppInputError, AppLimits, DEFAULT_LIMITS
+from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
 
 if TYPE_CHECKING:
     from ..models.sgps.classifier import SynthesizedClassifier
@@ -44,14 +44,20 @@ def check_threshold(threshold: Any) -> float:
     try:
         value = float(threshold)
     except (TypeError, ValueError):
-        raise AppInputError(f"Confidence threshold {threshold!r} is not a number; pick a value between 0 and 1.") from None
+        raise AppInputError(
+            f"Confidence threshold {threshold!r} is not a number; pick a value between 0 and 1."
+        ) from None
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise AppInputError(f"Confidence threshold {value} is outside 0-1; pick a value between 0 and 1.")
     return value
 
 
 def predict_files(
-    classifier: "SynthesizedClassifier | None", files: Any, threshold: Any, limits: AppLimits = DEFAULT_LIMITS, roots: Sequence[Path] = ()
+    classifier: "SynthesizedClassifier | None",
+    files: Any,
+    threshold: Any,
+    limits: AppLimits = DEFAULT_LIMITS,
+    roots: Sequence[Path] = (),
 ) -> list[Prediction]:
     """Classify uploaded images; every input problem is an AppInputError, checked before the model runs."""
     if classifier is None:
@@ -65,7 +71,7 @@ def predict_files(
     images = [read_upload(item, limits, roots)[1] for item in items]
     names = [display_name(upload_path(item)).strip("'\"") for item in items]
     results = []
-    for name, probs in zip(names, classifier.predict(images)):
+    for name, probs in zip(names, classifier.predict(images), strict=False):
         top = max(probs, key=probs.get)
         results.append(Prediction(name, probs, top, probs[top], value))
     return results
@@ -90,8 +96,14 @@ def _md(text: str) -> str:
 # Continuous adaptation from the app
 
 
-def update_from_app(synthesizer: Any, classifier: "SynthesizedClassifier | None", class_name: Any, files: Any,
-                    limits: AppLimits = DEFAULT_LIMITS, roots: Sequence[Path] = ()) -> "SynthesizedClassifier":
+def update_from_app(
+    synthesizer: Any,
+    classifier: "SynthesizedClassifier | None",
+    class_name: Any,
+    files: Any,
+    limits: AppLimits = DEFAULT_LIMITS,
+    roots: Sequence[Path] = (),
+) -> "SynthesizedClassifier":
     """Add uploaded verified cases to one class and re-synthesize (see :mod:`sgps_hf.synthesis`)."""
     if classifier is None:
         raise AppInputError("No classifier yet: synthesize one first.")

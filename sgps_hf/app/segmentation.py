@@ -61,8 +61,10 @@ def pair_examples(image_files: Sequence[str], mask_files: Sequence[str]) -> list
     if all(Path(i).stem in by_stem for i in images) and len(masks) == len(images):
         return [(i, by_stem[Path(i).stem]) for i in images]
     if len(masks) != len(images):
-        raise InvalidTaskError(f"{len(images)} images but {len(masks)} masks: upload one mask per image (same file name, or the same order).")
-    return list(zip(images, masks))
+        raise InvalidTaskError(
+            f"{len(images)} images but {len(masks)} masks: upload one mask per image (same file name, or the same order)."
+        )
+    return list(zip(images, masks, strict=False))
 
 
 def synthesize(image_files: Any, mask_files: Any, name: str, description: str, synthesizer: Any = None):
@@ -105,7 +107,10 @@ def predict(segmenter: Any, files: Any):
         masks = segmenter.predict(images)
     except SGPSError as exc:
         return [], f"**Error:** {exc}"
-    gallery = [(overlay(img, m), f"{Path(p).name}: {100 * m.mean():.1f}% {segmenter.label}") for p, img, m in zip(paths, images, masks)]
+    gallery = [
+        (overlay(img, m), f"{Path(p).name}: {100 * m.mean():.1f}% {segmenter.label}")
+        for p, img, m in zip(paths, images, masks, strict=False)
+    ]
     return gallery, f"Segmented {len(paths)} image(s). " + DISCLAIMER
 
 
@@ -117,7 +122,10 @@ def download(segmenter: Any) -> tuple[str | None, str]:
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in segmenter.info["task"]["name"]) or "segmenter"
     folder = segmenter.save_pretrained(root / f"{name}-segmenter")
     archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
-    return archive, f"Built `{Path(archive).name}` (plain transformers folder: loads with `pipeline('image-segmentation', model=...)`)."
+    return (
+        archive,
+        f"Built `{Path(archive).name}` (plain transformers folder: loads with `pipeline('image-segmentation', model=...)`).",
+    )
 
 
 def push(segmenter: Any, repo_id: str, token: str, private: bool) -> str:
@@ -137,9 +145,11 @@ def build_segmentation_tab(synthesizer: Any = None) -> None:
     import gradio as gr
 
     with gr.Tab("Segmentation", elem_id="seg-tab"):
-        gr.Markdown("# Synthesize a medical image segmenter, no training\n" + DISCLAIMER + "\n\n"
-                    f"## 1. Examples\nUp to {MAX_EXAMPLES} images and their binary masks (0/255, 0/1; PNG; same file name or same order; "
-                    "any size with the image's aspect ratio).")
+        gr.Markdown(
+            "# Synthesize a medical image segmenter, no training\n" + DISCLAIMER + "\n\n"
+            f"## 1. Examples\nUp to {MAX_EXAMPLES} images and their binary masks (0/255, 0/1; PNG; same file name or same order; "
+            "any size with the image's aspect ratio)."
+        )
         with gr.Row():
             name = gr.Textbox(label="Structure name", placeholder="polyp", elem_id="seg-name")
             description = gr.Textbox(label="Clinical text (optional)", elem_id="seg-description")
@@ -150,7 +160,9 @@ def build_segmentation_tab(synthesizer: Any = None) -> None:
         status = gr.Markdown(elem_id="seg-status")
         state = gr.State(None)
         gr.Markdown("## 2. Try images")
-        query = gr.File(label=f"Images to segment (up to {MAX_PREDICT_IMAGES})", file_count="multiple", elem_id="seg-query")
+        query = gr.File(
+            label=f"Images to segment (up to {MAX_PREDICT_IMAGES})", file_count="multiple", elem_id="seg-query"
+        )
         segment = gr.Button("Segment", variant="primary", elem_id="seg-predict")
         gallery = gr.Gallery(label="Predicted mask (red)", elem_id="seg-gallery", columns=4)
         outcome = gr.Markdown(elem_id="seg-outcome")
@@ -160,14 +172,21 @@ def build_segmentation_tab(synthesizer: Any = None) -> None:
             archive = gr.File(label="Segmenter (.zip)", interactive=False, elem_id="seg-zip")
         with gr.Row():
             repo_id = gr.Textbox(label="Hub repo id", placeholder="my-user/polyp-segmenter", elem_id="seg-repo-id")
-            token = gr.Textbox(label="Hub token (write; used once, never stored)", type="password", elem_id="seg-token")
+            token = gr.Textbox(
+                label="Hub token (write; used once, never stored)", type="password", elem_id="seg-token"
+            )
             private = gr.Checkbox(True, label="Private repo")
         upload = gr.Button("Push to Hub", elem_id="seg-push")
         push_status = gr.Markdown(elem_id="seg-push-status")
         with gr.Accordion("Model card", open=False):
             card = gr.Markdown(elem_id="seg-card")
 
-        run.click(lambda i, m, n, d: synthesize(i, m, n, d, synthesizer), [images, masks, name, description], [state, status, card], api_name="seg_synthesize")
+        run.click(
+            lambda i, m, n, d: synthesize(i, m, n, d, synthesizer),
+            [images, masks, name, description],
+            [state, status, card],
+            api_name="seg_synthesize",
+        )
         segment.click(predict, [state, query], [gallery, outcome], api_name="seg_predict")
         build_zip.click(download, [state], [archive, push_status], api_name="seg_download")
         upload.click(push, [state, repo_id, token, private], [push_status], api_name="seg_push")

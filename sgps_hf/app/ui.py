@@ -25,9 +25,8 @@ from ..hub.model_card import md_code, md_escape
 from .examples import example_tasks, stage_files
 from .export import ExportArea, export_zip, push_from_app
 from .inputs import ClassRow, build_task
-from .limits import ACCEPTED_FORMATS, AppInputError, AppLimits, DEFAULT_LIMITS, RequestRunner, SYNTHESIS_LOCK
+from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, SYNTHESIS_LOCK, AppInputError, AppLimits, RequestRunner
 from .prediction import predict_files, predictions_markdown, update_from_app
-
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a hospital network
 
@@ -71,7 +70,11 @@ def load_synthesizer(source: Any = None) -> SynthesizerHandle:
     from ..models.sgps.processing_sgps import SGPSProcessor
 
     if isinstance(source, SGPSSynthesizer):
-        return SynthesizerHandle(source.eval(), SGPSProcessor.from_sgps_config(source.config), str(source.config.name_or_path or "in-memory"))
+        return SynthesizerHandle(
+            source.eval(),
+            SGPSProcessor.from_sgps_config(source.config),
+            str(source.config.name_or_path or "in-memory"),
+        )
     path = str(source or DEFAULT_CHECKPOINT)
     if source is None and not Path(path).is_dir():
         raise CheckpointError(
@@ -89,7 +92,9 @@ def build_demo(
 ) -> gr.Blocks:
     """The app's Blocks (queue configured); ``demo.sgps_stats`` counts user and internal errors."""
     handle = load_synthesizer(synthesizer)
-    ctx = _Context(handle, limits, RequestRunner(2 * limits.concurrency_limit, limits.request_timeout_s), ExportArea(), AppStats())
+    ctx = _Context(
+        handle, limits, RequestRunner(2 * limits.concurrency_limit, limits.request_timeout_s), ExportArea(), AppStats()
+    )
     examples = example_tasks(data_dir) if show_examples else []
     with gr.Blocks(title="SGPS: synthesize a medical image classifier", analytics_enabled=False) as demo:
         gr.Markdown("# Synthesize a medical image classifier, no training\n" + DISCLAIMER)
@@ -109,8 +114,15 @@ def launch_demo(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = Non
     """Launch with the app's limits (upload size) and without browser run history (it would keep the token)."""
     limits: AppLimits = getattr(demo, "sgps_limits", DEFAULT_LIMITS)
     return demo.launch(
-        server_name=host, server_port=port, share=share, max_file_size=limits.max_upload_bytes,
-        run_history=False, footer_links=["api", "gradio"], show_error=False, mcp_server=False, **kwargs,
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=limits.max_upload_bytes,
+        run_history=False,
+        footer_links=["api", "gradio"],
+        show_error=False,
+        mcp_server=False,
+        **kwargs,
     )
 
 
@@ -154,21 +166,46 @@ class _UI:
 def _layout(examples: list, limits: AppLimits) -> _UI:
     w: dict[str, Any] = {}
     with gr.Row():
-        task_name = gr.Textbox(label="Task name", placeholder="skin-lesions", max_length=limits.max_name_chars, elem_id="task-name")
-        modality = gr.Textbox(label="Modality", placeholder="smartphone photo", max_length=limits.max_name_chars, elem_id="modality")
+        task_name = gr.Textbox(
+            label="Task name", placeholder="skin-lesions", max_length=limits.max_name_chars, elem_id="task-name"
+        )
+        modality = gr.Textbox(
+            label="Modality", placeholder="smartphone photo", max_length=limits.max_name_chars, elem_id="modality"
+        )
     if examples:
         with gr.Row():
-            w["example"] = gr.Dropdown([e.label for e in examples], value=examples[0].label, label="Example task (held-out data)", scale=3)
+            w["example"] = gr.Dropdown(
+                [e.label for e in examples], value=examples[0].label, label="Example task (held-out data)", scale=3
+            )
             w["load_example"] = gr.Button("Load example", scale=1, elem_id="load-example")
-    gr.Markdown(f"## 1. Classes\nEach class: a name, a clinical text and 1-{limits.max_images_per_class} example images "
-                f"({ACCEPTED_FORMATS}, grayscale or RGB, any size). A class may also be text-only or image-only.")
+    gr.Markdown(
+        f"## 1. Classes\nEach class: a name, a clinical text and 1-{limits.max_images_per_class} example images "
+        f"({ACCEPTED_FORMATS}, grayscale or RGB, any size). A class may also be text-only or image-only."
+    )
     ui = _UI(task_name, modality, gr.State(INITIAL_CLASSES), widgets=w)
     for i in range(limits.max_classes):
         with gr.Group(visible=i < INITIAL_CLASSES) as group:
             with gr.Row():
-                ui.names.append(gr.Textbox(label=f"Class {i + 1} name", max_length=limits.max_name_chars, elem_id=f"class-{i}-name", scale=1))
-                ui.texts.append(gr.Textbox(label=f"Class {i + 1} clinical text", lines=2, max_length=limits.max_text_chars, elem_id=f"class-{i}-text", scale=3))
-                ui.files.append(gr.File(label=f"Class {i + 1} images", file_count="multiple", elem_id=f"class-{i}-images", scale=2))
+                ui.names.append(
+                    gr.Textbox(
+                        label=f"Class {i + 1} name",
+                        max_length=limits.max_name_chars,
+                        elem_id=f"class-{i}-name",
+                        scale=1,
+                    )
+                )
+                ui.texts.append(
+                    gr.Textbox(
+                        label=f"Class {i + 1} clinical text",
+                        lines=2,
+                        max_length=limits.max_text_chars,
+                        elem_id=f"class-{i}-text",
+                        scale=3,
+                    )
+                )
+                ui.files.append(
+                    gr.File(label=f"Class {i + 1} images", file_count="multiple", elem_id=f"class-{i}-images", scale=2)
+                )
         ui.groups.append(group)
     with gr.Row():
         w["add"] = gr.Button("Add class", elem_id="add-class")
@@ -179,8 +216,14 @@ def _layout(examples: list, limits: AppLimits) -> _UI:
     w["classifier"] = gr.State(None)
     gr.Markdown("## 3. Try images")
     with gr.Row():
-        w["try_files"] = gr.File(label=f"Images to classify (up to {limits.max_predict_images})", file_count="multiple", elem_id="try-images")
-        w["threshold"] = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Confidence threshold (below it: uncertain)", elem_id="threshold")
+        w["try_files"] = gr.File(
+            label=f"Images to classify (up to {limits.max_predict_images})",
+            file_count="multiple",
+            elem_id="try-images",
+        )
+        w["threshold"] = gr.Slider(
+            0.0, 1.0, value=0.5, step=0.01, label="Confidence threshold (below it: uncertain)", elem_id="threshold"
+        )
     w["predict"] = gr.Button("Classify", variant="primary", elem_id="predict")
     w["outcome"] = gr.Markdown(elem_id="outcome")
     w["label"] = gr.Label(label="Per-class probabilities (first image)", elem_id="probabilities")
@@ -193,7 +236,9 @@ def _layout(examples: list, limits: AppLimits) -> _UI:
     w["update_status"] = gr.Markdown(elem_id="update-status")
     gr.Markdown("## 5. Download or push")
     with gr.Row():
-        w["zip_support"] = gr.Checkbox(True, label="Include support images in the zip (patient data; needed to adapt later)")
+        w["zip_support"] = gr.Checkbox(
+            True, label="Include support images in the zip (patient data; needed to adapt later)"
+        )
         w["download"] = gr.Button("Build zip", elem_id="download")
         w["zip"] = gr.File(label="Classifier (.zip)", interactive=False, elem_id="zip")
     with gr.Row():
@@ -222,11 +267,15 @@ def _user_facing(stats: AppStats) -> Callable[[Callable], Callable]:
                 return fn(*args, **kwargs)
             except SGPSError as exc:
                 stats.count("user_errors")
-                raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from None  # names in messages stay text
+                raise gr.Error(
+                    html.escape(str(exc), quote=False), print_exception=False
+                ) from None  # names in messages stay text
             except Exception:
                 stats.count("internal_errors")
                 logger.exception("Internal error in the app's %s handler", fn.__name__)  # arguments are not logged
-                raise gr.Error("Internal error: it was logged on the server; please report it.", print_exception=False) from None
+                raise gr.Error(
+                    "Internal error: it was logged on the server; please report it.", print_exception=False
+                ) from None
 
         return wrapper
 
@@ -262,8 +311,11 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
         progress(0.3, desc="Synthesizing weights (one forward pass)")
         classifier = ctx.runner.run("Synthesis", _locked(ctx.synth.model.synthesize), task, ctx.synth.processor)
         progress(0.9, desc="Writing the model card")
-        return _classifier_outputs(classifier, f"Synthesized **{len(task.classes)}-class** classifier for {md_code(task.name)} "
-                                   f"from {sum(len(c.images) for c in task.classes)} image(s).")
+        return _classifier_outputs(
+            classifier,
+            f"Synthesized **{len(task.classes)}-class** classifier for {md_code(task.name)} "
+            f"from {sum(len(c.images) for c in task.classes)} image(s).",
+        )
 
     outputs = [ui.classifier, ui.status, ui.card, ui.update_class]
     ui.synthesize.click(synthesize, [ui.task_name, ui.modality, *rows], outputs, api_name="synthesize")
@@ -272,12 +324,17 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
     def predict(classifier: Any, files: Any, threshold: float):
         results = ctx.runner.run("Classification", predict_files, classifier, files, threshold, ctx.limits, ctx.roots)
         first = results[0]
-        headline = (f"**{md_escape(first.file)}: uncertain**: top class {md_code(first.top_label)} has {first.top_probability:.2f} "
-                    f"&lt; threshold {first.threshold:.2f}." if first.abstained
-                    else f"**{md_escape(first.file)}: {md_escape(first.top_label)}** ({first.top_probability:.2f}).")
+        headline = (
+            f"**{md_escape(first.file)}: uncertain**: top class {md_code(first.top_label)} has {first.top_probability:.2f} "
+            f"&lt; threshold {first.threshold:.2f}."
+            if first.abstained
+            else f"**{md_escape(first.file)}: {md_escape(first.top_label)}** ({first.top_probability:.2f})."
+        )
         return headline, first.probabilities, predictions_markdown(results)
 
-    ui.predict.click(predict, [ui.classifier, ui.try_files, ui.threshold], [ui.outcome, ui.label, ui.table], api_name="predict")
+    ui.predict.click(
+        predict, [ui.classifier, ui.try_files, ui.threshold], [ui.outcome, ui.label, ui.table], api_name="predict"
+    )
 
     @shown
     def update(classifier: Any, class_name: str, files: Any, progress: gr.Progress = gr.Progress()):
@@ -287,7 +344,9 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
         summary = updated.info["history"][-1]["summary"]
         return [*_classifier_outputs(updated, f"Version {updated.version}: {summary}"), gr.update(value=None)]
 
-    ui.update.click(update, [ui.classifier, ui.update_class, ui.update_files], [*outputs, ui.update_files], api_name="update")
+    ui.update.click(
+        update, [ui.classifier, ui.update_class, ui.update_files], [*outputs, ui.update_files], api_name="update"
+    )
 
     @shown
     def download(classifier: Any, include_support: bool):
@@ -300,7 +359,12 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
         url = ctx.runner.run("Push", push_from_app, classifier, repo_id, token, private, include_support, ctx.limits)
         return f"Pushed to {md_code(repo_id.strip())}: {md_escape(url)}", ""  # the token leaves the page too
 
-    ui.push.click(push, [ui.classifier, ui.repo_id, ui.token, ui.private, ui.push_support], [ui.push_status, ui.token], api_name="push")
+    ui.push.click(
+        push,
+        [ui.classifier, ui.repo_id, ui.token, ui.private, ui.push_support],
+        [ui.push_status, ui.token],
+        api_name="push",
+    )
 
     if examples:
         _wire_examples(ui, ctx, examples, shown, visibility)
@@ -323,11 +387,22 @@ def _wire_examples(ui: _UI, ctx: _Context, examples: list, shown: Callable, visi
             else:
                 values += ["", "", None]
         count = max(len(example.classes), INITIAL_CLASSES)
-        return [example.name, example.modality, count, *visibility(count), *values, stage_files(example.try_images, ctx.exports)]
+        return [
+            example.name,
+            example.modality,
+            count,
+            *visibility(count),
+            *values,
+            stage_files(example.try_images, ctx.exports),
+        ]
 
     rows = [c for i in range(n) for c in (ui.names[i], ui.texts[i], ui.files[i])]
-    ui.load_example.click(load_example, ui.example, [ui.task_name, ui.modality, ui.count, *ui.groups, *rows, ui.try_files],
-                          api_name="load_example")
+    ui.load_example.click(
+        load_example,
+        ui.example,
+        [ui.task_name, ui.modality, ui.count, *ui.groups, *rows, ui.try_files],
+        api_name="load_example",
+    )
 
 
 def _classifier_outputs(classifier: Any, message: str) -> list:

@@ -60,9 +60,11 @@ def convert_package_weights(architecture: str) -> dict[str, Tensor]:
     if len(source) != len(target):
         raise CheckpointError(f"{architecture}: package has {len(source)} tensors, timm expects {len(target)}.")
     converted = {}
-    for (name, reference), (source_name, tensor) in zip(target.items(), source.items()):
+    for (name, reference), (source_name, tensor) in zip(target.items(), source.items(), strict=False):
         if reference.shape != tensor.shape:
-            raise CheckpointError(f"{architecture}: {source_name} {tuple(tensor.shape)} does not fit {name} {tuple(reference.shape)}.")
+            raise CheckpointError(
+                f"{architecture}: {source_name} {tuple(tensor.shape)} does not fit {name} {tuple(reference.shape)}."
+            )
         converted[name] = tensor.to(reference.dtype).contiguous()
     return converted
 
@@ -99,7 +101,9 @@ def load_pretrained_body(model: nn.Module, source: str) -> nn.Module:
     usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     missing = sorted(set(own) - set(usable) - _head_keys(model))
     if missing:
-        raise CheckpointError(f"Starting weights {source!r} do not cover {len(missing)} body tensors of {architecture} (e.g. {missing[0]}).")
+        raise CheckpointError(
+            f"Starting weights {source!r} do not cover {len(missing)} body tensors of {architecture} (e.g. {missing[0]})."
+        )
     model.load_state_dict(usable, strict=False)
     return model
 

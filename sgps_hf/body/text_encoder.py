@@ -64,6 +64,12 @@ def embed_texts(name: str, texts: list[str], max_length: int = 128, batch_size: 
     tokenizer, encoder = load_tokenizer(name), load_text_encoder(name)
     chunks = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         chunks.append(embed_tokens(encoder, batch["input_ids"], batch["attention_mask"]))
     return torch.cat(chunks) if chunks else torch.zeros(0, encoder.config.hidden_size)

@@ -15,7 +15,6 @@ import timm
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-
 from transformers import PretrainedConfig
 
 #: The timm keyword arguments a config can pass to the target architecture (its ``target_model_args``).
@@ -54,7 +53,9 @@ def body_features(body: nn.Module, tensors: Mapping[str, Tensor], images: Tensor
         return functional_call(body, dict(tensors), (images.contiguous(memory_format=torch.channels_last),))
 
 
-def task_batchnorm(body: nn.Module, tensors: Mapping[str, Tensor], images: Tensor, weight: float) -> tuple[dict[str, Tensor], Tensor]:
+def task_batchnorm(
+    body: nn.Module, tensors: Mapping[str, Tensor], images: Tensor, weight: float
+) -> tuple[dict[str, Tensor], Tensor]:
     """Task-adaptive BatchNorm: ``tensors`` with every BatchNorm's running statistics moved a fraction ``weight``
     towards those of ``images`` (a task's support images), and the pooled features of ``images`` under them.
 

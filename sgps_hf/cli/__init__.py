@@ -14,28 +14,45 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import SGPSError
-from .segment import register as register_segment
 from .commands import (
-    register_demo, register_evaluate, register_predict, register_push, register_quickstart, register_synthesize, register_train,
+    register_demo,
+    register_evaluate,
+    register_predict,
+    register_push,
+    register_quickstart,
+    register_synthesize,
+    register_train,
     register_update,
 )
 from .data import register_data
-
+from .segment import register as register_segment
 
 # --------------------------------------------------------------------------------------------------
 # Entry point
 
 #: Functions that add one command group each to the top-level subparsers.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    register_data, register_quickstart, register_synthesize, register_predict, register_push, register_train,
-    register_update, register_demo, register_evaluate, register_segment,
+    register_data,
+    register_quickstart,
+    register_synthesize,
+    register_predict,
+    register_push,
+    register_train,
+    register_update,
+    register_demo,
+    register_evaluate,
+    register_segment,
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sgps`` argument parser with every registered command."""
     parser = argparse.ArgumentParser(prog="sgps", description="Synthesize few-shot medical image classifiers.")
-    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback instead of one line (anywhere on the line)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the full traceback instead of one line (anywhere on the line)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in COMMANDS:
         register(subparsers)

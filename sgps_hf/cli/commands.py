@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 # --------------------------------------------------------------------------------------------------
 # sgps quickstart / synthesize / predict / push / train
 
@@ -17,14 +16,22 @@ def register_quickstart(subparsers: argparse._SubParsersAction) -> None:
         description="For every held-out task of the shared data: pick up to N classes, one (or --shots) image and the "
         "clinical text per class, synthesize a classifier in one forward pass, score it on the other images (mean over several random draws of the support images) and save it.",
     )
-    quick.add_argument("--synthesizer", default=None, help="checkpoint folder or Hub id (default: the bundled DEFAULT_CHECKPOINT)")
-    quick.add_argument("--data-dir", default=None, help="folder of task folders (default: SGPS_DATA_DIR or ../shared/data)")
+    quick.add_argument(
+        "--synthesizer", default=None, help="checkpoint folder or Hub id (default: the bundled DEFAULT_CHECKPOINT)"
+    )
+    quick.add_argument(
+        "--data-dir", default=None, help="folder of task folders (default: SGPS_DATA_DIR or ../shared/data)"
+    )
     quick.add_argument("--out", default="outputs/quickstart", help="where the synthesized classifiers are saved")
     quick.add_argument("--ways", type=int, default=5)
     quick.add_argument("--shots", type=int, default=1)
     quick.add_argument("--seed", type=int, default=0)
-    quick.add_argument("--draws", type=int, default=5,
-                       help="random draws of the support images per task; the mean and range are reported, the first draw's classifier saved")
+    quick.add_argument(
+        "--draws",
+        type=int,
+        default=5,
+        help="random draws of the support images per task; the mean and range are reported, the first draw's classifier saved",
+    )
     quick.set_defaults(handler=_quickstart)
 
 
@@ -32,9 +39,19 @@ def _quickstart(args: argparse.Namespace) -> int:
     from ..hub.checkpoints import DEFAULT_CHECKPOINT
     from ..quickstart import format_results, run_quickstart
 
-    results = run_quickstart(args.synthesizer or DEFAULT_CHECKPOINT, args.data_dir, args.out, n_way=args.ways, shots=args.shots, seed=args.seed, draws=args.draws)
+    results = run_quickstart(
+        args.synthesizer or DEFAULT_CHECKPOINT,
+        args.data_dir,
+        args.out,
+        n_way=args.ways,
+        shots=args.shots,
+        seed=args.seed,
+        draws=args.draws,
+    )
     print(format_results(results))
-    print(f"Classifiers saved under {args.out}/ (load one with timm.create_model('local-dir:<folder>', pretrained=True)).")
+    print(
+        f"Classifiers saved under {args.out}/ (load one with timm.create_model('local-dir:<folder>', pretrained=True))."
+    )
     return 0
 
 
@@ -48,16 +65,17 @@ def register_synthesize(subparsers: argparse._SubParsersAction) -> None:
 
 def _synthesize(args: argparse.Namespace) -> int:
     from ..hub.checkpoints import DEFAULT_CHECKPOINT
+    from ..hub.classifier_folder import check_save_target
     from ..models.sgps.modeling_sgps import SGPSSynthesizer
     from ..models.sgps.processing_sgps import SGPSProcessor
     from ..task import TaskSpec
 
-    from ..hub.classifier_folder import check_save_target
-
     check_save_target(args.out)  # before the synthesis: a folder of other files, a file or a read-only place
     task = TaskSpec.from_file(args.task)
     checkpoint = args.synthesizer or DEFAULT_CHECKPOINT
-    classifier = SGPSSynthesizer.from_pretrained(checkpoint).synthesize(task, processor=SGPSProcessor.from_pretrained(checkpoint))
+    classifier = SGPSSynthesizer.from_pretrained(checkpoint).synthesize(
+        task, processor=SGPSProcessor.from_pretrained(checkpoint)
+    )
     print(f"Saved {classifier} to {classifier.save_pretrained(args.out)}")
     return 0
 
@@ -74,7 +92,7 @@ def _predict(args: argparse.Namespace) -> int:
     from ..models.sgps.classifier import SynthesizedClassifier
 
     classifier = SynthesizedClassifier.from_pretrained(args.classifier)
-    for path, probs in zip(args.images, classifier.predict(args.images)):
+    for path, probs in zip(args.images, classifier.predict(args.images), strict=False):
         top = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
         print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
     return 0
@@ -85,23 +103,28 @@ def register_push(subparsers: argparse._SubParsersAction) -> None:
     push.add_argument("--classifier", required=True, help="classifier folder")
     push.add_argument("--repo-id", required=True, help="e.g. my-user/my-classifier")
     push.add_argument("--private", action="store_true")
-    push.add_argument("--include-support", action="store_true",
-                      help="also upload the support images (patient data; left out by default, only fingerprints go)")
+    push.add_argument(
+        "--include-support",
+        action="store_true",
+        help="also upload the support images (patient data; left out by default, only fingerprints go)",
+    )
     push.set_defaults(handler=_push)
 
 
 def _push(args: argparse.Namespace) -> int:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    from ..models.sgps.classifier import SynthesizedClassifier
     from ..errors import UsageError
+    from ..models.sgps.classifier import SynthesizedClassifier
 
     try:
         validate_repo_id(args.repo_id)  # before loading anything or touching the network
         if "/" not in args.repo_id:
             raise HFValidationError("it needs a namespace")
     except HFValidationError as exc:
-        raise UsageError(f"--repo-id {args.repo_id!r} is not a valid Hub repo id ({exc}); use the form user-or-org/name.") from None
+        raise UsageError(
+            f"--repo-id {args.repo_id!r} is not a valid Hub repo id ({exc}); use the form user-or-org/name."
+        ) from None
     url = SynthesizedClassifier.from_pretrained(args.classifier).push_to_hub(
         args.repo_id, private=args.private or None, include_support=args.include_support
     )
@@ -136,12 +159,25 @@ def register_update(subparsers: argparse._SubParsersAction) -> None:
         description="Re-synthesize a saved classifier from its stored support images plus new cases. The previous "
         "version's task file goes to versions/, the model card gains a changelog entry.",
     )
-    update.add_argument("--classifier", required=True, help="classifier folder written by `sgps synthesize` (with support/)")
-    update.add_argument("--add", required=True, action="append", nargs="+", metavar="CLASS=IMAGE",
-                        help="a new case, e.g. --add melanoma=case17.png melanoma=case18.dcm (repeatable)")
-    update.add_argument("--out", default=None, help="write the updated classifier here (default: update the folder in place)")
-    update.add_argument("--synthesizer", default=None,
-                        help="checkpoint folder or Hub id (default: the one that made the classifier if it is a local folder, else the bundled one)")
+    update.add_argument(
+        "--classifier", required=True, help="classifier folder written by `sgps synthesize` (with support/)"
+    )
+    update.add_argument(
+        "--add",
+        required=True,
+        action="append",
+        nargs="+",
+        metavar="CLASS=IMAGE",
+        help="a new case, e.g. --add melanoma=case17.png melanoma=case18.dcm (repeatable)",
+    )
+    update.add_argument(
+        "--out", default=None, help="write the updated classifier here (default: update the folder in place)"
+    )
+    update.add_argument(
+        "--synthesizer",
+        default=None,
+        help="checkpoint folder or Hub id (default: the one that made the classifier if it is a local folder, else the bundled one)",
+    )
     update.set_defaults(handler=_update)
 
 
@@ -150,10 +186,10 @@ def _update(args: argparse.Namespace) -> int:
 
     from ..hub.atomic import folder_lock
     from ..hub.checkpoints import DEFAULT_CHECKPOINT, resolve_checkpoint
+    from ..hub.classifier_folder import check_save_target
     from ..models.sgps.classifier import SynthesizedClassifier
     from ..models.sgps.modeling_sgps import SGPSSynthesizer
     from ..models.sgps.processing_sgps import SGPSProcessor
-    from ..hub.classifier_folder import check_save_target
 
     destination = check_save_target(args.out or args.classifier)
     # The whole load -> re-synthesize -> save cycle holds the destination's writer lock, so two updates of one
@@ -185,12 +221,22 @@ def _parse_additions(items: list[str], label_names: list[str]) -> dict[str, list
 
 
 def register_demo(subparsers: argparse._SubParsersAction) -> None:
-    demo = subparsers.add_parser("demo", help="launch the Gradio app (build a task, synthesize, try, adapt, download/push)")
-    demo.add_argument("--synthesizer", default=None, help="checkpoint folder or Hub id (default: the bundled DEFAULT_CHECKPOINT)")
-    demo.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 exposes it to your network)")
+    demo = subparsers.add_parser(
+        "demo", help="launch the Gradio app (build a task, synthesize, try, adapt, download/push)"
+    )
+    demo.add_argument(
+        "--synthesizer", default=None, help="checkpoint folder or Hub id (default: the bundled DEFAULT_CHECKPOINT)"
+    )
+    demo.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 exposes it to your network)"
+    )
     demo.add_argument("--port", type=int, default=7860)
-    demo.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default: patient data)")
-    demo.add_argument("--data-dir", default=None, help="folder of example tasks (default: SGPS_DATA_DIR or ../shared/data; optional)")
+    demo.add_argument(
+        "--share", action="store_true", help="also open a public gradio.live link (off by default: patient data)"
+    )
+    demo.add_argument(
+        "--data-dir", default=None, help="folder of example tasks (default: SGPS_DATA_DIR or ../shared/data; optional)"
+    )
     demo.set_defaults(handler=_demo)
 
 
@@ -204,7 +250,9 @@ def _demo(args: argparse.Namespace) -> int:
 def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     from .evaluate import add_arguments
 
-    evaluate = subparsers.add_parser("evaluate", help="few-shot benchmark against baselines (same as scripts/run_benchmark.py)")
+    evaluate = subparsers.add_parser(
+        "evaluate", help="few-shot benchmark against baselines (same as scripts/run_benchmark.py)"
+    )
     add_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 

@@ -6,7 +6,6 @@ import argparse
 from collections.abc import Collection
 from typing import Any
 
-
 # --------------------------------------------------------------------------------------------------
 # sgps data ...
 
@@ -85,7 +84,8 @@ def _format_table(header: list[str], rows: list[list[str]], right_aligned: Colle
 
     def line(cells: list[str]) -> str:
         parts = [
-            c.rjust(w) if i in right_aligned else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            c.rjust(w) if i in right_aligned else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ]
         return "  ".join(parts).rstrip()
 

@@ -28,39 +28,96 @@ from ..data.splits import SPLIT_NAMES
 logger = logging.getLogger(__name__)
 
 #: Settings of ``--quick``: every criterion exercised on a handful of episodes (for tests and smoke runs).
-QUICK = dict(episodes=3, curve_shots=(1, 2), curve_episodes=2, gap_episodes=2, shift_episodes=2, tune_episodes=2, speed_episodes=1,
-             finetune_steps=3, finetune_all_episodes=2, probe_lrs=(0.01, 0.1), finetune_lrs=(3e-4, 1e-3))
+QUICK = dict(
+    episodes=3,
+    curve_shots=(1, 2),
+    curve_episodes=2,
+    gap_episodes=2,
+    shift_episodes=2,
+    tune_episodes=2,
+    speed_episodes=1,
+    finetune_steps=3,
+    finetune_all_episodes=2,
+    probe_lrs=(0.01, 0.1),
+    finetune_lrs=(3e-4, 1e-3),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("what to evaluate")
-    data.add_argument("--synthesizer", default=None, help="synthesizer folder or Hub id (default: the bundled checkpoint)")
-    data.add_argument("--data-dir", default=None, help="with --split: the folder of task folders (default ../shared/data); "
-                      "without: one imagefolder directory of classes (<class>/<image>) or a Hub dataset name")
-    data.add_argument("--split", choices=SPLIT_NAMES, default=None, help="evaluate on a split of the shared data (default held_out when no --data-dir)")
-    data.add_argument("--descriptions", default=None, help="JSON file class -> clinical text (default: built-in texts, else the class name)")
+    data.add_argument(
+        "--synthesizer", default=None, help="synthesizer folder or Hub id (default: the bundled checkpoint)"
+    )
+    data.add_argument(
+        "--data-dir",
+        default=None,
+        help="with --split: the folder of task folders (default ../shared/data); "
+        "without: one imagefolder directory of classes (<class>/<image>) or a Hub dataset name",
+    )
+    data.add_argument(
+        "--split",
+        choices=SPLIT_NAMES,
+        default=None,
+        help="evaluate on a split of the shared data (default held_out when no --data-dir)",
+    )
+    data.add_argument(
+        "--descriptions",
+        default=None,
+        help="JSON file class -> clinical text (default: built-in texts, else the class name)",
+    )
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--ways", type=int, default=5)
-    protocol.add_argument("--shots", type=int, nargs="+", default=[0, 1, 5], help="0 = text only (zero-shot; SGPS only)")
+    protocol.add_argument(
+        "--shots", type=int, nargs="+", default=[0, 1, 5], help="0 = text only (zero-shot; SGPS only)"
+    )
     protocol.add_argument("--episodes", type=int, default=300, help="episodes per shot of the main table")
     protocol.add_argument("--queries", type=int, default=15, help="query images per class")
     protocol.add_argument("--seed", type=int, default=0)
-    protocol.add_argument("--focus-shot", type=int, default=5, help="shot of the gap, calibration, domain-shift, tuning and speed criteria")
+    protocol.add_argument(
+        "--focus-shot",
+        type=int,
+        default=5,
+        help="shot of the gap, calibration, domain-shift, tuning and speed criteria",
+    )
     protocol.add_argument("--curve-shots", type=int, nargs="+", default=[1, 2, 5, 10, 20])
     for name, default in (("curve", 15), ("gap", 25), ("shift", 30), ("tune", 15), ("speed", 5)):
         protocol.add_argument(f"--{name}-episodes", type=int, default=default)
-    protocol.add_argument("--severity", type=int, default=3, choices=range(1, 6), help="corruption severity of the domain-shift criterion")
+    protocol.add_argument(
+        "--severity",
+        type=int,
+        default=3,
+        choices=range(1, 6),
+        help="corruption severity of the domain-shift criterion",
+    )
     protocol.add_argument("--finetune-steps", type=int, default=20, help="step budget of both fine-tuning baselines")
-    protocol.add_argument("--finetune-all-episodes", type=int, default=10, help="episodes per shot of all-layer fine-tuning (CPU cost)")
-    protocol.add_argument("--finetune-top-blocks", type=int, default=1, help="block stages the cheaper fine-tuning baseline trains")
-    data.add_argument("--train-config", default=None, help="TrainingConfig YAML/JSON naming the meta-train/meta-val data "
-                      "(generalization gap, tuning; default: the synthesizer's own training_config.json)")
-    data.add_argument("--train-sources", nargs="+", default=None, help="meta-train imagefolders/Hub datasets (override the config)")
-    data.add_argument("--val-sources", nargs="+", default=None, help="meta-val imagefolders/Hub datasets (override the config)")
+    protocol.add_argument(
+        "--finetune-all-episodes", type=int, default=10, help="episodes per shot of all-layer fine-tuning (CPU cost)"
+    )
+    protocol.add_argument(
+        "--finetune-top-blocks", type=int, default=1, help="block stages the cheaper fine-tuning baseline trains"
+    )
+    data.add_argument(
+        "--train-config",
+        default=None,
+        help="TrainingConfig YAML/JSON naming the meta-train/meta-val data "
+        "(generalization gap, tuning; default: the synthesizer's own training_config.json)",
+    )
+    data.add_argument(
+        "--train-sources", nargs="+", default=None, help="meta-train imagefolders/Hub datasets (override the config)"
+    )
+    data.add_argument(
+        "--val-sources", nargs="+", default=None, help="meta-val imagefolders/Hub datasets (override the config)"
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, help="output folder: results.json, results.md, PNG plots")
-    run.add_argument("--report", default=None, help="also write the Markdown report here (e.g. benchmarks/RESULTS.md), plot links relative to it")
-    run.add_argument("--quick", action="store_true", help="a few episodes and steps per criterion (smoke test; numbers meaningless)")
+    run.add_argument(
+        "--report",
+        default=None,
+        help="also write the Markdown report here (e.g. benchmarks/RESULTS.md), plot links relative to it",
+    )
+    run.add_argument(
+        "--quick", action="store_true", help="a few episodes and steps per criterion (smoke test; numbers meaningless)"
+    )
     run.add_argument("--num-threads", type=int, default=2)
 
 
@@ -94,27 +151,33 @@ def _eval_pools(args: argparse.Namespace, image_size: int) -> tuple[list[Any], s
         return dataset_pools(args.data_dir, image_size, args.descriptions), f"dataset {args.data_dir}"
     split = args.split or "held_out"
     if args.descriptions:
-        raise SystemExit("--descriptions applies to --data-dir datasets; the shared splits use the packaged descriptions.")
-    return build_pools(split, image_size, data_dir=args.data_dir), f"{split} split of {args.data_dir or 'the shared data'}"
+        raise SystemExit(
+            "--descriptions applies to --data-dir datasets; the shared splits use the packaged descriptions."
+        )
+    return build_pools(
+        split, image_size, data_dir=args.data_dir
+    ), f"{split} split of {args.data_dir or 'the shared data'}"
 
 
 def environment(threads: int) -> str:
     import torch
 
-    return (f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{os.cpu_count()} CPUs, {threads} torch threads")
+    return (
+        f"{platform.platform()}, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{os.cpu_count()} CPUs, {threads} torch threads"
+    )
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark described by ``args``; writes results.json, results.md and plots into ``--out``."""
     import torch
 
-    from ..hub.checkpoints import DEFAULT_CHECKPOINT
-    from ..models.sgps.modeling_sgps import SGPSSynthesizer
-    from ..training.pools import training_pools
     from ..evaluation.benchmark import run_benchmark
     from ..evaluation.report import render_markdown, write_plots
     from ..evaluation.subgroups import subgroup_metadata
+    from ..hub.checkpoints import DEFAULT_CHECKPOINT
+    from ..models.sgps.modeling_sgps import SGPSSynthesizer
+    from ..training.pools import training_pools
 
     torch.set_num_threads(args.num_threads)
     started = time.time()
@@ -124,12 +187,21 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
     config = _training_config(args, synthesizer_path)
     eval_pools, data_label = _eval_pools(args, image_size)
     train_pools, val_pools, _ = training_pools(config, image_size)
-    subgroups = subgroup_metadata(args.data_dir if args.split is None else None, args.split or ("held_out" if args.data_dir is None else None),
-                                  args.data_dir if args.split else None)
+    subgroups = subgroup_metadata(
+        args.data_dir if args.split is None else None,
+        args.split or ("held_out" if args.data_dir is None else None),
+        args.data_dir if args.split else None,
+    )
     results = run_benchmark(synthesizer, eval_pools, train_pools, val_pools, _bench_config(args), subgroups)
     command = "python scripts/run_benchmark.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    results["run"] = {"command": command, "environment": environment(args.num_threads), "synthesizer": _display_path(synthesizer_path),
-                      "data": data_label, "quick": bool(args.quick), "wall_seconds": time.time() - started}
+    results["run"] = {
+        "command": command,
+        "environment": environment(args.num_threads),
+        "synthesizer": _display_path(synthesizer_path),
+        "data": data_label,
+        "quick": bool(args.quick),
+        "wall_seconds": time.time() - started,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default), encoding="utf-8")
@@ -160,7 +232,9 @@ def _json_default(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

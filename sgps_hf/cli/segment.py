@@ -8,17 +8,25 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    segment = subparsers.add_parser("segment", help="few-shot segmentation: synthesize a segmenter from examples with masks")
+    segment = subparsers.add_parser(
+        "segment", help="few-shot segmentation: synthesize a segmenter from examples with masks"
+    )
     commands = segment.add_subparsers(dest="segment_command", required=True, metavar="SEGMENT_COMMAND")
 
     synth = commands.add_parser("synthesize", help="synthesize a segmenter from a folder (images/ + masks/<label>/)")
-    synth.add_argument("--examples", required=True, help="folder with images/<stem>.png|jpg and masks/<label>/<stem>.png")
+    synth.add_argument(
+        "--examples", required=True, help="folder with images/<stem>.png|jpg and masks/<label>/<stem>.png"
+    )
     synth.add_argument("--out", required=True, help="output folder (plain transformers UperNet + model card)")
     synth.add_argument("--label", default=None, help="which masks/<label> to use when the folder has several")
     synth.add_argument("--name", default=None, help="task name (default: the folder's name)")
     synth.add_argument("--description", default=None, help="clinical text of the structure (goes into the card)")
-    synth.add_argument("--evaluate", default=None, help="optional folder of labelled images (same layout): Dice/IoU go into the card")
-    synth.add_argument("--synthesizer", default=None, help="segmentation synthesizer folder or Hub id (default: bundled)")
+    synth.add_argument(
+        "--evaluate", default=None, help="optional folder of labelled images (same layout): Dice/IoU go into the card"
+    )
+    synth.add_argument(
+        "--synthesizer", default=None, help="segmentation synthesizer folder or Hub id (default: bundled)"
+    )
     synth.set_defaults(handler=_synthesize)
 
     predict = commands.add_parser("predict", help="segment images with a saved segmenter, writing PNG masks (0/255)")
@@ -42,7 +50,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     segmenter = SGPSSegSynthesizer.from_pretrained(args.synthesizer or DEFAULT_SEG_CHECKPOINT).synthesize(task)
     if args.evaluate:
         labelled = SegmentationTask(task.name + "-evaluation", Path(args.evaluate), label=task.label)
-        scores = segmenter.evaluate(list(zip(labelled.images, labelled.masks)))
+        scores = segmenter.evaluate(list(zip(labelled.images, labelled.masks, strict=False)))
         print(f"Dice {scores['dice']:.3f}, IoU {scores['iou']:.3f} on {len(labelled)} labelled images")
     print(f"Saved {segmenter} to {segmenter.save_pretrained(args.out)}")
     return 0
@@ -57,7 +65,7 @@ def _predict(args: argparse.Namespace) -> int:
     segmenter = SynthesizedSegmenter.from_pretrained(args.segmenter)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for path, mask in zip(args.images, segmenter.predict(args.images)):
+    for path, mask in zip(args.images, segmenter.predict(args.images), strict=False):
         target = out / f"{Path(path).stem}_mask.png"
         Image.fromarray(mask.astype(np.uint8) * 255).save(target)
         print(f"{path}: {mask.mean():.4f} foreground ({segmenter.label}) -> {target}")

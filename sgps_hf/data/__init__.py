@@ -18,7 +18,14 @@ from .loading import (
     to_rgb_square,
 )
 from .registry import TaskInfo, default_data_dir, get_task, list_tasks, resolve_data_dir, task_dir
-from .splits import DEFAULT_HELD_OUT_TASKS, DEFAULT_META_VAL_TASKS, MetaSplits, default_splits_path, load_splits, make_splits
+from .splits import (
+    DEFAULT_HELD_OUT_TASKS,
+    DEFAULT_META_VAL_TASKS,
+    MetaSplits,
+    default_splits_path,
+    load_splits,
+    make_splits,
+)
 
 __all__ = [
     "DEFAULT_HELD_OUT_TASKS",

@@ -19,7 +19,9 @@ def class_image_files(folder: Path) -> dict[str, list[Path]]:
     }
 
 
-def task_from_folder(folder: Path, *, n_way: int, shots: int, rng: np.random.Generator) -> tuple[TaskSpec, dict[str, list[Path]]]:
+def task_from_folder(
+    folder: Path, *, n_way: int, shots: int, rng: np.random.Generator
+) -> tuple[TaskSpec, dict[str, list[Path]]]:
     """A TaskSpec with ``shots`` random images per class (+ packaged texts) and the remaining images."""
     files_by_class = class_image_files(folder)
     names = sorted(files_by_class)

@@ -45,13 +45,19 @@ FEATURES = Features(
 
 def seg_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The segmentation data root: ``data_dir``, ``$SGPS_SEG_DATA_DIR``, else ``<repo>/../shared/data-seg``."""
-    candidates = [data_dir, os.environ.get(SEG_DATA_ENV), Path(__file__).resolve().parents[2] / ".." / "shared" / "data-seg"]
+    candidates = [
+        data_dir,
+        os.environ.get(SEG_DATA_ENV),
+        Path(__file__).resolve().parents[2] / ".." / "shared" / "data-seg",
+    ]
     for candidate in candidates:
         if candidate is not None and Path(candidate).is_dir():
             return Path(candidate).resolve()
         if candidate is not None and candidate is not candidates[-1]:
             raise DataError(f"Segmentation data directory {candidate} does not exist.")
-    raise DataError(f"No segmentation data found; set {SEG_DATA_ENV} to a folder in the <task>/images + <task>/masks/<label> layout.")
+    raise DataError(
+        f"No segmentation data found; set {SEG_DATA_ENV} to a folder in the <task>/images + <task>/masks/<label> layout."
+    )
 
 
 def seg_splits(path: str | os.PathLike | None = None) -> dict[str, list[str]]:
@@ -137,7 +143,11 @@ def from_hf_dataset(
     task = task_name or name.replace("/", "--")
 
     def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
-        mask = np.asarray(_as_pil(row[mask_column]).convert("L") if not isinstance(row[mask_column], np.ndarray) else row[mask_column])
+        mask = np.asarray(
+            _as_pil(row[mask_column]).convert("L")
+            if not isinstance(row[mask_column], np.ndarray)
+            else row[mask_column]
+        )
         binary = np.isin(mask, list(foreground_values)) if foreground_values is not None else mask > 0
         return {
             "image": _as_pil(row[image_column]).convert("RGB"),
@@ -178,7 +188,9 @@ class TaskArrays:
         return len(self.stems)
 
 
-def task_arrays(dataset: Dataset, tasks: Iterable[str] | None = None, image_size: int = 128, min_pairs: int = 9) -> dict[str, TaskArrays]:
+def task_arrays(
+    dataset: Dataset, tasks: Iterable[str] | None = None, image_size: int = 128, min_pairs: int = 9
+) -> dict[str, TaskArrays]:
     """Decode the rows of ``tasks`` (whole task names or ``task/label``) into arrays per binary task.
 
     Pairs with an empty mask are left out (Dice is undefined on them and an example must show the structure);
@@ -227,7 +239,9 @@ class EpisodeSampler:
     ``episode(i)`` depends only on (seed, i, the tasks and their sizes): the same index gives the same episode.
     """
 
-    def __init__(self, sizes: Mapping[str, int], k_range: tuple[int, int] = (1, 8), n_query: int = 4, seed: int = 0) -> None:
+    def __init__(
+        self, sizes: Mapping[str, int], k_range: tuple[int, int] = (1, 8), n_query: int = 4, seed: int = 0
+    ) -> None:
         low, high = k_range
         if not 1 <= low <= high:
             raise DataError(f"k_range must satisfy 1 <= low <= high, got {k_range}.")

@@ -29,7 +29,9 @@ def dataset_pools(source: str, image_size: int, descriptions: str | os.PathLike[
     given = load_description_file(descriptions) if descriptions is not None else {}
     unknown = sorted(set(given) - set(arrays.class_names))
     if unknown:
-        raise DataError(f"--descriptions names classes {unknown} that are not in {source!r}; its classes: {', '.join(arrays.class_names)}.")
+        raise DataError(
+            f"--descriptions names classes {unknown} that are not in {source!r}; its classes: {', '.join(arrays.class_names)}."
+        )
     pools, fallback = [], []
     for index, name in enumerate(arrays.class_names):
         text = given.get(name) or class_description(task, name)

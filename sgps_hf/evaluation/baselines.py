@@ -29,10 +29,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from ..body.timm_network import HEAD_BIAS, HEAD_WEIGHT, classify
 from ..data.episodes import Episode
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
-from ..body.timm_network import HEAD_BIAS, HEAD_WEIGHT, classify
 from ..training.augment import episode_seed, random_flips
 
 Predictor = Callable[[Tensor], Tensor]  # uint8 query images [n, 3, H, W] -> logits [n, num_classes]
@@ -73,7 +73,7 @@ class FeatureMemo(nn.Module):
         missing = [i for i, key in enumerate(keys) if key not in self._memo]
         if missing:
             new = _eval_features(self.module, images[missing])
-            self._memo.update({keys[i]: feature for i, feature in zip(missing, new)})
+            self._memo.update({keys[i]: feature for i, feature in zip(missing, new, strict=False)})
         return torch.stack([self._memo[key] for key in keys])
 
 
@@ -100,19 +100,29 @@ class SGPSMethod:
     @torch.no_grad()
     def adapt(self, episode: Episode) -> Predictor:
         n = len(episode.class_names)
-        inputs: dict[str, Any] = {"text_embeds": self.text_bank(episode.class_texts), "text_mask": torch.full((n,), self.use_text)}
+        inputs: dict[str, Any] = {
+            "text_embeds": self.text_bank(episode.class_texts),
+            "text_mask": torch.full((n,), self.use_text),
+        }
         if self.use_images and self.synthesizer.config.task_batchnorm_images is not None:
             # The body is the task's own (task-adaptive BatchNorm): support and queries go through it, not the memo.
-            inputs.update(support_pixel_values=self.processor.normalize_uint8(episode.support), support_labels=episode.support_labels)
+            inputs.update(
+                support_pixel_values=self.processor.normalize_uint8(episode.support),
+                support_labels=episode.support_labels,
+            )
             weights = self.synthesizer.generate_weights(n, **inputs)
             target = self.synthesizer.target
             return torch.no_grad()(lambda images: classify(target, weights, self.processor.normalize_uint8(images)))
         if self.use_images:
-            support = self.synthesizer.support_view_features(self.processor.normalize_uint8(episode.support), embed=self.features)
+            support = self.synthesizer.support_view_features(
+                self.processor.normalize_uint8(episode.support), embed=self.features
+            )
             inputs.update(support_features=support, support_labels=episode.support_labels)
         weights = self.synthesizer.generate_weights(n, **inputs)
         head = weights[HEAD_WEIGHT], weights[HEAD_BIAS]
-        return torch.no_grad()(lambda images: nn.functional.linear(self.features(self.processor.normalize_uint8(images)), *head))
+        return torch.no_grad()(
+            lambda images: nn.functional.linear(self.features(self.processor.normalize_uint8(images)), *head)
+        )
 
     def describe(self) -> dict[str, Any]:
         return {"support images": self.use_images, "class texts": self.use_text, "gradient steps": 0}
@@ -192,7 +202,9 @@ def _class_means(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     return sums / torch.bincount(labels, minlength=num_classes).clamp(min=1).unsqueeze(1).to(features.dtype)
 
 
-def fit_linear_head(features: Tensor, labels: Tensor, num_classes: int, steps: int, lr: float, weight_decay: float) -> nn.Linear:
+def fit_linear_head(
+    features: Tensor, labels: Tensor, num_classes: int, steps: int, lr: float, weight_decay: float
+) -> nn.Linear:
     """Multinomial logistic regression on fixed features (full-batch Adam from a zero head)."""
     head = nn.Linear(features.shape[1], num_classes)
     nn.init.zeros_(head.weight)
@@ -220,7 +232,9 @@ class LinearProbeMethod:
     def adapt(self, episode: Episode) -> Predictor:
         with torch.no_grad():
             features = _eval_features(self.body, self.processor.normalize_uint8(episode.support))
-        head = fit_linear_head(features, episode.support_labels, len(episode.class_names), self.steps, self.lr, self.weight_decay)
+        head = fit_linear_head(
+            features, episode.support_labels, len(episode.class_names), self.steps, self.lr, self.weight_decay
+        )
 
         @torch.no_grad()
         def predict(images: Tensor) -> Tensor:
@@ -229,8 +243,13 @@ class LinearProbeMethod:
         return predict
 
     def describe(self) -> dict[str, Any]:
-        return {"lr": self.lr, "steps": self.steps, "weight_decay": self.weight_decay, "optimizer": "Adam, full batch",
-                "BatchNorm statistics": "body's running statistics"}
+        return {
+            "lr": self.lr,
+            "steps": self.steps,
+            "weight_decay": self.weight_decay,
+            "optimizer": "Adam, full batch",
+            "BatchNorm statistics": "body's running statistics",
+        }
 
 
 @dataclass
@@ -269,7 +288,9 @@ class FineTuneMethod:
         labels, n = episode.support_labels, len(episode.class_names)
         with torch.no_grad():
             features = _eval_features(top, support)
-        model = nn.Sequential(top, fit_linear_head(features, labels, n, self.probe_steps, self.probe_lr, self.weight_decay)).eval()
+        model = nn.Sequential(
+            top, fit_linear_head(features, labels, n, self.probe_steps, self.probe_lr, self.weight_decay)
+        ).eval()
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         generator = torch.Generator().manual_seed(episode_seed(self.seed, max(episode.index, 0)))
         predict = torch.no_grad()(lambda images: model(self._below(self.processor.normalize_uint8(images))))
@@ -288,10 +309,16 @@ class FineTuneMethod:
         return self._bottom(images) if self._bottom is not None else images
 
     def describe(self) -> dict[str, Any]:
-        trained = "all layers" if self.top_blocks is None else f"last {self.top_blocks} block stages + conv_head + head"
+        trained = (
+            "all layers" if self.top_blocks is None else f"last {self.top_blocks} block stages + conv_head + head"
+        )
         return {
-            "lr": self.lr, "steps": self.steps, "weight_decay": self.weight_decay, "trained": trained,
-            "optimizer": "Adam, full support batch, flips", "head init": f"linear probe ({self.probe_steps} steps, lr {self.probe_lr})",
+            "lr": self.lr,
+            "steps": self.steps,
+            "weight_decay": self.weight_decay,
+            "trained": trained,
+            "optimizer": "Adam, full support batch, flips",
+            "head init": f"linear probe ({self.probe_steps} steps, lr {self.probe_lr})",
             "BatchNorm statistics": "body's running statistics",
         }
 

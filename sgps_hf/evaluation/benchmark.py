@@ -23,16 +23,29 @@ from typing import Any
 from ..data.episodes import ClassPool
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from ..training.episode_inputs import TextBank
-from .criteria import calibration_report, data_efficiency, domain_shift, generalization_gap, main_table, speed, subgroup_report
+from .criteria import (
+    calibration_report,
+    data_efficiency,
+    domain_shift,
+    generalization_gap,
+    main_table,
+    speed,
+    subgroup_report,
+)
 from .protocol import BenchmarkConfig, build_methods, clip_shot, make_episodes, max_feasible_shot, tune
-
 
 # --------------------------------------------------------------------------------------------------
 # Everything
 
 
-def run_benchmark(synthesizer: SGPSSynthesizer, eval_pools: list[ClassPool], train_pools: list[ClassPool], val_pools: list[ClassPool],
-                  bench: BenchmarkConfig, subgroups: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_benchmark(
+    synthesizer: SGPSSynthesizer,
+    eval_pools: list[ClassPool],
+    train_pools: list[ClassPool],
+    val_pools: list[ClassPool],
+    bench: BenchmarkConfig,
+    subgroups: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run the whole protocol (module docstring) and return the results as a JSON-ready dict."""
     started = time.time()
     synthesizer.eval()
@@ -41,14 +54,30 @@ def run_benchmark(synthesizer: SGPSSynthesizer, eval_pools: list[ClassPool], tra
     trained = time.time()
     focus = clip_shot(bench.focus_shot, eval_pools)
     bench_used = BenchmarkConfig(**{**asdict(bench), "focus_shot": focus})
-    val_episodes = make_episodes(val_pools, bench.ways, min(focus, max_feasible_shot(val_pools)), bench.queries, bench.tune_episodes, bench.seed + 1) if val_pools else []
+    val_episodes = (
+        make_episodes(
+            val_pools,
+            bench.ways,
+            min(focus, max_feasible_shot(val_pools)),
+            bench.queries,
+            bench.tune_episodes,
+            bench.seed + 1,
+        )
+        if val_pools
+        else []
+    )
     tune(methods, val_episodes, bench)
     shots = sorted({clip_shot(s, eval_pools) for s in bench.shots} | {focus})
     table, runs = main_table(methods, eval_pools, bench_used, shots)
     results = {
         "config": {**asdict(bench), "focus_shot_used": focus, "shots_used": shots},
-        "methods": {name: {"description": m.describe(), **({"temperature": methods.temperatures[name]} if name in methods.temperatures else {})}
-                    for name, m in methods.methods.items()},
+        "methods": {
+            name: {
+                "description": m.describe(),
+                **({"temperature": methods.temperatures[name]} if name in methods.temperatures else {}),
+            }
+            for name, m in methods.methods.items()
+        },
         "training": methods.training,
         "tuning": methods.tuning,
         "main": table,

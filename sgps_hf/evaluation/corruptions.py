@@ -64,7 +64,12 @@ def jpeg(images: torch.Tensor, severity: int = 3, seed: int = 0) -> torch.Tensor
 
 
 #: Corruption name -> function(images, severity, seed).
-CORRUPTIONS: dict[str, Callable[..., torch.Tensor]] = {"blur": blur, "noise": noise, "contrast": contrast, "jpeg": jpeg}
+CORRUPTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "blur": blur,
+    "noise": noise,
+    "contrast": contrast,
+    "jpeg": jpeg,
+}
 
 
 def corrupt(images: torch.Tensor, name: str, severity: int = 3, seed: int = 0) -> torch.Tensor:

@@ -16,13 +16,24 @@ from torch import Tensor
 
 from ..body.timm_network import materialize
 from ..data.episodes import ClassPool, Episode
+from ..metrics import calibration, episode_accuracy, mean_ci
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from ..training.episode_inputs import TextBank
 from .baselines import FineTuneMethod, SGPSMethod
 from .corruptions import CORRUPTIONS
-from ..metrics import calibration, episode_accuracy, mean_ci
-from .protocol import FINETUNE_ALL, SGPS_FULL, SGPS_TEXT, BenchmarkConfig, MethodRun, Methods, clip_shot, make_episodes, max_feasible_shot, run_method
+from .protocol import (
+    FINETUNE_ALL,
+    SGPS_FULL,
+    SGPS_TEXT,
+    BenchmarkConfig,
+    MethodRun,
+    Methods,
+    clip_shot,
+    make_episodes,
+    max_feasible_shot,
+    run_method,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +42,9 @@ logger = logging.getLogger(__name__)
 # Criteria
 
 
-def main_table(methods: Methods, pools: list[ClassPool], bench: BenchmarkConfig, shots: list[int]) -> tuple[dict[str, Any], dict[tuple[str, int], MethodRun]]:
+def main_table(
+    methods: Methods, pools: list[ClassPool], bench: BenchmarkConfig, shots: list[int]
+) -> tuple[dict[str, Any], dict[tuple[str, int], MethodRun]]:
     """Per method and shot: the metrics of :meth:`MethodRun.summary`, all methods on the same episodes."""
     table: dict[str, Any] = {}
     runs: dict[tuple[str, int], MethodRun] = {}
@@ -42,12 +55,16 @@ def main_table(methods: Methods, pools: list[ClassPool], bench: BenchmarkConfig,
             logger.info("main: %s, %d-shot", name, shot)
             shift = bench.shift_episodes if shot == bench.focus_shot else 0
             chosen_episodes = episodes[: bench.finetune_all_episodes] if name == FINETUNE_ALL else episodes
-            runs[name, shot] = run_method(method, chosen_episodes, shift_episodes=shift, severity=bench.severity, seed=bench.seed)
+            runs[name, shot] = run_method(
+                method, chosen_episodes, shift_episodes=shift, severity=bench.severity, seed=bench.seed
+            )
             table.setdefault(name, {})[str(shot)] = runs[name, shot].summary()
     return table, runs
 
 
-def data_efficiency(methods: Methods, pools: list[ClassPool], bench: BenchmarkConfig, main_runs: dict[tuple[str, int], MethodRun]) -> dict[str, Any]:
+def data_efficiency(
+    methods: Methods, pools: list[ClassPool], bench: BenchmarkConfig, main_runs: dict[tuple[str, int], MethodRun]
+) -> dict[str, Any]:
     """Accuracy against shots (clipped to the data); shots of the main table reuse its runs."""
     curve: dict[str, Any] = {"requested": list(bench.curve_shots), "points": {}}
     shots = sorted({clip_shot(s, pools) for s in bench.curve_shots if s > 0})
@@ -57,14 +74,21 @@ def data_efficiency(methods: Methods, pools: list[ClassPool], bench: BenchmarkCo
         for name, method in methods.cheap_image_methods().items():
             run = main_runs.get((name, shot))
             if run is None:
-                episodes = episodes or make_episodes(pools, bench.ways, shot, bench.queries, bench.curve_episodes, bench.seed)
+                episodes = episodes or make_episodes(
+                    pools, bench.ways, shot, bench.queries, bench.curve_episodes, bench.seed
+                )
                 run = run_method(method, episodes)
             curve["points"].setdefault(name, {})[str(shot)] = mean_ci(s["accuracy"] for s in run.scores)
     return curve
 
 
-def generalization_gap(methods: Methods, train_pools: list[ClassPool], bench: BenchmarkConfig, shot: int,
-                       main_runs: dict[tuple[str, int], MethodRun]) -> dict[str, Any]:
+def generalization_gap(
+    methods: Methods,
+    train_pools: list[ClassPool],
+    bench: BenchmarkConfig,
+    shot: int,
+    main_runs: dict[tuple[str, int], MethodRun],
+) -> dict[str, Any]:
     """Accuracy on meta-train-class episodes minus accuracy on the evaluation tasks, at ``shot``."""
     shot = min(shot, max_feasible_shot(train_pools))
     episodes = make_episodes(train_pools, bench.ways, shot, bench.queries, bench.gap_episodes, bench.seed)
@@ -74,7 +98,8 @@ def generalization_gap(methods: Methods, train_pools: list[ClassPool], bench: Be
         held = main_runs.get((name, shot))
         test_accuracy = mean_ci(s["accuracy"] for s in held.scores) if held else None
         gap["methods"][name] = {
-            "meta_train": train_accuracy, "evaluation": test_accuracy,
+            "meta_train": train_accuracy,
+            "evaluation": test_accuracy,
             "gap": train_accuracy["mean"] - test_accuracy["mean"] if test_accuracy else None,
         }
     return gap
@@ -108,8 +133,14 @@ def domain_shift(main_runs: dict[tuple[str, int], MethodRun], shot: int, severit
     return out
 
 
-def speed(methods: Methods, synthesizer: SGPSSynthesizer, pools: list[ClassPool], bench: BenchmarkConfig, shot: int,
-          main_runs: dict[tuple[str, int], MethodRun]) -> dict[str, Any]:
+def speed(
+    methods: Methods,
+    synthesizer: SGPSSynthesizer,
+    pools: list[ClassPool],
+    bench: BenchmarkConfig,
+    shot: int,
+    main_runs: dict[tuple[str, int], MethodRun],
+) -> dict[str, Any]:
     """Synthesis seconds vs fine-tuning seconds to its best accuracy; synthesized vs plain timm inference speed."""
     finetune: FineTuneMethod = methods.methods[FINETUNE_ALL]
     episodes = make_episodes(pools, bench.ways, shot, bench.queries, bench.speed_episodes, bench.seed)
@@ -119,7 +150,9 @@ def speed(methods: Methods, synthesizer: SGPSSynthesizer, pools: list[ClassPool]
     for episode in episodes:
         clock = {"start": time.perf_counter(), "trace": 0.0}
 
-        def trace(step: int, predict: Callable[[Tensor], Tensor], episode: Episode = episode, clock: dict = clock) -> None:
+        def trace(
+            step: int, predict: Callable[[Tensor], Tensor], episode: Episode = episode, clock: dict = clock
+        ) -> None:
             started = time.perf_counter()
             at_step.setdefault(step, []).append(started - clock["start"] - clock["trace"])
             accuracy = episode_accuracy(predict(episode.query), episode.query_labels)
@@ -127,14 +160,20 @@ def speed(methods: Methods, synthesizer: SGPSSynthesizer, pools: list[ClassPool]
             clock["trace"] += time.perf_counter() - started
 
         keys = ("body", "processor", "lr", "steps", "weight_decay", "probe_lr", "probe_steps", "top_blocks", "seed")
-        traced = FineTuneMethod(**{k: getattr(finetune, k) for k in keys}, trace=trace, trace_every=max(1, finetune.steps // 5))
+        traced = FineTuneMethod(
+            **{k: getattr(finetune, k) for k in keys}, trace=trace, trace_every=max(1, finetune.steps // 5)
+        )
         clock["start"] = time.perf_counter()
         traced.adapt(episode)
         seconds.append(time.perf_counter() - clock["start"] - clock["trace"])
     mean_curve = {step: float(np.mean(v)) for step, v in sorted(curves.items())}
     best_step = max(mean_curve, key=lambda s: (mean_curve[s], -s))  # the earliest step reaching the best accuracy
     finetune_to_best = float(np.mean(at_step[best_step]))  # includes the linear-probe head initialisation
-    synthesis = main_runs[SGPS_FULL, shot].summary()["adapt_seconds"]["mean"] if (SGPS_FULL, shot) in main_runs else float("nan")
+    synthesis = (
+        main_runs[SGPS_FULL, shot].summary()["adapt_seconds"]["mean"]
+        if (SGPS_FULL, shot) in main_runs
+        else float("nan")
+    )
     return {
         "shot": shot,
         "synthesis_seconds_per_task": synthesis,
@@ -148,17 +187,25 @@ def speed(methods: Methods, synthesizer: SGPSSynthesizer, pools: list[ClassPool]
 
 
 @torch.no_grad()
-def inference_throughput(synthesizer: SGPSSynthesizer, episode: Episode, batch: int = 64, repeats: int = 5) -> dict[str, float]:
+def inference_throughput(
+    synthesizer: SGPSSynthesizer, episode: Episode, batch: int = 64, repeats: int = 5
+) -> dict[str, float]:
     """Images/s of a synthesized classifier (materialised timm model) and of a plain timm model of the same
     architecture: the synthesized classifier is an ordinary network, so the ratio should be 1.0."""
     processor = SGPSImageProcessor.from_sgps_config(synthesizer.config)
     method = SGPSMethod(synthesizer, TextBank(synthesizer.config, episode.class_texts), True, True)
     n = len(episode.class_names)
     weights = synthesizer.generate_weights(
-        n, processor.normalize_uint8(episode.support), episode.support_labels, method.text_bank(episode.class_texts), torch.ones(n, dtype=torch.bool)
+        n,
+        processor.normalize_uint8(episode.support),
+        episode.support_labels,
+        method.text_bank(episode.class_texts),
+        torch.ones(n, dtype=torch.bool),
     )
     synthesized = materialize(synthesizer.config, weights)
-    plain = timm.create_model(synthesizer.config.target_architecture, num_classes=n, **synthesizer.config.target_model_args).eval()
+    plain = timm.create_model(
+        synthesizer.config.target_architecture, num_classes=n, **synthesizer.config.target_model_args
+    ).eval()
     size = synthesizer.config.image_size
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     rates = {"synthesized": [], "plain": []}
@@ -170,8 +217,11 @@ def inference_throughput(synthesizer: SGPSSynthesizer, episode: Episode, batch: 
             model(images)
             rates[name].append(batch / (time.perf_counter() - started))
     synthesized_rate, plain_rate = float(np.median(rates["synthesized"])), float(np.median(rates["plain"]))
-    return {"synthesized_images_per_s": synthesized_rate, "plain_timm_images_per_s": plain_rate,
-            "inference_ratio": synthesized_rate / plain_rate}
+    return {
+        "synthesized_images_per_s": synthesized_rate,
+        "plain_timm_images_per_s": plain_rate,
+        "inference_ratio": synthesized_rate / plain_rate,
+    }
 
 
 def subgroup_report(groups: dict[str, Any] | None) -> dict[str, Any]:

@@ -7,11 +7,11 @@ from typing import Iterable
 
 import torch
 
+from ..body.text_encoder import embed_texts
 from ..data.episodes import ClassPool, EpisodeSampler
+from ..metrics import episode_accuracy, mean_ci
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
-from ..body.text_encoder import embed_texts
-from ..metrics import episode_accuracy, mean_ci
 
 
 @dataclass
@@ -47,7 +47,7 @@ def evaluate_synthesizer(
     """Query accuracy per task and overall, on seeded episodes drawn from ``pools``."""
     processor = SGPSImageProcessor.from_sgps_config(synthesizer.config)
     texts = sorted({p.text for p in pools})
-    bank = dict(zip(texts, embed_texts(synthesizer.config.text_encoder, texts, synthesizer.config.max_text_length)))
+    bank = dict(zip(texts, embed_texts(synthesizer.config.text_encoder, texts, synthesizer.config.max_text_length), strict=False))
     sampler = EpisodeSampler(pools, n_way=n_way, k_shot=k_shot, q_query=q_query, seed=seed)
     synthesizer.eval()
     per_task: dict[str, list[float]] = {}

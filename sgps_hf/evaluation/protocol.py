@@ -15,13 +15,20 @@ import torch
 from torch import Tensor, nn
 
 from ..data.episodes import ClassPool, Episode, EpisodeSampler
+from ..metrics import calibration, episode_accuracy, episode_scores, mean_ci
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from ..training.episode_inputs import TextBank
-from .baselines import FeatureMemo, FewShotMethod, FineTuneMethod, LinearProbeMethod, NearestNeighbourMethod, ProtoNetMethod, SGPSMethod
+from .baselines import (
+    FeatureMemo,
+    FewShotMethod,
+    FineTuneMethod,
+    LinearProbeMethod,
+    NearestNeighbourMethod,
+    ProtoNetMethod,
+    SGPSMethod,
+)
 from .corruptions import CORRUPTIONS, corrupt
-from ..metrics import calibration, episode_accuracy, episode_scores, mean_ci
-
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +83,9 @@ def clip_shot(shot: int, pools: Sequence[ClassPool]) -> int:
     return 0 if shot == 0 else min(shot, max_feasible_shot(pools))
 
 
-def make_episodes(pools: Sequence[ClassPool], ways: int, shot: int, queries: int, count: int, seed: int) -> list[Episode]:
+def make_episodes(
+    pools: Sequence[ClassPool], ways: int, shot: int, queries: int, count: int, seed: int
+) -> list[Episode]:
     """``count`` seeded episodes; shot 0 draws 1-shot episodes whose support text-only methods ignore."""
     sampler = EpisodeSampler(list(pools), n_way=ways, k_shot=max(shot, 1), q_query=queries, seed=seed)
     return [sampler.episode(i) for i in range(count)]
@@ -98,13 +107,16 @@ class MethodRun:
     shifted: dict[str, list[float]] = field(default_factory=dict)
 
     def summary(self, temperature: float = 1.0) -> dict[str, Any]:
-        out: dict[str, Any] = {name: mean_ci(s[name] for s in self.scores) for name in ("accuracy", "macro_f1", "auroc")}
+        out: dict[str, Any] = {
+            name: mean_ci(s[name] for s in self.scores) for name in ("accuracy", "macro_f1", "auroc")
+        }
         pooled = calibration(*self.pooled(temperature))
         out["ece"] = pooled["ece"]
         out["adapt_seconds"] = mean_ci(self.adapt_seconds)
         out["episodes"] = len(self.scores)
         out["per_task_accuracy"] = {
-            task: mean_ci(s["accuracy"] for s, t in zip(self.scores, self.tasks) if t == task) for task in sorted(set(self.tasks))
+            task: mean_ci(s["accuracy"] for s, t in zip(self.scores, self.tasks, strict=False) if t == task)
+            for task in sorted(set(self.tasks))
         }
         return out
 
@@ -115,7 +127,9 @@ class MethodRun:
         return torch.cat(probs).numpy(), torch.cat(self.labels).numpy()
 
 
-def run_method(method: FewShotMethod, episodes: Sequence[Episode], *, shift_episodes: int = 0, severity: int = 3, seed: int = 0) -> MethodRun:
+def run_method(
+    method: FewShotMethod, episodes: Sequence[Episode], *, shift_episodes: int = 0, severity: int = 3, seed: int = 0
+) -> MethodRun:
     """Adapt ``method`` to each episode and score its queries; the first ``shift_episodes`` also get corrupted queries."""
     run = MethodRun()
     for i, episode in enumerate(episodes):
@@ -146,7 +160,9 @@ def fit_temperature(logits: Sequence[Tensor], labels: Sequence[Tensor], low: flo
     bounds keep a perfectly separated validation set (NLL falling forever as T -> 0) from giving a
     degenerate temperature.
     """
-    stacked = torch.cat([nn.functional.pad(l, (0, max(x.shape[1] for x in logits) - l.shape[1]), value=-torch.inf) for l in logits])
+    stacked = torch.cat(
+        [nn.functional.pad(l, (0, max(x.shape[1] for x in logits) - l.shape[1]), value=-torch.inf) for l in logits]
+    )
     targets = torch.cat(list(labels))
 
     def nll(log_t: Tensor) -> Tensor:  # [G] -> [G]
@@ -156,7 +172,9 @@ def fit_temperature(logits: Sequence[Tensor], labels: Sequence[Tensor], low: flo
     grid = torch.linspace(np.log(low), np.log(high), 121, dtype=torch.float64)
     best = grid[nll(grid).argmin()]
     step = grid[1] - grid[0]
-    fine = torch.linspace(float(best - step), float(best + step), 41, dtype=torch.float64).clamp(np.log(low), np.log(high))
+    fine = torch.linspace(float(best - step), float(best + step), 41, dtype=torch.float64).clamp(
+        np.log(low), np.log(high)
+    )
     return float(fine[nll(fine).argmin()].exp())
 
 
@@ -196,17 +214,28 @@ def build_methods(synthesizer: SGPSSynthesizer, texts: TextBank, bench: Benchmar
         SGPS_IMAGE: SGPSMethod(synthesizer, texts, False, True, SGPS_IMAGE, features=shared),
         SGPS_TEXT: SGPSMethod(synthesizer, texts, True, False, SGPS_TEXT, features=shared),
         "ProtoNet": ProtoNetMethod(shared, processor),
-        FINETUNE_ALL: FineTuneMethod(copy.deepcopy(body), processor, steps=bench.finetune_steps, seed=bench.seed, name=FINETUNE_ALL),
-        FINETUNE_TOP: FineTuneMethod(copy.deepcopy(body), processor, steps=bench.finetune_steps, top_blocks=bench.finetune_top_blocks,
-                                     seed=bench.seed, name=FINETUNE_TOP),
+        FINETUNE_ALL: FineTuneMethod(
+            copy.deepcopy(body), processor, steps=bench.finetune_steps, seed=bench.seed, name=FINETUNE_ALL
+        ),
+        FINETUNE_TOP: FineTuneMethod(
+            copy.deepcopy(body),
+            processor,
+            steps=bench.finetune_steps,
+            top_blocks=bench.finetune_top_blocks,
+            seed=bench.seed,
+            name=FINETUNE_TOP,
+        ),
         PROBE: LinearProbeMethod(shared, processor),
         "Nearest neighbour": NearestNeighbourMethod(shared, processor),
     }
-    body_facts = f"the synthesizer's body ({synthesizer.config.target_architecture}, {synthesizer.config.image_size} px)"
+    body_facts = (
+        f"the synthesizer's body ({synthesizer.config.target_architecture}, {synthesizer.config.image_size} px)"
+    )
     training = {
-        "shared body": body_facts + ", identical for every method; no method is trained on the meta-train tasks beyond it",
+        "shared body": body_facts
+        + ", identical for every method; no method is trained on the meta-train tasks beyond it",
         "ProtoNet": "nearest-prototype rule on the shared body (its episodic training would change the body: with one shared "
-                    "body, ProtoNet is its rule)",
+        "body, ProtoNet is its rule)",
         FINETUNE_ALL: f"all layers from the shared body, on the first {bench.finetune_all_episodes} episodes of each shot (CPU cost)",
         FINETUNE_TOP: f"last {bench.finetune_top_blocks} block stages + conv_head + head from the shared body",
         PROBE: "frozen shared body",
@@ -239,7 +268,11 @@ def tune(methods: Methods, val_episodes: list[Episode], bench: BenchmarkConfig) 
             m[FINETUNE_TOP].probe_lr = m[FINETUNE_ALL].probe_lr = best
         if name == FINETUNE_TOP:  # all-layer fine-tuning is too costly to tune separately: it takes the same lr
             m[FINETUNE_ALL].lr = best
-        methods.tuning[name] = {"parameter": attribute, "scores": {str(k): v for k, v in scores.items()}, "chosen": best}
+        methods.tuning[name] = {
+            "parameter": attribute,
+            "scores": {str(k): v for k, v in scores.items()},
+            "chosen": best,
+        }
         runs[name] = runs[f"{name}={best}"]
     for name, method in m.items():
         if name == FINETUNE_ALL:  # too costly to run on meta-val as well: it borrows the top-layer variant's settings
@@ -248,5 +281,7 @@ def tune(methods: Methods, val_episodes: list[Episode], bench: BenchmarkConfig) 
         methods.temperatures[name] = fit_temperature(run.logits, run.labels)
         methods.tuning.setdefault(name, {})["meta_val_accuracy"] = accuracy_of(run)
     methods.temperatures[FINETUNE_ALL] = methods.temperatures[FINETUNE_TOP]
-    methods.tuning[FINETUNE_ALL] = {"note": f"lr, probe lr and temperature of {FINETUNE_TOP} (not tuned separately: CPU cost)"}
+    methods.tuning[FINETUNE_ALL] = {
+        "note": f"lr, probe lr and temperature of {FINETUNE_TOP} (not tuned separately: CPU cost)"
+    }
     methods.tuning["episodes"] = len(val_episodes)

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.segmentation import Episode, EpisodeSampler, TaskArrays
-from ..training.seg_meta_train import FeatureBank, episode_logits
 from ..metrics import dice_iou
 from ..models.sgps_seg.modeling_sgps_seg import SGPSSegSynthesizer, segmentation_loss
+from ..training.seg_meta_train import FeatureBank, episode_logits
 
 PANET_SCALE = 20.0  # PANet's cosine-similarity temperature
 
@@ -44,7 +44,18 @@ class BenchmarkConfig:
     finetune_lr: float = 1e-3
     finetune_imagenet_steps: int = 40
     finetune_imagenet_lr: float = 3e-3
-    methods: list[str] = field(default_factory=lambda: ["synthesizer", "synthesizer-prototype", "synthesizer-ridge", "mean-mask", "panet-imagenet", "panet-imagenet-all-levels", "finetune", "finetune-imagenet"])
+    methods: list[str] = field(
+        default_factory=lambda: [
+            "synthesizer",
+            "synthesizer-prototype",
+            "synthesizer-ridge",
+            "mean-mask",
+            "panet-imagenet",
+            "panet-imagenet-all-levels",
+            "finetune",
+            "finetune-imagenet",
+        ]
+    )
     panet_levels: list[int] = field(default_factory=lambda: [0, 1])
     finetune_episodes: int | None = None  # the fine-tuning methods (seconds per episode) on the first n episodes only
     bootstrap: int = 2000
@@ -53,7 +64,10 @@ class BenchmarkConfig:
 def panet_predict(bank: FeatureBank, episode: Episode, levels: Sequence[int]) -> torch.Tensor:
     feats, masks = bank.get(episode.task, list(episode.support) + list(episode.query))
     size = feats[0].shape[-2:]
-    x = torch.cat([F.normalize(F.interpolate(feats[i], size=size, mode="bilinear", align_corners=False), dim=1) for i in levels], 1)
+    x = torch.cat(
+        [F.normalize(F.interpolate(feats[i], size=size, mode="bilinear", align_corners=False), dim=1) for i in levels],
+        1,
+    )
     k = episode.k
     y = F.adaptive_avg_pool2d(masks[:k], size)
     support = x[:k]
@@ -71,7 +85,9 @@ def mean_mask_predict(bank: FeatureBank, episode: Episode) -> torch.Tensor:
     return (mean >= 0.5).expand(len(episode.query), *mean.shape)
 
 
-def finetune_predict(model: SGPSSegSynthesizer, bank: FeatureBank, episode: Episode, steps: int, lr: float, init_head: bool, seed: int) -> torch.Tensor:
+def finetune_predict(
+    model: SGPSSegSynthesizer, bank: FeatureBank, episode: Episode, steps: int, lr: float, init_head: bool, seed: int
+) -> torch.Tensor:
     """Fine-tune a copy of the decoder + 1x1 classifier on the K examples (mirrored too), then segment the queries.
 
     With a raw pass-through block (``config.raw_levels``) the classifier spans learned + raw channels and the raw
@@ -98,7 +114,7 @@ def finetune_predict(model: SGPSSegSynthesizer, bank: FeatureBank, episode: Epis
     optimizer = torch.optim.Adam(params, lr=lr)
     plain, masks = bank.get(episode.task, episode.support)
     mirrored, mirrored_masks = bank.get(episode.task, episode.support, flip=True)
-    inputs = [torch.cat([a, b]) for a, b in zip(plain, mirrored)]
+    inputs = [torch.cat([a, b]) for a, b in zip(plain, mirrored, strict=False)]
     targets = torch.cat([masks, mirrored_masks])
 
     def network(levels):
@@ -116,7 +132,9 @@ def finetune_predict(model: SGPSSegSynthesizer, bank: FeatureBank, episode: Epis
     return logits[:, 1] > logits[:, 0]
 
 
-def synth_predict(model: SGPSSegSynthesizer, bank: FeatureBank, episode: Episode, head: str | None = None) -> torch.Tensor:
+def synth_predict(
+    model: SGPSSegSynthesizer, bank: FeatureBank, episode: Episode, head: str | None = None
+) -> torch.Tensor:
     with torch.no_grad():
         logits, _ = episode_logits(model, bank, episode, head=head)
     return logits[:, 1] > logits[:, 0]
@@ -141,11 +159,19 @@ def run_benchmark(
         "mean-mask": lambda ep, i: mean_mask_predict(bank, ep),
         "panet-imagenet": lambda ep, i: panet_predict(bank, ep, config.panet_levels),
         "panet-imagenet-all-levels": lambda ep, i: panet_predict(bank, ep, [0, 1, 2, 3]),
-        "finetune": lambda ep, i: finetune_predict(model, bank, ep, config.finetune_steps, config.finetune_lr, True, config.seed + i),
+        "finetune": lambda ep, i: finetune_predict(
+            model, bank, ep, config.finetune_steps, config.finetune_lr, True, config.seed + i
+        ),
     }
     if imagenet_model is not None:
         methods["finetune-imagenet"] = lambda ep, i: finetune_predict(
-            imagenet_model, bank, ep, config.finetune_imagenet_steps, config.finetune_imagenet_lr, False, config.seed + i
+            imagenet_model,
+            bank,
+            ep,
+            config.finetune_imagenet_steps,
+            config.finetune_imagenet_lr,
+            False,
+            config.seed + i,
         )
     selected = [m for m in config.methods if m in methods]
     names: dict[str, str] = {}
@@ -163,17 +189,32 @@ def run_benchmark(
                 started = time.perf_counter()
                 predictions = [methods[method](ep, i).numpy() for i, ep in enumerate(episodes[:n_ep])]
                 timing[names.get(method, method)].append((time.perf_counter() - started) / n_ep)
-                scores = dice_iou([m for batch in predictions for m in batch], [m for batch in references[:n_ep] for m in batch], per_image=True)
+                scores = dice_iou(
+                    [m for batch in predictions for m in batch],
+                    [m for batch in references[:n_ep] for m in batch],
+                    per_image=True,
+                )
                 sizes = np.cumsum([0] + [len(b) for b in predictions])
-                per_episode = [float(np.mean(scores["dice_per_image"][a:b])) for a, b in zip(sizes[:-1], sizes[1:])]
+                per_episode = [float(np.mean(scores["dice_per_image"][a:b])) for a, b in zip(sizes[:-1], sizes[1:], strict=False)]
                 per_task[task][names.get(method, method)][str(k)] = {
-                    "dice": scores["dice"], "iou": scores["iou"], "n": sum(len(b) for b in predictions), "episodes": n_ep, "episode_dice": per_episode,
+                    "dice": scores["dice"],
+                    "iou": scores["iou"],
+                    "n": sum(len(b) for b in predictions),
+                    "episodes": n_ep,
+                    "episode_dice": per_episode,
                 }
-            log(f"{task} K={k}: " + ", ".join(f"{names.get(m, m)} {per_task[task][names.get(m, m)][str(k)]['dice']:.3f}" for m in selected))
+            log(
+                f"{task} K={k}: "
+                + ", ".join(
+                    f"{names.get(m, m)} {per_task[task][names.get(m, m)][str(k)]['dice']:.3f}" for m in selected
+                )
+            )
     return {"per_task": per_task, "timing_s": {m: float(np.mean(v)) for m, v in timing.items() if v}}
 
 
-def summarize(per_task: dict[str, Any], ks: Sequence[int], bootstrap: int = 2000, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+def summarize(
+    per_task: dict[str, Any], ks: Sequence[int], bootstrap: int = 2000, seed: int = 0
+) -> dict[str, dict[str, dict[str, float]]]:
     """Mean over tasks: ``{method: {k: {"dice", "iou", "dice_ci": [lo, hi], "episodes"}}}``.
 
     ``dice_ci``: 95% percentile bootstrap interval of the task-mean Dice, resampling episodes within each task
@@ -210,7 +251,9 @@ def bootstrap_ci(per_task_scores: Sequence[Sequence[float]], n: int = 2000, seed
     return [float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))]
 
 
-def paired_difference(per_task: dict[str, Any], a: str, b: str, k: int, n: int = 2000, seed: int = 0) -> dict[str, float]:
+def paired_difference(
+    per_task: dict[str, Any], a: str, b: str, k: int, n: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """Task-mean Dice of ``a`` minus ``b`` at ``k`` on the same episodes, with a paired 95% bootstrap interval."""
     diffs = []
     for t in per_task:
@@ -218,4 +261,7 @@ def paired_difference(per_task: dict[str, Any], a: str, b: str, k: int, n: int =
         m = min(len(da), len(db))
         diffs.append(np.asarray(da[:m]) - np.asarray(db[:m]))
     reps = _resample_means(diffs, n, seed + k)
-    return {"diff": float(np.mean([d.mean() for d in diffs])), "ci": [float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))]}
+    return {
+        "diff": float(np.mean([d.mean() for d in diffs])),
+        "ci": [float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))],
+    }

@@ -12,7 +12,9 @@ from ..data.registry import resolve_data_dir
 _NON_GROUP_COLUMNS = {"file_name", "label", "image", "file", "path"}
 
 
-def subgroup_metadata(source: str | None, split: str | None, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def subgroup_metadata(
+    source: str | None, split: str | None, data_dir: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """Whether the evaluated data carries per-image subgroup metadata (sex, age, site, skin type...).
 
     The shared data has none: its ``SOURCES.md`` and ``manifest.json`` describe tasks and classes,
@@ -38,7 +40,8 @@ def subgroup_metadata(source: str | None, split: str | None, data_dir: str | os.
         return {
             "available": False,
             "reason": "no per-image subgroup metadata: the data has no imagefolder metadata.csv/metadata.jsonl with "
-            "subgroup columns" + (" (SOURCES.md and manifest.json describe only tasks, classes, sources and licences)" if split else ""),
+            "subgroup columns"
+            + (" (SOURCES.md and manifest.json describe only tasks, classes, sources and licences)" if split else ""),
         }
     return {
         "available": True,

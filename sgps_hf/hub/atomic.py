@@ -18,8 +18,8 @@ import ctypes
 import errno
 import os
 import shutil
-import sys
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -271,7 +271,9 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def save_pretrained_atomically(save: Callable[..., Any], save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+def save_pretrained_atomically(
+    save: Callable[..., Any], save_directory: str | os.PathLike, *args: Any, **kwargs: Any
+) -> Any:
     """``save(staging, *args, **kwargs)`` of a transformers ``save_pretrained``, swapped in atomically.
 
     A crash or kill midway leaves the previous folder intact; files already there that this save does not write (a

@@ -53,8 +53,8 @@ def checkpoint_reference(name_or_path: str) -> str:
 
 def resolve_checkpoint(reference: str) -> str:
     """What ``from_pretrained`` loads for a :func:`checkpoint_reference` (the bundled folder for a bundled name)."""
-    if reference.startswith(BUNDLED_PREFIX) and (BUNDLED_CHECKPOINTS / reference[len(BUNDLED_PREFIX):]).is_dir():
-        return str(BUNDLED_CHECKPOINTS / reference[len(BUNDLED_PREFIX):])
+    if reference.startswith(BUNDLED_PREFIX) and (BUNDLED_CHECKPOINTS / reference[len(BUNDLED_PREFIX) :]).is_dir():
+        return str(BUNDLED_CHECKPOINTS / reference[len(BUNDLED_PREFIX) :])
     return reference
 
 
@@ -97,8 +97,11 @@ def _resolve_commit(name: str, kwargs: dict[str, Any]) -> str | None:
     from transformers.utils.hub import resolve_revision
 
     revision = resolve_revision(
-        name, kwargs.get("revision"), token=kwargs.get("token"),
-        local_files_only=bool(kwargs.get("local_files_only", False)), cache_dir=kwargs.get("cache_dir"),
+        name,
+        kwargs.get("revision"),
+        token=kwargs.get("token"),
+        local_files_only=bool(kwargs.get("local_files_only", False)),
+        cache_dir=kwargs.get("cache_dir"),
     )
     commit = getattr(revision, "resolved", None)
     if commit:
@@ -106,7 +109,9 @@ def _resolve_commit(name: str, kwargs: dict[str, Any]) -> str | None:
     return commit
 
 
-def load_checked(load: Callable[..., tuple[nn.Module, dict]], name: object, kwargs: dict[str, Any]) -> tuple[nn.Module, dict]:
+def load_checked(
+    load: Callable[..., tuple[nn.Module, dict]], name: object, kwargs: dict[str, Any]
+) -> tuple[nn.Module, dict]:
     """``load(**kwargs, output_loading_info=True)`` with every load failure as a CheckpointError."""
     try:
         model, info = load(**kwargs, output_loading_info=True)
@@ -120,11 +125,15 @@ def load_checked(load: Callable[..., tuple[nn.Module, dict]], name: object, kwar
 
 def check_loading_info(info: dict, name: object) -> None:
     """Second line of defence (sharded or unusual checkpoints): transformers must have loaded every tensor exactly."""
-    problems = {key: list(info.get(key) or []) for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
+    problems = {
+        key: list(info.get(key) or []) for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
+    }
     problems = {key: values for key, values in problems.items() if values}
     if problems:
         detail = "; ".join(f"{key}: {values[:5]}" for key, values in problems.items())
-        raise CheckpointError(f"The weights of {name} do not match its config ({detail}); save the synthesizer again with save_pretrained.")
+        raise CheckpointError(
+            f"The weights of {name} do not match its config ({detail}); save the synthesizer again with save_pretrained."
+        )
 
 
 @torch.no_grad()
@@ -154,7 +163,9 @@ def _check_checkpoint(cls: type, name: str, kwargs: dict, commit: str | None) ->
     try:
         expected = expected_tensors(lambda: cls(config))
     except (ValueError, TypeError, RuntimeError, KeyError, AttributeError) as exc:  # e.g. a target timm cannot build
-        raise CheckpointError(f"The config.json in {folder} describes a synthesizer that cannot be built ({exc}); fix or re-save it.") from exc
+        raise CheckpointError(
+            f"The config.json in {folder} describes a synthesizer that cannot be built ({exc}); fix or re-save it."
+        ) from exc
     check_tensors(read_header(files), expected, folder, "synthesizer")
 
 
@@ -167,7 +178,10 @@ def _checkpoint_folder(name: str, kwargs: dict, commit: str | None) -> Path:
 
     patterns = [f"{subfolder}/*" if subfolder else "*"]
     folder = snapshot_download(
-        name, revision=commit or kwargs.get("revision"), token=kwargs.get("token"), cache_dir=kwargs.get("cache_dir"),
+        name,
+        revision=commit or kwargs.get("revision"),
+        token=kwargs.get("token"),
+        cache_dir=kwargs.get("cache_dir"),
         local_files_only=bool(kwargs.get("local_files_only", False)),
         allow_patterns=[p + suffix for p in patterns for suffix in (".json", ".safetensors")],
     )
@@ -176,8 +190,12 @@ def _checkpoint_folder(name: str, kwargs: dict, commit: str | None) -> Path:
 
 def _load_config(config_class: type, folder: Path) -> Any:
     if not (folder / "config.json").is_file():
-        raise CheckpointError(f"No config.json in {folder}; a synthesizer checkpoint needs its config next to model.safetensors.")
+        raise CheckpointError(
+            f"No config.json in {folder}; a synthesizer checkpoint needs its config next to model.safetensors."
+        )
     try:
         return config_class.from_pretrained(folder)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"The config.json in {folder} is invalid ({exc}); fix the named value or re-save the synthesizer.") from exc
+        raise CheckpointError(
+            f"The config.json in {folder} is invalid ({exc}); fix the named value or re-save the synthesizer."
+        ) from exc

@@ -30,12 +30,16 @@ def read_json(path: Path, hint: str) -> Any:
     """Parsed JSON of a sidecar file, or CheckpointError naming it (bounded size, duplicate keys refused)."""
     try:
         if path.stat().st_size > _MAX_SIDECAR_BYTES:
-            raise CheckpointError(f"{path} is larger than {_MAX_SIDECAR_BYTES // 2**20} MiB, far more than sgps_hf writes; restore it.")
+            raise CheckpointError(
+                f"{path} is larger than {_MAX_SIDECAR_BYTES // 2**20} MiB, far more than sgps_hf writes; restore it."
+            )
         return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_pairs(path))
     except CheckpointError:
         raise
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{path.parent} has no readable {path.name} (missing or not valid JSON: {type(exc).__name__}: {exc}); {hint}") from exc
+        raise CheckpointError(
+            f"{path.parent} has no readable {path.name} (missing or not valid JSON: {type(exc).__name__}: {exc}); {hint}"
+        ) from exc
 
 
 _MAX_SIDECAR_BYTES = 64 * 1024 * 1024
@@ -46,7 +50,9 @@ def _unique_pairs(path: Path):
         result: dict[str, Any] = {}
         for key, value in pairs:
             if key in result:
-                raise CheckpointError(f"{path}: key {key!r} appears twice in one object; restore the file or save the classifier again.")
+                raise CheckpointError(
+                    f"{path}: key {key!r} appears twice in one object; restore the file or save the classifier again."
+                )
             result[key] = value
         return result
 
@@ -57,13 +63,21 @@ def read_timm_config(folder: Path) -> tuple[str, list[str], dict[str, Any]]:
     """(architecture, label names, model_args) of a saved classifier's config.json; CheckpointError naming what is wrong."""
     config = read_json(folder / "config.json", "save the classifier again with save_pretrained.")
     if not isinstance(config, dict):
-        raise CheckpointError(f"config.json in {folder} must be a JSON object with architecture, num_classes and label_names.")
-    architecture, labels, model_args = config.get("architecture"), config.get("label_names"), config.get("model_args", {})
+        raise CheckpointError(
+            f"config.json in {folder} must be a JSON object with architecture, num_classes and label_names."
+        )
+    architecture, labels, model_args = (
+        config.get("architecture"),
+        config.get("label_names"),
+        config.get("model_args", {}),
+    )
     problems = []
     if not isinstance(architecture, str) or not architecture:
         problems.append("'architecture' must name a timm model")
     elif not _plain_timm_name(architecture):
-        problems.append(f"'architecture' {short(architecture)} must be a plain timm model name (no hf-hub:, local-dir: or other source)")
+        problems.append(
+            f"'architecture' {short(architecture)} must be a plain timm model name (no hf-hub:, local-dir: or other source)"
+        )
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(label, str) for label in labels):
         problems.append("'label_names' must be a list of at least 2 class names")
     elif not all(label.strip() for label in labels) or len(set(labels)) != len(labels):
@@ -72,17 +86,33 @@ def read_timm_config(folder: Path) -> tuple[str, list[str], dict[str, Any]]:
         problems.append(f"'num_classes' is {short(config.get('num_classes'))} but there are {len(labels)} label_names")
     if not isinstance(config.get("pretrained_cfg", {}), dict):
         problems.append("'pretrained_cfg' must be an object (input_size, mean, std, ...)")
-    if not isinstance(model_args, dict) or set(model_args) & _LOADER_ARGS or not all(_is_scalar(v) for v in model_args.values()):
-        problems.append(f"'model_args' must be an object of plain timm model arguments (none of {sorted(_LOADER_ARGS)})")
+    if (
+        not isinstance(model_args, dict)
+        or set(model_args) & _LOADER_ARGS
+        or not all(_is_scalar(v) for v in model_args.values())
+    ):
+        problems.append(
+            f"'model_args' must be an object of plain timm model arguments (none of {sorted(_LOADER_ARGS)})"
+        )
     if not isinstance(config.get("label_descriptions") or {}, dict):
         problems.append("'label_descriptions' must be an object or null")
     if problems:
-        raise CheckpointError(f"config.json in {folder} is invalid: {'; '.join(problems)}. Save the classifier again with save_pretrained.")
+        raise CheckpointError(
+            f"config.json in {folder} is invalid: {'; '.join(problems)}. Save the classifier again with save_pretrained."
+        )
     return architecture, labels, model_args
 
 
 # model_args that would make timm load other files or override what the folder says: never taken from a config.json.
-_LOADER_ARGS = {"num_classes", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir", "features_only"}
+_LOADER_ARGS = {
+    "num_classes",
+    "pretrained",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "checkpoint_path",
+    "cache_dir",
+    "features_only",
+}
 
 
 def _is_scalar(value: Any) -> bool:
@@ -117,7 +147,9 @@ def synthesis_model_args() -> frozenset[str]:
     return frozenset(TARGET_MODEL_ARGS)
 
 
-def _expected_config_model_args(architecture: str, num_classes: int, target_args: Mapping[str, Any]) -> dict[str, Any] | None:
+def _expected_config_model_args(
+    architecture: str, num_classes: int, target_args: Mapping[str, Any]
+) -> dict[str, Any] | None:
     """What save_pretrained writes as config.json's model_args for this model (timm adds its input and pooling args)."""
     try:
         from timm.models._input import get_model_args
@@ -130,7 +162,9 @@ def _expected_config_model_args(architecture: str, num_classes: int, target_args
     return json.loads(json.dumps(args))
 
 
-def cross_check(folder: Path, info: Mapping[str, Any], architecture: str, label_names: list[str], model_args: Mapping[str, Any]) -> None:
+def cross_check(
+    folder: Path, info: Mapping[str, Any], architecture: str, label_names: list[str], model_args: Mapping[str, Any]
+) -> None:
     """config.json and sgps_task.json must describe the same classifier (labels, architecture, args, preprocessing)."""
     task_file, config_file = folder / TASK_FILE, folder / "config.json"
     task_names = [c["name"] for c in info["task"]["classes"]]
@@ -141,11 +175,15 @@ def cross_check(folder: Path, info: Mapping[str, Any], architecture: str, label_
         )
     target = info["target"]
     if architecture != target["architecture"]:
-        raise CheckpointError(f"{config_file}: key 'architecture' is {architecture!r} but {task_file} records {target['architecture']!r}; restore the files.")
+        raise CheckpointError(
+            f"{config_file}: key 'architecture' is {architecture!r} but {task_file} records {target['architecture']!r}; restore the files."
+        )
     try:
         expected = _expected_config_model_args(architecture, len(label_names), target["model_args"])
     except (RuntimeError, ValueError, TypeError, KeyError, AssertionError, AttributeError) as exc:
-        raise CheckpointError(f"{task_file}: key 'target' describes a model timm cannot build ({type(exc).__name__}: {exc}).") from exc
+        raise CheckpointError(
+            f"{task_file}: key 'target' describes a model timm cannot build ({type(exc).__name__}: {exc})."
+        ) from exc
     if dict(model_args) != expected:
         raise CheckpointError(
             f"{config_file}: key 'model_args' is {short(dict(model_args), 200)}, not what synthesis wrote ({short(expected, 200)}); "
@@ -157,7 +195,11 @@ def cross_check(folder: Path, info: Mapping[str, Any], architecture: str, label_
         if key not in pretrained_cfg:
             continue
         found = pretrained_cfg[key]
-        same = list(found) == list(value) if isinstance(value, list) and isinstance(found, (list, tuple)) else found == value
+        same = (
+            list(found) == list(value)
+            if isinstance(value, list) and isinstance(found, (list, tuple))
+            else found == value
+        )
         if not same:
             raise CheckpointError(
                 f"{config_file}: key 'pretrained_cfg.{key}' is {short(pretrained_cfg.get(key))} but {task_file} records "
@@ -171,26 +213,45 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 def check_task_file(info: Any, folder: Path) -> None:
     """Every key of sgps_task.json that loading, prediction, updates and the model card read; CheckpointError naming it."""
     where = folder / TASK_FILE
-    bad = [key for key in ("task", "target", "data_config") if not isinstance(info, dict) or not isinstance(info.get(key), dict)]
+    bad = [
+        key
+        for key in ("task", "target", "data_config")
+        if not isinstance(info, dict) or not isinstance(info.get(key), dict)
+    ]
     if not bad:
         data = info["data_config"]
         size, mean, std = data.get("input_size"), data.get("mean"), data.get("std")
         valid = (
-            isinstance(size, list) and len(size) == 3 and all(is_int(v) for v in size) and size[0] == 3 and size[1] == size[2]
+            isinstance(size, list)
+            and len(size) == 3
+            and all(is_int(v) for v in size)
+            and size[0] == 3
+            and size[1] == size[2]
             and 8 <= size[2] <= MAX_INPUT_SIZE
-            and isinstance(mean, list) and len(mean) == 3 and all(_is_number(v) for v in mean)
-            and isinstance(std, list) and len(std) == 3 and all(_is_number(v) and v > 0 for v in std)
+            and isinstance(mean, list)
+            and len(mean) == 3
+            and all(_is_number(v) for v in mean)
+            and isinstance(std, list)
+            and len(std) == 3
+            and all(_is_number(v) and v > 0 for v in std)
             and data.get("interpolation") in ("bilinear", "bicubic")
-            and data.get("crop_pct", 1.0) == 1.0 and data.get("crop_mode", "center") == "center"
+            and data.get("crop_pct", 1.0) == 1.0
+            and data.get("crop_mode", "center") == "center"
         )
         if not valid:
-            bad.append(f"data_config (input_size [3, S, S] with 8 <= S <= {MAX_INPUT_SIZE}, 3 finite mean and 3 positive std values, "
-                       "interpolation bilinear or bicubic, crop_pct 1.0, crop_mode center)")
+            bad.append(
+                f"data_config (input_size [3, S, S] with 8 <= S <= {MAX_INPUT_SIZE}, 3 finite mean and 3 positive std values, "
+                "interpolation bilinear or bicubic, crop_pct 1.0, crop_mode center)"
+            )
     if bad:
-        raise CheckpointError(f"{TASK_FILE} in {folder} lacks a valid {', '.join(bad)}; save the classifier again with save_pretrained.")
+        raise CheckpointError(
+            f"{TASK_FILE} in {folder} lacks a valid {', '.join(bad)}; save the classifier again with save_pretrained."
+        )
 
     def fail(key: str, what: str) -> None:
-        raise CheckpointError(f"{where}: key {key!r} {what}. Restore the file or save the classifier again with save_pretrained.")
+        raise CheckpointError(
+            f"{where}: key {key!r} {what}. Restore the file or save the classifier again with save_pretrained."
+        )
 
     task = info["task"]
     if not isinstance(task.get("name"), str) or not isinstance(task.get("modality", ""), str):
@@ -219,30 +280,48 @@ def check_task_file(info: Any, folder: Path) -> None:
         fail("target.architecture", "must be a plain timm model name (no hf-hub:, local-dir: or other source)")
     args = target.get("model_args")
     allowed = synthesis_model_args()
-    if not isinstance(args, dict) or not set(args) <= allowed or not all(_is_scalar(v) and v is not None for v in args.values()):
-        fail("target.model_args", f"must hold only what synthesis writes ({sorted(allowed)}), as plain numbers or texts")
+    if (
+        not isinstance(args, dict)
+        or not set(args) <= allowed
+        or not all(_is_scalar(v) and v is not None for v in args.values())
+    ):
+        fail(
+            "target.model_args", f"must hold only what synthesis writes ({sorted(allowed)}), as plain numbers or texts"
+        )
     if not isinstance(info.get("weights_sha256"), str) or not _SHA256.fullmatch(info["weights_sha256"]):
         fail("weights_sha256", "must be the 64-character sha256 of the weights")
     synthesizer = info.get("synthesizer")
-    if not isinstance(synthesizer, dict) or not all(isinstance(synthesizer.get(k), str) for k in ("name_or_path", "revision")):
+    if not isinstance(synthesizer, dict) or not all(
+        isinstance(synthesizer.get(k), str) for k in ("name_or_path", "revision")
+    ):
         fail("synthesizer", "must be an object with name_or_path and revision texts")
     version = info.get("version", 1)
     if not is_int(version) or version < 1:
         fail("version", "must be a whole number of at least 1")
-    if not is_int(info.get("format_version", FORMAT_VERSION)) or info.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+    if (
+        not is_int(info.get("format_version", FORMAT_VERSION))
+        or info.get("format_version", FORMAT_VERSION) > FORMAT_VERSION
+    ):
         fail("format_version", f"must be at most {FORMAT_VERSION} (a newer sgps_hf wrote it: upgrade sgps_hf)")
     for key in ("created", "sgps_hf_version"):
         if not isinstance(info.get(key, ""), str):
             fail(key, "must be text")
     metrics = info.get("metrics")
-    if metrics is not None and (not isinstance(metrics, dict) or not all(_is_number(metrics.get(k)) for k in ("accuracy", "macro_f1"))
-                                or not is_int(metrics.get("num_images"))):
+    if metrics is not None and (
+        not isinstance(metrics, dict)
+        or not all(_is_number(metrics.get(k)) for k in ("accuracy", "macro_f1"))
+        or not is_int(metrics.get("num_images"))
+    ):
         fail("metrics", "must be null or an object with accuracy, macro_f1 and num_images")
     history = info.get("history", [])
     if not isinstance(history, list):
         fail("history", "must be a list of changelog entries")
     for index, entry in enumerate(history):
-        if not isinstance(entry, dict) or not isinstance(entry.get("summary"), str) or not isinstance(entry.get("created"), str):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("summary"), str)
+            or not isinstance(entry.get("created"), str)
+        ):
             fail(f"history[{index}]", "must be an object with summary and created texts")
         if "version" in entry and not is_int(entry["version"]):
             fail(f"history[{index}].version", "must be a whole number")
@@ -255,7 +334,14 @@ def buildable_tensors(build: Any, folder: Path) -> dict[str, Any]:
     """Tensor specs of the model config.json describes, or CheckpointError when timm cannot build it."""
     try:
         return expected_tensors(build)
-    except (RuntimeError, ValueError, TypeError, KeyError, AssertionError, AttributeError) as exc:  # unknown architecture, bad args
-        raise CheckpointError(f"config.json in {folder} describes a model timm cannot build ({type(exc).__name__}: {exc}).") from exc
-
-
+    except (
+        RuntimeError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AssertionError,
+        AttributeError,
+    ) as exc:  # unknown architecture, bad args
+        raise CheckpointError(
+            f"config.json in {folder} describes a model timm cannot build ({type(exc).__name__}: {exc})."
+        ) from exc

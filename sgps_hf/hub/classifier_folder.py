@@ -28,7 +28,16 @@ from ..errors import CheckpointError, OutputPathError
 from ..imaging import check_path_text
 from .atomic import atomic_directory, folder_lock
 from .checkpoints import state_dict_sha256
-from .classifier_checks import TASK_FILE, buildable_tensors, check_task_file, cross_check, is_int, read_json, read_timm_config, short
+from .classifier_checks import (
+    TASK_FILE,
+    buildable_tensors,
+    check_task_file,
+    cross_check,
+    is_int,
+    read_json,
+    read_timm_config,
+    short,
+)
 from .model_card import classifier_card
 from .safetensors_checks import WEIGHTS_FILE, check_tensors, pickle_files, read_header
 from .support_images import SUPPORT_DIR, check_manifest, support_available, write_support
@@ -50,7 +59,9 @@ class LoadedFolder:
     versions: list[dict[str, Any]]
 
 
-def load_classifier_folder(path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None) -> LoadedFolder:
+def load_classifier_folder(
+    path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None
+) -> LoadedFolder:
     """Resolve (download for a Hub repo id), verify and load a classifier folder."""
     folder = _resolve_folder(path_or_repo_id, revision, token)
     if not (folder / WEIGHTS_FILE).is_file():
@@ -74,7 +85,9 @@ def load_classifier_folder(path_or_repo_id: str | os.PathLike, revision: str | N
     return LoadedFolder(folder, model, label_names, info, versions)
 
 
-def save_classifier_folder(classifier: Any, save_directory: str | os.PathLike, repo_id: str | None, include_support: bool) -> Path:
+def save_classifier_folder(
+    classifier: Any, save_directory: str | os.PathLike, repo_id: str | None, include_support: bool
+) -> Path:
     """Write ``classifier`` (a SynthesizedClassifier) as a folder, atomically; returns the resolved folder.
 
     ``classifier._base`` (folder, weights sha256 it was loaded from) guards against overwriting another writer's change.
@@ -133,7 +146,9 @@ def check_base(base: tuple[Path, str] | None, target: Path) -> None:
         )
 
 
-def push_classifier(classifier: Any, repo_id: str, token: str | None, private: bool | None, commit_message: str, include_support: bool) -> str:
+def push_classifier(
+    classifier: Any, repo_id: str, token: str | None, private: bool | None, commit_message: str, include_support: bool
+) -> str:
     """Create ``repo_id`` if needed and upload the saved folder (support images only when asked); the commit URL."""
     from huggingface_hub import HfApi
 
@@ -142,7 +157,9 @@ def push_classifier(classifier: Any, repo_id: str, token: str | None, private: b
     with tempfile.TemporaryDirectory() as tmp:
         folder = classifier.save_pretrained(Path(tmp) / "classifier", repo_id=repo_id, include_support=include_support)
         commit = api.upload_folder(
-            repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+            repo_id=repo_id,
+            folder_path=str(folder),
+            commit_message=commit_message,
             delete_patterns=None if include_support else ["support/**"],  # never leave old support images behind
         )
     return str(commit)
@@ -169,7 +186,9 @@ def check_save_target(save_directory: str | os.PathLike) -> Path:
     except (OSError, RuntimeError, ValueError) as exc:
         raise OutputPathError(f"Output folder {text} cannot be resolved ({exc}); give another folder path.") from exc
     if target.exists() and not target.is_dir():
-        raise OutputPathError(f"Output path {text} is an existing file, not a folder; give a new folder for the classifier.")
+        raise OutputPathError(
+            f"Output path {text} is an existing file, not a folder; give a new folder for the classifier."
+        )
     if target.is_dir():
         entries = sorted(entry.name for entry in target.iterdir())
         if entries and not is_classifier_folder(target):
@@ -182,7 +201,9 @@ def check_save_target(save_directory: str | os.PathLike) -> Path:
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputPathError(f"Cannot write in {ancestor} (permission denied or read-only); choose a folder you can write to.")
+        raise OutputPathError(
+            f"Cannot write in {ancestor} (permission denied or read-only); choose a folder you can write to."
+        )
     return target
 
 
@@ -238,9 +259,13 @@ def _resolve_folder(path_or_repo_id: str | os.PathLike, revision: str | None, to
     if folder.is_dir():
         return folder
     if folder.exists():
-        raise CheckpointError(f"{text} is a file, not a classifier folder; give the folder that save_pretrained or `sgps synthesize` wrote.")
+        raise CheckpointError(
+            f"{text} is a file, not a classifier folder; give the folder that save_pretrained or `sgps synthesize` wrote."
+        )
     if not _REPO_ID.fullmatch(text) or ".." in text or text.startswith(("~", ".")):
-        raise CheckpointError(f"Classifier folder {text} does not exist (relative paths start at {Path.cwd()}); check the path.")
+        raise CheckpointError(
+            f"Classifier folder {text} does not exist (relative paths start at {Path.cwd()}); check the path."
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -264,7 +289,9 @@ def _load_weights(folder: Path, build: Any, info: Mapping[str, Any]) -> nn.Modul
     try:
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt data
-        raise CheckpointError(f"{path} is not a valid safetensors file ({exc}); it may be truncated or corrupt: re-download or re-save it.") from exc
+        raise CheckpointError(
+            f"{path} is not a valid safetensors file ({exc}); it may be truncated or corrupt: re-download or re-save it."
+        ) from exc
     digest = state_dict_sha256(state)
     if digest != info["weights_sha256"]:
         raise CheckpointError(
@@ -275,11 +302,18 @@ def _load_weights(folder: Path, build: Any, info: Mapping[str, Any]) -> nn.Modul
         model = build()
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"timm cannot load the classifier in {folder} ({exc}); save it again with save_pretrained.") from exc
+        raise CheckpointError(
+            f"timm cannot load the classifier in {folder} ({exc}); save it again with save_pretrained."
+        ) from exc
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     cfg = {**dict(getattr(model, "pretrained_cfg", {}) or {}), **(config.get("pretrained_cfg") or {})}
-    cfg.update(architecture=config["architecture"], label_names=config["label_names"], label_descriptions=config.get("label_descriptions"),
-               file=str(folder), source="local-dir")
+    cfg.update(
+        architecture=config["architecture"],
+        label_names=config["label_names"],
+        label_descriptions=config.get("label_descriptions"),
+        file=str(folder),
+        source="local-dir",
+    )
     model.pretrained_cfg = cfg
     model.default_cfg = cfg
     return model.eval()
@@ -290,5 +324,3 @@ def _drop_num_classes_from_model_args(config_path: Path) -> None:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config.get("model_args", {}).pop("num_classes", None)
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
-
-

@@ -70,11 +70,15 @@ def md_safe_markdown(text: Any) -> str:
 def _template(name: str) -> Path:
     path = TEMPLATES / name
     if not path.is_file():
-        raise FileNotFoundError(f"Model card template {path} is missing; reinstall sgps-hf (its templates are package data).")
+        raise FileNotFoundError(
+            f"Model card template {path} is missing; reinstall sgps-hf (its templates are package data)."
+        )
     return path
 
 
-def user_eval_results(task_type: str, task_name: str, metrics: dict[str, Any] | None, names: Sequence[str]) -> list[EvalResult] | None:
+def user_eval_results(
+    task_type: str, task_name: str, metrics: dict[str, Any] | None, names: Sequence[str]
+) -> list[EvalResult] | None:
     """model-index entries for the metrics measured on the user's own labelled images (None when there are none)."""
     if not metrics:
         return None
@@ -101,7 +105,9 @@ def classifier_card(classifier: Any, repo_id: str | None = None, support_include
     if support_included is None:
         support_included = classifier.support is not None and bool(info.get("support"))
     task = info["task"]
-    eval_results = user_eval_results("image-classification", task["name"], info.get("metrics"), ("accuracy", "macro_f1"))
+    eval_results = user_eval_results(
+        "image-classification", task["name"], info.get("metrics"), ("accuracy", "macro_f1")
+    )
     card_data = ModelCardData(
         library_name="timm",
         license=LICENSE,
@@ -130,7 +136,11 @@ def classifier_card(classifier: Any, repo_id: str | None = None, support_include
         "synthesizer": md_code(display_name(info["synthesizer"]["name_or_path"])),
         "revision": md_code(info["synthesizer"]["revision"]),
         "history": [
-            {"version": entry.get("version"), "created": html_escape(entry.get("created", "")), "summary": md_safe_markdown(entry.get("summary", ""))}
+            {
+                "version": entry.get("version"),
+                "created": html_escape(entry.get("created", "")),
+                "summary": md_safe_markdown(entry.get("summary", "")),
+            }
             for entry in info.get("history") or []
         ],
         "created": html_escape(info.get("created", "")),

@@ -25,8 +25,16 @@ _MAX_LISTED = 5
 
 # safetensors header dtype codes of the torch dtypes a checkpoint may hold.
 _SAFETENSORS_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
 }
 
 TensorSpec = tuple[tuple[int, ...], str]
@@ -46,7 +54,9 @@ def require_safetensors(folder: Path, what: str) -> list[Path]:
     pickles = pickle_files(folder)
     hint = (
         f" It has {pickles}: pickle files are refused because loading them can run arbitrary code; "
-        "re-save the weights as safetensors (save_pretrained does)." if pickles else ""
+        "re-save the weights as safetensors (save_pretrained does)."
+        if pickles
+        else ""
     )
     raise CheckpointError(f"No {WEIGHTS_FILE} in {folder}, so this is not a loadable {what}.{hint}")
 
@@ -56,13 +66,19 @@ def _shards(folder: Path) -> list[Path]:
         weight_map = json.loads((folder / WEIGHTS_INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
         names = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{folder / WEIGHTS_INDEX_FILE} is unreadable or has no 'weight_map' ({exc}); re-save the checkpoint.") from exc
+        raise CheckpointError(
+            f"{folder / WEIGHTS_INDEX_FILE} is unreadable or has no 'weight_map' ({exc}); re-save the checkpoint."
+        ) from exc
     shards = [folder / name for name in names]
     if not all(isinstance(name, str) and name.endswith(".safetensors") and "/" not in name for name in names):
-        raise CheckpointError(f"{folder / WEIGHTS_INDEX_FILE} names non-safetensors or nested shard files {names[:_MAX_LISTED]}; re-save the checkpoint.")
+        raise CheckpointError(
+            f"{folder / WEIGHTS_INDEX_FILE} names non-safetensors or nested shard files {names[:_MAX_LISTED]}; re-save the checkpoint."
+        )
     missing = [p.name for p in shards if not p.is_file()]
     if missing:
-        raise CheckpointError(f"Shards {missing[:_MAX_LISTED]} listed in {WEIGHTS_INDEX_FILE} are missing from {folder}.")
+        raise CheckpointError(
+            f"Shards {missing[:_MAX_LISTED]} listed in {WEIGHTS_INDEX_FILE} are missing from {folder}."
+        )
     return shards
 
 
@@ -78,7 +94,9 @@ def read_header(files: list[Path]) -> dict[str, TensorSpec]:
                     view = handle.get_slice(name)
                     header[name] = (tuple(view.get_shape()), view.get_dtype())
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path} is not a valid safetensors file ({exc}); it may be truncated or corrupt: re-download or re-save it.") from exc
+            raise CheckpointError(
+                f"{path} is not a valid safetensors file ({exc}); it may be truncated or corrupt: re-download or re-save it."
+            ) from exc
     return header
 
 
@@ -86,10 +104,15 @@ def expected_tensors(build: Callable[[], nn.Module]) -> dict[str, TensorSpec]:
     """Name -> (shape, dtype code) of the state dict of ``build()``, built on the meta device (no memory used)."""
     with torch.device("meta"):
         module = build()
-    return {name: (tuple(t.shape), _SAFETENSORS_DTYPES.get(t.dtype, str(t.dtype))) for name, t in module.state_dict().items()}
+    return {
+        name: (tuple(t.shape), _SAFETENSORS_DTYPES.get(t.dtype, str(t.dtype)))
+        for name, t in module.state_dict().items()
+    }
 
 
-def check_tensors(found: Mapping[str, TensorSpec], expected: Mapping[str, TensorSpec], source: Path, what: str) -> None:
+def check_tensors(
+    found: Mapping[str, TensorSpec], expected: Mapping[str, TensorSpec], source: Path, what: str
+) -> None:
     """CheckpointError listing every missing, unexpected, wrongly shaped or wrongly typed tensor."""
     problems = []
     missing = sorted(set(expected) - set(found))
@@ -98,8 +121,16 @@ def check_tensors(found: Mapping[str, TensorSpec], expected: Mapping[str, Tensor
         problems.append(f"{len(missing)} missing tensors (e.g. {missing[:_MAX_LISTED]})")
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:_MAX_LISTED]})")
-    shapes = [f"{n}: {list(found[n][0])} instead of {list(expected[n][0])}" for n in sorted(set(found) & set(expected)) if found[n][0] != expected[n][0]]
-    dtypes = [f"{n}: {found[n][1]} instead of {expected[n][1]}" for n in sorted(set(found) & set(expected)) if found[n][1] != expected[n][1]]
+    shapes = [
+        f"{n}: {list(found[n][0])} instead of {list(expected[n][0])}"
+        for n in sorted(set(found) & set(expected))
+        if found[n][0] != expected[n][0]
+    ]
+    dtypes = [
+        f"{n}: {found[n][1]} instead of {expected[n][1]}"
+        for n in sorted(set(found) & set(expected))
+        if found[n][1] != expected[n][1]
+    ]
     if shapes:
         problems.append(f"{len(shapes)} tensors with the wrong shape ({'; '.join(shapes[:_MAX_LISTED])})")
     if dtypes:

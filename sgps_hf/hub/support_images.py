@@ -72,12 +72,20 @@ def check_manifest(manifest: Any, task: Mapping[str, Any], source: str = "sgps_t
         return
     where = f"{source}: key 'support'"
     if not isinstance(manifest, Mapping) or not isinstance(manifest.get("files"), Mapping):
-        raise CheckpointError(f"{where} must be an object with 'format' and 'files'; restore the file or re-synthesize the classifier.")
+        raise CheckpointError(
+            f"{where} must be an object with 'format' and 'files'; restore the file or re-synthesize the classifier."
+        )
     if manifest.get("format") != SUPPORT_FORMAT:
-        raise CheckpointError(f"{where}.format is {manifest.get('format')!r}, not {SUPPORT_FORMAT!r}; restore the file or re-synthesize the classifier.")
+        raise CheckpointError(
+            f"{where}.format is {manifest.get('format')!r}, not {SUPPORT_FORMAT!r}; restore the file or re-synthesize the classifier."
+        )
     files = manifest["files"]
     classes = task.get("classes") if isinstance(task, Mapping) else None
-    names = [c.get("name") for c in classes] if isinstance(classes, list) and all(isinstance(c, Mapping) for c in classes) else None
+    names = (
+        [c.get("name") for c in classes]
+        if isinstance(classes, list) and all(isinstance(c, Mapping) for c in classes)
+        else None
+    )
     if names is None or list(files) != names:
         raise CheckpointError(
             f"{where}.files lists the classes {list(files)[:10]} but task.classes has {names if names is None else names[:10]}; "
@@ -86,7 +94,9 @@ def check_manifest(manifest: Any, task: Mapping[str, Any], source: str = "sgps_t
     for entry in classes:
         paths = files[entry["name"]]
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise CheckpointError(f"{where}.files[{entry['name']!r}] must be a list of support/... paths; restore the task file.")
+            raise CheckpointError(
+                f"{where}.files[{entry['name']!r}] must be a list of support/... paths; restore the task file."
+            )
         if entry.get("num_images") != len(paths):
             raise CheckpointError(
                 f"{where}.files[{entry['name']!r}] lists {len(paths)} image(s) but task.classes says num_images="

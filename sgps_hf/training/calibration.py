@@ -50,7 +50,10 @@ TEXT_TEMPERATURES = (0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5)
 
 
 def evaluate_episodes(
-    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    model: SGPSSynthesizer,
+    episodes: list[Episode],
+    processor: SGPSImageProcessor,
+    texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> float:
     """Mean query accuracy over fixed episodes (eval mode: no dropout)."""
@@ -63,16 +66,25 @@ def mean_accuracy(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
 
 
 def episode_accuracies(
-    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    model: SGPSSynthesizer,
+    episodes: list[Episode],
+    processor: SGPSImageProcessor,
+    texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> list[float]:
     """The query accuracy of each episode (eval mode: no dropout)."""
-    return [episode_accuracy(logits, labels) for logits, labels in query_logits(model, episodes, processor, texts, features)]
+    return [
+        episode_accuracy(logits, labels)
+        for logits, labels in query_logits(model, episodes, processor, texts, features)
+    ]
 
 
 @torch.no_grad()
 def query_logits(
-    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    model: SGPSSynthesizer,
+    episodes: list[Episode],
+    processor: SGPSImageProcessor,
+    texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(query logits, query labels) of each episode, in eval mode (no dropout); the model's mode is restored."""
@@ -87,8 +99,13 @@ def query_logits(
 
 
 def calibrate(
-    model: SGPSSynthesizer, state: TrainerState, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
-    features: dict[PoolKey, torch.Tensor] | None = None, train_pools: Sequence[ClassPool] = (),
+    model: SGPSSynthesizer,
+    state: TrainerState,
+    episodes: list[Episode],
+    processor: SGPSImageProcessor,
+    texts: TextBank,
+    features: dict[PoolKey, torch.Tensor] | None = None,
+    train_pools: Sequence[ClassPool] = (),
 ) -> None:
     """Every post-hoc step of the module docstring, in order, on the meta-val ``episodes``; reports go to ``state``."""
     if model.config.text_generator == "class_memory":
@@ -96,7 +113,9 @@ def calibrate(
         state.text_calibration = calibrate_text_temperature(model, episodes, processor, texts, features)
     state.ridge_calibration = calibrate_ridge(model, episodes, processor, texts, features)
     state.prior_calibration = calibrate_prior_strength(model, episodes, processor, texts, features)
-    state.batchnorm_calibration, chosen_logits = calibrate_task_batchnorm(model, episodes[:TASK_BATCHNORM_EPISODES], processor, texts)
+    state.batchnorm_calibration, chosen_logits = calibrate_task_batchnorm(
+        model, episodes[:TASK_BATCHNORM_EPISODES], processor, texts
+    )
     if model.config.task_batchnorm_images is None:
         state.temperature_calibration = calibrate_logit_scale(model, episodes, processor, texts, features)
     else:  # the cached features are no longer the classifier's: the logits, on pixels, of the episodes that chose it
@@ -108,7 +127,10 @@ def calibrate(
 # -- text memory --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def build_text_memory(
-    model: SGPSSynthesizer, pools: Sequence[ClassPool], processor: SGPSImageProcessor, texts: TextBank,
+    model: SGPSSynthesizer,
+    pools: Sequence[ClassPool],
+    processor: SGPSImageProcessor,
+    texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> None:
     """Fill the class memory: per meta-train class, its text embedding and its mean body feature (identity view)
@@ -123,7 +145,10 @@ def build_text_memory(
 
 
 def calibrate_text_temperature(
-    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    model: SGPSSynthesizer,
+    episodes: list[Episode],
+    processor: SGPSImageProcessor,
+    texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """The class memory's attention temperature of best text-only accuracy on the meta-val episodes (their images
@@ -142,7 +167,10 @@ def calibrate_text_temperature(
 
 # -- ridge and prior ----------------------------------------------------------------------------------------------
 def calibrate_ridge(
-    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    model: SGPSSynthesizer,
+    episodes: list[Episode],
+    processor: SGPSImageProcessor,
+    texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Multiply the meta-learned ridge regulariser by the grid value of best meta-val accuracy at 1 and at 5 shots.
@@ -161,7 +189,10 @@ def calibrate_ridge(
         for multiplier in RIDGE_MULTIPLIERS:
             _set_ridge(model, original, multiplier, multiplier)
             scores.setdefault(shots, {})[multiplier] = evaluate_episodes(model, chosen, processor, texts, features)
-    best = {shots: max(RIDGE_MULTIPLIERS, key=lambda m: (round(by[m], 6), -abs(math.log(m)))) for shots, by in scores.items()}
+    best = {
+        shots: max(RIDGE_MULTIPLIERS, key=lambda m: (round(by[m], 6), -abs(math.log(m))))
+        for shots, by in scores.items()
+    }
     _set_ridge(model, original, best.get("1", 1.0), best.get("5", 1.0))
     return {"scores": scores, "chosen": best}
 
@@ -170,11 +201,16 @@ def _set_ridge(model: SGPSSynthesizer, original: torch.Tensor, at_one_shot: floa
     low, high = math.log(at_one_shot), math.log(at_five_shots)
     slope = (high - low) / (math.log(6.0) - math.log(2.0))  # the regulariser is affine in log(1 + shots)
     with torch.no_grad():
-        model.ridge_coefficients.copy_(original + torch.tensor([low - slope * math.log(2.0), slope], dtype=original.dtype))
+        model.ridge_coefficients.copy_(
+            original + torch.tensor([low - slope * math.log(2.0), slope], dtype=original.dtype)
+        )
 
 
 def calibrate_prior_strength(
-    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    model: SGPSSynthesizer,
+    episodes: list[Episode],
+    processor: SGPSImageProcessor,
+    texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Choose the text prior's strength at 1 and 5 shots on meta-val episodes (whole unseen tasks); set it on ``model``.
@@ -191,7 +227,9 @@ def calibrate_prior_strength(
         for strength in PRIOR_STRENGTHS:
             model.set_prior_strength(strength, strength)
             chosen = buckets.get(shots)
-            scores.setdefault(shots, {})[strength] = evaluate_episodes(model, chosen, processor, texts, features) if chosen else 0.0
+            scores.setdefault(shots, {})[strength] = (
+                evaluate_episodes(model, chosen, processor, texts, features) if chosen else 0.0
+            )
     best = {shots: max(PRIOR_STRENGTHS, key=lambda v: (round(by[v], 6), -v)) for shots, by in scores.items()}
     model.set_prior_strength(best["1"], best["5"])
     return {"scores": scores, "chosen": best}
@@ -236,7 +274,10 @@ def _text_only(episodes: list[Episode]) -> list[Episode]:
 # -- temperatures -------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def calibrate_logit_scale(
-    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    model: SGPSSynthesizer,
+    episodes: list[Episode],
+    processor: SGPSImageProcessor,
+    texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Temperature scaling on meta-val episodes with images: the logit-scale multiplier of least query NLL, set on ``model``.
@@ -245,7 +286,9 @@ def calibrate_logit_scale(
     tighter ridge fit, so more confident logits), so the scale is refitted where the model is selected. Logits are
     linear in the scale, so one pass over the episodes serves every candidate. Accuracy is unchanged.
     """
-    return fit_logit_scale(model, query_logits(model, [e for e in episodes if e.use_images], processor, texts, features))
+    return fit_logit_scale(
+        model, query_logits(model, [e for e in episodes if e.use_images], processor, texts, features)
+    )
 
 
 @torch.no_grad()
@@ -260,7 +303,10 @@ def fit_logit_scale(model: SGPSSynthesizer, pairs: list[tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def calibrate_zero_shot_scale(
-    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank,
+    model: SGPSSynthesizer,
+    episodes: list[Episode],
+    processor: SGPSImageProcessor,
+    texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Temperature scaling of the text-only head (least NLL on the meta-val episodes with their images withheld).
@@ -270,9 +316,15 @@ def calibrate_zero_shot_scale(
     text_only = _text_only(episodes)
     if not text_only:
         return {"note": "no meta-val episodes with texts: zero-shot scale left as it was"}
-    best, nll = nll_best_multiplier(query_logits(model, text_only, processor, texts, features), ZERO_SHOT_SCALE_MULTIPLIERS)
+    best, nll = nll_best_multiplier(
+        query_logits(model, text_only, processor, texts, features), ZERO_SHOT_SCALE_MULTIPLIERS
+    )
     model.log_zero_shot_scale.add_(math.log(best))
-    return {"chosen": round(best, 4), "nll at chosen": round(nll[best], 4), "nll before": round(nll[min(nll, key=lambda m: abs(math.log(m)))], 4)}
+    return {
+        "chosen": round(best, 4),
+        "nll at chosen": round(nll[best], 4),
+        "nll before": round(nll[min(nll, key=lambda m: abs(math.log(m)))], 4),
+    }
 
 
 def nll_best_multiplier(
@@ -281,5 +333,8 @@ def nll_best_multiplier(
     """(the ``multipliers`` entry of least mean query NLL over ``(logits, labels)`` pairs, every NLL).
 
     Ties go to the multiplier nearest 1 (the scale as it is)."""
-    nll = {m: float(np.mean([nn.functional.cross_entropy(m * logits, labels).item() for logits, labels in pairs])) for m in multipliers}
+    nll = {
+        m: float(np.mean([nn.functional.cross_entropy(m * logits, labels).item() for logits, labels in pairs]))
+        for m in multipliers
+    }
     return min(multipliers, key=lambda m: (round(nll[m], 6), abs(math.log(m)))), nll

@@ -10,8 +10,9 @@ from typing import Any
 
 from accelerate import Accelerator
 
-
 CHECKPOINT_PREFIX = "checkpoint-"
+
+
 # TrainingConfig.schedule -> transformers scheduler name ("constant" honours warmup_steps like the others).
 @dataclass
 class TrainerState:
@@ -30,8 +31,10 @@ class TrainerState:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "step": self.step, "best_val_accuracy": self.best_val_accuracy,
-            "history": self.history, "pretrain_history": self.pretrain_history,
+            "step": self.step,
+            "best_val_accuracy": self.best_val_accuracy,
+            "history": self.history,
+            "pretrain_history": self.pretrain_history,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -40,8 +43,10 @@ class TrainerState:
 
 
 def list_checkpoints(output: Path) -> list[Path]:
-    found = [p for p in output.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    found = [
+        p for p in output.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
 def save_checkpoint(accelerator: Accelerator, output: Path, state: TrainerState, keep: int) -> None:

@@ -72,10 +72,22 @@ class TrainingConfig:
             k_shot = [k_shot, k_shot]
         elif isinstance(k_shot, (list, tuple)) and len(k_shot) == 1:  # `--k-shot 5`: a fixed K
             k_shot = [k_shot[0], k_shot[0]]
-        if not (isinstance(k_shot, (list, tuple)) and len(k_shot) == 2 and all(map(_is_int, k_shot)) and 1 <= k_shot[0] <= k_shot[1]):
+        if not (
+            isinstance(k_shot, (list, tuple))
+            and len(k_shot) == 2
+            and all(map(_is_int, k_shot))
+            and 1 <= k_shot[0] <= k_shot[1]
+        ):
             raise ValueError(f"k_shot must be [min, max] with 1 <= min <= max, got {self.k_shot!r}.")
         self.k_shot = list(k_shot)
-        for name in ("q_query", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "gradient_accumulation_steps"):
+        for name in (
+            "q_query",
+            "log_every",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "gradient_accumulation_steps",
+        ):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -123,14 +135,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         # SUPPRESS: a flag not given leaves no attribute, so `--max-minutes none` can override a file's value.
         if f.name == "model":
-            parser.add_argument(flag, metavar="JSON", type=json.loads, default=argparse.SUPPRESS, help="SGPSConfig overrides as JSON")
+            parser.add_argument(
+                flag, metavar="JSON", type=json.loads, default=argparse.SUPPRESS, help="SGPSConfig overrides as JSON"
+            )
         elif f.name in ("k_shot", "train_sources", "val_sources", "train_support_views"):
             parser.add_argument(flag, nargs="+", type=int if f.name == "k_shot" else str, default=argparse.SUPPRESS)
         elif f.type in ("bool",):
             parser.add_argument(flag, type=_bool, metavar="BOOL", default=argparse.SUPPRESS)
         else:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-            parser.add_argument(flag, type=kind if "None" not in str(f.type) else _optional(kind), default=argparse.SUPPRESS)
+            parser.add_argument(
+                flag, type=kind if "None" not in str(f.type) else _optional(kind), default=argparse.SUPPRESS
+            )
 
 
 def _bool(text: str) -> bool:

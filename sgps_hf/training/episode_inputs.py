@@ -23,14 +23,17 @@ class TextBank:
     def __init__(self, model_config: SGPSConfig, texts: list[str]) -> None:
         unique = sorted(set(texts))
         vectors = embed_texts(model_config.text_encoder, unique, model_config.max_text_length)
-        self._index = {text: row for text, row in zip(unique, vectors)}
+        self._index = {text: row for text, row in zip(unique, vectors, strict=False)}
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
         return torch.stack([self._index[t] for t in texts])
 
 
 def episode_inputs(
-    episode: Episode, processor: SGPSImageProcessor, texts: TextBank, augment_seed: int | None,
+    episode: Episode,
+    processor: SGPSImageProcessor,
+    texts: TextBank,
+    augment_seed: int | None,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Model inputs for one episode (modality dropout applied; optional flips as augmentation).

@@ -13,7 +13,9 @@ from .checkpointing import TrainerState
 from .config import TrainingConfig
 
 
-def export_synthesizer(model: SGPSSynthesizer, folder: Path, config: TrainingConfig, state: TrainerState, data_summary: dict[str, Any]) -> None:
+def export_synthesizer(
+    model: SGPSSynthesizer, folder: Path, config: TrainingConfig, state: TrainerState, data_summary: dict[str, Any]
+) -> None:
     """save_pretrained + processor + generated synthesizer card, atomically."""
     from ..hub.atomic import atomic_directory
 
@@ -32,20 +34,35 @@ def export_synthesizer(model: SGPSSynthesizer, folder: Path, config: TrainingCon
             "validation curve": ", ".join(f"{h['step']}: {h['val_accuracy']:.3f}" for h in state.history[-10:]),
             "body": (
                 f"{model.config.target_architecture} from {model.config.body_init!r} weights"
-                + (f", adapted {config.pretrain_epochs} epoch(s) on the meta-train classes (last train accuracy "
-                   f"{state.pretrain_history[-1]['accuracy']:.3f}), WiSE-FT weight {config.body_interpolation}"
-                   if state.pretrain_history else "")
-                + ("; frozen, head meta-trained on cached features" if config.freeze_body else "; meta-trained end to end")
+                + (
+                    f", adapted {config.pretrain_epochs} epoch(s) on the meta-train classes (last train accuracy "
+                    f"{state.pretrain_history[-1]['accuracy']:.3f}), WiSE-FT weight {config.body_interpolation}"
+                    if state.pretrain_history
+                    else ""
+                )
+                + (
+                    "; frozen, head meta-trained on cached features"
+                    if config.freeze_body
+                    else "; meta-trained end to end"
+                )
             ),
-            "text generator": model.config.text_generator + (
+            "text generator": model.config.text_generator
+            + (
                 f" ({model.config.text_memory_size} meta-train classes, attention temperature "
-                f"{state.text_calibration.get('chosen')} chosen on meta-val)" if model.config.text_generator == "class_memory" else ""
+                f"{state.text_calibration.get('chosen')} chosen on meta-val)"
+                if model.config.text_generator == "class_memory"
+                else ""
             ),
-            "ridge multiplier at 1 / 5 shots (chosen on meta-val)": json.dumps(state.ridge_calibration.get("chosen", {})),
+            "ridge multiplier at 1 / 5 shots (chosen on meta-val)": json.dumps(
+                state.ridge_calibration.get("chosen", {})
+            ),
             "text prior strength (chosen on meta-val)": json.dumps(state.prior_calibration.get("chosen", {})),
-            "task-adaptive BatchNorm, images the body's statistics count as (chosen on meta-val; null: off)":
-                json.dumps(model.config.task_batchnorm_images),
-            "logit-scale multiplier (temperature, fitted on meta-val)": json.dumps(state.temperature_calibration.get("chosen")),
+            "task-adaptive BatchNorm, images the body's statistics count as (chosen on meta-val; null: off)": json.dumps(
+                model.config.task_batchnorm_images
+            ),
+            "logit-scale multiplier (temperature, fitted on meta-val)": json.dumps(
+                state.temperature_calibration.get("chosen")
+            ),
             "zero-shot scale multiplier (fitted on meta-val)": json.dumps(state.zero_shot_calibration.get("chosen")),
             "optimizer": f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, seed {config.seed}",
         }

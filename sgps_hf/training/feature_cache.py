@@ -64,7 +64,9 @@ def pool_features(
     return features
 
 
-def episode_features(episode: Episode, features: dict[PoolKey, Tensor], query_views: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def episode_features(
+    episode: Episode, features: dict[PoolKey, Tensor], query_views: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """(support features [N*K, V, D], query features [N*Q, D]) of ``episode``.
 
     Each query is seen under the support view ``query_views[j]`` (default: the identity view, index 0).
@@ -79,7 +81,9 @@ def episode_features(episode: Episode, features: dict[PoolKey, Tensor], query_vi
 
 def _cache_key(model: SGPSSynthesizer, pools: list[ClassPool], views: list[str]) -> str:
     digest = hashlib.sha256()
-    digest.update(repr((model.config.target_architecture, views, model.config.image_mean, model.config.image_std)).encode())
+    digest.update(
+        repr((model.config.target_architecture, views, model.config.image_mean, model.config.image_std)).encode()
+    )
     for name, tensor in sorted(model.body_tensors().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

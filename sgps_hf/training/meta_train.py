@@ -27,7 +27,7 @@ from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from .augment import episode_seed
 from .calibration import calibrate, evaluate_episodes
-from .checkpointing import CHECKPOINT_PREFIX, TrainerState, resume_state, list_checkpoints, save_checkpoint
+from .checkpointing import CHECKPOINT_PREFIX, TrainerState, list_checkpoints, resume_state, save_checkpoint
 from .config import TrainingConfig
 from .episode_inputs import TextBank, episode_inputs
 from .export import export_synthesizer
@@ -35,7 +35,6 @@ from .feature_cache import pool_features
 from .pools import training_pools
 from .pretrain import interpolate_bodies, pretrain_body
 from .training_log import CsvLog, plot_learning_curve
-
 
 logger = logging.getLogger(__name__)
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -83,8 +82,13 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
     train_pools, val_pools, data_summary = training_pools(config, model.config.image_size)
     texts = TextBank(model.config, [p.text for p in train_pools + val_pools])
     sampler = EpisodeSampler(
-        train_pools, n_way=config.n_way, k_shot=tuple(config.k_shot), q_query=config.q_query,
-        seed=config.seed, text_dropout=config.text_dropout, image_dropout=config.image_dropout,
+        train_pools,
+        n_way=config.n_way,
+        k_shot=tuple(config.k_shot),
+        q_query=config.q_query,
+        seed=config.seed,
+        text_dropout=config.text_dropout,
+        image_dropout=config.image_dropout,
     )
     val_episodes = validation_episodes(val_pools, config)
 
@@ -94,7 +98,9 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
         start = {name: tensor.clone() for name, tensor in model.target.state_dict().items()}
         state.pretrain_history = pretrain_body(accelerator, model.target, train_pools, image_processor, config)
         if config.body_interpolation < 1:
-            model.target.load_state_dict(interpolate_bodies(model.target.state_dict(), start, config.body_interpolation))
+            model.target.load_state_dict(
+                interpolate_bodies(model.target.state_dict(), start, config.body_interpolation)
+            )
     if config.freeze_body:
         model.target.requires_grad_(False)
     optimizer = build_optimizer(model, config)
@@ -120,7 +126,9 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
             **pool_features(unwrapped, val_pools, image_processor),
         }
         with torch.no_grad():
-            unwrapped.feature_mean.copy_(torch.cat([features[(p.task, p.class_name)][:, 0] for p in train_pools]).mean(0))
+            unwrapped.feature_mean.copy_(
+                torch.cat([features[(p.task, p.class_name)][:, 0] for p in train_pools]).mean(0)
+            )
     deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else None
 
     world, rank, accum = accelerator.num_processes, accelerator.process_index, config.gradient_accumulation_steps
@@ -153,7 +161,13 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
         if state.step % config.log_every == 0 or done:
             loss, acc = np.mean(window, axis=0)
             rate = len(window) * world / max(time.monotonic() - started, 1e-9)
-            row = {"step": state.step, "loss": float(loss), "episode_accuracy": float(acc), "lr": scheduler.get_last_lr()[-1], "episodes_per_s": rate}
+            row = {
+                "step": state.step,
+                "loss": float(loss),
+                "episode_accuracy": float(acc),
+                "lr": scheduler.get_last_lr()[-1],
+                "episodes_per_s": rate,
+            }
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", eps=f"{rate:.2f}")
             log.write(row)
             window, started = [], time.monotonic()
@@ -188,5 +202,7 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
 def validation_episodes(pools: list, config: TrainingConfig) -> list[Episode]:
     if not pools:
         return []
-    sampler = EpisodeSampler(pools, n_way=config.n_way, k_shot=tuple(config.k_shot), q_query=config.q_query, seed=config.seed + 9_999)
+    sampler = EpisodeSampler(
+        pools, n_way=config.n_way, k_shot=tuple(config.k_shot), q_query=config.q_query, seed=config.seed + 9_999
+    )
     return [sampler.episode(i) for i in range(config.eval_episodes)]

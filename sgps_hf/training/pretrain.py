@@ -21,15 +21,19 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..body.timm_network import batchnorm_layers
 from ..data.episodes import ClassPool
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
-from ..body.timm_network import batchnorm_layers
 from .augment import medical_augment
 from .config import TrainingConfig
 
 
 def pretrain_body(
-    accelerator: Accelerator, body: nn.Module, pools: list[ClassPool], processor: SGPSImageProcessor, config: TrainingConfig
+    accelerator: Accelerator,
+    body: nn.Module,
+    pools: list[ClassPool],
+    processor: SGPSImageProcessor,
+    config: TrainingConfig,
 ) -> list[dict[str, float]]:
     """Train ``body`` in place for ``config.pretrain_epochs`` epochs; returns per-epoch loss/accuracy."""
     classifier = nn.Sequential(body, nn.Linear(body.num_features, len(pools)))
@@ -39,7 +43,9 @@ def pretrain_body(
         loss = nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
         return loss, (logits.argmax(-1) == labels).float().mean().item()
 
-    return _train_on_pools(accelerator, classifier, body, step, pools, processor, config, "pre-training body", "accuracy")
+    return _train_on_pools(
+        accelerator, classifier, body, step, pools, processor, config, "pre-training body", "accuracy"
+    )
 
 
 def distill_body(
@@ -69,7 +75,9 @@ def distill_body(
         return loss, 1.0 - loss.item()
 
     teacher.to(accelerator.device)
-    return _train_on_pools(accelerator, distiller, student, step, pools, processor, config, "distilling body", "explained_variance")
+    return _train_on_pools(
+        accelerator, distiller, student, step, pools, processor, config, "distilling body", "explained_variance"
+    )
 
 
 def _train_on_pools(
@@ -90,15 +98,27 @@ def _train_on_pools(
     """
     images = np.concatenate([pool.images for pool in pools])
     labels = np.concatenate([np.full(len(pool.images), i) for i, pool in enumerate(pools)])
-    dataset = torch.utils.data.TensorDataset(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels).long())
+    dataset = torch.utils.data.TensorDataset(
+        torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels).long()
+    )
     generator = torch.Generator().manual_seed(config.seed)
     sampler = torch.utils.data.WeightedRandomSampler(
-        balanced_weights(pools), num_samples=config.pretrain_samples_per_epoch or len(dataset), replacement=True, generator=generator
+        balanced_weights(pools),
+        num_samples=config.pretrain_samples_per_epoch or len(dataset),
+        replacement=True,
+        generator=generator,
     )
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config.pretrain_batch_size, sampler=sampler, drop_last=True)
-    optimizer = torch.optim.AdamW(trainable.parameters(), lr=config.pretrain_learning_rate, weight_decay=config.weight_decay)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.pretrain_batch_size, sampler=sampler, drop_last=True
+    )
+    optimizer = torch.optim.AdamW(
+        trainable.parameters(), lr=config.pretrain_learning_rate, weight_decay=config.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.pretrain_learning_rate, total_steps=config.pretrain_epochs * len(loader), pct_start=0.15
+        optimizer,
+        max_lr=config.pretrain_learning_rate,
+        total_steps=config.pretrain_epochs * len(loader),
+        pct_start=0.15,
     )
     trainable, optimizer, loader, scheduler = accelerator.prepare(trainable, optimizer, loader, scheduler)
     momenta = [(bn, bn.momentum) for _, bn in batchnorm_layers(body)]
@@ -109,7 +129,11 @@ def _train_on_pools(
     try:
         for epoch in range(config.pretrain_epochs):
             losses, total, seen = [], 0.0, 0
-            for batch_images, batch_labels in tqdm(loader, desc=f"{description} {epoch + 1}/{config.pretrain_epochs}", disable=not accelerator.is_main_process):
+            for batch_images, batch_labels in tqdm(
+                loader,
+                desc=f"{description} {epoch + 1}/{config.pretrain_epochs}",
+                disable=not accelerator.is_main_process,
+            ):
                 batch_images = medical_augment(batch_images, generator)
                 loss, value = step(trainable, processor.normalize_uint8(batch_images), batch_labels)
                 accelerator.backward(loss)
@@ -121,7 +145,9 @@ def _train_on_pools(
                 total += value * len(batch_labels)
                 seen += len(batch_labels)
             history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), metric: total / max(seen, 1)})
-            accelerator.print(f"{description} epoch {epoch + 1}: loss {history[-1]['loss']:.3f}, {metric} {history[-1][metric]:.3f}")
+            accelerator.print(
+                f"{description} epoch {epoch + 1}: loss {history[-1]['loss']:.3f}, {metric} {history[-1][metric]:.3f}"
+            )
     finally:
         for bn, momentum in momenta:
             bn.momentum = momentum
@@ -131,14 +157,14 @@ def _train_on_pools(
 def balanced_weights(pools: list[ClassPool]) -> torch.Tensor:
     """Per-image sampling weight: every task equally likely, every class equally likely within its task."""
     classes_per_task = Counter(pool.task for pool in pools)
-    weights = [
-        torch.full((len(pool),), 1.0 / (classes_per_task[pool.task] * len(pool))) for pool in pools
-    ]
+    weights = [torch.full((len(pool),), 1.0 / (classes_per_task[pool.task] * len(pool))) for pool in pools]
     return torch.cat(weights).double()
 
 
 @torch.no_grad()
-def interpolate_bodies(adapted: dict[str, torch.Tensor], start: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+def interpolate_bodies(
+    adapted: dict[str, torch.Tensor], start: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
     """WiSE-FT: ``alpha * adapted + (1 - alpha) * start`` for every floating tensor (BatchNorm statistics too)."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")

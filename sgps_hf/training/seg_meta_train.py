@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import yaml
 
-from ..models.sgps_seg.configuration_sgps_seg import SGPSSegConfig
 from ..data.segmentation import EpisodeSampler, TaskArrays, load_seg_dataset, seg_splits, task_arrays
+from ..models.sgps_seg.configuration_sgps_seg import SGPSSegConfig
 from ..models.sgps_seg.modeling_sgps_seg import SGPSSegSynthesizer, segmentation_loss
 
 
@@ -85,7 +85,14 @@ class SegTrainingConfig:
 class FeatureBank:
     """Frozen-encoder feature maps of every image of some binary tasks, plus their mirrored copies."""
 
-    def __init__(self, model: SGPSSegSynthesizer, tasks: dict[str, TaskArrays], mirrored: bool, batch_size: int = 32, dtype: torch.dtype = torch.float16) -> None:
+    def __init__(
+        self,
+        model: SGPSSegSynthesizer,
+        tasks: dict[str, TaskArrays],
+        mirrored: bool,
+        batch_size: int = 32,
+        dtype: torch.dtype = torch.float16,
+    ) -> None:
         self.tasks = tasks
         self.features: dict[str, list[list[torch.Tensor]]] = {}  # task -> [plain levels, mirrored levels]
         self.masks: dict[str, torch.Tensor] = {}
@@ -94,10 +101,12 @@ class FeatureBank:
         std = torch.tensor(model.config.image_std).view(1, 3, 1, 1)
         for name, arrays in tasks.items():
             views = []
-            for flip in ([False, True] if mirrored else [False]):
+            for flip in [False, True] if mirrored else [False]:
                 levels: list[list[torch.Tensor]] = []
                 for start in range(0, len(arrays), batch_size):
-                    pixels = torch.from_numpy(arrays.images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 255
+                    pixels = (
+                        torch.from_numpy(arrays.images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 255
+                    )
                     pixels = (pixels - mean) / std
                     if flip:
                         pixels = pixels.flip(-1)
@@ -113,8 +122,14 @@ class FeatureBank:
         return levels, masks.flip(-1) if flip else masks
 
 
-def episode_logits(model: SGPSSegSynthesizer, bank: FeatureBank, episode, flip: bool = False, head: str | None = None,
-                   learned_keep: torch.Tensor | None = None):
+def episode_logits(
+    model: SGPSSegSynthesizer,
+    bank: FeatureBank,
+    episode,
+    flip: bool = False,
+    head: str | None = None,
+    learned_keep: torch.Tensor | None = None,
+):
     """Query logits and masks of one episode; ``learned_keep``: optional 0/1 mask over the learned decoder channels
     (learned-channel dropout in meta-training, the same for examples and queries)."""
     indices = list(episode.support) + list(episode.query)
@@ -122,7 +137,9 @@ def episode_logits(model: SGPSSegSynthesizer, bank: FeatureBank, episode, flip: 
     decoded = model.decode(levels)
     if learned_keep is not None:
         hidden = model.config.hidden_size
-        decoded = torch.cat([decoded[:, :hidden] * learned_keep.to(decoded)[None, :, None, None], decoded[:, hidden:]], 1)
+        decoded = torch.cat(
+            [decoded[:, :hidden] * learned_keep.to(decoded)[None, :, None, None], decoded[:, hidden:]], 1
+        )
     k = episode.k
     weight, bias = model.head_from_support(decoded[:k], masks[:k], head=head)
     logits = model.query_logits(decoded[k:], weight, bias, tuple(masks.shape[-2:]))
@@ -138,7 +155,14 @@ def dice_scores(predicted: torch.Tensor, target: torch.Tensor) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate_bank(model: SGPSSegSynthesizer, bank: FeatureBank, sampler: EpisodeSampler, ks: Sequence[int], n_per_k: int, head: str | None = None) -> dict[str, float]:
+def evaluate_bank(
+    model: SGPSSegSynthesizer,
+    bank: FeatureBank,
+    sampler: EpisodeSampler,
+    ks: Sequence[int],
+    n_per_k: int,
+    head: str | None = None,
+) -> dict[str, float]:
     model.eval()
     out: dict[str, float] = {}
     for k in ks:
@@ -172,20 +196,32 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
     started = time.time()
     train_bank = FeatureBank(model, train_tasks, mirrored=config.augment)
     val_bank = FeatureBank(model, val_tasks, mirrored=False)
-    accelerator.print(f"features of {sum(map(len, train_tasks.values()))} train / {sum(map(len, val_tasks.values()))} val pairs in {time.time() - started:.0f}s")
+    accelerator.print(
+        f"features of {sum(map(len, train_tasks.values()))} train / {sum(map(len, val_tasks.values()))} val pairs in {time.time() - started:.0f}s"
+    )
     if model.config.raw_levels:
         fit_raw_in_loop(model, train_bank, config.passthrough)
-        accelerator.print(f"raw pass-through in the loop: {model.raw_channels} raw channels beside {model.config.hidden_size} learned")
-    sampler = EpisodeSampler({n: len(a) for n, a in train_tasks.items()}, tuple(config.k_range), config.n_query, config.seed)
-    val_sampler = EpisodeSampler({n: len(a) for n, a in val_tasks.items()}, (1, max(config.eval_k)), 8, config.seed + 1)
+        accelerator.print(
+            f"raw pass-through in the loop: {model.raw_channels} raw channels beside {model.config.hidden_size} learned"
+        )
+    sampler = EpisodeSampler(
+        {n: len(a) for n, a in train_tasks.items()}, tuple(config.k_range), config.n_query, config.seed
+    )
+    val_sampler = EpisodeSampler(
+        {n: len(a) for n, a in val_tasks.items()}, (1, max(config.eval_k)), 8, config.seed + 1
+    )
 
     for p in model.segmenter.backbone.parameters():
         p.requires_grad_(False)
     decoder = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("log_")]
-    scalars = [model.log_scale, model.log_ridge_lambda] + ([model.log_raw_weight] if hasattr(model, "log_raw_weight") else [])
+    scalars = [model.log_scale, model.log_ridge_lambda] + (
+        [model.log_raw_weight] if hasattr(model, "log_raw_weight") else []
+    )
     optimizer = torch.optim.AdamW(
-        [{"params": decoder, "lr": config.learning_rate, "weight_decay": config.weight_decay},
-         {"params": scalars, "lr": config.scalar_learning_rate, "weight_decay": 0.0}]
+        [
+            {"params": decoder, "lr": config.learning_rate, "weight_decay": config.weight_decay},
+            {"params": scalars, "lr": config.scalar_learning_rate, "weight_decay": 0.0},
+        ]
     )
 
     def schedule(step: int) -> float:
@@ -203,14 +239,29 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
     if resume and state_file.is_file() and ckpt_dir.is_dir():
         accelerator.load_state(str(ckpt_dir))
         state = json.loads(state_file.read_text())
-        accelerator.print(f"resumed at step {state['step']} (best meta-val Dice {state['best_dice']:.4f} at step {state['best_step']})")
+        accelerator.print(
+            f"resumed at step {state['step']} (best meta-val Dice {state['best_dice']:.4f} at step {state['best_step']})"
+        )
     elif log_file.exists():
         log_file.unlink()
     new_log = not log_file.exists()
     log = log_file.open("a", newline="")
     writer = csv.writer(log)
     if new_log:
-        writer.writerow(["step", "loss", "lr", "log_scale", "log_ridge_lambda", "val_dice", "val_dice_k1", "val_dice_k5", "elapsed_s", "raw_weight"])
+        writer.writerow(
+            [
+                "step",
+                "loss",
+                "lr",
+                "log_scale",
+                "log_ridge_lambda",
+                "val_dice",
+                "val_dice_k1",
+                "val_dice_k5",
+                "elapsed_s",
+                "raw_weight",
+            ]
+        )
 
     clock = time.time() - state["elapsed_s"]
     running: list[float] = []
@@ -234,7 +285,9 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
             keep = None
             if config.learned_dropout > 0:
                 keep = (torch.rand(raw.config.hidden_size, generator=drop_rng) >= config.learned_dropout).float()
-            logits, target = episode_logits(raw, train_bank, episode, flip=bool(flips[e] and config.augment), learned_keep=keep)
+            logits, target = episode_logits(
+                raw, train_bank, episode, flip=bool(flips[e] and config.augment), learned_keep=keep
+            )
             loss = segmentation_loss(logits, target) / config.episodes_per_step
             accelerator.backward(loss)
             loss_total += loss.item()
@@ -252,18 +305,43 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
             if evaluated["dice"] > state["best_dice"]:
                 state["best_dice"], state["best_step"] = evaluated["dice"], step
                 raw.save_pretrained(out / "best")
-                (out / "best" / "training.json").write_text(json.dumps({"step": step, "meta_val": evaluated, "config": dataclasses.asdict(config)}, indent=2))
+                (out / "best" / "training.json").write_text(
+                    json.dumps({"step": step, "meta_val": evaluated, "config": dataclasses.asdict(config)}, indent=2)
+                )
         if step % config.log_every == 0 or evaluated is not None:
-            writer.writerow([step, f"{np.mean(running):.5f}", f"{scheduler.get_last_lr()[0]:.6g}", f"{raw.log_scale.item():.4f}", f"{raw.log_ridge_lambda.item():.4f}",
-                             "" if evaluated is None else f"{evaluated['dice']:.4f}", "" if evaluated is None or "dice_k1" not in evaluated else f"{evaluated['dice_k1']:.4f}",
-                             "" if evaluated is None or "dice_k5" not in evaluated else f"{evaluated['dice_k5']:.4f}", f"{state['elapsed_s']:.1f}", f"{float(raw.raw_gain().detach()):.4f}" if raw.config.raw_levels else ""])
+            writer.writerow(
+                [
+                    step,
+                    f"{np.mean(running):.5f}",
+                    f"{scheduler.get_last_lr()[0]:.6g}",
+                    f"{raw.log_scale.item():.4f}",
+                    f"{raw.log_ridge_lambda.item():.4f}",
+                    "" if evaluated is None else f"{evaluated['dice']:.4f}",
+                    "" if evaluated is None or "dice_k1" not in evaluated else f"{evaluated['dice_k1']:.4f}",
+                    "" if evaluated is None or "dice_k5" not in evaluated else f"{evaluated['dice_k5']:.4f}",
+                    f"{state['elapsed_s']:.1f}",
+                    f"{float(raw.raw_gain().detach()):.4f}" if raw.config.raw_levels else "",
+                ]
+            )
             log.flush()
-            accelerator.print(f"step {step} loss {np.mean(running):.4f}" + ("" if evaluated is None else f" val dice {evaluated['dice']:.4f} (" + " ".join(f"k{k} {evaluated[f'dice_k{k}']:.3f}" for k in config.eval_k) + ")") + f" {state['elapsed_s']:.0f}s")
+            accelerator.print(
+                f"step {step} loss {np.mean(running):.4f}"
+                + (
+                    ""
+                    if evaluated is None
+                    else f" val dice {evaluated['dice']:.4f} ("
+                    + " ".join(f"k{k} {evaluated[f'dice_k{k}']:.3f}" for k in config.eval_k)
+                    + ")"
+                )
+                + f" {state['elapsed_s']:.0f}s"
+            )
             running = []
         if step % config.checkpoint_every == 0:
             save_checkpoint()
         if config.max_minutes and state["elapsed_s"] > config.max_minutes * 60:
-            accelerator.print(f"stopping at step {step}: max_minutes {config.max_minutes} reached (resume with --resume)")
+            accelerator.print(
+                f"stopping at step {step}: max_minutes {config.max_minutes} reached (resume with --resume)"
+            )
             save_checkpoint()
             break
     else:
@@ -271,7 +349,9 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
     log.close()
     plot_curve(log_file, out / "learning_curve.png")
     if step >= config.steps and config.head_selection_episodes and (out / "best").is_dir():
-        state["head_selection"] = select_head_on_meta_val(out / "best", val_bank, val_sampler, config.eval_k, config.head_selection_episodes)
+        state["head_selection"] = select_head_on_meta_val(
+            out / "best", val_bank, val_sampler, config.eval_k, config.head_selection_episodes
+        )
         state_file.write_text(json.dumps(state))
         accelerator.print(f"head selection on meta-val: {state['head_selection']}")
     return state
@@ -283,13 +363,22 @@ def fit_raw_in_loop(model: SGPSSegSynthesizer, bank: FeatureBank, spec: dict[str
     per_task = int(spec.get("fit_images_per_task", 48))
     names = sorted(bank.features)
     picks = {name: torch.from_numpy(np.sort(rng.permutation(len(bank.masks[name]))[:per_task])) for name in names}
-    features = [torch.cat([bank.features[name][0][level][picks[name]].float() for name in names]) for level in range(len(model.config.out_indices))]
-    model.fit_raw_passthrough(features, shift_margin=float(spec.get("shift_margin", 2.0)), standardize=bool(spec.get("standardize", True)),
-                              level_norm=str(spec.get("level_norm", "dim")))
+    features = [
+        torch.cat([bank.features[name][0][level][picks[name]].float() for name in names])
+        for level in range(len(model.config.out_indices))
+    ]
+    model.fit_raw_passthrough(
+        features,
+        shift_margin=float(spec.get("shift_margin", 2.0)),
+        standardize=bool(spec.get("standardize", True)),
+        level_norm=str(spec.get("level_norm", "dim")),
+    )
 
 
 @torch.no_grad()
-def select_head_on_meta_val(best_dir: Path, bank: FeatureBank, sampler: EpisodeSampler, ks: Sequence[int], n_per_k: int) -> dict[str, Any]:
+def select_head_on_meta_val(
+    best_dir: Path, bank: FeatureBank, sampler: EpisodeSampler, ks: Sequence[int], n_per_k: int
+) -> dict[str, Any]:
     """Per K, ridge vs prototype head of the exported best synthesizer on meta-val; sets ``prototype_max_k`` of the
     export to the largest K such that the prototype head is better at every K up to it (``None``: ridge everywhere)."""
     model = SGPSSegSynthesizer.from_pretrained(best_dir).eval()

@@ -56,13 +56,13 @@ def plot_learning_curve(output: Path) -> None:
     val = [(int(r["step"]), float(r["val_accuracy"])) for r in rows if r["val_accuracy"]]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     if train:
-        steps, accs, losses = zip(*train)
+        steps, accs, losses = zip(*train, strict=False)
         window = max(1, len(accs) // 20)
         smooth = np.convolve(accs, np.ones(window) / window, mode="valid")
         ax_acc.plot(steps[window - 1 :], smooth, label="train episodes (smoothed)")
         ax_loss.plot(steps, losses)
     if val:
-        ax_acc.plot(*zip(*val), "o-", label="meta-val episodes")
+        ax_acc.plot(*zip(*val, strict=False), "o-", label="meta-val episodes")
     ax_acc.set(xlabel="step", ylabel="query accuracy", title="SGPS meta-training")
     ax_acc.legend()
     ax_loss.set(xlabel="step", ylabel="query cross-entropy")

@@ -24,14 +24,24 @@ def task_images(image_files: dict[str, Path]) -> tuple[list[tuple[str, str, list
     """Two classes to type in, with real smartphone photos when the shared data is there, else synthetic files."""
     if REAL_TASK.is_dir():
         pick = lambda cls, n: sorted((REAL_TASK / cls).iterdir())[:n]  # noqa: E731
-        classes = [("melanoma", "Asymmetric pigmented lesion with irregular notched borders and several shades of brown.", pick("melanoma", 2)),
-                   ("nevus", "Small symmetric round macule of uniform brown colour with a smooth regular border.", pick("nevus", 2))]
+        classes = [
+            (
+                "melanoma",
+                "Asymmetric pigmented lesion with irregular notched borders and several shades of brown.",
+                pick("melanoma", 2),
+            ),
+            (
+                "nevus",
+                "Small symmetric round macule of uniform brown colour with a smooth regular border.",
+                pick("nevus", 2),
+            ),
+        ]
         return classes, sorted((REAL_TASK / "melanoma").iterdir())[5]
-    classes = [("melanoma", "Asymmetric dark lesion.", [image_files["png"], image_files["jpeg"]]),
-               ("nevus", "Round brown macule.", [image_files["tiff"], image_files["dicom"]])]
+    classes = [
+        ("melanoma", "Asymmetric dark lesion.", [image_files["png"], image_files["jpeg"]]),
+        ("nevus", "Round brown macule.", [image_files["tiff"], image_files["dicom"]]),
+    ]
     return classes, image_files["png2"]
-
-
 
 
 def test_build_synthesize_and_classify_in_a_browser(app_server, browser, image_files, tmp_path):

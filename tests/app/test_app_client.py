@@ -61,8 +61,9 @@ def client(app_server, image_files):
 
 
 def test_predict_gives_probabilities_and_abstains_below_threshold(client, image_files):
-    outcome, label, table = client.predict([handle_file(str(image_files["png2"])), handle_file(str(image_files["dicom_noext"]))],
-                                           0.0, api_name="/predict")
+    outcome, label, table = client.predict(
+        [handle_file(str(image_files["png2"])), handle_file(str(image_files["dicom_noext"]))], 0.0, api_name="/predict"
+    )
     probs = {c["label"]: c["confidence"] for c in label["confidences"]}
     assert set(probs) == {"nevus", "melanoma", "keratosis"} and sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
     top = max(probs, key=probs.get)
@@ -75,8 +76,12 @@ def test_predict_gives_probabilities_and_abstains_below_threshold(client, image_
 
 
 def test_invalid_uploads_get_a_message(client, image_files):
-    for kind, message in [("text", "'notes.png': not a PNG, JPEG, TIFF or DICOM image"), ("gif", "'anim.gif': not a PNG"),
-                          ("truncated", "'truncated.png': The image is corrupt or truncated"), ("tiny", "'tiny.png': The image is 4x4")]:
+    for kind, message in [
+        ("text", "'notes.png': not a PNG, JPEG, TIFF or DICOM image"),
+        ("gif", "'anim.gif': not a PNG"),
+        ("truncated", "'truncated.png': The image is corrupt or truncated"),
+        ("tiny", "'tiny.png': The image is 4x4"),
+    ]:
         error = app_error(lambda: client.predict([handle_file(str(image_files[kind]))], 0.5, api_name="/predict"))
         assert error.startswith(message), error
     too_many = [handle_file(str(image_files["png"]))] * 17
@@ -109,7 +114,9 @@ def test_push_uses_only_the_typed_token_and_never_keeps_it(client, app_server, h
     secret = "hf_typedInTheAppSecret123"
     repo_id = hub_env.new_repo_id("app-push")
     with hub_env.require_token(secret):  # HF_TOKEN in the environment is the server's default token: wrong here
-        assert "Paste a Hub access token" in app_error(lambda: client.predict(repo_id, "", True, False, api_name="/push"))
+        assert "Paste a Hub access token" in app_error(
+            lambda: client.predict(repo_id, "", True, False, api_name="/push")
+        )
         error = app_error(lambda: client.predict(repo_id, "hf_wrongTokenValue999", True, False, api_name="/push"))
         assert "Push to" in error and "failed" in error and "hf_wrongTokenValue999" not in error
         status, token_box = client.predict(repo_id, secret, True, False, api_name="/push")
@@ -201,7 +208,7 @@ def test_example_task_is_one_click_away(app_server):
     _, url = app_server
     session = Client(url, verbose=False)
     values = session.predict("derm-smartphone-pad-ufes-20 (3 classes)", api_name="/load_example")
-    task_name, modality, *rows = values[:2 + 3 * NUM_SLOTS]
+    task_name, modality, *rows = values[: 2 + 3 * NUM_SLOTS]
     try_images = values[-1]
     assert task_name == "derm-smartphone-pad-ufes-20" and modality
     filled = [rows[i : i + 3] for i in range(0, len(rows), 3) if rows[i]]
@@ -227,13 +234,21 @@ def test_sgps_demo_command_serves_the_app(tiny_synth_dir, monkeypatch):
     built, launched = [], []
     real_build, real_launch = demo_app.build_demo, gr.Blocks.launch
     monkeypatch.setattr(demo_app, "build_demo", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
-    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **k: launched.append(k) or real_launch(self, **{**k, "prevent_thread_lock": True}))
+    monkeypatch.setattr(
+        gr.Blocks,
+        "launch",
+        lambda self, **k: launched.append(k) or real_launch(self, **{**k, "prevent_thread_lock": True}),
+    )
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     assert cli.main(["demo", "--synthesizer", str(tiny_synth_dir), "--port", str(port)]) == 0
     try:
-        assert launched[0]["server_name"] == "127.0.0.1" and launched[0]["share"] is False and launched[0]["run_history"] is False
+        assert (
+            launched[0]["server_name"] == "127.0.0.1"
+            and launched[0]["share"] is False
+            and launched[0]["run_history"] is False
+        )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         body = opener.open(f"http://127.0.0.1:{port}/config", timeout=30).read().decode()
         assert "Synthesize a medical image classifier" in body and str(tiny_synth_dir) in body

@@ -18,7 +18,14 @@ from sgps_hf.app.examples import example_tasks
 from sgps_hf.app.export import ExportArea, export_zip, push_from_app, safe_filename, scrub_token
 from sgps_hf.app.inputs import ClassRow, build_task, read_upload, sniff_format
 from sgps_hf.app.limits import AppInputError, AppLimits, AppTimeoutError, RequestRunner
-from sgps_hf.app.prediction import UNCERTAIN, Prediction, check_threshold, predict_files, predictions_markdown, update_from_app
+from sgps_hf.app.prediction import (
+    UNCERTAIN,
+    Prediction,
+    check_threshold,
+    predict_files,
+    predictions_markdown,
+    update_from_app,
+)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -40,8 +47,10 @@ def synth():
 
 @pytest.fixture(scope="module")
 def classifier(synth, image_files):
-    rows = [ClassRow("nevus", "round brown macule", [image_files["png"], image_files["dicom"]]),
-            ClassRow("melanoma", "irregular dark plaque", [image_files["jpeg"], image_files["tiff"]])]
+    rows = [
+        ClassRow("nevus", "round brown macule", [image_files["png"], image_files["dicom"]]),
+        ClassRow("melanoma", "irregular dark plaque", [image_files["jpeg"], image_files["tiff"]]),
+    ]
     return synth.synthesize(build_task(rows, "derm", "photo"))
 
 
@@ -64,7 +73,11 @@ def test_rejects_other_formats_and_broken_files_with_the_file_name(image_files, 
 def test_sniffing_ignores_extensions(image_files):
     assert sniff_format(image_files["dicom_noext"].read_bytes()[:132]) == "DICOM"
     assert sniff_format(image_files["text"].read_bytes()[:132]) is None  # a .png name does not make it a PNG
-    assert [sniff_format(image_files[k].read_bytes()[:132]) for k in ("png", "jpeg", "tiff")] == ["PNG", "JPEG", "TIFF"]
+    assert [sniff_format(image_files[k].read_bytes()[:132]) for k in ("png", "jpeg", "tiff")] == [
+        "PNG",
+        "JPEG",
+        "TIFF",
+    ]
 
 
 def test_size_pixel_and_location_limits(image_files, tmp_path):
@@ -92,11 +105,18 @@ def test_size_pixel_and_location_limits(image_files, tmp_path):
 
 # -- the task form -----------------------------------------------------------------------------------------------
 def test_build_task_skips_blank_rows_and_keeps_order(image_files):
-    rows = [ClassRow("a", "text a", [image_files["png"]]), ClassRow("", "", None), ClassRow(None, None, []),
-            ClassRow("b", "", [str(image_files["dicom"])]), ClassRow("c", "text only", None)]
+    rows = [
+        ClassRow("a", "text a", [image_files["png"]]),
+        ClassRow("", "", None),
+        ClassRow(None, None, []),
+        ClassRow("b", "", [str(image_files["dicom"])]),
+        ClassRow("c", "text only", None),
+    ]
     task = build_task(rows, "  my task ", None)
     assert task.class_names == ["a", "b", "c"] and task.name == "my task" and task.modality == ""
-    assert task.classes[1].fingerprints() == [__import__("hashlib").sha256(image_files["dicom"].read_bytes()).hexdigest()]
+    assert task.classes[1].fingerprints() == [
+        __import__("hashlib").sha256(image_files["dicom"].read_bytes()).hexdigest()
+    ]
 
 
 @pytest.mark.parametrize(
@@ -146,7 +166,11 @@ def test_predict_files_end_to_end(classifier, image_files):
     for r in results:
         assert set(r.probabilities) == {"nevus", "melanoma"} and r.outcome == r.top_label
         assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-    assert all(r.outcome == UNCERTAIN for r in predict_files(classifier, [image_files["png_gray"]], 1.0) if r.top_probability < 1.0)
+    assert all(
+        r.outcome == UNCERTAIN
+        for r in predict_files(classifier, [image_files["png_gray"]], 1.0)
+        if r.top_probability < 1.0
+    )
     with pytest.raises(AppInputError, match="synthesize one first"):
         predict_files(None, [image_files["png"]], 0.5)
     with pytest.raises(AppInputError, match="at least one image"):
@@ -205,9 +229,14 @@ def test_export_area_prunes_old_exports(tmp_path):
 
 def test_push_validation_never_uses_a_server_token(classifier, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_serverSideTokenThatMustNotBeUsed")
-    for repo_id, token, message in [("", "t", "Enter the Hub repo id"), ("no-namespace", "t", "must look like"),
-                                    ("a/b/c", "t", "must look like"), ("user/bad name!", "t", "Invalid repo id"),
-                                    ("user/ok", "", "Paste a Hub access token"), ("user/ok", None, "Paste a Hub access token")]:
+    for repo_id, token, message in [
+        ("", "t", "Enter the Hub repo id"),
+        ("no-namespace", "t", "must look like"),
+        ("a/b/c", "t", "must look like"),
+        ("user/bad name!", "t", "Invalid repo id"),
+        ("user/ok", "", "Paste a Hub access token"),
+        ("user/ok", None, "Paste a Hub access token"),
+    ]:
         with pytest.raises(AppInputError, match=message):
             push_from_app(classifier, repo_id, token, True, False)
     with pytest.raises(AppInputError, match="synthesize one first"):
@@ -228,7 +257,9 @@ def test_examples_from_the_shared_data():
         assert example.modality
         for name, text, paths in example.classes:
             assert text and len(paths) == 2 and all(p.is_file() for p in paths)
-        assert len(example.try_images) == 3 and not set(example.try_images) & {p for _, _, ps in example.classes for p in ps}
+        assert len(example.try_images) == 3 and not set(example.try_images) & {
+            p for _, _, ps in example.classes for p in ps
+        }
 
 
 def test_examples_absent_without_data(tmp_path):
@@ -246,19 +277,33 @@ def test_request_runner_time_limit():
 
 # -- fuzzing -------------------------------------------------------------------------------------------------------
 _valid_files = st.sampled_from(["png", "png_gray", "jpeg", "tiff", "dicom", "dicom_noext"])
-_files = st.one_of(_valid_files, _valid_files, _valid_files, st.sampled_from(["text", "gif", "truncated", "empty", "tiny"]))
+_files = st.one_of(
+    _valid_files, _valid_files, _valid_files, st.sampled_from(["text", "gif", "truncated", "empty", "tiny"])
+)
 _names = st.one_of(st.sampled_from(["nevus", "melanoma", "Nevus", "bcc", "", " "]), st.text(max_size=20))
-_texts = st.one_of(st.none(), st.sampled_from(["", "round brown macule"]), st.text(max_size=40),
-                   st.text(alphabet=st.characters(max_codepoint=0x3000), min_size=1990, max_size=2010))
+_texts = st.one_of(
+    st.none(),
+    st.sampled_from(["", "round brown macule"]),
+    st.text(max_size=40),
+    st.text(alphabet=st.characters(max_codepoint=0x3000), min_size=1990, max_size=2010),
+)
 _random_rows = st.lists(st.tuples(_names, _texts, st.one_of(st.none(), st.lists(_files, max_size=6))), max_size=9)
 _plausible_rows = st.lists(  # mostly valid forms, so the fuzzing also reaches the success path
-    st.tuples(st.text(alphabet="abcdefgh _-", min_size=1, max_size=12), st.sampled_from(["", "scaly red patch", "x" * 1999]),
-              st.lists(_valid_files, min_size=1, max_size=5)),
-    min_size=2, max_size=8, unique_by=lambda row: row[0].strip().casefold())
+    st.tuples(
+        st.text(alphabet="abcdefgh _-", min_size=1, max_size=12),
+        st.sampled_from(["", "scaly red patch", "x" * 1999]),
+        st.lists(_valid_files, min_size=1, max_size=5),
+    ),
+    min_size=2,
+    max_size=8,
+    unique_by=lambda row: row[0].strip().casefold(),
+)
 _rows = st.one_of(_random_rows, _plausible_rows)
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(rows=_rows, task_name=_names, modality=st.one_of(_names, st.text(min_size=95, max_size=105)))
 def test_fuzz_form_inputs_only_raise_user_errors(image_files, rows, task_name, modality):
     """Whatever a client sends, the form gives a valid task or a user-facing SGPSError naming no server path."""
@@ -284,4 +329,3 @@ def test_fuzz_threshold(value):
         assert "Confidence threshold" in str(exc)
     else:
         assert 0.0 <= result <= 1.0
-

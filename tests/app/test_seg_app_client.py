@@ -7,7 +7,6 @@ import huggingface_hub as hfh
 import numpy as np
 import pytest
 from PIL import Image
-
 from seg_testing import write_task_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("torch_single_thread")]
@@ -40,8 +39,13 @@ def test_tab_over_http(tab_url, tmp_path, hub_env):
     images = sorted((folder / "images").iterdir())
     masks = sorted((folder / "masks" / "lesion").iterdir())
     client = Client(tab_url, verbose=False)
-    status, card = client.predict([handle_file(str(p)) for p in images], [handle_file(str(p)) for p in masks], "blob", "bright disc",
-                                  api_name="/seg_synthesize")
+    status, card = client.predict(
+        [handle_file(str(p)) for p in images],
+        [handle_file(str(p)) for p in masks],
+        "blob",
+        "bright disc",
+        api_name="/seg_synthesize",
+    )
     assert "from 3 example(s)" in status and "bright disc" in card
     gallery, outcome = client.predict([handle_file(str(images[0]))], api_name="/seg_predict")
     assert len(gallery) == 1 and "Segmented 1 image" in outcome
@@ -55,5 +59,7 @@ def test_tab_over_http(tab_url, tmp_path, hub_env):
     pushed = client.predict(repo_id, hub_env.token, False, api_name="/seg_push")
     assert "Pushed" in pushed and "model.safetensors" in hfh.list_repo_files(repo_id)
 
-    error, _ = client.predict([handle_file(str(images[0]))], [handle_file(str(p)) for p in masks], "blob", "", api_name="/seg_synthesize")
+    error, _ = client.predict(
+        [handle_file(str(images[0]))], [handle_file(str(p)) for p in masks], "blob", "", api_name="/seg_synthesize"
+    )
     assert "1 images but 3 masks" in error

@@ -5,7 +5,6 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
-
 from seg_testing import write_task_folder
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -32,7 +31,9 @@ def test_app_tab_functions(tiny_synth, tmp_path):
     tinted = np.asarray(gallery[0][0]).astype(int) != np.asarray(Image.open(images[0]).convert("RGB")).astype(int)
     np.testing.assert_array_equal(tinted.any(-1), expected & tinted.any(-1))  # only predicted pixels are tinted
     archive, message = app_tab.download(segmenter)
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(zipfile.ZipFile(archive).namelist())
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(
+        zipfile.ZipFile(archive).namelist()
+    )
 
     none, error, _ = app_tab.synthesize(images, renamed[:2], "blob", "", synthesizer=tiny_synth)
     assert none is None and "3 images but 2 masks" in error

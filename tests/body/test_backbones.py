@@ -7,7 +7,12 @@ import timm
 import torch
 
 from sgps_hf.body import backbones
-from sgps_hf.body.backbones import convert_package_weights, imagenet_state_dict, load_pretrained_body, package_checkpoint_file
+from sgps_hf.body.backbones import (
+    convert_package_weights,
+    imagenet_state_dict,
+    load_pretrained_body,
+    package_checkpoint_file,
+)
 from sgps_hf.errors import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -27,7 +32,9 @@ def test_converted_lite0_equals_the_reference_implementation(converted):
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     model.load_state_dict(converted, strict=True)
     model.eval()
-    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0)) * 2 - 1  # the [-1, 1] range Lite expects
+    images = (
+        torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    )  # the [-1, 1] range Lite expects
     with torch.no_grad():
         ours, theirs = model(images), reference(images)
     assert ours.shape == theirs.shape == (2, 1000)
@@ -73,7 +80,9 @@ def test_load_pretrained_body_fills_a_headless_body(converted, monkeypatch):
     classifier = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=5)
     head = classifier.classifier.weight.clone()
     load_pretrained_body(classifier, "imagenet")
-    assert torch.equal(classifier.classifier.weight, head) and torch.equal(classifier.conv_stem.weight, converted["conv_stem.weight"])
+    assert torch.equal(classifier.classifier.weight, head) and torch.equal(
+        classifier.conv_stem.weight, converted["conv_stem.weight"]
+    )
 
 
 def test_architectures_without_offline_weights_are_named_in_the_error():

@@ -98,7 +98,10 @@ def test_classify_equals_the_materialized_timm_model(config, body):
 
 
 def test_classify_is_differentiable_wrt_the_given_weights(config, body):
-    weights = {k: v.clone().requires_grad_(v.is_floating_point() and "running" not in k) for k, v in random_weights(config, body).items()}
+    weights = {
+        k: v.clone().requires_grad_(v.is_floating_point() and "running" not in k)
+        for k, v in random_weights(config, body).items()
+    }
     logits = classify(body, weights, torch.randn(2, 3, config.image_size, config.image_size))
     logits.sum().backward()
     assert weights["conv_stem.weight"].grad is not None and weights["conv_stem.weight"].grad.abs().sum() > 0
@@ -123,7 +126,9 @@ def test_task_batchnorm_features_are_those_of_the_adapted_body_and_the_input_is_
     before = {name: tensor.clone() for name, tensor in tensors.items()}
     with torch.no_grad():
         adapted, features = task_batchnorm(body, tensors, images, 0.4)
-        model = materialize(config, {**adapted, HEAD_WEIGHT: torch.zeros(2, body.num_features), HEAD_BIAS: torch.zeros(2)})
+        model = materialize(
+            config, {**adapted, HEAD_WEIGHT: torch.zeros(2, body.num_features), HEAD_BIAS: torch.zeros(2)}
+        )
         expected = model.forward_head(model.forward_features(images), pre_logits=True)
     torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
     assert all(torch.equal(tensors[name], value) for name, value in before.items())  # the caller's tensors

@@ -42,13 +42,40 @@ def workspace(tmp_path_factory):
 def test_synthesize_update_predict(workspace, capsys):
     root, new = workspace
     out = root / "classifier"
-    assert main(["synthesize", "--task", str(root / "task" / "task.yaml"), "--out", str(out), "--synthesizer", str(root / "synth")]) == 0
+    assert (
+        main(
+            [
+                "synthesize",
+                "--task",
+                str(root / "task" / "task.yaml"),
+                "--out",
+                str(out),
+                "--synthesizer",
+                str(root / "synth"),
+            ]
+        )
+        == 0
+    )
     before = SynthesizedClassifier.from_pretrained(out)
     assert before.label_names == ["melanoma", "nevus", "a=b"] and before.version == 1
     capsys.readouterr()
 
     # the synthesizer recorded in the classifier (a local folder) is used by default
-    assert main(["update", "--classifier", str(out), "--add", f"nevus={new[0]}", f"a=b={new[1]}", "--add", f"nevus={new[2]}"]) == 0
+    assert (
+        main(
+            [
+                "update",
+                "--classifier",
+                str(out),
+                "--add",
+                f"nevus={new[0]}",
+                f"a=b={new[1]}",
+                "--add",
+                f"nevus={new[2]}",
+            ]
+        )
+        == 0
+    )
     assert "Version 2 saved to" in capsys.readouterr().out
     after = SynthesizedClassifier.from_pretrained(out)
     assert after.version == 2 and [v["version"] for v in after.versions] == [1]
@@ -64,10 +91,41 @@ def test_synthesize_update_predict(workspace, capsys):
 def test_update_to_another_folder_and_user_errors(workspace, capsys, tmp_path):
     root, new = workspace
     source = root / "classifier-2"
-    assert main(["synthesize", "--task", str(root / "task" / "task.yaml"), "--out", str(source), "--synthesizer", str(root / "synth")]) == 0
+    assert (
+        main(
+            [
+                "synthesize",
+                "--task",
+                str(root / "task" / "task.yaml"),
+                "--out",
+                str(source),
+                "--synthesizer",
+                str(root / "synth"),
+            ]
+        )
+        == 0
+    )
     copy = tmp_path / "v2"
-    assert main(["update", "--classifier", str(source), "--add", f"melanoma={new[0]}", "--out", str(copy), "--synthesizer", str(root / "synth")]) == 0
-    assert SynthesizedClassifier.from_pretrained(source).version == 1 and SynthesizedClassifier.from_pretrained(copy).version == 2
+    assert (
+        main(
+            [
+                "update",
+                "--classifier",
+                str(source),
+                "--add",
+                f"melanoma={new[0]}",
+                "--out",
+                str(copy),
+                "--synthesizer",
+                str(root / "synth"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        SynthesizedClassifier.from_pretrained(source).version == 1
+        and SynthesizedClassifier.from_pretrained(copy).version == 2
+    )
     capsys.readouterr()
     assert main(["update", "--classifier", str(source), "--add", f"psoriasis={new[0]}"]) == 2
     assert "is not CLASS=IMAGE with CLASS one of ['melanoma', 'nevus', 'a=b']" in capsys.readouterr().err

@@ -55,6 +55,8 @@ def test_ece_of_perfectly_calibrated_one_hot_is_zero():
 
 
 def test_mean_ci_skips_nan_and_handles_single_values():
-    assert mean_ci([0.5, float("nan"), 0.7]) == pytest.approx({"mean": 0.6, "ci95": 1.96 * np.std([0.5, 0.7], ddof=1) / np.sqrt(2), "n": 2})
+    assert mean_ci([0.5, float("nan"), 0.7]) == pytest.approx(
+        {"mean": 0.6, "ci95": 1.96 * np.std([0.5, 0.7], ddof=1) / np.sqrt(2), "n": 2}
+    )
     single = mean_ci([0.3])
     assert single["mean"] == 0.3 and np.isnan(single["ci95"])

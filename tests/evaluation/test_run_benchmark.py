@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 import sgps_testing
 
 SCRIPT = sgps_testing.PROJECT_ROOT / "scripts" / "run_benchmark.py"
@@ -16,13 +15,33 @@ SCRIPT = sgps_testing.PROJECT_ROOT / "scripts" / "run_benchmark.py"
 
 def _run(bench_data, out, *extra: str) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, str(SCRIPT), "--synthesizer", str(bench_data["synth"]), "--data-dir", str(bench_data["eval"]),
-        "--train-sources", str(bench_data["train"]), "--val-sources", str(bench_data["val"]), "--ways", "3",
-        "--shots", "0", "1", "5", "--quick", "--out", str(out),
-        "--num-threads", "1", *extra,
+        sys.executable,
+        str(SCRIPT),
+        "--synthesizer",
+        str(bench_data["synth"]),
+        "--data-dir",
+        str(bench_data["eval"]),
+        "--train-sources",
+        str(bench_data["train"]),
+        "--val-sources",
+        str(bench_data["val"]),
+        "--ways",
+        "3",
+        "--shots",
+        "0",
+        "1",
+        "5",
+        "--quick",
+        "--out",
+        str(out),
+        "--num-threads",
+        "1",
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=str(sgps_testing.PROJECT_ROOT))
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=env, cwd=str(sgps_testing.PROJECT_ROOT)
+    )
     if result.returncode != 0:
         pytest.fail(f"run_benchmark.py failed:\n{result.stderr[-4000:]}")
     return result
@@ -33,7 +52,9 @@ def quick_run(bench_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("quick")
     descriptions = root / "texts.json"
     descriptions.write_text(json.dumps({"class_0": "bright reddish tile", "class_1": "dark greenish tile"}))
-    _run(bench_data, root / "out", "--descriptions", str(descriptions), "--report", str(root / "report" / "RESULTS.md"))
+    _run(
+        bench_data, root / "out", "--descriptions", str(descriptions), "--report", str(root / "report" / "RESULTS.md")
+    )
     return root
 
 
@@ -41,19 +62,34 @@ def test_results_json_has_every_method_shot_and_criterion(quick_run):
     results = json.loads((quick_run / "out" / "results.json").read_text())
     main = results["main"]
     assert set(main["SGPS (text only)"]) == {"0"}
-    image_methods = ["SGPS (image + text)", "SGPS (image only)", "ProtoNet", "Fine-tune all layers", "Fine-tune top layers",
-                     "Fine-tune head (linear probe)", "Nearest neighbour"]
+    image_methods = [
+        "SGPS (image + text)",
+        "SGPS (image only)",
+        "ProtoNet",
+        "Fine-tune all layers",
+        "Fine-tune top layers",
+        "Fine-tune head (linear probe)",
+        "Nearest neighbour",
+    ]
     for name in image_methods:
         assert set(main[name]) == {"1", "5"}, name
         row = main[name]["5"]
-        episodes = 2 if name == "Fine-tune all layers" else 3  # all-layer fine-tuning runs on the first N episodes only
+        episodes = (
+            2 if name == "Fine-tune all layers" else 3
+        )  # all-layer fine-tuning runs on the first N episodes only
         for metric in ("accuracy", "macro_f1", "auroc"):
             assert 0.0 <= row[metric]["mean"] <= 1.0 and row[metric]["n"] == episodes
         assert 0.0 <= row["ece"] <= 1.0 and row["adapt_seconds"]["mean"] > 0
     assert set(results["data_efficiency"]["points"]["ProtoNet"]) == {"1", "2"}
     assert set(results["generalization_gap"]["methods"]) == set(image_methods) - {"Fine-tune all layers"}
     assert all(r["temperature"] > 0 for r in results["calibration"]["methods"].values())
-    assert set(results["domain_shift"]["methods"]["Fine-tune top layers"]) == {"clean", "blur", "noise", "contrast", "jpeg"}
+    assert set(results["domain_shift"]["methods"]["Fine-tune top layers"]) == {
+        "clean",
+        "blur",
+        "noise",
+        "contrast",
+        "jpeg",
+    }
     assert results["subgroups"]["available"] is False
     speed = results["speed"]
     assert speed["synthesis_seconds_per_task"] > 0 and speed["inference_ratio"] > 0.3
@@ -63,8 +99,16 @@ def test_results_json_has_every_method_shot_and_criterion(quick_run):
 
 def test_markdown_and_plots(quick_run):
     markdown = (quick_run / "out" / "results.md").read_text()
-    for section in ("## Main results", "## Data efficiency", "## Generalization gap", "## Calibration", "## Domain shift",
-                    "## Subgroups", "## Speed", "Environment:"):
+    for section in (
+        "## Main results",
+        "## Data efficiency",
+        "## Generalization gap",
+        "## Calibration",
+        "## Domain shift",
+        "## Subgroups",
+        "## Speed",
+        "Environment:",
+    ):
         assert section in markdown
     for plot in ("data_efficiency", "reliability", "domain_shift", "generalization_gap"):
         assert (quick_run / "out" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
@@ -75,13 +119,15 @@ def test_markdown_and_plots(quick_run):
 def test_sgps_evaluate_is_registered():
     from sgps_hf.cli import build_parser
 
-    args = build_parser().parse_args(["evaluate", "--out", "x", "--split", "held_out", "--shots", "1", "5", "--episodes", "600"])
+    args = build_parser().parse_args(
+        ["evaluate", "--out", "x", "--split", "held_out", "--shots", "1", "5", "--episodes", "600"]
+    )
     assert args.episodes == 600 and args.shots == [1, 5] and callable(args.handler)
 
 
 def test_unknown_description_class_is_a_clear_error(bench_data, tmp_path):
-    from sgps_hf.errors import DataError
     from sgps_hf.data.sources import dataset_pools
+    from sgps_hf.errors import DataError
 
     texts = tmp_path / "texts.json"
     texts.write_text(json.dumps({"melanoma": "dark lesion"}))

@@ -5,14 +5,45 @@ from __future__ import annotations
 import sgps_hf.errors as errors
 
 DOCUMENTED = tuple(
-
-    getattr(errors, name) for name in ("InvalidTaskError", "ImageLoadError", "CheckpointError", "SynthesisError", "DataError", "OutputPathError")
+    getattr(errors, name)
+    for name in (
+        "InvalidTaskError",
+        "ImageLoadError",
+        "CheckpointError",
+        "SynthesisError",
+        "DataError",
+        "OutputPathError",
+    )
 )
 # Words with which every error message of the library tells the user what to do or what was wrong.
 _ACTIONABLE = (
-    "must", "need", "limit", "remove", "give", "keep", "check", "pass", "use", "re-", "save", "export", "downscale",
-    "supported", "expected", "allowed", "at least", "at most", "not found", "not a", "not valid", "cannot", "unknown", "empty",
-    "invalid", "no ", "fix",
+    "must",
+    "need",
+    "limit",
+    "remove",
+    "give",
+    "keep",
+    "check",
+    "pass",
+    "use",
+    "re-",
+    "save",
+    "export",
+    "downscale",
+    "supported",
+    "expected",
+    "allowed",
+    "at least",
+    "at most",
+    "not found",
+    "not a",
+    "not valid",
+    "cannot",
+    "unknown",
+    "empty",
+    "invalid",
+    "no ",
+    "fix",
 )
 
 

@@ -24,8 +24,15 @@ from sgps_hf import CheckpointError, SGPSSynthesizer, SynthesizedClassifier
 pytestmark = [pytest.mark.usefixtures("torch_single_thread"), pytest.mark.timeout(300)]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float64, torch.int32, torch.int64, torch.uint8, torch.bool]
-JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**12), st.floats(allow_nan=True, allow_infinity=True),
-                        st.text(max_size=8), st.lists(st.integers(-2, 5), max_size=4), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-2, 5), max_size=4),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +49,11 @@ def saved(tmp_path_factory):
 @st.composite
 def tensor_mutations(draw, names: list[str]):
     """A list of (operation, tensor name, argument) edits to a state dict."""
-    ops = st.tuples(st.sampled_from(["drop", "add", "reshape", "retype", "scalar"]), st.sampled_from(names), st.sampled_from(DTYPES))
+    ops = st.tuples(
+        st.sampled_from(["drop", "add", "reshape", "retype", "scalar"]),
+        st.sampled_from(names),
+        st.sampled_from(DTYPES),
+    )
     return draw(st.lists(ops, min_size=1, max_size=3))
 
 
@@ -88,8 +99,22 @@ def check_loaded(model_state: dict, original_file) -> None:
         assert model_state[name].dtype == tensor.dtype and torch.equal(model_state[name], tensor), name
 
 
-SYNTH_KEYS = ["hidden_size", "image_size", "support_views", "ridge_init", "prior_init", "logit_scale_init", "text_dropout_rate",
-              "channel_multiplier", "depth_multiplier", "target_architecture", "text_embed_dim", "model_type", "image_mean", "interpolation"]
+SYNTH_KEYS = [
+    "hidden_size",
+    "image_size",
+    "support_views",
+    "ridge_init",
+    "prior_init",
+    "logit_scale_init",
+    "text_dropout_rate",
+    "channel_multiplier",
+    "depth_multiplier",
+    "target_architecture",
+    "text_embed_dim",
+    "model_type",
+    "image_mean",
+    "interpolation",
+]
 
 
 @settings(max_examples=70)
@@ -102,7 +127,9 @@ def test_synthesizer_checkpoints_load_exactly_or_explain(saved, tmp_path_factory
         apply_tensor_mutations(weights, data.draw(tensor_mutations(sorted(load_file(weights)))))
     elif kind == "bytes":
         target = data.draw(st.sampled_from([weights, config]))
-        apply_byte_mutation(target, data.draw(st.floats(0, 1)), data.draw(st.floats(0, 1)), data.draw(st.integers(0, 255)))
+        apply_byte_mutation(
+            target, data.draw(st.floats(0, 1)), data.draw(st.floats(0, 1)), data.draw(st.integers(0, 255))
+        )
     elif kind == "config":
         drops = data.draw(st.lists(st.sampled_from(SYNTH_KEYS), max_size=2))
         sets = data.draw(st.dictionaries(st.sampled_from(SYNTH_KEYS), JSON_VALUES, max_size=2))
@@ -115,7 +142,15 @@ def test_synthesizer_checkpoints_load_exactly_or_explain(saved, tmp_path_factory
     check_loaded(model.state_dict(), saved / "synth" / "model.safetensors")
 
 
-CLASSIFIER_KEYS = ["architecture", "num_classes", "label_names", "model_args", "pretrained_cfg", "pretrained_cfg", "num_features"]
+CLASSIFIER_KEYS = [
+    "architecture",
+    "num_classes",
+    "label_names",
+    "model_args",
+    "pretrained_cfg",
+    "pretrained_cfg",
+    "num_features",
+]
 TASK_KEYS = ["task", "target", "data_config", "synthesizer", "weights_sha256"]
 
 
@@ -129,15 +164,23 @@ def test_classifier_folders_load_exactly_or_explain(saved, tmp_path_factory, dat
         apply_tensor_mutations(weights, data.draw(tensor_mutations(sorted(load_file(weights)))))
     elif kind == "bytes":
         target = data.draw(st.sampled_from([weights, config, task]))
-        apply_byte_mutation(target, data.draw(st.floats(0, 1)), data.draw(st.floats(0, 1)), data.draw(st.integers(0, 255)))
+        apply_byte_mutation(
+            target, data.draw(st.floats(0, 1)), data.draw(st.floats(0, 1)), data.draw(st.integers(0, 255))
+        )
     elif kind in ("config", "task"):
         keys = CLASSIFIER_KEYS if kind == "config" else TASK_KEYS
         drops = data.draw(st.lists(st.sampled_from(keys), max_size=2))
         sets = data.draw(st.dictionaries(st.sampled_from(keys), JSON_VALUES, max_size=2))
         apply_config_mutation(config if kind == "config" else task, drops, sets)
     elif kind == "model_args":
-        args = data.draw(st.dictionaries(st.sampled_from(["channel_multiplier", "depth_multiplier", "checkpoint_path", "drop_rate", "bogus"]),
-                                         JSON_VALUES, min_size=1, max_size=2))
+        args = data.draw(
+            st.dictionaries(
+                st.sampled_from(["channel_multiplier", "depth_multiplier", "checkpoint_path", "drop_rate", "bogus"]),
+                JSON_VALUES,
+                min_size=1,
+                max_size=2,
+            )
+        )
         apply_config_mutation(config, [], {"model_args": args})
     try:
         classifier = SynthesizedClassifier.from_pretrained(folder)
@@ -173,7 +216,10 @@ def mutate_path(data, path, op, value):
 
 
 @settings(max_examples=120)
-@given(data=st.data(), target=st.sampled_from(["sgps_task.json", "sgps_task.json", "config.json", "versions/v1/sgps_task.json"]))
+@given(
+    data=st.data(),
+    target=st.sampled_from(["sgps_task.json", "sgps_task.json", "config.json", "versions/v1/sgps_task.json"]),
+)
 def test_any_sidecar_key_is_used_safely_or_refused(saved, versioned, tmp_path_factory, data, target):
     """Whatever key of a sidecar is dropped or replaced, the classifier either loads and then predicts, renders its
     card and reads its support set, or loading raises a CheckpointError that says what to fix. Never another type."""
@@ -183,8 +229,13 @@ def test_any_sidecar_key_is_used_safely_or_refused(saved, versioned, tmp_path_fa
     shutil.copytree(versioned, folder)
     path = folder / target
     content = json.loads(path.read_text())
-    edits = data.draw(st.lists(st.tuples(st.sampled_from(key_paths(content)), st.sampled_from(["drop", "set", "set"]), JSON_VALUES),
-                               min_size=1, max_size=3))
+    edits = data.draw(
+        st.lists(
+            st.tuples(st.sampled_from(key_paths(content)), st.sampled_from(["drop", "set", "set"]), JSON_VALUES),
+            min_size=1,
+            max_size=3,
+        )
+    )
     for key_path, op, value in edits:
         try:
             mutate_path(content, key_path, op, value)

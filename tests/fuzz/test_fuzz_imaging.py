@@ -57,7 +57,11 @@ def encoded_images(draw) -> bytes:
     buffer = io.BytesIO()
     fmt = draw(st.sampled_from(sorted(FORMATS)))
     try:
-        extra = {"save_all": True, "append_images": [image.copy() for _ in range(frames - 1)]} if frames > 1 and fmt in ("GIF", "TIFF", "PNG", "WEBP") else {}
+        extra = (
+            {"save_all": True, "append_images": [image.copy() for _ in range(frames - 1)]}
+            if frames > 1 and fmt in ("GIF", "TIFF", "PNG", "WEBP")
+            else {}
+        )
         image.save(buffer, fmt, **extra)
     except (OSError, ValueError, KeyError, TypeError):
         return b""  # PIL cannot write this mode in this format: the empty file is still a case
@@ -75,8 +79,12 @@ def mutate(data: bytes, cut: float, flips: list[tuple[float, int]]) -> bytes:
 
 
 @settings(max_examples=250)
-@given(data=encoded_images(), suffix=st.sampled_from(SUFFIXES), cut=st.sampled_from([1.0, 1.0, 0.9, 0.5, 0.1, 0.0]) | st.floats(0, 1),
-       flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=3))
+@given(
+    data=encoded_images(),
+    suffix=st.sampled_from(SUFFIXES),
+    cut=st.sampled_from([1.0, 1.0, 0.9, 0.5, 0.1, 0.0]) | st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=3),
+)
 def test_image_files_load_or_explain(tmp_path_factory, data, suffix, cut, flips):
     path = tmp_path_factory.mktemp("img") / f"image{suffix}"
     path.write_bytes(mutate(data, cut, flips))
@@ -101,7 +109,22 @@ def test_pil_images_of_every_mode(mode, width, height):
         assert image is not None and image.size == (width, height), f"a valid {mode} image was rejected"
 
 
-ARRAY_DTYPES = st.sampled_from(["uint8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bool", "complex64", "object", "U3"])
+ARRAY_DTYPES = st.sampled_from(
+    [
+        "uint8",
+        "uint16",
+        "int16",
+        "int32",
+        "int64",
+        "float16",
+        "float32",
+        "float64",
+        "bool",
+        "complex64",
+        "object",
+        "U3",
+    ]
+)
 
 
 # Mostly image-like shapes (H x W, H x W x C with H, W >= 8), so the dtype checks are reached, plus any shape at all.
@@ -113,8 +136,15 @@ SHAPES = st.one_of(
 
 
 @settings(max_examples=120)
-@given(array=ARRAY_DTYPES.flatmap(lambda dtype: hnp.arrays(
-    np.dtype(dtype), SHAPES, elements=st.just("a") if dtype == "U3" else st.just(object()) if dtype == "object" else None)))
+@given(
+    array=ARRAY_DTYPES.flatmap(
+        lambda dtype: hnp.arrays(
+            np.dtype(dtype),
+            SHAPES,
+            elements=st.just("a") if dtype == "U3" else st.just(object()) if dtype == "object" else None,
+        )
+    )
+)
 @example(array=np.full((10, 10), object()))
 @example(array=np.full((10, 10), "abc"))
 @example(array=np.ones((10, 10), complex))
@@ -123,7 +153,9 @@ def test_numpy_arrays_load_or_explain(array):
 
 
 # -- DICOM with fuzzed headers ------------------------------------------------------------------------------------
-def dicom_bytes(rows: int, columns: int, frames: int | None, samples: int, bits: int, photometric: str, payload: int) -> bytes:
+def dicom_bytes(
+    rows: int, columns: int, frames: int | None, samples: int, bits: int, photometric: str, payload: int
+) -> bytes:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -147,10 +179,15 @@ def dicom_bytes(rows: int, columns: int, frames: int | None, samples: int, bits:
 
 
 @settings(max_examples=80)
-@given(rows=st.sampled_from([0, 1, 7, 8, 16, 30, 65535]), columns=st.sampled_from([0, 8, 16, 33, 65535]),
-       frames=st.sampled_from([None, 0, 1, 3, 100000]), samples=st.sampled_from([1, 3, 2]), bits=st.sampled_from([8, 16]),
-       photometric=st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL"]),
-       payload=st.sampled_from([0, 1, 64, 512, 1536, 4096]) | st.integers(0, 5000))
+@given(
+    rows=st.sampled_from([0, 1, 7, 8, 16, 30, 65535]),
+    columns=st.sampled_from([0, 8, 16, 33, 65535]),
+    frames=st.sampled_from([None, 0, 1, 3, 100000]),
+    samples=st.sampled_from([1, 3, 2]),
+    bits=st.sampled_from([8, 16]),
+    photometric=st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL"]),
+    payload=st.sampled_from([0, 1, 64, 512, 1536, 4096]) | st.integers(0, 5000),
+)
 @example(rows=0, columns=16, frames=None, samples=1, bits=16, photometric="MONOCHROME1", payload=0)
 @example(rows=65535, columns=65535, frames=100000, samples=1, bits=16, photometric="MONOCHROME2", payload=64)
 def test_dicom_headers_load_or_explain(rows, columns, frames, samples, bits, photometric, payload):
@@ -166,7 +203,11 @@ def png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("width, height", [(10_001, 10_000), (50_000, 50_000), (2**31 - 1, 2**31 - 1), (1, 1)])
@@ -194,8 +235,13 @@ def test_10000x10000_image_loads_within_bounded_memory(tmp_path):
     """The largest accepted image (100 MP) decodes with a bounded peak (measured in a fresh process)."""
     path = tmp_path / "slide.png"
     Image.new("L", (10_000, 10_000), 90).save(path, compress_level=1)
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), str(path)], capture_output=True, text=True, timeout=280,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CHILD), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     mode, width, height, peak_mib = result.stdout.split()[-4:]
     assert (mode, int(width), int(height)) == ("RGB", 10_000, 10_000)
@@ -211,7 +257,9 @@ def test_oversized_dicom_is_rejected_before_its_pixels_are_decoded(rows, columns
 
 
 # -- extreme shapes: thin strips, huge headers, and the resize they would cause -------------------------------------
-EXTREME_SIDE = st.one_of(st.integers(1, 64), st.integers(64, 2_000_000), st.sampled_from([8, 9, 159, 160, 161, 10_000, 10_001, 2**31 - 1]))
+EXTREME_SIDE = st.one_of(
+    st.integers(1, 64), st.integers(64, 2_000_000), st.sampled_from([8, 9, 159, 160, 161, 10_000, 10_001, 2**31 - 1])
+)
 
 
 @settings(max_examples=200)
@@ -225,7 +273,11 @@ def test_extreme_header_shapes_are_refused_from_the_header(width, height):
         load_image(png_header_only(width, height))
     assert_actionable(info.value, ImageLoadError)
     message = str(info.value)
-    within = min(width, height) >= MIN_IMAGE_SIDE and width * height <= MAX_IMAGE_PIXELS and max(width, height) <= MAX_ASPECT_RATIO * min(width, height)
+    within = (
+        min(width, height) >= MIN_IMAGE_SIDE
+        and width * height <= MAX_IMAGE_PIXELS
+        and max(width, height) <= MAX_ASPECT_RATIO * min(width, height)
+    )
     assert ("corrupt or truncated" in message) == within, message
 
 
@@ -233,8 +285,8 @@ def test_extreme_header_shapes_are_refused_from_the_header(width, height):
 @given(width=st.integers(8, 4000), height=st.integers(8, 4000), size=st.sampled_from([16, 32, 128, 4096]))
 def test_extreme_in_memory_shapes_are_processed_or_refused(width, height, size):
     """Any shape through the image processor: the expected tensor, or an ImageLoadError (aspect or resize limit)."""
-    from sgps_hf.models.sgps.image_processing_sgps import MAX_RESIZED_PIXELS, SGPSImageProcessor
     from sgps_hf.imaging import MAX_ASPECT_RATIO
+    from sgps_hf.models.sgps.image_processing_sgps import MAX_RESIZED_PIXELS, SGPSImageProcessor
 
     image = Image.new("L", (width, height), 7)
     processor = SGPSImageProcessor(image_size=size)

@@ -22,8 +22,28 @@ pytestmark = pytest.mark.timeout(180)
 
 # Any code point, lone surrogates and control characters included (st.text() alone leaves surrogates out).
 ANY_CHAR = st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=())
-TRICKY = st.sampled_from(["", " ", "\n\t ", "\x00", "\x1b[31m", "\u200b", "\ufeff", "\ud800", "e\u0301", "\u2028", "ß", "SS", "İ", "🩺", "a" * 101])
-TEXT = st.one_of(st.text(ANY_CHAR, max_size=40), TRICKY, st.lists(TRICKY | st.text(max_size=5), max_size=6).map("".join))
+TRICKY = st.sampled_from(
+    [
+        "",
+        " ",
+        "\n\t ",
+        "\x00",
+        "\x1b[31m",
+        "\u200b",
+        "\ufeff",
+        "\ud800",
+        "e\u0301",
+        "\u2028",
+        "ß",
+        "SS",
+        "İ",
+        "🩺",
+        "a" * 101,
+    ]
+)
+TEXT = st.one_of(
+    st.text(ANY_CHAR, max_size=40), TRICKY, st.lists(TRICKY | st.text(max_size=5), max_size=6).map("".join)
+)
 
 
 def check_valid_class(spec: ClassSpec) -> None:
@@ -39,7 +59,9 @@ def check_valid_class(spec: ClassSpec) -> None:
 
 
 @settings(max_examples=300)
-@given(name=TEXT, description=st.one_of(TEXT, st.none(), st.integers(), st.binary(max_size=4)), with_image=st.booleans())
+@given(
+    name=TEXT, description=st.one_of(TEXT, st.none(), st.integers(), st.binary(max_size=4)), with_image=st.booleans()
+)
 @example(name="melanoma", description="x" * 100_000, with_image=True)  # a 100k-character clinical text
 @example(name="  ", description="\t\n", with_image=True)
 @example(name="a", description="\x07bell", with_image=False)
@@ -72,21 +94,52 @@ def test_task_spec_accepts_or_explains(names, task_name, modality):
 
 
 # -- task files --------------------------------------------------------------------------------------------------
-SCALAR = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=12), st.binary(max_size=6), TRICKY)
-ANY_DATA = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
-IMAGE_PATH = st.one_of(st.sampled_from(["a.png", "../a.png", "/etc/passwd", "", ".", "img\x00.png", "a" * 300, "~/x.png"]), st.text(max_size=10))
+SCALAR = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.binary(max_size=6),
+    TRICKY,
+)
+ANY_DATA = st.recursive(
+    SCALAR,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+IMAGE_PATH = st.one_of(
+    st.sampled_from(["a.png", "../a.png", "/etc/passwd", "", ".", "img\x00.png", "a" * 300, "~/x.png"]),
+    st.text(max_size=10),
+)
 CLASS_ITEM = st.fixed_dictionaries(
     {"name": st.one_of(TEXT, SCALAR)},
-    optional={"description": st.one_of(TEXT, SCALAR), "images": st.one_of(st.lists(IMAGE_PATH, max_size=3), SCALAR), "label": SCALAR},
+    optional={
+        "description": st.one_of(TEXT, SCALAR),
+        "images": st.one_of(st.lists(IMAGE_PATH, max_size=3), SCALAR),
+        "label": SCALAR,
+    },
 )
 # Mostly well-formed tasks with one fuzzed part, so that the deep checks (paths, texts) are reached, not only the first.
-GOOD_CLASS = st.builds(lambda i, images: {"name": f"class-{i}", "description": "a clinical text", "images": images},
-                       st.integers(0, 1_000_000), st.lists(IMAGE_PATH, max_size=2))
+GOOD_CLASS = st.builds(
+    lambda i, images: {"name": f"class-{i}", "description": "a clinical text", "images": images},
+    st.integers(0, 1_000_000),
+    st.lists(IMAGE_PATH, max_size=2),
+)
 TASK_DATA = st.one_of(
     ANY_DATA,
-    st.fixed_dictionaries({"classes": st.lists(CLASS_ITEM | ANY_DATA, max_size=5)}, optional={"name": SCALAR, "modality": SCALAR, "author": SCALAR}),
     st.fixed_dictionaries(
-        {"classes": st.builds(lambda good, extra: good + extra, st.lists(GOOD_CLASS, min_size=1, max_size=3), st.lists(CLASS_ITEM, max_size=1))},
+        {"classes": st.lists(CLASS_ITEM | ANY_DATA, max_size=5)},
+        optional={"name": SCALAR, "modality": SCALAR, "author": SCALAR},
+    ),
+    st.fixed_dictionaries(
+        {
+            "classes": st.builds(
+                lambda good, extra: good + extra,
+                st.lists(GOOD_CLASS, min_size=1, max_size=3),
+                st.lists(CLASS_ITEM, max_size=1),
+            )
+        },
         optional={"name": TEXT, "modality": TEXT},
     ),
 )
@@ -105,7 +158,9 @@ def load_task_file(path):
 
 @settings(max_examples=250)
 @given(data=TASK_DATA, as_json=st.booleans())
-@example(data={"classes": [{"name": "a", "images": ["img\x00.png"]}, {"name": "b", "description": "t"}]}, as_json=False)
+@example(
+    data={"classes": [{"name": "a", "images": ["img\x00.png"]}, {"name": "b", "description": "t"}]}, as_json=False
+)
 def test_task_file_structures_accept_or_explain(tmp_path_factory, data, as_json):
     folder = tmp_path_factory.mktemp("task")
     (folder / "a.png").write_bytes(b"not opened before synthesis")
@@ -122,11 +177,19 @@ def test_task_file_structures_accept_or_explain(tmp_path_factory, data, as_json)
 
 
 @settings(max_examples=150)
-@given(raw=st.one_of(st.binary(max_size=200), st.text(ANY_CHAR, max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass"))))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=200), st.text(ANY_CHAR, max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass"))
+    )
+)
 @example(raw=b"a: &a [*a, *a]\nclasses: *a\n")  # self-referential YAML
 @example(raw=b"classes: !!python/object/apply:os.system ['echo pwned']\n")  # code execution is refused by safe_load
 @example(raw=b"\xef\xbb\xbfclasses: []\n")
-@example(raw=json.dumps({"classes": [{"name": "\U0001fa7a", "description": "t"}, {"name": "b", "description": "\U0001f600"}]}).encode())
+@example(
+    raw=json.dumps(
+        {"classes": [{"name": "\U0001fa7a", "description": "t"}, {"name": "b", "description": "\U0001f600"}]}
+    ).encode()
+)
 def test_arbitrary_task_file_bytes_accept_or_explain(tmp_path_factory, raw):
     path = tmp_path_factory.mktemp("raw") / "task.yaml"
     path.write_bytes(raw)
@@ -147,21 +210,54 @@ def test_yaml_alias_bomb_is_cheap(tmp_path):
 def test_json_task_file_with_non_bmp_characters(tmp_path):
     """json.dumps writes an emoji as a surrogate-pair escape; the task must keep the character, not reject it."""
     path = tmp_path / "task.json"
-    path.write_text(json.dumps({"classes": [{"name": "rash \U0001fa7a", "description": "red \U0001f600"}, {"name": "b", "description": "t"}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "classes": [
+                    {"name": "rash \U0001fa7a", "description": "red \U0001f600"},
+                    {"name": "b", "description": "t"},
+                ]
+            }
+        )
+    )
     task = TaskSpec.from_file(path)
     assert task.class_names == ["rash \U0001fa7a", "b"] and task.descriptions[0] == "red \U0001f600"
 
 
 # -- task files written by hand: YAML's implicit typing, anchors, duplicates and nesting ----------------------------
 # Plain YAML scalars that an implicit-typing loader would turn into booleans, nulls, numbers or dates.
-LITERAL_NAMES = ["yes", "no", "null", "Null", "~", "on", "off", "true", "False", "0123", "0x1F", "1e3", ".inf", "-.nan", "2024-01-01",
-                 "12:30", "0o17", "+1", "1_000", "y", "n"]
+LITERAL_NAMES = [
+    "yes",
+    "no",
+    "null",
+    "Null",
+    "~",
+    "on",
+    "off",
+    "true",
+    "False",
+    "0123",
+    "0x1F",
+    "1e3",
+    ".inf",
+    "-.nan",
+    "2024-01-01",
+    "12:30",
+    "0o17",
+    "+1",
+    "1_000",
+    "y",
+    "n",
+]
 
 
 @settings(max_examples=150)
-@given(names=st.lists(st.sampled_from(LITERAL_NAMES), min_size=2, max_size=6, unique_by=str.casefold),
-       duplicate_key=st.sampled_from([None, "name", "description", "classes"]), depth=st.integers(0, 40),
-       alias=st.sampled_from([None, "text", "list"]))
+@given(
+    names=st.lists(st.sampled_from(LITERAL_NAMES), min_size=2, max_size=6, unique_by=str.casefold),
+    duplicate_key=st.sampled_from([None, "name", "description", "classes"]),
+    depth=st.integers(0, 40),
+    alias=st.sampled_from([None, "text", "list"]),
+)
 def test_hand_written_yaml_is_literal_bounded_and_strict(tmp_path_factory, names, duplicate_key, depth, alias):
     lines = ["name: demo"]
     if duplicate_key == "name":

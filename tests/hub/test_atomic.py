@@ -172,7 +172,9 @@ def two_versions(tmp_path_factory):
 @pytest.mark.parametrize("point", ["writing", "swapped"])
 def test_sigkill_during_save_pretrained(two_versions, tmp_path, point):
     if point == "swapped" and not exchange_supported(tmp_path):
-        pytest.skip("no atomic folder swap here: covered by test_fallback_killed_between_renames_is_repaired_by_the_next_save")
+        pytest.skip(
+            "no atomic folder swap here: covered by test_fallback_killed_between_renames_is_repaired_by_the_next_save"
+        )
     old, new, source = two_versions
     destination = tmp_path / "classifier"
     old.save_pretrained(destination)
@@ -196,5 +198,7 @@ def test_sigkill_during_save_pretrained(two_versions, tmp_path, point):
         assert torch.isfinite(loaded.model(x)).all()
 
     new.save_pretrained(destination)  # the next save cleans up
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".classifier.")] == [".classifier.lock"]  # the writer lock stays
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".classifier.")] == [
+        ".classifier.lock"
+    ]  # the writer lock stays
     assert SynthesizedClassifier.from_pretrained(destination).label_names == new.label_names

@@ -23,7 +23,11 @@ def synth():
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    return synthetic_task(tmp_path_factory.mktemp("hub-task"), texts=("round pink papule", None, "scaly patch"), images_per_class=(1, 2, 1))
+    return synthetic_task(
+        tmp_path_factory.mktemp("hub-task"),
+        texts=("round pink papule", None, "scaly patch"),
+        images_per_class=(1, 2, 1),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +91,9 @@ def test_pickle_only_hub_repo_is_refused(hub_env, classifier):
     buffer = io.BytesIO()
     torch.save(classifier.model.state_dict(), buffer)
     hfh.upload_file(path_or_fileobj=buffer.getvalue(), path_in_repo="pytorch_model.bin", repo_id=repo_id)
-    hfh.upload_file(path_or_fileobj=b'{"architecture": "tf_efficientnetv2_b0"}', path_in_repo="config.json", repo_id=repo_id)
+    hfh.upload_file(
+        path_or_fileobj=b'{"architecture": "tf_efficientnetv2_b0"}', path_in_repo="config.json", repo_id=repo_id
+    )
     with pytest.raises(CheckpointError, match="pickle files are refused"):
         SynthesizedClassifier.from_pretrained(repo_id)
 

@@ -4,7 +4,15 @@ import re
 
 import pytest
 from huggingface_hub import ModelCard
-from sgps_testing import noise_image, real_data_available, real_queries, real_task, synthetic_task, tiny_config, tiny_synthesizer
+from sgps_testing import (
+    noise_image,
+    real_data_available,
+    real_queries,
+    real_task,
+    synthetic_task,
+    tiny_config,
+    tiny_synthesizer,
+)
 
 from sgps_hf import ClassSpec, SGPSConfig, TaskSpec
 from sgps_hf.hub.model_card import classifier_card, synthesizer_card
@@ -22,7 +30,11 @@ def classifier(synth, tmp_path_factory):
     if real_data_available():
         task = real_task(num_classes=5, shots=1)
     else:  # the card does not depend on the pixels: synthetic images keep the test running without the data
-        task = synthetic_task(tmp_path_factory.mktemp("card-task"), texts=("round pink papule", "dark plaque", "scaly patch"), images_per_class=(1, 1, 1))
+        task = synthetic_task(
+            tmp_path_factory.mktemp("card-task"),
+            texts=("round pink papule", "dark plaque", "scaly patch"),
+            images_per_class=(1, 1, 1),
+        )
     return synth.synthesize(task)
 
 
@@ -71,7 +83,7 @@ def test_lists_every_class_with_its_clinical_text(classifier, tmp_path):
     card = saved_card(classifier, tmp_path / "c")
     rows = table_rows(card.text)
     assert len(rows) == len(classifier.label_names)
-    for index, (row, cls) in enumerate(zip(rows, classifier.info["task"]["classes"])):
+    for index, (row, cls) in enumerate(zip(rows, classifier.info["task"]["classes"], strict=False)):
         assert row.startswith(f"| {index} | `{cls['name']}` | {cls['num_images']} |")
         assert cls["description"] and cls["description"] in row
 
@@ -124,7 +136,9 @@ def test_repo_id_and_base_model(classifier):
 
 def test_synthesizer_card_renders():
     config = tiny_config()
-    card = synthesizer_card("someone/sgps-tiny", config, training={"episodes": 1200, "meta-train tasks": "derm, pathology"})
+    card = synthesizer_card(
+        "someone/sgps-tiny", config, training={"episodes": 1200, "meta-train tasks": "derm, pathology"}
+    )
     reparsed = ModelCard(str(card))
     assert reparsed.data.library_name == "transformers" and reparsed.data.license == "apache-2.0"
     assert {"sgps-hf", "hypernetwork", "medical-imaging"} <= set(reparsed.data.tags)

@@ -18,8 +18,8 @@ from PIL import Image
 from sgps_hf import ImageLoadError
 from sgps_hf.app.inputs import read_upload
 from sgps_hf.app.limits import AppInputError
-from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.imaging import MAX_ASPECT_RATIO, load_image
+from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,8 +43,13 @@ print(outcome, (after - before) // 1024)
 
 def peak(statement: str, path) -> tuple[str, int]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(CHILD), statement, str(path)], capture_output=True, text=True,
-                            timeout=280, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CHILD), statement, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     outcome, mib = result.stdout.split()[-2:]
     return outcome, int(mib)
@@ -81,7 +86,9 @@ def test_16bit_images_stay_within_the_8bit_memory_bound(tmp_path):
     ramp = (np.arange(10_000, dtype=np.uint32)[None, :] * 6 + np.arange(10_000, dtype=np.uint32)[:, None]) % 65_536
     Image.fromarray(ramp.astype(np.uint16)).save(path, compress_level=1)
     del ramp
-    outcome, mib = peak("image = load_image(path); assert image.size == (10_000, 10_000) and image.mode == 'RGB'", path)
+    outcome, mib = peak(
+        "image = load_image(path); assert image.size == (10_000, 10_000) and image.mode == 'RGB'", path
+    )
     assert outcome == "OK"
     assert mib < 1200, f"peak memory grew by {mib} MiB"
 

@@ -48,13 +48,24 @@ def test_an_existing_file_as_out(capsys, tmp_path):
 
 def test_a_bad_task_file_and_a_bad_image(capsys, classifier_dir, tmp_path):
     (tmp_path / "task.yaml").write_text("classes: [")
-    assert "not valid YAML" in one_line_error(capsys, ["synthesize", "--task", str(tmp_path / "task.yaml"), "--out", str(tmp_path / "o")])
+    assert "not valid YAML" in one_line_error(
+        capsys, ["synthesize", "--task", str(tmp_path / "task.yaml"), "--out", str(tmp_path / "o")]
+    )
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
-    assert "broken.png" in one_line_error(capsys, ["predict", "--classifier", str(classifier_dir), str(tmp_path / "broken.png")])
+    assert "broken.png" in one_line_error(
+        capsys, ["predict", "--classifier", str(classifier_dir), str(tmp_path / "broken.png")]
+    )
 
 
-@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "free some disk space"), (errno.EROFS, "read-only"), (errno.EACCES, "permission"),
-                                         (errno.EEXIST, "choose another output path")])
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (errno.ENOSPC, "free some disk space"),
+        (errno.EROFS, "read-only"),
+        (errno.EACCES, "permission"),
+        (errno.EEXIST, "choose another output path"),
+    ],
+)
 def test_a_full_disk_or_read_only_folder_during_a_save(capsys, classifier_dir, tmp_path, monkeypatch, code, words):
     def failing_save(self, *args, **kwargs):
         raise OSError(code, os.strerror(code), str(tmp_path / "out" / "model.safetensors"))
@@ -62,14 +73,20 @@ def test_a_full_disk_or_read_only_folder_during_a_save(capsys, classifier_dir, t
     monkeypatch.setattr(SynthesizedClassifier, "save_pretrained", failing_save)
     import sgps_hf.cli.commands as commands
 
-    monkeypatch.setattr(commands, "_predict", lambda args: SynthesizedClassifier.from_pretrained(args.classifier).save_pretrained(tmp_path / "out"))
+    monkeypatch.setattr(
+        commands,
+        "_predict",
+        lambda args: SynthesizedClassifier.from_pretrained(args.classifier).save_pretrained(tmp_path / "out"),
+    )
     err = one_line_error(capsys, ["predict", "--classifier", str(classifier_dir), "x.png"])
     assert os.strerror(code) in err and words in err and "model.safetensors" in err
 
 
 def test_a_bad_repo_id_on_push(capsys, classifier_dir):
     for repo_id in ["not a repo id", "a/b/c", "justaname"]:
-        assert "--repo-id" in one_line_error(capsys, ["push", "--classifier", str(classifier_dir), "--repo-id", repo_id])
+        assert "--repo-id" in one_line_error(
+            capsys, ["push", "--classifier", str(classifier_dir), "--repo-id", repo_id]
+        )
 
 
 def test_a_bug_is_one_line_with_status_1(capsys, monkeypatch):

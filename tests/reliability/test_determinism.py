@@ -36,9 +36,16 @@ def sha256(path: Path) -> str:
 def test_saved_weights_are_byte_identical_across_processes(tmp_path):
     folder = tmp_path / "task"
     task = synthetic_task(folder, texts=("round pink papule", None, "scaly red patch"), images_per_class=(2, 1, 0))
-    (folder / "task.json").write_text(json.dumps({"classes": [
-        {"name": c.name, "description": c.description, "images": [Path(p).name for p in c.images]} for c in task.classes
-    ]}))
+    (folder / "task.json").write_text(
+        json.dumps(
+            {
+                "classes": [
+                    {"name": c.name, "description": c.description, "images": [Path(p).name for p in c.images]}
+                    for c in task.classes
+                ]
+            }
+        )
+    )
     tiny_synthesizer(seed=3).save_pretrained(tmp_path / "synth")
 
     from sgps_hf import SGPSSynthesizer
@@ -47,11 +54,14 @@ def test_saved_weights_are_byte_identical_across_processes(tmp_path):
     expected = sha256(here.save_pretrained(tmp_path / "here") / "model.safetensors")
     env = {"HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "random"}  # nothing may depend on hash randomisation
     hashes = [
-        last_json_line(run_python(CHILD, tmp_path / "synth", folder / "task.json", tmp_path / f"child-{i}", env=env).stdout)["sha256"]
+        last_json_line(
+            run_python(CHILD, tmp_path / "synth", folder / "task.json", tmp_path / f"child-{i}", env=env).stdout
+        )["sha256"]
         for i in range(2)
     ]
     assert hashes == [expected, expected]
     # And the file really is the task's: a different task gives different bytes.
     other = SGPSSynthesizer.from_pretrained(tmp_path / "synth").synthesize(
-        synthetic_task(tmp_path / "other", texts=("a", "b", "c"), images_per_class=(1, 1, 1)))
+        synthetic_task(tmp_path / "other", texts=("a", "b", "c"), images_per_class=(1, 1, 1))
+    )
     assert sha256(other.save_pretrained(tmp_path / "other-out") / "model.safetensors") != expected

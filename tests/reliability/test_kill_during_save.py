@@ -54,7 +54,9 @@ def test_sigkill_during_synthesizer_save_keeps_the_previous_version(tmp_path):
     before = file_hashes(destination)
     new.save_pretrained(tmp_path / "new-source")
 
-    sigkill_when_paused(CHILD, [str(tmp_path / "new-source"), str(destination), str(tmp_path / "flag")], tmp_path / "flag")
+    sigkill_when_paused(
+        CHILD, [str(tmp_path / "new-source"), str(destination), str(tmp_path / "flag")], tmp_path / "flag"
+    )
 
     staging = [p for p in tmp_path.iterdir() if p.name.startswith(".synth.tmp-")]
     assert staging and (staging[0] / "model.safetensors").is_file(), "the kill really interrupted a save in progress"
@@ -65,7 +67,9 @@ def test_sigkill_during_synthesizer_save_keeps_the_previous_version(tmp_path):
 
     new.save_pretrained(destination)  # the next save completes and cleans up after the killed one
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".synth.")]
-    assert state_dict_sha256(SGPSSynthesizer.from_pretrained(destination).state_dict()) == state_dict_sha256(new.state_dict())
+    assert state_dict_sha256(SGPSSynthesizer.from_pretrained(destination).state_dict()) == state_dict_sha256(
+        new.state_dict()
+    )
     assert "processor_config.json" in file_hashes(destination), "files of other savers in the folder are kept"
 
 
@@ -88,9 +92,13 @@ def test_failed_synthesizer_save_changes_nothing(tmp_path, monkeypatch):
 def test_processor_save_is_atomic_and_returns_final_paths(tmp_path, monkeypatch):
     processor = SGPSProcessor.from_sgps_config(tiny_synthesizer().config)
     files = processor.save_pretrained(tmp_path / "proc")
-    assert files and all(str(tmp_path / "proc") in f and (tmp_path / "proc" / os.path.basename(f)).is_file() for f in files)
+    assert files and all(
+        str(tmp_path / "proc") in f and (tmp_path / "proc" / os.path.basename(f)).is_file() for f in files
+    )
     before = file_hashes(tmp_path / "proc")
-    monkeypatch.setattr(type(processor.image_processor), "to_dict", lambda self: (_ for _ in ()).throw(RuntimeError("crash")))
+    monkeypatch.setattr(
+        type(processor.image_processor), "to_dict", lambda self: (_ for _ in ()).throw(RuntimeError("crash"))
+    )
     with pytest.raises(RuntimeError, match="crash"):
         processor.save_pretrained(tmp_path / "proc")
     assert file_hashes(tmp_path / "proc") == before
@@ -133,4 +141,3 @@ def test_truncating_the_training_log_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     log.truncate_after(2)
     assert [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().splitlines()] == ["step", "1", "2"]
-

@@ -12,9 +12,9 @@ import pytest
 from sgps_testing import PROJECT_ROOT, synthetic_task, tiny_synthesizer, write_images
 
 from sgps_hf import CheckpointError, SGPSProcessor, SynthesizedClassifier
-from sgps_hf.hub.atomic import atomic_directory, folder_lock
 from sgps_hf.cli import main
 from sgps_hf.errors import OutputPathError
+from sgps_hf.hub.atomic import atomic_directory, folder_lock
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -31,7 +31,9 @@ classes:
 
 
 def tree(folder):
-    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,9 @@ def test_an_edited_support_manifest_is_refused(saved, tmp_path):
     name = info["task"]["classes"][1]["name"]
     info["support"]["files"][name] = info["support"]["files"][name][:1]
     (folder / "sgps_task.json").write_text(json.dumps(info))
-    with pytest.raises(CheckpointError, match=r"sgps_task.json: key 'support'.*lists 1 image\(s\) but task.classes says num_images=2"):
+    with pytest.raises(
+        CheckpointError, match=r"sgps_task.json: key 'support'.*lists 1 image\(s\) but task.classes says num_images=2"
+    ):
         SynthesizedClassifier.from_pretrained(folder)
     del info["support"]["files"][name]
     (folder / "sgps_task.json").write_text(json.dumps(info))
@@ -150,14 +154,32 @@ def test_concurrent_cli_updates_lose_no_case(synth_dir, tmp_path):
     write_images(tmp_path / "task" / "images", "b", 1, seed=2)
     (tmp_path / "task" / "task.yaml").write_text(TASK_YAML)
     folder = tmp_path / "classifier"
-    assert main(["synthesize", "--task", str(tmp_path / "task" / "task.yaml"), "--out", str(folder), "--synthesizer", str(synth_dir)]) == 0
+    assert (
+        main(
+            [
+                "synthesize",
+                "--task",
+                str(tmp_path / "task" / "task.yaml"),
+                "--out",
+                str(folder),
+                "--synthesizer",
+                str(synth_dir),
+            ]
+        )
+        == 0
+    )
     cases = write_images(tmp_path / "new", "case", 2, seed=5)
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     with folder_lock(folder):  # both start while the folder is locked, so they really do overlap
         children = [
-            subprocess.Popen([sys.executable, "-c", UPDATE, str(folder), f"{name}={case}"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for name, case in zip(["alpha", "beta"], cases)
+            subprocess.Popen(
+                [sys.executable, "-c", UPDATE, str(folder), f"{name}={case}"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name, case in zip(["alpha", "beta"], cases, strict=False)
         ]
     results = [child.communicate(timeout=300) for child in children]
     assert [child.returncode for child in children] == [0, 0], [r[1][-2000:] for r in results]

@@ -41,7 +41,9 @@ def originals(tmp_path_factory):
     root = tmp_path_factory.mktemp("originals")
     synth = tiny_synthesizer(seed=0)
     synth.save_pretrained(root / "synth")
-    synth.synthesize(synthetic_task(root / "task", texts=("a", "b"), images_per_class=(1, 1))).save_pretrained(root / "classifier")
+    synth.synthesize(synthetic_task(root / "task", texts=("a", "b"), images_per_class=(1, 1))).save_pretrained(
+        root / "classifier"
+    )
     return root
 
 
@@ -98,7 +100,9 @@ def test_remote_code_in_a_config_is_never_run(originals, tmp_path):
     """An ``auto_map`` pointing at code inside the folder is ignored: sgps_hf's own classes are registered."""
     folder = copy_of(originals, tmp_path, "synth")
     marker = tmp_path / "remote-code-ran"
-    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w')\nfrom sgps_hf import SGPSSynthesizer as Model, SGPSConfig as Config\n")
+    (folder / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w')\nfrom sgps_hf import SGPSSynthesizer as Model, SGPSConfig as Config\n"
+    )
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "evil.Config", "AutoModel": "evil.Model"}
     (folder / "config.json").write_text(json.dumps(config))
@@ -116,11 +120,23 @@ def mutate_tensors(path, edit) -> None:
 SYNTH_KEY, CLASSIFIER_KEY = "text_to_weight.1.weight", "classifier.weight"
 MISMATCHES = {
     "missing": (lambda t, k: t.pop(k), r"1 missing tensors \(e\.g\. \['{key}'\]\)"),
-    "unexpected": (lambda t, k: t.__setitem__("injected.weight", torch.zeros(3)), r"1 unexpected tensors \(e\.g\. \['injected\.weight'\]\)"),
+    "unexpected": (
+        lambda t, k: t.__setitem__("injected.weight", torch.zeros(3)),
+        r"1 unexpected tensors \(e\.g\. \['injected\.weight'\]\)",
+    ),
     "shape": (lambda t, k: t.__setitem__(k, t[k].T.contiguous()), r"1 tensors with the wrong shape \({key}: "),
-    "dtype-f64": (lambda t, k: t.__setitem__(k, t[k].double()), r"1 tensors with the wrong dtype \({key}: F64 instead of F32\)"),
-    "dtype-f16": (lambda t, k: t.__setitem__(k, t[k].half()), r"1 tensors with the wrong dtype \({key}: F16 instead of F32\)"),
-    "dtype-int": (lambda t, k: t.__setitem__(k, t[k].to(torch.int32)), r"1 tensors with the wrong dtype \({key}: I32 instead of F32\)"),
+    "dtype-f64": (
+        lambda t, k: t.__setitem__(k, t[k].double()),
+        r"1 tensors with the wrong dtype \({key}: F64 instead of F32\)",
+    ),
+    "dtype-f16": (
+        lambda t, k: t.__setitem__(k, t[k].half()),
+        r"1 tensors with the wrong dtype \({key}: F16 instead of F32\)",
+    ),
+    "dtype-int": (
+        lambda t, k: t.__setitem__(k, t[k].to(torch.int32)),
+        r"1 tensors with the wrong dtype \({key}: I32 instead of F32\)",
+    ),
 }
 
 
@@ -166,7 +182,10 @@ def test_invalid_synthesizer_configs_name_the_field(originals, tmp_path, edit, m
     "edit, message",
     [
         ({"pretrained_cfg": 5}, "'pretrained_cfg' must be an object"),
-        ({"model_args": {"checkpoint_path": "/tmp/x.pth"}}, "'model_args' must be an object of plain timm model arguments"),
+        (
+            {"model_args": {"checkpoint_path": "/tmp/x.pth"}},
+            "'model_args' must be an object of plain timm model arguments",
+        ),
         ({"model_args": {"channel_multiplier": [1]}}, "'model_args' must be"),
         ({"label_names": ["only-one"]}, "'label_names' must be a list of at least 2"),
         ({"num_classes": 7}, "'num_classes' is 7 but there are 2 label_names"),

@@ -23,7 +23,9 @@ def saved(tmp_path_factory):
     synth = tiny_synthesizer(seed=0)
     first = synth.synthesize(synthetic_task(root / "t1"))
     first.save_pretrained(root / "classifier")
-    other = synth.synthesize(synthetic_task(root / "t2", texts=("other a", "other b", "other c"), images_per_class=(1, 1, 1)))
+    other = synth.synthesize(
+        synthetic_task(root / "t2", texts=("other a", "other b", "other c"), images_per_class=(1, 1, 1))
+    )
     other.save_pretrained(root / "other")
     first.save_pretrained(root / "versioned")
     return root
@@ -44,18 +46,24 @@ def test_the_untouched_folder_loads(saved):
     assert SynthesizedClassifier.from_pretrained(saved / "classifier").label_names == ["class_0", "class_1", "class_2"]
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c.update(label_names=c["label_names"][::-1]), r"config.json: key 'label_names' .* differs from the classes of .*sgps_task.json"),
-    (lambda c: c.update(label_names=["a", "a", "b"]), "'label_names' must be unique, non-empty"),
-    (lambda c: c.update(label_names=["a", "", "b"]), "'label_names' must be unique, non-empty"),
-    (lambda c: c["model_args"].update(act_layer="relu"), "key 'model_args' .* not what synthesis wrote"),
-    (lambda c: c["model_args"].update(global_pool="max"), "key 'model_args' .* not what synthesis wrote"),
-    (lambda c: c["model_args"].update(bn_eps=0.5), "key 'model_args' .* not what synthesis wrote"),
-    (lambda c: c.update(architecture="local-dir:/etc"), "must be a plain timm model name"),
-    (lambda c: c.update(architecture="hf-hub:someone/model"), "must be a plain timm model name"),
-    (lambda c: c["pretrained_cfg"].update(mean=[0.0, 0.0, 0.0]), r"key 'pretrained_cfg.mean'"),
-    (lambda c: c["pretrained_cfg"].update(input_size=[3, 512, 512]), r"key 'pretrained_cfg.input_size'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c: c.update(label_names=c["label_names"][::-1]),
+            r"config.json: key 'label_names' .* differs from the classes of .*sgps_task.json",
+        ),
+        (lambda c: c.update(label_names=["a", "a", "b"]), "'label_names' must be unique, non-empty"),
+        (lambda c: c.update(label_names=["a", "", "b"]), "'label_names' must be unique, non-empty"),
+        (lambda c: c["model_args"].update(act_layer="relu"), "key 'model_args' .* not what synthesis wrote"),
+        (lambda c: c["model_args"].update(global_pool="max"), "key 'model_args' .* not what synthesis wrote"),
+        (lambda c: c["model_args"].update(bn_eps=0.5), "key 'model_args' .* not what synthesis wrote"),
+        (lambda c: c.update(architecture="local-dir:/etc"), "must be a plain timm model name"),
+        (lambda c: c.update(architecture="hf-hub:someone/model"), "must be a plain timm model name"),
+        (lambda c: c["pretrained_cfg"].update(mean=[0.0, 0.0, 0.0]), r"key 'pretrained_cfg.mean'"),
+        (lambda c: c["pretrained_cfg"].update(input_size=[3, 512, 512]), r"key 'pretrained_cfg.input_size'"),
+    ],
+)
 def test_tampered_config_json_is_refused(saved, tmp_path, change, message):
     folder = copy(saved, tmp_path)
     edit_json(folder / "config.json", change)
@@ -66,7 +74,9 @@ def test_tampered_config_json_is_refused(saved, tmp_path, change, message):
 def test_weights_of_another_classifier_are_refused(saved, tmp_path):
     folder = copy(saved, tmp_path)
     shutil.copy(saved / "other" / "model.safetensors", folder / "model.safetensors")  # same shapes, other values
-    with pytest.raises(CheckpointError, match=r"model.safetensors has sha256 .* records key 'weights_sha256'.*replaced"):
+    with pytest.raises(
+        CheckpointError, match=r"model.safetensors has sha256 .* records key 'weights_sha256'.*replaced"
+    ):
         SynthesizedClassifier.from_pretrained(folder)
 
 
@@ -92,7 +102,10 @@ MALFORMED_TASK_FILE = [
     (lambda i: i["task"]["classes"].__setitem__(0, 5), r"'task.classes\[0\]'"),
     (lambda i: i["task"]["classes"][0].update(name=7), r"'task.classes\[0\].name'"),
     (lambda i: i["task"]["classes"][0].update(num_images="2"), r"'task.classes\[0\].num_images'"),
-    (lambda i: i["task"]["classes"][1].update(name=i["task"]["classes"][0]["name"]), "'task.classes' must have unique"),
+    (
+        lambda i: i["task"]["classes"][1].update(name=i["task"]["classes"][0]["name"]),
+        "'task.classes' must have unique",
+    ),
     (lambda i: i["task"].update(name=None), "'task.name'"),
     (lambda i: i.update(weights_sha256=5), "'weights_sha256'"),
     (lambda i: i.update(synthesizer=None), "'synthesizer'"),
@@ -139,7 +152,11 @@ def png_header_only(width, height):
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_a_support_png_replaced_by_a_bomb_is_a_checkpoint_error(saved, tmp_path):

@@ -71,7 +71,9 @@ def test_deep_nesting_is_refused(tmp_path, as_json):
 
 
 def test_class_names_are_the_text_the_user_wrote(tmp_path):
-    text = "name: 2024\nclasses:\n" + "".join(f"  - {{name: {n}, description: {n}}}\n" for n in ["yes", "no", "null", "0123", "1e3", "~", "on"])
+    text = "name: 2024\nclasses:\n" + "".join(
+        f"  - {{name: {n}, description: {n}}}\n" for n in ["yes", "no", "null", "0123", "1e3", "~", "on"]
+    )
     task = TaskSpec.from_file(write(tmp_path, text))
     assert task.class_names == ["yes", "no", "null", "0123", "1e3", "~", "on"]
     assert task.descriptions == task.class_names and task.name == "2024"
@@ -83,11 +85,20 @@ def test_json_booleans_as_names_are_refused(tmp_path):
         TaskSpec.from_file(write(tmp_path, text, "task.json"))
 
 
-@pytest.mark.parametrize("text, name", [
-    ("classes:\n  - {name: a, description: x, description: y}\n  - {name: b, description: y}\n", "task.yaml"),
-    ("name: one\nname: two\nclasses:\n  - {name: a, description: x}\n  - {name: b, description: y}\n", "task.yaml"),
-    ('{"classes": [{"name": "a", "name": "c", "description": "x"}, {"name": "b", "description": "y"}]}', "task.json"),
-])
+@pytest.mark.parametrize(
+    "text, name",
+    [
+        ("classes:\n  - {name: a, description: x, description: y}\n  - {name: b, description: y}\n", "task.yaml"),
+        (
+            "name: one\nname: two\nclasses:\n  - {name: a, description: x}\n  - {name: b, description: y}\n",
+            "task.yaml",
+        ),
+        (
+            '{"classes": [{"name": "a", "name": "c", "description": "x"}, {"name": "b", "description": "y"}]}',
+            "task.json",
+        ),
+    ],
+)
 def test_duplicate_keys_are_refused(tmp_path, text, name):
     with pytest.raises(InvalidTaskError, match="appears twice"):
         TaskSpec.from_file(write(tmp_path, text, name))

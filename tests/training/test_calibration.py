@@ -39,7 +39,7 @@ def pools(size=32, per_class=(5, 4, 6, 3), tasks=("task-a", "task-a", "task-a", 
     rng = np.random.default_rng(0)
     return [
         ClassPool(task, f"class-{i}", rng.integers(0, 256, (m, size, size, 3), dtype=np.uint8), f"text of class {i}")
-        for i, (task, m) in enumerate(zip(tasks, per_class))
+        for i, (task, m) in enumerate(zip(tasks, per_class, strict=False))
     ]
 
 
@@ -58,7 +58,9 @@ class FakeTexts:
 
     def __call__(self, texts):
         for text in texts:
-            self.cache.setdefault(text, torch.randn(self.dim, generator=torch.Generator().manual_seed(len(self.cache))))
+            self.cache.setdefault(
+                text, torch.randn(self.dim, generator=torch.Generator().manual_seed(len(self.cache)))
+            )
         return torch.stack([self.cache[t] for t in texts])
 
 
@@ -80,7 +82,9 @@ def test_calibration_chooses_the_best_strength_per_shot_count_and_sets_it(proces
 
     def fake_evaluate(model, episodes, processor, texts, features=None):
         target = best[1] if episodes[0].k_shot <= 2 else best[5]
-        return 1.0 - abs(strength(model, 1) - target)  # set_prior_strength(s, s): the same strength at every shot count
+        return 1.0 - abs(
+            strength(model, 1) - target
+        )  # set_prior_strength(s, s): the same strength at every shot count
 
     monkeypatch.setattr(calibration, "evaluate_episodes", fake_evaluate)
     result = calibrate_prior_strength(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
@@ -139,7 +143,9 @@ def test_temperature_calibration_keeps_the_accuracy_of_a_real_synthesizer(proces
     before = calibration.evaluate_episodes(synth, episodes, processor, texts)
     result = calibrate_logit_scale(synth, episodes, processor, texts)
     assert min(LOGIT_SCALE_MULTIPLIERS) <= result["chosen"] <= max(LOGIT_SCALE_MULTIPLIERS)
-    assert calibration.evaluate_episodes(synth, episodes, processor, texts) == before  # a temperature never changes argmax
+    assert (
+        calibration.evaluate_episodes(synth, episodes, processor, texts) == before
+    )  # a temperature never changes argmax
 
 
 def test_temperature_calibration_without_image_episodes_leaves_the_scale_alone(processor):
@@ -167,7 +173,9 @@ def test_build_text_memory_holds_each_classes_text_and_centred_mean_feature(proc
     for row, pool in enumerate(chosen):
         expected = features[(pool.task, pool.class_name)][:, 0].mean(0) - synth.feature_mean
         torch.testing.assert_close(synth.text_memory_features[row], expected)
-        torch.testing.assert_close(synth.text_memory_keys[row], torch.nn.functional.normalize(texts([pool.text])[0], dim=0))
+        torch.testing.assert_close(
+            synth.text_memory_keys[row], torch.nn.functional.normalize(texts([pool.text])[0], dim=0)
+        )
 
 
 def test_build_text_memory_needs_pools(processor):
@@ -186,7 +194,9 @@ def test_text_temperature_is_chosen_by_text_only_accuracy_and_set(processor, mon
         return 1.0 - abs(math.log(seen[-1] / 0.07))
 
     monkeypatch.setattr(calibration, "evaluate_episodes", fake_evaluate)
-    result = calibrate_text_temperature(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
+    result = calibrate_text_temperature(
+        synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim)
+    )
     assert seen == pytest.approx(list(TEXT_TEMPERATURES), rel=1e-5)
     assert result["chosen"] == 0.07 and synth.log_text_temperature.exp().item() == pytest.approx(0.07)
     assert result["memory classes"] == 4
@@ -199,8 +209,13 @@ def test_calibrate_builds_the_memory_before_the_prior_is_chosen(processor):
     texts = FakeTexts(synth.config.text_embed_dim)
     calibration.calibrate(synth, state, calibration_episodes(), processor, texts, train_pools=pools())
     assert synth.config.text_memory_size == 4 and state.text_calibration["chosen"] in TEXT_TEMPERATURES
-    for report in (state.ridge_calibration, state.prior_calibration, state.batchnorm_calibration,
-                   state.temperature_calibration, state.zero_shot_calibration):
+    for report in (
+        state.ridge_calibration,
+        state.prior_calibration,
+        state.batchnorm_calibration,
+        state.temperature_calibration,
+        state.zero_shot_calibration,
+    ):
         assert "chosen" in report
     assert synth.config.task_batchnorm_images in TASK_BATCHNORM_IMAGES
 
@@ -219,7 +234,9 @@ def test_task_batchnorm_is_chosen_by_meta_val_accuracy_on_pixels_and_set(process
         return produced[count]
 
     monkeypatch.setattr(calibration, "query_logits", fake_query_logits)
-    result, logits = calibrate_task_batchnorm(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
+    result, logits = calibrate_task_batchnorm(
+        synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim)
+    )
     assert result["chosen"] == 50.0 and synth.config.task_batchnorm_images == 50.0
     assert [count for count, _ in seen] == list(TASK_BATCHNORM_IMAGES) and all(f is None for _, f in seen)
     assert result["episodes"] == 4 and set(result["scores"]) == {str(c) for c in TASK_BATCHNORM_IMAGES}
@@ -295,7 +312,10 @@ def test_zero_shot_scale_calibration_keeps_text_only_accuracy_and_sets_the_fit(p
         synth.text_to_weight[-1].weight.normal_(generator=torch.Generator().manual_seed(0))
     texts, episodes = FakeTexts(synth.config.text_embed_dim), calibration_episodes()
     text_only = [type(e)(**{**e.__dict__, "use_images": False}) for e in episodes]
-    before_accuracy, before_scale = calibration.evaluate_episodes(synth, text_only, processor, texts), synth.log_zero_shot_scale.item()
+    before_accuracy, before_scale = (
+        calibration.evaluate_episodes(synth, text_only, processor, texts),
+        synth.log_zero_shot_scale.item(),
+    )
     result = calibrate_zero_shot_scale(synth, episodes, processor, texts)
     assert result["nll at chosen"] <= result["nll before"]
     assert synth.log_zero_shot_scale.item() == pytest.approx(before_scale + math.log(result["chosen"]), abs=1e-4)

@@ -40,15 +40,25 @@ def test_cli_flags_override_the_file_which_overrides_the_defaults(tmp_path):
     )
     config, resume = parse_training_args(
         [
-            "--config", str(config_file),
-            "--steps", "7",
-            "--k-shot", "1", "3",
-            "--learning-rate", "3e-4",
-            "--augment", "false",
-            "--max-minutes", "none",
-            "--train-sources", "/data/c",
-            "--model", '{"hidden_size": 16}',
-            "--num-threads", "1",
+            "--config",
+            str(config_file),
+            "--steps",
+            "7",
+            "--k-shot",
+            "1",
+            "3",
+            "--learning-rate",
+            "3e-4",
+            "--augment",
+            "false",
+            "--max-minutes",
+            "none",
+            "--train-sources",
+            "/data/c",
+            "--model",
+            '{"hidden_size": 16}',
+            "--num-threads",
+            "1",
         ]
     )
     assert resume is False
@@ -147,7 +157,9 @@ def test_bad_booleans_are_refused_not_read_as_false(text):
         parse_training_args(["--augment", text])
 
 
-@pytest.mark.parametrize(("text", "expected"), [("true", True), ("Yes", True), ("1", True), ("false", False), ("no", False), ("0", False)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("true", True), ("Yes", True), ("1", True), ("false", False), ("no", False), ("0", False)]
+)
 def test_booleans(text, expected):
     assert parse_training_args(["--augment", text])[0].augment is expected
 

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import sgps_testing
+from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = PROJECT_ROOT / "scripts" / "train.py"
@@ -74,7 +73,10 @@ def make_pattern_folder(root: Path, name: str, seed: int, per_class: int = 8) ->
 def sources(tmp_path_factory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("synthetic-data")
     return {
-        "train": [make_pattern_folder(root, "synth-train-a", seed=1), make_pattern_folder(root, "synth-train-b", seed=2)],
+        "train": [
+            make_pattern_folder(root, "synth-train-a", seed=1),
+            make_pattern_folder(root, "synth-train-b", seed=2),
+        ],
         "val": make_pattern_folder(root, "synth-val", seed=3),
     }
 
@@ -135,18 +137,47 @@ def train_args(output: Path, sources: dict, **overrides) -> list[str]:
 def accelerate_cmd(num_processes: int = 1) -> list[str]:
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
     if num_processes == 1:
-        return [*accelerate, "--num_processes", "1", "--cpu", "--num_cpu_threads_per_process", "1", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no"]
+        return [
+            *accelerate,
+            "--num_processes",
+            "1",
+            "--cpu",
+            "--num_cpu_threads_per_process",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
     # `--cpu --num_processes 2` would silently start ONE process (accelerate's simple launcher needs mpirun for
     # multi-CPU); torchrun through --multi_gpu with ACCELERATE_USE_CPU gives real CPU DDP (gloo).
-    return [*accelerate, "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-            "--main_process_port", str(_free_port()), "--num_cpu_threads_per_process", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [
+        *accelerate,
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(_free_port()),
+        "--num_cpu_threads_per_process",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
 
 
-def run_training(args: list[str], env: dict, launcher: list[str] | None = None, timeout: float = 300, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+def run_training(
+    args: list[str], env: dict, launcher: list[str] | None = None, timeout: float = 300, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
     command = [*(launcher or [sys.executable]), str(TRAIN_SCRIPT), *args]
-    result = subprocess.run(command, env={**env, **(extra_env or {})}, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        command, env={**env, **(extra_env or {})}, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout
+    )
     if result.returncode != 0:
         pytest.fail(f"training failed (rc={result.returncode}): {' '.join(command)}\n{result.stderr[-6000:]}")
     return result
@@ -178,7 +209,9 @@ def _last_logged_step(output: Path) -> int:
 
 
 def checkpoint_steps(output: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1]) for p in output.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name))
+    return sorted(
+        int(p.name.split("-")[1]) for p in output.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+    )
 
 
 def assert_same_tensors(path_a: Path, path_b: Path, ignore: tuple[str, ...] = ()) -> None:
@@ -187,7 +220,12 @@ def assert_same_tensors(path_a: Path, path_b: Path, ignore: tuple[str, ...] = ()
 
     a, b = load_file(path_a), load_file(path_b)
     assert sorted(a) == sorted(b)
-    different = [name for name in a if name not in ignore and ( a[name].dtype != b[name].dtype or a[name].shape != b[name].shape or not a[name].equal(b[name]))]
+    different = [
+        name
+        for name in a
+        if name not in ignore
+        and (a[name].dtype != b[name].dtype or a[name].shape != b[name].shape or not a[name].equal(b[name]))
+    ]
     assert not different, f"{len(different)}/{len(a)} tensors differ, e.g. {different[:5]}"
 
 
@@ -221,7 +259,13 @@ def test_single_process_run_writes_log_curve_checkpoints_and_exports(reference_r
     assert checkpoint_steps(output) == [STEPS - CHECKPOINT_EVERY, STEPS]  # rotated down to keep_checkpoints
     assert not list(output.glob(".*")), "no staging folders left behind"
     newest = output / f"checkpoint-{STEPS}"
-    for name in ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"):
+    for name in (
+        "model.safetensors",
+        "optimizer.bin",
+        "scheduler.bin",
+        "random_states_0.pkl",
+        "custom_checkpoint_0.pkl",
+    ):
         assert (newest / name).is_file(), name
 
     saved = json.loads((output / "training_config.json").read_text())
@@ -230,7 +274,14 @@ def test_single_process_run_writes_log_curve_checkpoints_and_exports(reference_r
     best_val = max(r["val_accuracy"] for r in val)
     for name in ("best", "final"):
         folder = output / name
-        for file in ("model.safetensors", "config.json", "processor_config.json", "tokenizer.json", "README.md", "training_config.json"):
+        for file in (
+            "model.safetensors",
+            "config.json",
+            "processor_config.json",
+            "tokenizer.json",
+            "README.md",
+            "training_config.json",
+        ):
             assert (folder / file).is_file(), f"{name}/{file}"
         assert json.loads((folder / "config.json").read_text())["model_type"] == "sgps"
         card = (folder / "README.md").read_text()
@@ -287,7 +338,9 @@ def test_exported_synthesizer_loads_and_synthesizes(reference_run, sources, tmp_
 
     val = sources["val"]
     classes = [
-        ClassSpec(name="stripes", description="horizontal bands", images=sorted((val / "stripes_h").glob("*.png"))[:2]),
+        ClassSpec(
+            name="stripes", description="horizontal bands", images=sorted((val / "stripes_h").glob("*.png"))[:2]
+        ),
         ClassSpec(name="checker", description="a checkerboard", images=sorted((val / "checker").glob("*.png"))[:2]),
         ClassSpec(name="disc", description="a bright round disc", images=[]),  # text-only class
     ]
@@ -322,12 +375,17 @@ def test_a_class_memory_run_builds_the_memory_from_the_meta_train_classes(source
     assert not any(key.startswith("text_memory") for key in load_file(checkpoint)), "no memory while meta-training"
     for name in ("best", "final"):
         config = json.loads((output / name / "config.json").read_text())
-        assert config["text_generator"] == "class_memory" and config["text_memory_size"] == 8  # the 8 meta-train classes
+        assert (
+            config["text_generator"] == "class_memory" and config["text_memory_size"] == 8
+        )  # the 8 meta-train classes
         synthesizer, info = SGPSSynthesizer.from_pretrained(output / name, output_loading_info=True)
         assert not info["missing_keys"] and not info["unexpected_keys"]
         assert synthesizer.text_memory_keys.norm(dim=-1).allclose(torch.ones(8))
         card = (output / name / "README.md").read_text()
-        assert re.search(r"text generator\*\*: class_memory \(8 meta-train classes, attention temperature [0-9.]+ chosen on meta-val\)", card)
+        assert re.search(
+            r"text generator\*\*: class_memory \(8 meta-train classes, attention temperature [0-9.]+ chosen on meta-val\)",
+            card,
+        )
 
 
 # -- resume ------------------------------------------------------------------------------------------------------
@@ -353,7 +411,9 @@ def test_resume_from_the_middle_is_bit_exact(reference_run, sources, train_env, 
     columns = ("step", "loss", "episode_accuracy", "lr")
     ref_train, ref_val = read_log(reference)
     train, val = read_log(output)
-    assert [[r[c] for c in columns] for r in train if r["step"] > half] == [[r[c] for c in columns] for r in ref_train if r["step"] > half]
+    assert [[r[c] for c in columns] for r in train if r["step"] > half] == [
+        [r[c] for c in columns] for r in ref_train if r["step"] > half
+    ]
     assert [r for r in val if r["step"] > half] == [r for r in ref_val if r["step"] > half]
     assert [int(r["step"]) for r in train] == sorted({int(r["step"]) for r in train}), "no duplicated rows"
     assert json.loads((output / "final" / "training_config.json").read_text())["steps"] == STEPS
@@ -361,7 +421,9 @@ def test_resume_from_the_middle_is_bit_exact(reference_run, sources, train_env, 
 
 
 @pytest.mark.e2e
-def test_sigkill_then_resume_continues_from_the_newest_complete_checkpoint(reference_run, sources, train_env, tmp_path):
+def test_sigkill_then_resume_continues_from_the_newest_complete_checkpoint(
+    reference_run, sources, train_env, tmp_path
+):
     reference, _ = reference_run
     output = tmp_path / "run"
     every_step = {"log-every": 1}
@@ -372,7 +434,9 @@ def test_sigkill_then_resume_continues_from_the_newest_complete_checkpoint(refer
         # Kill once a checkpoint exists and the run has gone past it (so that some steps are lost and redone).
         deadline = time.monotonic() + 240
         while not (checkpoint_steps(output) and _last_logged_step(output) > checkpoint_steps(output)[-1]):
-            assert process.poll() is None, f"training ended before it could be killed:\n{(tmp_path / 'killed.log').read_text()[-3000:]}"
+            assert process.poll() is None, (
+                f"training ended before it could be killed:\n{(tmp_path / 'killed.log').read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.01)
         first_seen = checkpoint_steps(output)[-1]
@@ -400,7 +464,9 @@ def test_sigkill_then_resume_continues_from_the_newest_complete_checkpoint(refer
     assert not list(output.glob(".checkpoint-*")), "the interrupted save is cleaned up"
     assert checkpoint_steps(output) == [STEPS - CHECKPOINT_EVERY, STEPS]
     train, val = read_log(output)
-    assert [int(r["step"]) for r in train] == list(range(1, STEPS + 1)), "rows after the checkpoint are redone, not duplicated"
+    assert [int(r["step"]) for r in train] == list(range(1, STEPS + 1)), (
+        "rows after the checkpoint are redone, not duplicated"
+    )
     assert [int(r["step"]) for r in val] == list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
     # The crash cost time, not correctness: same weights as the uninterrupted run.
     assert_same_tensors(output / "final" / "model.safetensors", reference / "final" / "model.safetensors")
@@ -437,13 +503,23 @@ def test_sigkill_inside_a_checkpoint_save_then_resume(reference_run, sources, tr
 
     reference, _ = reference_run
     output, flag, pause_at = tmp_path / "run", tmp_path / "paused", 2 * CHECKPOINT_EVERY
-    command = [sys.executable, "-c", PAUSE_IN_SAVE, str(flag), str(pause_at), str(TRAIN_SCRIPT), *train_args(output, sources, **{"log-every": 1})]
+    command = [
+        sys.executable,
+        "-c",
+        PAUSE_IN_SAVE,
+        str(flag),
+        str(pause_at),
+        str(TRAIN_SCRIPT),
+        *train_args(output, sources, **{"log-every": 1}),
+    ]
     log_file = (tmp_path / "killed.log").open("w")
     process = subprocess.Popen(command, env=train_env, cwd=PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
         while not flag.exists():
-            assert process.poll() is None, f"training ended before pausing:\n{(tmp_path / 'killed.log').read_text()[-3000:]}"
+            assert process.poll() is None, (
+                f"training ended before pausing:\n{(tmp_path / 'killed.log').read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, "training never reached the checkpoint save"
             time.sleep(0.05)
         os.kill(process.pid, signal.SIGKILL)
@@ -472,8 +548,8 @@ def test_sigkill_inside_a_checkpoint_save_then_resume(reference_run, sources, tr
 def test_two_process_ddp_run(sources, train_env, tmp_path):
     """Two CPU processes (gloo): disjoint episodes per rank, one log, per-rank RNG states, and a schedule that is
     stepped once per optimizer step (not once per process)."""
-    from transformers import get_cosine_schedule_with_warmup
     import torch
+    from transformers import get_cosine_schedule_with_warmup
 
     output = tmp_path / "run"
     steps, warmup = 6, 2
@@ -483,7 +559,9 @@ def test_two_process_ddp_run(sources, train_env, tmp_path):
     for rank in (0, 1):
         assert (output / f"checkpoint-{steps}" / f"random_states_{rank}.pkl").is_file(), "two processes really ran"
     train, val = read_log(output)
-    assert [int(r["step"]) for r in train] == list(range(LOG_EVERY, steps + 1, LOG_EVERY)), "only the main process logs"
+    assert [int(r["step"]) for r in train] == list(range(LOG_EVERY, steps + 1, LOG_EVERY)), (
+        "only the main process logs"
+    )
     assert [int(r["step"]) for r in val] == [EVAL_EVERY, steps]
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LEARNING_RATE)

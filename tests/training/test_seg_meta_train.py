@@ -7,15 +7,17 @@ import math
 import pytest
 import torch
 import yaml
-
 from seg_testing import blob_pair, tiny_seg_synthesizer, write_task_folder
 from sgps_testing import isolated_caches  # noqa: F401  (autouse: reads data-seg through datasets)
+
 from sgps_hf import SegmentationTask, SGPSSegSynthesizer
 from sgps_hf.training.seg_meta_train import SegTrainingConfig, train
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-RAW = dict(raw_levels=[0, 1, 2, 3], raw_dims=[8, 8, 8, 8], raw_weight=4.0, learned_energy_norm=True, learn_raw_weight=True)
+RAW = dict(
+    raw_levels=[0, 1, 2, 3], raw_dims=[8, 8, 8, 8], raw_weight=4.0, learned_energy_norm=True, learn_raw_weight=True
+)
 
 
 def fitted(seed=0, **overrides):
@@ -52,14 +54,19 @@ def test_raw_weight_is_meta_learned_and_saved_in_the_config(tmp_path):
 
 
 def test_dropping_every_learned_channel_leaves_only_the_raw_block(tmp_path):
+    import numpy as np
+
     from sgps_hf.data.segmentation import EpisodeSampler, TaskArrays
     from sgps_hf.training.seg_meta_train import FeatureBank, episode_logits
 
-    import numpy as np
-
     synth = fitted()
     pairs = [blob_pair(i, size=(32, 32)) for i in range(6)]
-    arrays = TaskArrays("blob", np.stack([np.asarray(p[0]) for p in pairs]), np.stack([p[1] for p in pairs]), [str(i) for i in range(6)])
+    arrays = TaskArrays(
+        "blob",
+        np.stack([np.asarray(p[0]) for p in pairs]),
+        np.stack([p[1] for p in pairs]),
+        [str(i) for i in range(6)],
+    )
     bank = FeatureBank(synth, {"blob": arrays}, mirrored=False, dtype=torch.float32)
     episode = EpisodeSampler({"blob": 6}, (2, 2), 2, seed=0).episode(0)
     synth.train()
@@ -71,7 +78,9 @@ def test_dropping_every_learned_channel_leaves_only_the_raw_block(tmp_path):
     synth.zero_grad()
     logits, _ = episode_logits(synth, bank, episode, head="ridge", learned_keep=torch.ones(hidden))
     logits[:, 1].sum().backward()  # (the ridge logits are antisymmetric: their plain sum is 0)
-    assert any(float(p.grad.abs().max()) > 0 for n, p in synth.named_parameters() if "decode_head" in n and p.grad is not None)
+    assert any(
+        float(p.grad.abs().max()) > 0 for n, p in synth.named_parameters() if "decode_head" in n and p.grad is not None
+    )
 
 
 def test_train_with_raw_block_in_the_loop_resumes_and_exports_the_best(tmp_path):
@@ -81,15 +90,30 @@ def test_train_with_raw_block_in_the_loop_resumes_and_exports_the_best(tmp_path)
     splits = tmp_path / "splits.yaml"
     splits.write_text(yaml.safe_dump({"meta_train": ["task-a", "task-b"], "meta_val": ["task-v"], "held_out": []}))
     overrides = [
-        f"output_dir={tmp_path / 'run'}", f"data_dir={data}", f"splits_file={splits}", "steps=4", "eval_every=2",
-        "checkpoint_every=2", "log_every=1", "eval_episodes_per_k=1", "eval_k=[1,2]", "k_range=[1,2]", "n_query=2",
-        "head_selection_episodes=2", "learned_dropout=0.5", "warmup_steps=1",
+        f"output_dir={tmp_path / 'run'}",
+        f"data_dir={data}",
+        f"splits_file={splits}",
+        "steps=4",
+        "eval_every=2",
+        "checkpoint_every=2",
+        "log_every=1",
+        "eval_episodes_per_k=1",
+        "eval_k=[1,2]",
+        "k_range=[1,2]",
+        "n_query=2",
+        "head_selection_episodes=2",
+        "learned_dropout=0.5",
+        "warmup_steps=1",
         "model={hidden_size: 8, image_size: 32, pool_scales: [1, 2], raw_levels: [0, 1, 2, 3], raw_dims: [8, 8, 8, 8], "
         "raw_weight: 8.0, learn_raw_weight: true, learned_energy_norm: true}",
         "passthrough={fit_images_per_task: 6, fit_seed: 0}",
     ]
     config = SegTrainingConfig.from_file(None, overrides)
-    first = train(SegTrainingConfig.from_file(None, overrides[:1] + [o for o in overrides[1:] if not o.startswith("steps=")] + ["steps=2"]))
+    first = train(
+        SegTrainingConfig.from_file(
+            None, overrides[:1] + [o for o in overrides[1:] if not o.startswith("steps=")] + ["steps=2"]
+        )
+    )
     assert first["step"] == 2 and "head_selection" in first
     state = train(config, resume=True)
     assert state["step"] == 4 and state["best_step"] in (2, 4)
@@ -97,7 +121,9 @@ def test_train_with_raw_block_in_the_loop_resumes_and_exports_the_best(tmp_path)
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]  # resumed, not restarted
     best = SGPSSegSynthesizer.from_pretrained(tmp_path / "run" / "best")
     assert best.raw_channels == 32 and float(best.raw_projection_0.abs().sum()) > 0  # fitted before training
-    assert best.config.learn_raw_weight and math.isclose(float(best.raw_gain().detach()), best.config.raw_weight, rel_tol=1e-5)
+    assert best.config.learn_raw_weight and math.isclose(
+        float(best.raw_gain().detach()), best.config.raw_weight, rel_tol=1e-5
+    )
     info = json.loads((tmp_path / "run" / "best" / "training.json").read_text())
     choice = info["head_selection"]
     assert choice["prototype_max_k"] == best.config.prototype_max_k

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -26,12 +25,16 @@ def pools(size=32, per_class=(5, 4, 6, 3), tasks=("task-a", "task-a", "task-a", 
     rng = np.random.default_rng(0)
     return [
         ClassPool(task, f"class-{i}", rng.integers(0, 256, (m, size, size, 3), dtype=np.uint8), f"text of class {i}")
-        for i, (task, m) in enumerate(zip(tasks, per_class))
+        for i, (task, m) in enumerate(zip(tasks, per_class, strict=False))
     ]
 
 
 # -- augment ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make_rng", [lambda s: np.random.default_rng(s), lambda s: torch.Generator().manual_seed(s)], ids=["numpy", "torch"])
+@pytest.mark.parametrize(
+    "make_rng",
+    [lambda s: np.random.default_rng(s), lambda s: torch.Generator().manual_seed(s)],
+    ids=["numpy", "torch"],
+)
 def test_random_flips_are_flips_and_reproducible(make_rng):
     images = uint8_batch(n=32)
     out = random_flips(images, make_rng(1))
@@ -39,7 +42,7 @@ def test_random_flips_are_flips_and_reproducible(make_rng):
     assert torch.equal(out, random_flips(images, make_rng(1)))
     assert not torch.equal(out, random_flips(images, make_rng(2)))
     kinds = []
-    for original, flipped in zip(images, out):
+    for original, flipped in zip(images, out, strict=False):
         candidates = [original, original.flip(-1), original.flip(-2), original.flip(-1).flip(-2)]
         matches = [j for j, c in enumerate(candidates) if torch.equal(c, flipped)]
         assert matches, "every output is one of the four flips of its input"
@@ -68,7 +71,7 @@ def test_balanced_weights_give_every_task_and_every_class_of_a_task_equal_mass()
     weights = balanced_weights(chosen)
     assert weights.dtype == torch.float64 and weights.shape == (sum(len(p) for p in chosen),)
     bounds = np.cumsum([0] + [len(p) for p in chosen])
-    mass = [weights[a:b].sum().item() / weights.sum().item() for a, b in zip(bounds[:-1], bounds[1:])]
+    mass = [weights[a:b].sum().item() / weights.sum().item() for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
     # task-a has 3 classes (1/2 of the mass between them), task-b one class (the other 1/2)
     assert mass == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 2])
     # within a class every image is equally likely
@@ -76,10 +79,16 @@ def test_balanced_weights_give_every_task_and_every_class_of_a_task_equal_mass()
 
 
 def test_interpolate_bodies_mixes_floating_tensors_only():
-    adapted = {"w": torch.full((3,), 2.0), "bn.running_var": torch.full((2,), 4.0), "bn.num_batches_tracked": torch.tensor(7)}
+    adapted = {
+        "w": torch.full((3,), 2.0),
+        "bn.running_var": torch.full((2,), 4.0),
+        "bn.num_batches_tracked": torch.tensor(7),
+    }
     start = {"w": torch.zeros(3), "bn.running_var": torch.ones(2), "bn.num_batches_tracked": torch.tensor(1)}
     half = interpolate_bodies(adapted, start, 0.25)
-    assert torch.equal(half["w"], torch.full((3,), 0.5)) and torch.equal(half["bn.running_var"], torch.full((2,), 1.75))
+    assert torch.equal(half["w"], torch.full((3,), 0.5)) and torch.equal(
+        half["bn.running_var"], torch.full((2,), 1.75)
+    )
     assert half["bn.num_batches_tracked"].item() == 7  # integers are copied from the adapted body
     assert all(torch.equal(interpolate_bodies(adapted, start, 1.0)[k], v) for k, v in adapted.items())
     assert all(torch.equal(interpolate_bodies(adapted, start, 0.0)[k], start[k]) for k in ("w", "bn.running_var"))
@@ -96,7 +105,9 @@ def synth():
 
 @pytest.fixture(scope="module")
 def processor(synth):
-    return SGPSImageProcessor(image_size=synth.config.image_size, image_mean=synth.config.image_mean, image_std=synth.config.image_std)
+    return SGPSImageProcessor(
+        image_size=synth.config.image_size, image_mean=synth.config.image_mean, image_std=synth.config.image_std
+    )
 
 
 def test_pool_features_are_the_support_view_features_of_every_image(synth, processor, tmp_path):
@@ -107,7 +118,11 @@ def test_pool_features_are_the_support_view_features_of_every_image(synth, proce
         images = processor.normalize_uint8(torch.from_numpy(pool.images).permute(0, 3, 1, 2))
         with torch.no_grad():
             expected = synth.support_view_features(images)
-        assert features[(pool.task, pool.class_name)].shape == (len(pool), len(synth.config.support_views), synth.target.num_features)
+        assert features[(pool.task, pool.class_name)].shape == (
+            len(pool),
+            len(synth.config.support_views),
+            synth.target.num_features,
+        )
         torch.testing.assert_close(features[(pool.task, pool.class_name)], expected, rtol=1e-5, atol=1e-6)
 
 
@@ -144,7 +159,9 @@ def test_the_cache_is_reused_and_a_changed_body_gets_a_new_key(processor, tmp_pa
 
     calls = []
     original = type(synth).support_view_features
-    monkeypatch.setattr(type(synth), "support_view_features", lambda self, x, **kw: calls.append(x) or original(self, x, **kw))
+    monkeypatch.setattr(
+        type(synth), "support_view_features", lambda self, x, **kw: calls.append(x) or original(self, x, **kw)
+    )
     again = pool_features(synth, chosen, processor, cache_dir=tmp_path)
     assert not calls, "the cached features were read, the body did not run"
     assert all(torch.equal(first[k], again[k]) for k in first)
@@ -165,7 +182,15 @@ def test_the_cache_is_reused_and_a_changed_body_gets_a_new_key(processor, tmp_pa
 def body_config(**overrides):
     from sgps_hf.training.config import TrainingConfig
 
-    return TrainingConfig(**{"pretrain_epochs": 2, "pretrain_batch_size": 6, "pretrain_samples_per_epoch": 18, "pretrain_learning_rate": 3e-3, **overrides})
+    return TrainingConfig(
+        **{
+            "pretrain_epochs": 2,
+            "pretrain_batch_size": 6,
+            "pretrain_samples_per_epoch": 18,
+            "pretrain_learning_rate": 3e-3,
+            **overrides,
+        }
+    )
 
 
 def state_of(module):
@@ -186,7 +211,9 @@ def test_pretrain_body_trains_the_body_in_place_and_reports_every_epoch():
     after = synth.target.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
     # the BatchNorm momenta the synthesizer runs with are restored after training at ordinary momentum
-    assert [bn.momentum for _, bn in batchnorm_layers(synth.target)] == [bn.momentum for _, bn in batchnorm_layers(tiny_synthesizer().target)]
+    assert [bn.momentum for _, bn in batchnorm_layers(synth.target)] == [
+        bn.momentum for _, bn in batchnorm_layers(tiny_synthesizer().target)
+    ]
 
 
 def test_distill_body_teaches_the_student_the_teachers_features_and_leaves_the_teacher_alone():

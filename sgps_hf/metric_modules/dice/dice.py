@@ -4,7 +4,9 @@ import datasets
 import evaluate
 import numpy as np
 
-_DESCRIPTION = "Per-image Dice = 2 |P & R| / (|P| + |R|) of binary masks, averaged over images (1.0 when both are empty)."
+_DESCRIPTION = (
+    "Per-image Dice = 2 |P & R| / (|P| + |R|) of binary masks, averaged over images (1.0 when both are empty)."
+)
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list[array]`): predicted binary masks (H x W, bool or 0/1), one per image.
@@ -22,8 +24,10 @@ class Dice(evaluate.Metric):
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
-                {"predictions": datasets.Sequence(datasets.Sequence(datasets.Value("bool"))),
-                 "references": datasets.Sequence(datasets.Sequence(datasets.Value("bool")))}
+                {
+                    "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("bool"))),
+                    "references": datasets.Sequence(datasets.Sequence(datasets.Value("bool"))),
+                }
             ),
         )
 
@@ -31,7 +35,7 @@ class Dice(evaluate.Metric):
         if len(predictions) == 0:
             raise ValueError("dice needs at least one predicted mask.")
         scores = []
-        for prediction, reference in zip(predictions, references):
+        for prediction, reference in zip(predictions, references, strict=False):
             p, r = np.asarray(prediction, dtype=bool), np.asarray(reference, dtype=bool)
             if p.shape != r.shape:
                 raise ValueError(f"prediction {p.shape} and reference {r.shape} masks differ in shape.")

@@ -22,8 +22,10 @@ class IoU(evaluate.Metric):
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features(
-                {"predictions": datasets.Sequence(datasets.Sequence(datasets.Value("bool"))),
-                 "references": datasets.Sequence(datasets.Sequence(datasets.Value("bool")))}
+                {
+                    "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("bool"))),
+                    "references": datasets.Sequence(datasets.Sequence(datasets.Value("bool"))),
+                }
             ),
         )
 
@@ -31,7 +33,7 @@ class IoU(evaluate.Metric):
         if len(predictions) == 0:
             raise ValueError("iou needs at least one predicted mask.")
         scores = []
-        for prediction, reference in zip(predictions, references):
+        for prediction, reference in zip(predictions, references, strict=False):
             p, r = np.asarray(prediction, dtype=bool), np.asarray(reference, dtype=bool)
             if p.shape != r.shape:
                 raise ValueError(f"prediction {p.shape} and reference {r.shape} masks differ in shape.")

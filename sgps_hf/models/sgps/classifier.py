@@ -66,7 +66,9 @@ class SynthesizedClassifier:
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None) -> "SynthesizedClassifier":
+    def from_pretrained(
+        cls, path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None
+    ) -> "SynthesizedClassifier":
         """Load a saved classifier from a folder or a Hub repo id (timm weights + ``sgps_task.json``).
 
         The folder is verified before it is used (:func:`sgps_hf.hub.classifier_folder.load_classifier_folder`): every
@@ -75,7 +77,9 @@ class SynthesizedClassifier:
         CheckpointError naming the file and key.
         """
         loaded = load_classifier_folder(path_or_repo_id, revision, token)
-        classifier = cls(loaded.model, loaded.label_names, loaded.info, versions=loaded.versions, support_folder=loaded.folder)
+        classifier = cls(
+            loaded.model, loaded.label_names, loaded.info, versions=loaded.versions, support_folder=loaded.folder
+        )
         classifier._base = (loaded.folder.resolve(), str(loaded.info.get("weights_sha256")))
         return classifier
 
@@ -93,7 +97,7 @@ class SynthesizedClassifier:
     def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> list[dict[str, float]]:
         """For each image, a dict label -> probability (labels in output order)."""
         probs = self.predict_proba(images, batch_size)
-        return [dict(zip(self.label_names, row.tolist())) for row in probs]
+        return [dict(zip(self.label_names, row.tolist(), strict=False)) for row in probs]
 
     def evaluate(self, labelled_images: Mapping[str, Sequence[ImageInput]]) -> dict[str, float]:
         """Accuracy and macro-F1 on labelled images ``{class name: [images]}``; stored for the model card."""
@@ -112,7 +116,9 @@ class SynthesizedClassifier:
         return metrics
 
     # -- persistence ----------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, repo_id: str | None = None, include_support: bool = True) -> Path:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, repo_id: str | None = None, include_support: bool = True
+    ) -> Path:
         """Write the classifier folder atomically (a crash never leaves a half-written folder).
 
         ``repo_id``: the Hub repo the folder is meant for; the model card's usage snippets then name it.
@@ -141,7 +147,9 @@ class SynthesizedClassifier:
         return push_classifier(self, repo_id, token, private, commit_message, include_support)
 
     def __repr__(self) -> str:
-        return f"SynthesizedClassifier(classes={self.label_names}, architecture={self.info['target']['architecture']!r})"
+        return (
+            f"SynthesizedClassifier(classes={self.label_names}, architecture={self.info['target']['architecture']!r})"
+        )
 
 
 def _processor_kwargs(data_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,18 @@ from ...body.timm_network import TARGET_MODEL_ARGS
 
 #: The eight dihedral transforms of a square image, and the central ``ZOOM_FRACTION`` crop resized back to full size
 #: (with its mirror image): scale is the one nuisance of medical images that flips and rotations do not cover.
-SUPPORT_VIEWS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose", "zoom", "zoom_hflip")
+SUPPORT_VIEWS = (
+    "identity",
+    "hflip",
+    "vflip",
+    "rot90",
+    "rot180",
+    "rot270",
+    "transpose",
+    "antitranspose",
+    "zoom",
+    "zoom_hflip",
+)
 ZOOM_FRACTION = 0.75
 #: Ways of turning a clinical text into its class's pseudo-prototype (see ``SGPSConfig.text_generator``).
 TEXT_GENERATORS = ("mlp", "class_memory")
@@ -90,8 +101,12 @@ class SGPSConfig(PretrainedConfig):
         **kwargs: Any,
     ) -> None:
         self.target_architecture = target_architecture
-        self.channel_multiplier = None if channel_multiplier is None else _coerce(float, "channel_multiplier", channel_multiplier)
-        self.depth_multiplier = None if depth_multiplier is None else _coerce(float, "depth_multiplier", depth_multiplier)
+        self.channel_multiplier = (
+            None if channel_multiplier is None else _coerce(float, "channel_multiplier", channel_multiplier)
+        )
+        self.depth_multiplier = (
+            None if depth_multiplier is None else _coerce(float, "depth_multiplier", depth_multiplier)
+        )
         self.image_size = _coerce(int, "image_size", image_size)
         self.image_mean = list(image_mean) if image_mean is not None else [0.5, 0.5, 0.5]
         self.image_std = list(image_std) if image_std is not None else [0.5, 0.5, 0.5]
@@ -105,7 +120,9 @@ class SGPSConfig(PretrainedConfig):
         self.text_generator = str(text_generator)
         self.text_memory_size = _coerce(int, "text_memory_size", text_memory_size)
         self.support_views = list(support_views) if support_views is not None else ["identity", "hflip"]
-        self.task_batchnorm_images = None if task_batchnorm_images is None else _coerce(float, "task_batchnorm_images", task_batchnorm_images)
+        self.task_batchnorm_images = (
+            None if task_batchnorm_images is None else _coerce(float, "task_batchnorm_images", task_batchnorm_images)
+        )
         self.ridge_init = _coerce(float, "ridge_init", ridge_init)
         self.prior_init = _coerce(float, "prior_init", prior_init)
         self.logit_scale_init = _coerce(float, "logit_scale_init", logit_scale_init)
@@ -120,11 +137,15 @@ class SGPSConfig(PretrainedConfig):
         if not 0 <= self.text_dropout_rate < 1:
             raise ValueError(f"text_dropout_rate must be in [0, 1), got {self.text_dropout_rate}.")
         if self.text_generator not in TEXT_GENERATORS:
-            raise ValueError(f"text_generator must be one of {', '.join(TEXT_GENERATORS)}; got {self.text_generator!r}.")
+            raise ValueError(
+                f"text_generator must be one of {', '.join(TEXT_GENERATORS)}; got {self.text_generator!r}."
+            )
         if self.text_memory_size < 0:
             raise ValueError(f"text_memory_size must be 0 or more, got {self.text_memory_size}.")
         if self.task_batchnorm_images is not None and self.task_batchnorm_images <= 0:
-            raise ValueError(f"task_batchnorm_images must be positive (or None to keep the body's statistics), got {self.task_batchnorm_images}.")
+            raise ValueError(
+                f"task_batchnorm_images must be positive (or None to keep the body's statistics), got {self.task_batchnorm_images}."
+            )
         for name in ("ridge_init", "prior_init", "logit_scale_init"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")

@@ -25,7 +25,12 @@ def standardize(features: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
 
 
 def ridge_head(
-    z: Tensor, labels: Tensor, num_classes: int, ridge: Tensor, prior: Tensor | None = None, has_images: Tensor | None = None
+    z: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    ridge: Tensor,
+    prior: Tensor | None = None,
+    has_images: Tensor | None = None,
 ) -> Tensor:
     """Class weights ``W`` [D, C] of kernel ridge regression from support rows ``z`` [S, D] to one-hot ``labels``.
 

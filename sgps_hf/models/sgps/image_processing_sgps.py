@@ -74,11 +74,15 @@ class SGPSImageProcessor(BaseImageProcessor):
     def from_sgps_config(cls, config: Any) -> "SGPSImageProcessor":
         return cls(config.image_size, config.image_mean, config.image_std, config.interpolation)
 
-    def preprocess(self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
+    def preprocess(
+        self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt", **kwargs: Any
+    ) -> BatchFeature:
         """Load and transform ``images``; raises ImageLoadError naming any unreadable one."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        transform = timm_eval_transform(self.image_size, self.interpolation, tuple(self.image_mean), tuple(self.image_std))
+        transform = timm_eval_transform(
+            self.image_size, self.interpolation, tuple(self.image_mean), tuple(self.image_std)
+        )
         if images:
             pixels = torch.stack([transform(self._checked(load_image(image))) for image in images])
         else:

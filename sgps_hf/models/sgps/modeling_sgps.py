@@ -32,17 +32,17 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration_sgps import ZOOM_FRACTION, SGPSConfig
+from ...body.text_encoder import embed_tokens, load_text_encoder
+from ...body.timm_network import HEAD_BIAS, HEAD_WEIGHT, body_features, classify, create_target, task_batchnorm
 from ...errors import SynthesisError
 from ...hub.atomic import save_pretrained_atomically
 from ...hub.checkpoints import load_checked, own_tensors, prepare_load
+from .configuration_sgps import ZOOM_FRACTION, SGPSConfig
 from .heads import fold_linear, ridge_head, standardize, support_shots
-from ...body.timm_network import HEAD_BIAS, HEAD_WEIGHT, body_features, classify, create_target, task_batchnorm
-from ...body.text_encoder import embed_tokens, load_text_encoder
 
 if TYPE_CHECKING:
-    from .classifier import SynthesizedClassifier
     from ...task import TaskSpec
+    from .classifier import SynthesizedClassifier
     from .processing_sgps import SGPSProcessor
 
 
@@ -78,13 +78,18 @@ class SGPSSynthesizer(PreTrainedModel):
         self.log_feature_scale = nn.Parameter(torch.zeros(features))
         if config.text_generator == "mlp":
             self.text_to_weight = nn.Sequential(
-                nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden), nn.GELU(), nn.Dropout(config.text_dropout_rate),
+                nn.LayerNorm(text_dim),
+                nn.Linear(text_dim, hidden),
+                nn.GELU(),
+                nn.Dropout(config.text_dropout_rate),
                 nn.Linear(hidden, features),
             )
         else:  # "class_memory": filled by sgps_hf.training.calibration.build_text_memory after meta-training
             self.register_buffer("log_text_temperature", torch.tensor(math.log(0.05)))
             if config.text_memory_size:  # (no empty buffers: safetensors would save two of them as one shared tensor)
-                self._register_text_memory(torch.zeros(config.text_memory_size, text_dim), torch.zeros(config.text_memory_size, features))
+                self._register_text_memory(
+                    torch.zeros(config.text_memory_size, text_dim), torch.zeros(config.text_memory_size, features)
+                )
         # log(ridge) is affine in log(1 + shots): meta-learned, shot-dependent.
         self.ridge_coefficients = nn.Parameter(torch.tensor([math.log(config.ridge_init), 0.0]))
         # The strength of the text prior beside images, log(strength) affine in log(shots), is calibrated on
@@ -148,9 +153,13 @@ class SGPSSynthesizer(PreTrainedModel):
     def set_text_memory(self, keys: Tensor, features: Tensor) -> None:
         """Replace the ``"class_memory"`` entries: text embeddings [M, E] and centred mean features [M, D]."""
         if self.config.text_generator != "class_memory":
-            raise ValueError(f"set_text_memory needs text_generator='class_memory', not {self.config.text_generator!r}.")
+            raise ValueError(
+                f"set_text_memory needs text_generator='class_memory', not {self.config.text_generator!r}."
+            )
         device = self.log_text_temperature.device
-        self._register_text_memory(nn.functional.normalize(keys.float(), dim=-1).to(device), features.float().to(device))
+        self._register_text_memory(
+            nn.functional.normalize(keys.float(), dim=-1).to(device), features.float().to(device)
+        )
         self.config.text_memory_size = int(keys.shape[0])
 
     def _register_text_memory(self, keys: Tensor, features: Tensor) -> None:
@@ -233,7 +242,9 @@ class SGPSSynthesizer(PreTrainedModel):
         if not bool((image_mask | text_mask).all()):
             raise SynthesisError("Every class needs at least one support image or a clinical text.")
 
-        shots = support_shots(support_labels, num_classes).to(device) if has_support else torch.zeros((), device=device)
+        shots = (
+            support_shots(support_labels, num_classes).to(device) if has_support else torch.zeros((), device=device)
+        )
         scale = self.log_feature_scale.exp()
         # The texts generate pseudo-prototypes in the standardised feature space; divided by D they are in the units
         # of the ridge solution, whose large-regulariser limit is the image prototypes (see sgps_hf.models.sgps.heads).
@@ -250,7 +261,9 @@ class SGPSSynthesizer(PreTrainedModel):
             mean = rows.mean(0)
             labels = support_labels.repeat_interleave(views)
             ridge = self._coefficient(self.ridge_coefficients, shots)
-            weights = ridge_head(standardize(rows, mean, scale), labels, num_classes, ridge, prior, has_images=image_mask)
+            weights = ridge_head(
+                standardize(rows, mean, scale), labels, num_classes, ridge, prior, has_images=image_mask
+            )
         else:
             mean, weights = self.feature_mean, zero_shot
         head_weight, head_bias = fold_linear(weights, mean, scale, self.log_logit_scale.exp())
@@ -297,7 +310,12 @@ class SGPSSynthesizer(PreTrainedModel):
         if text_embeds is None and input_ids is not None:
             text_embeds = self.encode_text(input_ids, attention_mask)
         weights = self.generate_weights(
-            num_classes, support_pixel_values, support_labels, text_embeds, text_mask, support_features=support_features
+            num_classes,
+            support_pixel_values,
+            support_labels,
+            text_embeds,
+            text_mask,
+            support_features=support_features,
         )
         logits = loss = None
         if query_features is not None:
@@ -316,7 +334,10 @@ class SGPSSynthesizer(PreTrainedModel):
         return synthesize(self, task, processor=processor)
 
     def update(
-        self, classifier: "SynthesizedClassifier", additions: "Mapping[str, Any]", processor: "SGPSProcessor | None" = None
+        self,
+        classifier: "SynthesizedClassifier",
+        additions: "Mapping[str, Any]",
+        processor: "SGPSProcessor | None" = None,
     ) -> "SynthesizedClassifier":
         """Add newly verified cases ``{class name: [images]}`` to ``classifier`` and re-synthesize it.
 
@@ -345,7 +366,10 @@ def apply_view(images: Tensor, view: str) -> Tensor:
         crop = max(1, round(size * ZOOM_FRACTION))
         start = (size - crop) // 2
         zoomed = nn.functional.interpolate(
-            images[..., start : start + crop, start : start + crop], size=(size, size), mode="bilinear", align_corners=False
+            images[..., start : start + crop, start : start + crop],
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
         )
         return zoomed.flip(-1) if view == "zoom_hflip" else zoomed
     turns = {"rot90": 1, "rot180": 2, "rot270": 3}[view]

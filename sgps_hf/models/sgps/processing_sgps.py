@@ -10,11 +10,11 @@ from PIL import Image
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .image_processing_sgps import SGPSImageProcessor
-from ...imaging import ImageInput
-from ...hub.atomic import save_pretrained_atomically
-from ...task import TaskSpec
 from ...body.text_encoder import load_tokenizer
+from ...hub.atomic import save_pretrained_atomically
+from ...imaging import ImageInput
+from ...task import TaskSpec
+from .image_processing_sgps import SGPSImageProcessor
 
 
 class SGPSProcessor(ProcessorMixin):
@@ -24,7 +24,13 @@ class SGPSProcessor(ProcessorMixin):
     :meth:`prepare_task` turns a :class:`~sgps_hf.TaskSpec` into the synthesizer's inputs.
     """
 
-    def __init__(self, image_processor: SGPSImageProcessor | None = None, tokenizer: Any = None, max_text_length: int = 128, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        image_processor: SGPSImageProcessor | None = None,
+        tokenizer: Any = None,
+        max_text_length: int = 128,
+        **kwargs: Any,
+    ) -> None:
         self.max_text_length = int(max_text_length)
         super().__init__(image_processor, tokenizer, **kwargs)
 
@@ -35,9 +41,16 @@ class SGPSProcessor(ProcessorMixin):
     @classmethod
     def from_sgps_config(cls, config: Any) -> "SGPSProcessor":
         """Build the processor a synthesizer with ``config`` expects (offline for the default encoder)."""
-        return cls(SGPSImageProcessor.from_sgps_config(config), load_tokenizer(config.text_encoder), config.max_text_length)
+        return cls(
+            SGPSImageProcessor.from_sgps_config(config), load_tokenizer(config.text_encoder), config.max_text_length
+        )
 
-    def __call__(self, images: ImageInput | Sequence[ImageInput] | None = None, text: str | Sequence[str] | None = None, **kwargs: Any) -> BatchFeature:
+    def __call__(
+        self,
+        images: ImageInput | Sequence[ImageInput] | None = None,
+        text: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
         if images is None and text is None:
             raise ValueError("Pass images, text or both.")
         data: dict[str, Any] = {}
@@ -54,7 +67,9 @@ class SGPSProcessor(ProcessorMixin):
         )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
-    def prepare_task(self, task: TaskSpec, images: Sequence[Sequence[Image.Image]] | None = None) -> dict[str, torch.Tensor]:
+    def prepare_task(
+        self, task: TaskSpec, images: Sequence[Sequence[Image.Image]] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Support pixels/labels for every class image, tokens for every description, and masks.
 
         ``images``: each class's images already decoded (a synthesis decodes them once for all its uses).

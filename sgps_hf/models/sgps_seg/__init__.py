@@ -11,4 +11,11 @@ from .task import SegmentationTask
 AutoConfig.register(SGPSSegConfig.model_type, SGPSSegConfig, exist_ok=True)
 AutoModel.register(SGPSSegConfig, SGPSSegSynthesizer, exist_ok=True)
 
-__all__ = ["DEFAULT_SEG_CHECKPOINT", "SGPSSegConfig", "SGPSSegOutput", "SGPSSegSynthesizer", "SegmentationTask", "SynthesizedSegmenter"]
+__all__ = [
+    "DEFAULT_SEG_CHECKPOINT",
+    "SGPSSegConfig",
+    "SGPSSegOutput",
+    "SGPSSegSynthesizer",
+    "SegmentationTask",
+    "SynthesizedSegmenter",
+]

@@ -93,8 +93,12 @@ class SGPSSegConfig(PretrainedConfig):
         self.freeze_backbone = bool(freeze_backbone)
         self.prototype_max_k = int(prototype_max_k) if prototype_max_k is not None else None
         self.raw_levels = [int(i) for i in raw_levels] if raw_levels else []
-        if len(set(self.raw_levels)) != len(self.raw_levels) or any(not 0 <= i < len(self.out_indices) for i in self.raw_levels):
-            raise ValueError(f"raw_levels must be distinct positions in out_indices (0..{len(self.out_indices) - 1}), got {raw_levels}.")
+        if len(set(self.raw_levels)) != len(self.raw_levels) or any(
+            not 0 <= i < len(self.out_indices) for i in self.raw_levels
+        ):
+            raise ValueError(
+                f"raw_levels must be distinct positions in out_indices (0..{len(self.out_indices) - 1}), got {raw_levels}."
+            )
         self.raw_levels = sorted(self.raw_levels)
         if raw_dims is not None and len(raw_dims) != len(self.raw_levels):
             raise ValueError(f"raw_dims needs one entry per raw level ({len(self.raw_levels)}), got {raw_dims}.")

@@ -69,7 +69,10 @@ def blend_margin(x: Tensor, y: Tensor, ridge_lambda: Tensor, prototype_weight: f
     if not 0.0 <= prototype_weight <= 1.0:
         raise SynthesisError(f"The prototype weight of the blended head must be in [0, 1], got {prototype_weight}.")
     parts = []
-    for share, (d, b) in ((prototype_weight, prototype_margin(x, y)), (1.0 - prototype_weight, ridge_margin(x, y, ridge_lambda))):
+    for share, (d, b) in (
+        (prototype_weight, prototype_margin(x, y)),
+        (1.0 - prototype_weight, ridge_margin(x, y, ridge_lambda)),
+    ):
         if share > 0:
             parts.append((share, d, b, margin_separation(x, y, d, b).abs().clamp_min(1e-12)))
     direction = sum(share * d / sep for share, d, _, sep in parts)
@@ -80,11 +83,15 @@ def blend_margin(x: Tensor, y: Tensor, ridge_lambda: Tensor, prototype_weight: f
 def mix_for(mix: Sequence[float], num_examples: int) -> float:
     """Prototype weight for ``num_examples`` examples: entry ``K - 1`` of ``mix``, the last entry beyond its length."""
     if not mix:
-        raise SynthesisError("The blended head needs config.prototype_mix (one prototype weight per number of examples).")
+        raise SynthesisError(
+            "The blended head needs config.prototype_mix (one prototype weight per number of examples)."
+        )
     return float(mix[min(num_examples, len(mix)) - 1])
 
 
-def solve_head(head: str, x: Tensor, y: Tensor, scale: Tensor, ridge_lambda: Tensor, prototype_weight: float | None = None) -> tuple[Tensor, Tensor]:
+def solve_head(
+    head: str, x: Tensor, y: Tensor, scale: Tensor, ridge_lambda: Tensor, prototype_weight: float | None = None
+) -> tuple[Tensor, Tensor]:
     """Classifier rows ``(weight (2, C), bias (2,))`` of ``head`` on features ``x`` and soft masks ``y``."""
     if head == "prototype":  # kept in its per-class form (the exports of earlier checkpoints are bit-identical)
         p = prototypes(x, y)

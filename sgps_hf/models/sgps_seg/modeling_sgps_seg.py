@@ -116,7 +116,9 @@ class SGPSSegSynthesizer(PreTrainedModel):
         return sum(self.raw_dim(j) for j in range(len(self.config.raw_levels)))
 
     @torch.no_grad()
-    def fit_raw_passthrough(self, features: Sequence[Tensor], shift_margin: float = 2.0, standardize: bool = True, level_norm: str = "dim") -> None:
+    def fit_raw_passthrough(
+        self, features: Sequence[Tensor], shift_margin: float = 2.0, standardize: bool = True, level_norm: str = "dim"
+    ) -> None:
         """Fit the raw pass-through from encoder feature maps of (meta-train) images (one tensor per stage).
 
         Per stage: standardise each channel (mean / std over all pixels), rotate onto the leading ``raw_dims``
@@ -167,11 +169,17 @@ class SGPSSegSynthesizer(PreTrainedModel):
             for j, level in enumerate(levels):
                 if level == i:
                     weight = getattr(self, f"raw_projection_{j}")[:, :, None, None].to(features[i].dtype)
-                    parts.append(F.relu(F.conv2d(features[i], weight, getattr(self, f"raw_bias_{j}").to(features[i].dtype))))
+                    parts.append(
+                        F.relu(F.conv2d(features[i], weight, getattr(self, f"raw_bias_{j}").to(features[i].dtype)))
+                    )
                 else:
                     parts.append(features[i].new_zeros(batch, self.raw_dim(j), *size))
             block = torch.cat(parts, 1)
-            cumulative = block if cumulative is None else block + F.interpolate(cumulative, size=size, mode="bilinear", align_corners=False)
+            cumulative = (
+                block
+                if cumulative is None
+                else block + F.interpolate(cumulative, size=size, mode="bilinear", align_corners=False)
+            )
         return cumulative
 
     def raw_gain(self) -> Tensor:
@@ -227,7 +235,9 @@ class SGPSSegSynthesizer(PreTrainedModel):
             return "prototype"
         return "blend" if getattr(self.config, "prototype_mix", None) else self.config.head
 
-    def head_from_support(self, support_features: Tensor, support_masks: Tensor, head: str | None = None) -> tuple[Tensor, Tensor]:
+    def head_from_support(
+        self, support_features: Tensor, support_masks: Tensor, head: str | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Closed-form classifier ``(weight (2, C, 1, 1), bias (2,))`` from decoder features and masks (heads.py).
 
         ``support_masks``: ``(K, 1, H, W)`` in [0, 1] at any resolution (area-pooled to the features').
@@ -282,7 +292,9 @@ class SGPSSegSynthesizer(PreTrainedModel):
 
     # -- synthesis ------------------------------------------------------------------------------
     @torch.no_grad()
-    def synthesize_state_dict(self, support_pixel_values: Tensor, support_masks: Tensor, head: str | None = None) -> dict[str, Tensor]:
+    def synthesize_state_dict(
+        self, support_pixel_values: Tensor, support_masks: Tensor, head: str | None = None
+    ) -> dict[str, Tensor]:
         """The complete state dict of the synthesized ``UperNetForSemanticSegmentation``."""
         was_training = self.training
         self.eval()
@@ -292,7 +304,9 @@ class SGPSSegSynthesizer(PreTrainedModel):
         finally:
             self.train(was_training)
         if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
-            raise SynthesisError("Synthesis produced non-finite classifier weights; check the examples (images and masks).")
+            raise SynthesisError(
+                "Synthesis produced non-finite classifier weights; check the examples (images and masks)."
+            )
         state = {k: v.detach().clone() for k, v in self.segmenter.state_dict().items()}
         if self.config.raw_levels:
             state = self.widen_state_dict(state)
@@ -336,7 +350,9 @@ class SGPSSegSynthesizer(PreTrainedModel):
             out[f"{head}{name}.batch_norm.bias"][hidden:] = bn_bias[hidden:]
             eps = 1e-5  # nn.BatchNorm2d default of UperNetConvModule: gamma = sqrt(1 + eps) makes raw channels exact copies
             out[f"{head}{name}.batch_norm.weight"][hidden:] = math.sqrt(1 + eps)
-            out[f"{head}{name}.batch_norm.num_batches_tracked"] = state[f"{head}{name}.batch_norm.num_batches_tracked"].clone()
+            out[f"{head}{name}.batch_norm.num_batches_tracked"] = state[
+                f"{head}{name}.batch_norm.num_batches_tracked"
+            ].clone()
 
         def stage_rows(level: int, in_start: int):
             def fill(weight, bn_bias, ci, cj):
@@ -346,12 +362,14 @@ class SGPSSegSynthesizer(PreTrainedModel):
                     projection = getattr(self, f"raw_projection_{j}")
                     weight[r0 : r0 + dim, in_start : in_start + projection.shape[1], ci, cj] = projection
                     bn_bias[r0 : r0 + dim] = getattr(self, f"raw_bias_{j}")
+
             return fill
 
         def identity_rows(in_start: int):
             def fill(weight, bn_bias, ci, cj):
                 index = torch.arange(raw)
                 weight[hidden + index, in_start + hidden + index, ci, cj] = 1.0
+
             return fill
 
         top = list(self.segmenter.backbone.channels)[-1]
@@ -362,8 +380,18 @@ class SGPSSegSynthesizer(PreTrainedModel):
         n_pool = len(self.config.pool_scales)
         for p in range(n_pool):
             conv_module(f"psp_modules.{p}.1", [(0, 0, top)], top)
-        conv_module("bottleneck", [(0, 0, top)] + [(top + p * hidden, top + p * wide, hidden) for p in range(n_pool)], top + n_pool * wide, stage_rows(n_levels - 1, 0))
-        conv_module("fpn_bottleneck", [(i * hidden, i * wide, hidden) for i in range(n_levels)], n_levels * wide, identity_rows(0))
+        conv_module(
+            "bottleneck",
+            [(0, 0, top)] + [(top + p * hidden, top + p * wide, hidden) for p in range(n_pool)],
+            top + n_pool * wide,
+            stage_rows(n_levels - 1, 0),
+        )
+        conv_module(
+            "fpn_bottleneck",
+            [(i * hidden, i * wide, hidden) for i in range(n_levels)],
+            n_levels * wide,
+            identity_rows(0),
+        )
         for key in ("weight", "bias"):
             out[f"{head}classifier.{key}"] = state[f"{head}classifier.{key}"]
         return out

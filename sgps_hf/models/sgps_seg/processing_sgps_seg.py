@@ -25,7 +25,9 @@ MaskInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 ASPECT_TOLERANCE = 0.02
 
 
-def make_image_processor(image_size: int = 128, image_mean: Sequence[float] = (0.5,) * 3, image_std: Sequence[float] = (0.5,) * 3):
+def make_image_processor(
+    image_size: int = 128, image_mean: Sequence[float] = (0.5,) * 3, image_std: Sequence[float] = (0.5,) * 3
+):
     """The transformers image processor of a synthesized segmenter (bilinear resize to a square, [-1, 1])."""
     from transformers import SegformerImageProcessor
 
@@ -74,7 +76,10 @@ def load_mask(source: MaskInput, image_size: tuple[int, int], name: str = "mask"
             "booleans; save masks as PNG (JPEG compression adds intermediate values) or threshold them first, e.g. mask > 127."
         )
     if (width, height) != (target_w, target_h):
-        binary = np.asarray(Image.fromarray(binary.astype(np.uint8) * 255).resize((target_w, target_h), Image.NEAREST)) > 127
+        binary = (
+            np.asarray(Image.fromarray(binary.astype(np.uint8) * 255).resize((target_w, target_h), Image.NEAREST))
+            > 127
+        )
     if not binary.any():
         raise InvalidTaskError(
             f"{name} is empty (no foreground pixel). Every example needs at least one pixel of the structure; "
@@ -93,7 +98,9 @@ def _mask_array(source: MaskInput, name: str) -> np.ndarray:
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise ImageLoadError(f"Mask file not found: {path}. Check the path (relative paths are resolved from {Path.cwd()}).")
+            raise ImageLoadError(
+                f"Mask file not found: {path}. Check the path (relative paths are resolved from {Path.cwd()})."
+            )
         try:
             with Image.open(path) as opened:
                 opened.load()
@@ -101,13 +108,19 @@ def _mask_array(source: MaskInput, name: str) -> np.ndarray:
         except ImageLoadError:
             raise
         except Exception as exc:  # PIL raises many types on malformed files
-            raise ImageLoadError(f"Cannot read mask {path} ({type(exc).__name__}: {exc}). Save it as a PNG image.") from exc
+            raise ImageLoadError(
+                f"Cannot read mask {path} ({type(exc).__name__}: {exc}). Save it as a PNG image."
+            ) from exc
     else:
-        raise ImageLoadError(f"Unsupported mask of type {type(source).__name__}: pass a file path, a PIL image or a numpy array.")
+        raise ImageLoadError(
+            f"Unsupported mask of type {type(source).__name__}: pass a file path, a PIL image or a numpy array."
+        )
     if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
         channels = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
         if not (channels == channels[..., :1]).all():
-            raise InvalidTaskError(f"{name} is a colour image with differing channels; pass a single-channel binary mask.")
+            raise InvalidTaskError(
+                f"{name} is a colour image with differing channels; pass a single-channel binary mask."
+            )
         array = channels[..., 0]
     if array.ndim != 2:
         raise InvalidTaskError(f"{name} has shape {array.shape}; a mask is H x W (or H x W x 1).")

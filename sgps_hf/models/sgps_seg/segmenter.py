@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...hub.checkpoints import state_dict_sha256, synthesizer_reference
 from ...errors import CheckpointError, InvalidTaskError
+from ...hub.checkpoints import state_dict_sha256, synthesizer_reference
 from ...imaging import ImageInput
 from .processing_sgps_seg import load_mask, load_rgb
 
@@ -35,9 +35,16 @@ def build_info(task: "SegmentationTask", synthesizer: "PreTrainedModel", head: s
     return {
         "task": task.to_dict(),
         "head": head,
-        "synthesizer": {**synthesizer_reference(synthesizer), **({"training_tasks": ", ".join(training)} if training else {})},
-        "segmenter": {"backbone": config.backbone, "hidden_size": config.hidden_size, "image_size": config.image_size,
-                      "raw_channels": synthesizer.raw_channels if getattr(config, "raw_levels", None) else 0},
+        "synthesizer": {
+            **synthesizer_reference(synthesizer),
+            **({"training_tasks": ", ".join(training)} if training else {}),
+        },
+        "segmenter": {
+            "backbone": config.backbone,
+            "hidden_size": config.hidden_size,
+            "image_size": config.image_size,
+            "raw_channels": synthesizer.raw_channels if getattr(config, "raw_levels", None) else 0,
+        },
         "sgps_hf_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
@@ -79,7 +86,9 @@ class SynthesizedSegmenter:
         for image in _as_list(images):
             rgb = load_rgb(image)
             outputs = self.model(pixel_values=self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"])
-            segmentation = self.image_processor.post_process_semantic_segmentation(outputs, target_sizes=[(rgb.height, rgb.width)])[0]
+            segmentation = self.image_processor.post_process_semantic_segmentation(
+                outputs, target_sizes=[(rgb.height, rgb.width)]
+            )[0]
             masks.append(segmentation.numpy() == 1)
         return masks
 
@@ -94,7 +103,10 @@ class SynthesizedSegmenter:
         if not pairs:
             raise InvalidTaskError("evaluate needs at least one (image, mask) pair.")
         images = [load_rgb(image) for image, _ in pairs]
-        references = [load_mask(mask, image.size, name=f"evaluation mask {i}") for i, (image, (_, mask)) in enumerate(zip(images, pairs))]
+        references = [
+            load_mask(mask, image.size, name=f"evaluation mask {i}")
+            for i, (image, (_, mask)) in enumerate(zip(images, pairs, strict=False))
+        ]
         scores = dice_iou(self.predict(images), references)
         self.info["metrics"] = {**scores, "num_images": len(pairs)}
         return scores
@@ -113,7 +125,9 @@ class SynthesizedSegmenter:
         return Path(save_directory)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None) -> "SynthesizedSegmenter":
+    def from_pretrained(
+        cls, path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None
+    ) -> "SynthesizedSegmenter":
         from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
 
         folder = Path(path_or_repo_id)
@@ -122,20 +136,32 @@ class SynthesizedSegmenter:
 
             folder = Path(snapshot_download(str(path_or_repo_id), revision=revision, token=token))
         if not (folder / WEIGHTS_FILE).is_file():
-            raise CheckpointError(f"No {WEIGHTS_FILE} in {folder}; is it a segmenter saved by sgps_hf (save_pretrained)?")
+            raise CheckpointError(
+                f"No {WEIGHTS_FILE} in {folder}; is it a segmenter saved by sgps_hf (save_pretrained)?"
+            )
         try:
             info = json.loads((folder / TASK_FILE).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{folder} has no readable {TASK_FILE}; is it a segmenter saved by sgps_hf? ({exc})") from exc
+            raise CheckpointError(
+                f"{folder} has no readable {TASK_FILE}; is it a segmenter saved by sgps_hf? ({exc})"
+            ) from exc
         model = UperNetForSemanticSegmentation.from_pretrained(folder)
         processor = AutoImageProcessor.from_pretrained(folder)
         expected = info.get("weights_sha256")
         segmenter = cls(model, processor, info)
         if expected and segmenter.info["weights_sha256"] != expected:
-            raise CheckpointError(f"The weights in {folder} do not match the sha256 recorded in {TASK_FILE}; the folder was modified.")
+            raise CheckpointError(
+                f"The weights in {folder} do not match the sha256 recorded in {TASK_FILE}; the folder was modified."
+            )
         return segmenter
 
-    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None, commit_message: str = "Add synthesized segmenter") -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        token: str | None = None,
+        private: bool | None = None,
+        commit_message: str = "Add synthesized segmenter",
+    ) -> str:
         """Create ``repo_id`` if needed and upload the saved folder (weights, processor, card, sidecar); returns the commit URL."""
         import tempfile
 

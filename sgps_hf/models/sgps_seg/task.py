@@ -43,14 +43,18 @@ class SegmentationTask:
             label, examples = _folder_examples(Path(examples), label)
         self.label = label or self.name  # the structure the foreground mask marks
         if isinstance(examples, (str, bytes)) or not isinstance(examples, Iterable):
-            raise InvalidTaskError("examples must be a list of (image, mask) pairs or a folder with images/ and masks/<label>/.")
+            raise InvalidTaskError(
+                "examples must be a list of (image, mask) pairs or a folder with images/ and masks/<label>/."
+            )
         examples = list(examples)
         if not examples:
             raise InvalidTaskError(
                 f"Task {self.name!r} has no examples: give at least one (image, mask) pair, e.g. examples=[('img.png', 'mask.png')]."
             )
         if len(examples) > MAX_EXAMPLES:
-            raise InvalidTaskError(f"Task {self.name!r} has {len(examples)} examples; at most {MAX_EXAMPLES} are supported.")
+            raise InvalidTaskError(
+                f"Task {self.name!r} has {len(examples)} examples; at most {MAX_EXAMPLES} are supported."
+            )
         self.images: list[Image.Image] = []
         self.masks: list[np.ndarray] = []
         self.fingerprints: list[dict[str, str]] = []
@@ -63,11 +67,15 @@ class SegmentationTask:
                 image = load_rgb(image_source)
             except ImageLoadError as exc:
                 raise ImageLoadError(f"Task {self.name!r}, {where}: {exc}") from exc
-            mask_name = f"mask of {where}" + (f" ({mask_source})" if isinstance(mask_source, (str, os.PathLike)) else "")
+            mask_name = f"mask of {where}" + (
+                f" ({mask_source})" if isinstance(mask_source, (str, os.PathLike)) else ""
+            )
             mask = load_mask(mask_source, image.size, name=mask_name)
             self.images.append(image)
             self.masks.append(mask)
-            self.fingerprints.append({"image_sha256": image_fingerprint(image_source), "mask_sha256": mask_fingerprint(mask)})
+            self.fingerprints.append(
+                {"image_sha256": image_fingerprint(image_source), "mask_sha256": mask_fingerprint(mask)}
+            )
         if all(m.all() for m in self.masks):
             raise InvalidTaskError(
                 f"Every mask of task {self.name!r} covers the whole image: the examples need some background pixels too."

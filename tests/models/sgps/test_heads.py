@@ -9,7 +9,10 @@ from sgps_hf.models.sgps.heads import fold_linear, ridge_head, standardize, supp
 def data(seed=0, shots=3, classes=4, dim=16):
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(classes).repeat_interleave(shots)
-    z = torch.randn(len(labels), dim, generator=generator, dtype=torch.float64) + 0.7 * torch.randn(classes, dim, generator=generator, dtype=torch.float64)[labels]
+    z = (
+        torch.randn(len(labels), dim, generator=generator, dtype=torch.float64)
+        + 0.7 * torch.randn(classes, dim, generator=generator, dtype=torch.float64)[labels]
+    )
     return z - z.mean(0), labels, torch.randn(dim, classes, generator=generator, dtype=torch.float64)
 
 
@@ -44,14 +47,17 @@ def test_large_ridge_tends_to_the_class_mean_direction():
     weights = ridge_head(z, labels, 4, torch.tensor(1e8, dtype=z.dtype))
     torch.testing.assert_close(1e8 * weights, means * 5 / z.shape[1], rtol=1e-5, atol=1e-9)
     # a small ridge does not point at the class means as well as a large one
-    small = torch.nn.functional.cosine_similarity(ridge_head(z, labels, 4, torch.tensor(1e-3, dtype=z.dtype)), means, dim=0)
+    small = torch.nn.functional.cosine_similarity(
+        ridge_head(z, labels, 4, torch.tensor(1e-3, dtype=z.dtype)), means, dim=0
+    )
     assert (1 - small).max() > 1e-3
 
 
 def test_prior_is_the_limit_as_ridge_grows():
     z, labels, prior = data()
     distances = [
-        (ridge_head(z, labels, 4, torch.tensor(ridge, dtype=z.dtype), prior) - prior).norm().item() for ridge in (0.1, 10.0, 1e3, 1e7)
+        (ridge_head(z, labels, 4, torch.tensor(ridge, dtype=z.dtype), prior) - prior).norm().item()
+        for ridge in (0.1, 10.0, 1e3, 1e7)
     ]
     assert distances == sorted(distances, reverse=True) and distances[-1] < 1e-6 * prior.norm().item()
     # and a small ridge moves well away from the prior towards the images

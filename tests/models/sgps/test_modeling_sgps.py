@@ -22,7 +22,9 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 MIXED = dict(texts=("round pink papule", "dark irregular plaque", "scaly red patch"), images_per_class=(2, 1, 3))
 TEXT_ONLY = dict(texts=("round pink papule", "dark irregular plaque", "scaly red patch"), images_per_class=(0, 0, 0))
 IMAGE_ONLY = dict(texts=(None, None, None), images_per_class=(2, 2, 1))
-PARTIAL = dict(texts=("round pink papule", None, "scaly red patch"), images_per_class=(0, 2, 2))  # text-only + image-only + both
+PARTIAL = dict(
+    texts=("round pink papule", None, "scaly red patch"), images_per_class=(0, 2, 2)
+)  # text-only + image-only + both
 KINDS = {"mixed": MIXED, "text-only": TEXT_ONLY, "image-only": IMAGE_ONLY, "partial": PARTIAL}
 
 
@@ -91,7 +93,9 @@ def test_functional_path_equals_materialized_classifier(synth, processor, tasks,
     assert logits.shape == (4, 3)
     torch.testing.assert_close(logits, materialized, rtol=1e-5, atol=1e-5)
     # and the classifier's own preprocessing gives the same inputs
-    torch.testing.assert_close(classifier.image_processor([noise_image(101)])["pixel_values"], queries[:1], rtol=0, atol=0)
+    torch.testing.assert_close(
+        classifier.image_processor([noise_image(101)])["pixel_values"], queries[:1], rtol=0, atol=0
+    )
 
 
 def test_synthesis_is_deterministic_in_process(synth, processor, tasks):
@@ -116,9 +120,16 @@ def test_synthesize_runs_in_eval_mode_and_leaves_the_synthesizer_unchanged(proce
 def test_synthesis_is_bit_identical_in_a_fresh_process(synth, tmp_path):
     folder = tmp_path / "task"
     task = synthetic_task(folder, **MIXED)
-    (folder / "task.json").write_text(json.dumps({"classes": [
-        {"name": c.name, "description": c.description, "images": [Path(p).name for p in c.images]} for c in task.classes
-    ]}))
+    (folder / "task.json").write_text(
+        json.dumps(
+            {
+                "classes": [
+                    {"name": c.name, "description": c.description, "images": [Path(p).name for p in c.images]}
+                    for c in task.classes
+                ]
+            }
+        )
+    )
     synth.save_pretrained(tmp_path / "synth")
     expected = synth.synthesize(TaskSpec.from_file(folder / "task.json"))
     result = run_python(
@@ -130,7 +141,9 @@ def test_synthesis_is_bit_identical_in_a_fresh_process(synth, tmp_path):
         classifier = synth.synthesize(TaskSpec.from_file(sys.argv[2]))
         print(json.dumps({"model": state_dict_sha256(classifier.model.state_dict()), "info": classifier.info["weights_sha256"]}))
         """,
-        tmp_path / "synth", folder / "task.json", env={"HF_HUB_OFFLINE": "1"},
+        tmp_path / "synth",
+        folder / "task.json",
+        env={"HF_HUB_OFFLINE": "1"},
     )
     hashes = last_json_line(result.stdout)
     assert hashes["model"] == hashes["info"] == state_dict_sha256(expected.model.state_dict())
@@ -197,9 +210,12 @@ def test_task_batchnorm_moves_the_statistics_by_the_share_of_the_support_images(
     with torch.no_grad():
         stem = synth.target.conv_stem(torch.cat([apply_view(pixels, view) for view in synth.config.support_views]))
     share = 6 / (6 + 4.0)
-    torch.testing.assert_close(weights["bn1.running_mean"], (1 - share) * synth.target.bn1.running_mean + share * stem.mean((0, 2, 3)))
     torch.testing.assert_close(
-        weights["bn1.running_var"], (1 - share) * synth.target.bn1.running_var + share * stem.var((0, 2, 3), unbiased=False)
+        weights["bn1.running_mean"], (1 - share) * synth.target.bn1.running_mean + share * stem.mean((0, 2, 3))
+    )
+    torch.testing.assert_close(
+        weights["bn1.running_var"],
+        (1 - share) * synth.target.bn1.running_var + share * stem.var((0, 2, 3), unbiased=False),
     )
 
 
@@ -211,7 +227,10 @@ def test_head_is_the_ridge_solution_on_the_classifiers_own_features_of_the_suppo
     pixels, labels = inputs["support_pixel_values"], inputs["support_labels"]
     assert synth.config.support_views == ["identity", "hflip"]
     with torch.no_grad():
-        views = [classifier.model.forward_head(classifier.model.forward_features(x), pre_logits=True) for x in (pixels, pixels.flip(-1))]
+        views = [
+            classifier.model.forward_head(classifier.model.forward_features(x), pre_logits=True)
+            for x in (pixels, pixels.flip(-1))
+        ]
         rows = torch.stack(views, 1).reshape(-1, views[0].shape[-1])  # per image: identity, then hflip
         shots = torch.tensor(5 / 3)  # images_per_class (2, 2, 1)
         ridge = torch.exp(synth.ridge_coefficients[0] + synth.ridge_coefficients[1] * torch.log1p(shots))
@@ -257,12 +276,18 @@ def test_support_features_replace_the_pixels_exactly(synth, processor, tasks, qu
         support = synth.support_view_features(inputs["support_pixel_values"])
         from_pixels = forward(synth, processor, tasks["mixed"], query_pixel_values=queries)
         from_features = synth(
-            support_features=support, support_labels=inputs["support_labels"], num_classes=3, input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"], text_mask=inputs["text_mask"],
+            support_features=support,
+            support_labels=inputs["support_labels"],
+            num_classes=3,
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            text_mask=inputs["text_mask"],
             query_features=synth.support_view_features(queries)[:, 0],
         )
     assert support.shape == (6, 2, synth.target.num_features)
-    torch.testing.assert_close(from_features.weights["classifier.weight"], from_pixels.weights["classifier.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        from_features.weights["classifier.weight"], from_pixels.weights["classifier.weight"], rtol=0, atol=0
+    )
     torch.testing.assert_close(from_features.logits, from_pixels.logits, rtol=1e-6, atol=1e-6)
 
 
@@ -273,9 +298,13 @@ DIHEDRAL_VIEWS = [view for view in SUPPORT_VIEWS if not view.startswith("zoom")]
 def test_apply_view_is_the_named_dihedral_transform(view):
     images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
     expected = {
-        "identity": images, "hflip": torch.flip(images, [-1]), "vflip": torch.flip(images, [-2]),
-        "rot90": torch.rot90(images, 1, (-2, -1)), "rot180": torch.flip(images, [-2, -1]),
-        "rot270": torch.rot90(images, -1, (-2, -1)), "transpose": images.permute(0, 1, 3, 2),
+        "identity": images,
+        "hflip": torch.flip(images, [-1]),
+        "vflip": torch.flip(images, [-2]),
+        "rot90": torch.rot90(images, 1, (-2, -1)),
+        "rot180": torch.flip(images, [-2, -1]),
+        "rot270": torch.rot90(images, -1, (-2, -1)),
+        "transpose": images.permute(0, 1, 3, 2),
         "antitranspose": torch.rot90(images.permute(0, 1, 3, 2), 2, (-2, -1)),
     }[view]
     assert torch.equal(apply_view(images, view), expected)
@@ -297,7 +326,9 @@ def test_zoom_views_are_the_central_crop_resized_and_its_mirror():
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     zoomed = apply_view(images, "zoom")
     assert zoomed.shape == images.shape
-    expected = torch.nn.functional.interpolate(images[..., 2:14, 2:14], size=(16, 16), mode="bilinear", align_corners=False)
+    expected = torch.nn.functional.interpolate(
+        images[..., 2:14, 2:14], size=(16, 16), mode="bilinear", align_corners=False
+    )
     torch.testing.assert_close(zoomed, expected, rtol=0, atol=0)
     assert torch.equal(apply_view(images, "zoom_hflip"), zoomed.flip(-1))
     # a constant image stays constant; the border (outside the central 75%) does not reach the zoomed view
@@ -339,7 +370,11 @@ def test_set_prior_strength_interpolates_log_linearly_in_shots(processor, tasks)
     synth.set_prior_strength(0.5, 2.0)
     a, b = synth.prior_coefficients.tolist()
     strength = lambda shots: math.exp(a + b * math.log(shots))  # noqa: E731
-    assert strength(1) == pytest.approx(0.5) and strength(5) == pytest.approx(2.0) and strength(2) == pytest.approx(0.5 * 4 ** (math.log(2) / math.log(5)))
+    assert (
+        strength(1) == pytest.approx(0.5)
+        and strength(5) == pytest.approx(2.0)
+        and strength(2) == pytest.approx(0.5 * 4 ** (math.log(2) / math.log(5)))
+    )
     synth.set_prior_strength(0.0, 0.0)  # 0: the texts are ignored beside images (up to exp(log 1e-6))
     assert strength(1) > 0 and math.exp(synth.prior_coefficients[0].item()) == pytest.approx(1e-6)
     # the strength is what weights the text prior beside images
@@ -368,10 +403,16 @@ def test_task_content_drives_the_weights(processor, tmp_path):
     other_text = head(TaskSpec([ClassSpec("a", "round pink papule"), ClassSpec("b", "yellow crusted erosion")]))
     assert not torch.allclose(base, other_text)
     # image-only: the names are not text, renaming the classes changes nothing
-    image_only = head(TaskSpec([ClassSpec("a", images=[images[0]]), ClassSpec("b", images=[images[1], noise_image(3)])]))
-    renamed = head(TaskSpec([ClassSpec("melanoma", images=[images[0]]), ClassSpec("nevus", images=[images[1], noise_image(3)])]))
+    image_only = head(
+        TaskSpec([ClassSpec("a", images=[images[0]]), ClassSpec("b", images=[images[1], noise_image(3)])])
+    )
+    renamed = head(
+        TaskSpec([ClassSpec("melanoma", images=[images[0]]), ClassSpec("nevus", images=[images[1], noise_image(3)])])
+    )
     assert torch.equal(image_only, renamed)
-    other_image = head(TaskSpec([ClassSpec("a", images=[noise_image(9)]), ClassSpec("b", images=[images[1], noise_image(3)])]))
+    other_image = head(
+        TaskSpec([ClassSpec("a", images=[noise_image(9)]), ClassSpec("b", images=[images[1], noise_image(3)])])
+    )
     assert not torch.allclose(image_only, other_image)
 
 
@@ -392,7 +433,14 @@ def test_num_classes_is_inferred_or_required(synth, processor, tasks):
     with torch.no_grad():
         out = synth(support_pixel_values=inputs["support_pixel_values"], support_labels=inputs["support_labels"])
     assert out.weights["classifier.weight"].shape[0] == 3 and out.logits is None and out.loss is None
-    assert synth(support_pixel_values=inputs["support_pixel_values"], support_labels=inputs["support_labels"], return_weights=False).weights is None
+    assert (
+        synth(
+            support_pixel_values=inputs["support_pixel_values"],
+            support_labels=inputs["support_labels"],
+            return_weights=False,
+        ).weights
+        is None
+    )
     with pytest.raises(ValueError, match="num_classes"):
         synth()
 
@@ -406,7 +454,9 @@ def test_single_support_image_in_a_task(synth, processor):
     assert torch.isfinite(synth.synthesize(one_each, processor=processor).predict_proba(noise_image(2))).all()
 
 
-@pytest.mark.parametrize("key", ["target.conv_stem.weight", "text_to_weight.1.bias", "ridge_coefficients", "log_logit_scale"])
+@pytest.mark.parametrize(
+    "key", ["target.conv_stem.weight", "text_to_weight.1.bias", "ridge_coefficients", "log_logit_scale"]
+)
 def test_nan_weights_in_a_checkpoint_raise_synthesis_error(synth, tasks, tmp_path, key):
     synth.save_pretrained(tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
@@ -437,12 +487,28 @@ def test_loss_is_differentiable_wrt_the_head_parameters_and_base_weights(process
         return {name for name, g in found.items() if g is not None and g.abs().sum() > 0}
 
     with_images = grads("mixed")
-    for name in ["log_feature_scale", "ridge_coefficients", "log_logit_scale", "target.conv_stem.weight", "target.conv_head.weight", "target.bn2.weight"]:
+    for name in [
+        "log_feature_scale",
+        "ridge_coefficients",
+        "log_logit_scale",
+        "target.conv_stem.weight",
+        "target.conv_head.weight",
+        "target.bn2.weight",
+    ]:
         assert name in with_images, name
     # beside images the text prior is detached: the generator learns from text-only episodes alone
-    assert not any(name.startswith("text_to_weight.") for name in with_images) and "log_zero_shot_scale" not in with_images
+    assert (
+        not any(name.startswith("text_to_weight.") for name in with_images)
+        and "log_zero_shot_scale" not in with_images
+    )
     text_only = grads("text-only")
-    for name in ["text_to_weight.1.weight", "text_to_weight.4.weight", "log_zero_shot_scale", "log_logit_scale", "log_feature_scale"]:
+    for name in [
+        "text_to_weight.1.weight",
+        "text_to_weight.4.weight",
+        "log_zero_shot_scale",
+        "log_logit_scale",
+        "log_feature_scale",
+    ]:
         assert name in text_only, name
     assert "ridge_coefficients" not in text_only
 
@@ -489,7 +555,9 @@ def memory_synthesizer(entries=5, seed=0):
     dim, features = synth.config.text_embed_dim, synth.target.num_features
     with torch.no_grad():
         synth.log_feature_scale.normal_(0, 0.3, generator=generator)
-    synth.set_text_memory(torch.randn(entries, dim, generator=generator), torch.randn(entries, features, generator=generator))
+    synth.set_text_memory(
+        torch.randn(entries, dim, generator=generator), torch.randn(entries, features, generator=generator)
+    )
     return synth
 
 
@@ -503,7 +571,10 @@ def test_class_memory_prototypes_are_the_attention_mixture_of_the_stored_feature
     torch.testing.assert_close(synth.text_prototypes(texts), expected)
     with torch.no_grad():
         synth.log_text_temperature.fill_(math.log(1e-4))  # a text equal to a stored one returns that class's features
-    torch.testing.assert_close(synth.text_prototypes(synth.text_memory_keys[2:3] * 7.0)[0], synth.text_memory_features[2] * synth.log_feature_scale.exp())
+    torch.testing.assert_close(
+        synth.text_prototypes(synth.text_memory_keys[2:3] * 7.0)[0],
+        synth.text_memory_features[2] * synth.log_feature_scale.exp(),
+    )
 
 
 def test_an_empty_class_memory_gives_uninformative_texts():

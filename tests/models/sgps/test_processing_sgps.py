@@ -23,7 +23,9 @@ def processor():
 # -- image processor ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_image_processor_matches_timms_own_eval_transform(interpolation):
-    image_processor = SGPSImageProcessor(image_size=40, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3], interpolation=interpolation)
+    image_processor = SGPSImageProcessor(
+        image_size=40, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3], interpolation=interpolation
+    )
     data_config = resolve_data_config(pretrained_cfg=image_processor.timm_data_config())
     assert tuple(data_config["input_size"]) == (3, 40, 40) and data_config["crop_pct"] == 1.0
     transform = create_transform(**data_config)
@@ -61,15 +63,24 @@ def test_normalize_uint8_matches_preprocess_for_images_already_at_size():
     image_processor = SGPSImageProcessor(image_size=24, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3])
     images = [noise_image(seed, size=(24, 24)) for seed in (5, 6)]
     uint8 = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images])
-    torch.testing.assert_close(image_processor.normalize_uint8(uint8), image_processor(images)["pixel_values"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        image_processor.normalize_uint8(uint8), image_processor(images)["pixel_values"], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_image_processor_save_and_load(tmp_path):
-    image_processor = SGPSImageProcessor(image_size=40, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3], interpolation="bicubic")
+    image_processor = SGPSImageProcessor(
+        image_size=40, image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3], interpolation="bicubic"
+    )
     image_processor.save_pretrained(tmp_path)
     for loaded in (SGPSImageProcessor.from_pretrained(tmp_path), AutoImageProcessor.from_pretrained(tmp_path)):
         assert type(loaded) is SGPSImageProcessor
-        assert (loaded.image_size, loaded.image_mean, loaded.image_std, loaded.interpolation) == (40, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], "bicubic")
+        assert (loaded.image_size, loaded.image_mean, loaded.image_std, loaded.interpolation) == (
+            40,
+            [0.5, 0.4, 0.3],
+            [0.2, 0.25, 0.3],
+            "bicubic",
+        )
 
 
 # -- processor ----------------------------------------------------------------------------------------------------
@@ -96,7 +107,10 @@ def test_prepare_task(processor, tmp_path):
     assert inputs["num_classes"] == 3
     assert inputs["support_labels"].tolist() == [0, 0, 1]
     assert inputs["support_pixel_values"].shape == (3, 3, 32, 32)
-    torch.testing.assert_close(inputs["support_pixel_values"], processor.image_processor(task.classes[0].images + task.classes[1].images)["pixel_values"])
+    torch.testing.assert_close(
+        inputs["support_pixel_values"],
+        processor.image_processor(task.classes[0].images + task.classes[1].images)["pixel_values"],
+    )
     assert inputs["text_mask"].tolist() == [True, False, True]
     assert inputs["input_ids"].shape[0] == 3  # one row per class; image-only classes carry their name (masked out)
     decoded = processor.tokenizer.batch_decode(inputs["input_ids"], skip_special_tokens=True)

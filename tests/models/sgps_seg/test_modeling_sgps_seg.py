@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from seg_testing import blob_pair, tiny_seg_synthesizer
 from transformers import AutoConfig, AutoModel
 
-from seg_testing import blob_pair, tiny_seg_synthesizer
 from sgps_hf import SegmentationTask, SGPSSegConfig, SGPSSegSynthesizer, SynthesizedSegmenter
 from sgps_hf.hub.checkpoints import state_dict_sha256
 
@@ -64,13 +64,17 @@ def test_synthesis_is_deterministic_and_task_specific(tiny_synth, tiny_task):
     first = tiny_synth.synthesize(tiny_task)
     second = tiny_synth.synthesize(tiny_task)
     assert first.info["weights_sha256"] == second.info["weights_sha256"]
-    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=False)
+    )
     other = tiny_synth.synthesize(SegmentationTask("other", [blob_pair(10), blob_pair(11)]))
     assert other.info["weights_sha256"] != first.info["weights_sha256"]
     w_first = first.model.decode_head.classifier.weight
     assert not torch.equal(w_first, other.model.decode_head.classifier.weight)
     # everything but the task-specific classifier is the synthesizer's shared part
-    shared = {k: v for k, v in tiny_synth.segmenter.state_dict().items() if not k.startswith("decode_head.classifier.")}
+    shared = {
+        k: v for k, v in tiny_synth.segmenter.state_dict().items() if not k.startswith("decode_head.classifier.")
+    }
     assert all(torch.equal(first.model.state_dict()[k], v) for k, v in shared.items())
 
 
@@ -104,14 +108,14 @@ def test_evaluate_reports_dice_and_iou_into_the_card(tiny_synth, tiny_task, tmp_
     pairs = [blob_pair(30), blob_pair(31)]
     scores = segmenter.evaluate(pairs)
     predicted = segmenter.predict([p[0] for p in pairs])
-    manual = np.mean([2 * (p & m).sum() / (p.sum() + m.sum()) for p, (_, m) in zip(predicted, pairs)])
+    manual = np.mean([2 * (p & m).sum() / (p.sum() + m.sum()) for p, (_, m) in zip(predicted, pairs, strict=False)])
     assert scores["dice"] == pytest.approx(manual) and 0 <= scores["iou"] <= scores["dice"] <= 1
     folder = segmenter.save_pretrained(tmp_path / "seg")
     card = (folder / "README.md").read_text()
     assert "not for clinical use" in card.lower() and "model-index" in card and f"{scores['dice']:.3f}" in card
     assert tiny_task.to_dict()["examples"][0]["image_sha256"][:16] in card
     reloaded = SynthesizedSegmenter.from_pretrained(folder)
-    assert all(np.array_equal(a, b) for a, b in zip(reloaded.predict([p[0] for p in pairs]), predicted))
+    assert all(np.array_equal(a, b) for a, b in zip(reloaded.predict([p[0] for p in pairs]), predicted, strict=False))
 
 
 def test_tampered_weights_are_refused(tiny_synth, tiny_task, tmp_path):
@@ -133,4 +137,7 @@ def test_prototype_max_k_switches_the_head_by_number_of_examples(tiny_task):
     two = SegmentationTask("two", [blob_pair(0), blob_pair(1)])
     assert synth.synthesize(two).info["head"] == "prototype" and synth.synthesize(tiny_task).info["head"] == "ridge"
     forced = synth.synthesize(two, head="ridge")
-    assert forced.info["head"] == "ridge" and forced.info["weights_sha256"] != synth.synthesize(two).info["weights_sha256"]
+    assert (
+        forced.info["head"] == "ridge"
+        and forced.info["weights_sha256"] != synth.synthesize(two).info["weights_sha256"]
+    )

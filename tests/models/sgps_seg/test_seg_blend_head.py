@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from seg_testing import PLAIN_TRANSFORMERS, blob_pair, check_plain, tiny_seg_synthesizer, write_query_images
 from sgps_testing import last_json_line, run_python
+
 from sgps_hf import SegmentationTask, SGPSSegConfig
 from sgps_hf.errors import SynthesisError
 from sgps_hf.models.sgps_seg.heads import blend_margin, margin_separation, mix_for, prototype_margin, ridge_margin
@@ -59,7 +59,9 @@ def test_blend_at_the_ends_decides_like_ridge_and_prototype():
 
     assert torch.equal(decision("blend", [0.0]), decision("ridge"))
     assert torch.equal(decision("blend", [1.0]), decision("prototype"))
-    assert not torch.equal(decision("blend", [0.5]), decision("ridge")) or not torch.equal(decision("blend", [0.5]), decision("prototype"))
+    assert not torch.equal(decision("blend", [0.5]), decision("ridge")) or not torch.equal(
+        decision("blend", [0.5]), decision("prototype")
+    )
 
 
 def test_prototype_mix_picks_the_blend_and_its_weight_per_k():
@@ -78,8 +80,15 @@ def test_prototype_mix_picks_the_blend_and_its_weight_per_k():
 
 @pytest.mark.e2e
 def test_blended_export_loads_with_plain_transformers_in_a_fresh_process_with_the_same_masks(tmp_path):
-    synth = tiny_seg_synthesizer(4, raw_levels=[0, 1], raw_dims=[24, 8], raw_weight=3.0, learned_energy_norm=True, prototype_mix=[0.7, 0.5, 0.3])
-    images = torch.stack([torch.from_numpy(np.array(blob_pair(i)[0].resize((32, 32)))).permute(2, 0, 1).float() / 127.5 - 1 for i in range(8)])
+    synth = tiny_seg_synthesizer(
+        4, raw_levels=[0, 1], raw_dims=[24, 8], raw_weight=3.0, learned_energy_norm=True, prototype_mix=[0.7, 0.5, 0.3]
+    )
+    images = torch.stack(
+        [
+            torch.from_numpy(np.array(blob_pair(i)[0].resize((32, 32)))).permute(2, 0, 1).float() / 127.5 - 1
+            for i in range(8)
+        ]
+    )
     synth.fit_raw_passthrough(synth.encode(images))
     segmenter = synth.synthesize(SegmentationTask("blob", [blob_pair(i) for i in range(3)]))
     assert segmenter.info["head"] == "blend"

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import UperNetForSemanticSegmentation
-
 from seg_testing import PLAIN_TRANSFORMERS, blob_pair, check_plain, tiny_seg_synthesizer, write_query_images
 from sgps_testing import last_json_line, run_python
+from transformers import UperNetForSemanticSegmentation
+
 from sgps_hf import SegmentationTask, SGPSSegConfig
 from sgps_hf.errors import SynthesisError
 from sgps_hf.evaluation.segmentation import bootstrap_ci, paired_difference
@@ -49,7 +49,9 @@ def test_config_validates_the_raw_block():
 def test_wide_upernet_equals_the_synthesizers_decoder_and_head(levels, dims):
     synth = raw_synth(0, raw_levels=levels, raw_dims=dims)
     full = list(synth.segmenter.backbone.channels)
-    assert synth.raw_channels == sum(full[l] if dims is None else min(d, full[l]) for l, d in zip(levels, dims or [None] * len(levels)))
+    assert synth.raw_channels == sum(
+        full[l] if dims is None else min(d, full[l]) for l, d in zip(levels, dims or [None] * len(levels), strict=False)
+    )
     torch.manual_seed(1)
     x = torch.randn(6, 3, 32, 32)
     masks = (torch.rand(3, 1, 32, 32) > 0.6).float()
@@ -92,7 +94,9 @@ def test_head_folds_block_weights_and_shift_into_the_conv():
     synth = raw_synth(3)
     hidden, raw = synth.config.hidden_size, synth.raw_channels
     torch.manual_seed(4)
-    feats = torch.rand(2, hidden + raw, 4, 4) + torch.cat([torch.zeros(hidden), synth.raw_offset()])[None, :, None, None]
+    feats = (
+        torch.rand(2, hidden + raw, 4, 4) + torch.cat([torch.zeros(hidden), synth.raw_offset()])[None, :, None, None]
+    )
     masks = (torch.rand(2, 1, 4, 4) > 0.5).float()
     masks[0, 0, 0, 0], masks[0, 0, 0, 1] = 1, 0
     x = feats.permute(0, 2, 3, 1).reshape(-1, hidden + raw).double()
@@ -102,12 +106,20 @@ def test_head_folds_block_weights_and_shift_into_the_conv():
     gain[hidden:] = synth.config.raw_weight
     offset = torch.cat([torch.zeros(hidden), synth.raw_offset()]).double()
     xt = (x - offset) * gain
-    logits = {h: F.conv2d(feats, *synth.head_from_support(feats, masks, head=h)).permute(0, 2, 3, 1).reshape(-1, 2).double() for h in ("prototype", "ridge")}
+    logits = {
+        h: F.conv2d(feats, *synth.head_from_support(feats, masks, head=h)).permute(0, 2, 3, 1).reshape(-1, 2).double()
+        for h in ("prototype", "ridge")
+    }
     # prototype: PANet's distance rule on the weighted, unshifted features
     p_fg, p_bg = xt[y.bool()].mean(0), xt[~y.bool()].mean(0)
     s = synth.scale.double()
     expected = -s * ((xt - p_fg) ** 2).sum(1) + s * ((xt - p_bg) ** 2).sum(1)
-    torch.testing.assert_close(logits["prototype"][:, 1] - logits["prototype"][:, 0], expected.detach(), rtol=1e-3, atol=2e-3 * float(expected.abs().max()))
+    torch.testing.assert_close(
+        logits["prototype"][:, 1] - logits["prototype"][:, 0],
+        expected.detach(),
+        rtol=1e-3,
+        atol=2e-3 * float(expected.abs().max()),
+    )
     # ridge: the weighted least squares on the same transformed features
     a = 0.5 * y / y.sum() + 0.5 * (1 - y) / (1 - y).sum()
     xa = torch.cat([xt, torch.ones_like(xt[:, :1])], 1)
@@ -118,13 +130,24 @@ def test_head_folds_block_weights_and_shift_into_the_conv():
     solution = torch.linalg.solve(gram + reg, xa.T @ (a * (2 * y - 1)))
     margin = s.detach() * (xa @ solution)
     # (float32 conv on features that carry the shift: a few 1e-4 of the logit range)
-    torch.testing.assert_close(logits["ridge"][:, 1] - logits["ridge"][:, 0], margin, rtol=1e-3, atol=2e-3 * float(margin.abs().max()))
+    torch.testing.assert_close(
+        logits["ridge"][:, 1] - logits["ridge"][:, 0], margin, rtol=1e-3, atol=2e-3 * float(margin.abs().max())
+    )
 
 
 @pytest.mark.e2e
 def test_saved_wide_segmenter_loads_with_plain_transformers_in_a_fresh_process(tmp_path):
     synth = raw_synth(5)
-    synth.fit_raw_passthrough(synth.encode(torch.stack([torch.from_numpy(np.array(blob_pair(i)[0].resize((32, 32)))).permute(2, 0, 1).float() / 127.5 - 1 for i in range(8)])))
+    synth.fit_raw_passthrough(
+        synth.encode(
+            torch.stack(
+                [
+                    torch.from_numpy(np.array(blob_pair(i)[0].resize((32, 32)))).permute(2, 0, 1).float() / 127.5 - 1
+                    for i in range(8)
+                ]
+            )
+        )
+    )
     segmenter = synth.synthesize(SegmentationTask("blob", [blob_pair(i) for i in range(3)]))
     assert segmenter.model.config.hidden_size == synth.config.hidden_size + synth.raw_channels
     assert segmenter.info["segmenter"]["raw_channels"] == synth.raw_channels
@@ -140,22 +163,31 @@ def test_bootstrap_intervals_and_paired_differences():
     assert lo < np.mean([0.5, 0.5]) < hi and hi - lo < 0.5
     assert bootstrap_ci(scores, 500, 0) == [lo, hi]  # seeded
     cell = lambda values: {"episode_dice": values}
-    per_task = {"t1": {"a": {"5": cell([0.6, 0.7, 0.8])}, "b": {"5": cell([0.5, 0.6, 0.7])}},
-                "t2": {"a": {"5": cell([0.3, 0.3, 0.3])}, "b": {"5": cell([0.3, 0.3, 0.3])}}}
+    per_task = {
+        "t1": {"a": {"5": cell([0.6, 0.7, 0.8])}, "b": {"5": cell([0.5, 0.6, 0.7])}},
+        "t2": {"a": {"5": cell([0.3, 0.3, 0.3])}, "b": {"5": cell([0.3, 0.3, 0.3])}},
+    }
     diff = paired_difference(per_task, "a", "b", 5, 500)
-    assert diff["diff"] == pytest.approx(0.05) and diff["ci"] == pytest.approx([0.05, 0.05])  # paired: constant gap, no spread
+    assert diff["diff"] == pytest.approx(0.05) and diff["ci"] == pytest.approx(
+        [0.05, 0.05]
+    )  # paired: constant gap, no spread
     same = paired_difference(per_task, "b", "b", 5, 500)
     assert same["diff"] == 0 and same["ci"] == [0.0, 0.0]
 
 
 def test_finetune_baseline_trains_learned_decoder_and_wide_classifier():
-    from sgps_hf.evaluation.segmentation import finetune_predict, synth_predict
     from sgps_hf.data.segmentation import Episode, TaskArrays
+    from sgps_hf.evaluation.segmentation import finetune_predict, synth_predict
     from sgps_hf.training.seg_meta_train import FeatureBank
 
     synth = raw_synth(6)
     pairs = [blob_pair(70 + i, (32, 32)) for i in range(6)]
-    arrays = TaskArrays("blob", np.stack([np.asarray(p[0]) for p in pairs]), np.stack([p[1] for p in pairs]), [str(i) for i in range(6)])
+    arrays = TaskArrays(
+        "blob",
+        np.stack([np.asarray(p[0]) for p in pairs]),
+        np.stack([p[1] for p in pairs]),
+        [str(i) for i in range(6)],
+    )
     bank = FeatureBank(synth, {"blob": arrays}, mirrored=True, dtype=torch.float32)
     episode = Episode("blob", (0, 1), (2, 3, 4, 5))
     before = synth_predict(synth, bank, episode)
@@ -174,18 +206,28 @@ def test_raw_fit_variants_scale_each_stage_as_documented():
 
     def block(j, level):
         x = features[level].permute(0, 2, 3, 1).reshape(-1, features[level].shape[1]).double()
-        u = x @ getattr(synth, f"raw_projection_{j}").double().T + getattr(synth, f"raw_bias_{j}").double() - getattr(synth, f"raw_offset_{j}").double()
+        u = (
+            x @ getattr(synth, f"raw_projection_{j}").double().T
+            + getattr(synth, f"raw_bias_{j}").double()
+            - getattr(synth, f"raw_offset_{j}").double()
+        )
         return x, u
 
     synth.fit_raw_passthrough(features, level_norm="energy")
     for j, level in enumerate(synth.config.raw_levels):  # each stage keeps a mean pixel energy of exactly 1
-        torch.testing.assert_close(block(j, level)[1].pow(2).sum(1).mean(), torch.tensor(1.0, dtype=torch.float64), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            block(j, level)[1].pow(2).sum(1).mean(), torch.tensor(1.0, dtype=torch.float64), rtol=1e-4, atol=1e-4
+        )
     synth.fit_raw_passthrough(features, standardize=False)
-    x, u = block(0, 0)  # stage 0 keeps all its channels: without standardisation u is a rotation of x - mean, scaled once
+    x, u = block(
+        0, 0
+    )  # stage 0 keeps all its channels: without standardisation u is a rotation of x - mean, scaled once
     ratio = u.pow(2).sum(1) / (x - x.mean(0)).pow(2).sum(1).clamp_min(1e-12)
     assert float(ratio.std() / ratio.mean()) < 1e-3
     synth.fit_raw_passthrough(features)
     _, u_std = block(0, 0)
-    assert not torch.allclose(u_std.pow(2).sum(1), u.pow(2).sum(1) * float(u_std.pow(2).sum(1).mean() / u.pow(2).sum(1).mean()), rtol=1e-2)
+    assert not torch.allclose(
+        u_std.pow(2).sum(1), u.pow(2).sum(1) * float(u_std.pow(2).sum(1).mean() / u.pow(2).sum(1).mean()), rtol=1e-2
+    )
     with pytest.raises(SynthesisError, match="level_norm"):
         synth.fit_raw_passthrough(features, level_norm="pixel")

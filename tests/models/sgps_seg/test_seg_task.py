@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 from PIL import Image
-
 from seg_testing import blob_pair, write_task_folder
+
 from sgps_hf import SegmentationTask
 from sgps_hf.errors import ImageLoadError, InvalidTaskError, SGPSError
 
@@ -15,7 +15,12 @@ def test_pairs_of_paths_pil_and_arrays_with_any_binary_encoding(tmp_path):
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
     task = SegmentationTask(
         "blob",
-        [("%s" % (tmp_path / "img.png"), tmp_path / "mask.png"), (image, mask), (np.asarray(image), mask.astype(np.uint8)), (image, Image.fromarray(mask))],
+        [
+            ("%s" % (tmp_path / "img.png"), tmp_path / "mask.png"),
+            (image, mask),
+            (np.asarray(image), mask.astype(np.uint8)),
+            (image, Image.fromarray(mask)),
+        ],
     )
     assert len(task) == 4
     for m in task.masks:
