@@ -91,6 +91,24 @@ def prepare_load(cls: type, args: tuple, kwargs: dict[str, Any]) -> str | None:
     return commit
 
 
+def checked_from_pretrained(cls: type, load: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+    """A synthesizer's ``from_pretrained`` (``load``: ``PreTrainedModel.from_pretrained`` bound to ``cls``), checked.
+
+    Shared by the classification and segmentation synthesizers: the checkpoint is checked first (safetensors only,
+    tensors against the config, see :func:`prepare_load`), every load failure is a CheckpointError, every tensor gets
+    memory of its own (so synthesized weights depend only on the task and the checkpoint), and the Hub commit is
+    recorded for provenance.
+    """
+    commit = prepare_load(cls, args, kwargs)
+    want_info = bool(kwargs.pop("output_loading_info", False))
+    name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+    model, info = load_checked(lambda **kw: load(*args, **kw), name, kwargs)
+    own_tensors(model)
+    if commit:
+        model.config._commit_hash = commit  # read by synthesizer_reference; never serialised
+    return (model, info) if want_info else model
+
+
 def _resolve_commit(name: str, kwargs: dict[str, Any]) -> str | None:
     # transformers >= 5 no longer records the Hub commit on the config: resolve it here (and load exactly that
     # commit), so that models synthesized by this checkpoint name the revision they came from.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,7 @@ import timm
 from torch import nn
 
 from ..errors import CheckpointError, OutputPathError
-from ..imaging import check_path_text
-from .atomic import atomic_directory, folder_lock
+from . import saved_folder
 from .checkpoints import state_dict_sha256
 from .classifier_checks import (
     TASK_FILE,
@@ -46,6 +44,7 @@ VERSIONS_DIR = "versions"
 _VERSION_FOLDER = re.compile(r"v([0-9]{1,6})")
 #: What save_classifier writes into a classifier folder. Anything else found there is the user's and is kept.
 OWN_ENTRIES = frozenset({WEIGHTS_FILE, "config.json", TASK_FILE, "README.md", SUPPORT_DIR, VERSIONS_DIR})
+CLASSIFIER = saved_folder.FolderKind("classifier", TASK_FILE, OWN_ENTRIES)
 
 
 @dataclass
@@ -63,7 +62,7 @@ def load_classifier_folder(
     path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None
 ) -> LoadedFolder:
     """Resolve (download for a Hub repo id), verify and load a classifier folder."""
-    folder = _resolve_folder(path_or_repo_id, revision, token)
+    folder = saved_folder.resolve_folder(path_or_repo_id, revision, token, "classifier")
     if not (folder / WEIGHTS_FILE).is_file():
         pickles = pickle_files(folder)
         hint = f" It has {pickles}: pickle files are refused for safety; re-save as safetensors." if pickles else ""
@@ -92,17 +91,16 @@ def save_classifier_folder(
 
     ``classifier._base`` (folder, weights sha256 it was loaded from) guards against overwriting another writer's change.
     """
-    target = check_save_target(save_directory)
     support = classifier.support if include_support else None
     support_included = support is not None and bool(classifier.info.get("support"))
-    with folder_lock(target):
-        target = check_save_target(save_directory)  # again, now that no other writer can change it
-        check_base(classifier._base, target)
-        with atomic_directory(target) as staging:
-            _write_files(classifier, staging, support if support_included else None)
-            classifier_card(classifier, repo_id=repo_id, support_included=support_included).save(staging / "README.md")
-            _carry_user_files(target, staging)
-    return target
+
+    def write(staging: Path) -> None:
+        _write_files(classifier, staging, support if support_included else None)
+        classifier_card(classifier, repo_id=repo_id, support_included=support_included).save(staging / "README.md")
+
+    return saved_folder.guarded_save(
+        save_directory, CLASSIFIER, write, before=lambda target: check_base(classifier._base, target)
+    )
 
 
 def _write_files(classifier: Any, staging: Path, support: Mapping[str, Any] | None) -> None:
@@ -167,59 +165,12 @@ def push_classifier(
 
 def is_classifier_folder(folder: Path) -> bool:
     """Whether ``folder`` looks like a classifier folder written by save_pretrained (its task file and config)."""
-    return (folder / TASK_FILE).is_file() and (folder / "config.json").is_file()
+    return CLASSIFIER.holds(folder)
 
 
 def check_save_target(save_directory: str | os.PathLike) -> Path:
-    """The resolved folder to save a classifier into; OutputPathError when saving there could harm other files.
-
-    A new path, an empty folder or an existing classifier folder are fine. A file, or a folder holding other
-    files (a project folder, the current directory with the task file and images...), is refused: save_pretrained
-    replaces the folder as a whole, so it never writes into a folder it did not create.
-    """
-    text = os.fspath(save_directory)
-    if not text:
-        raise OutputPathError("The output folder is empty; give a folder path.")
-    check_path_text(text, "Output folder", OutputPathError)
-    try:
-        target = Path(text).expanduser().resolve()
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise OutputPathError(f"Output folder {text} cannot be resolved ({exc}); give another folder path.") from exc
-    if target.exists() and not target.is_dir():
-        raise OutputPathError(
-            f"Output path {text} is an existing file, not a folder; give a new folder for the classifier."
-        )
-    if target.is_dir():
-        entries = sorted(entry.name for entry in target.iterdir())
-        if entries and not is_classifier_folder(target):
-            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-            raise OutputPathError(
-                f"Output folder {text} already holds other files ({shown}) and is not a classifier folder; nothing was "
-                f"written, so they are untouched. Save into a new or empty folder, e.g. {Path(text) / 'classifier'}."
-            )
-    ancestor = target.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputPathError(
-            f"Cannot write in {ancestor} (permission denied or read-only); choose a folder you can write to."
-        )
-    return target
-
-
-def _carry_user_files(target: Path, staging: Path) -> None:
-    """Copy what the user keeps in a classifier folder (notes, .git...) into the new version, so the swap loses none of it."""
-    if not target.is_dir():
-        return
-    for entry in target.iterdir():
-        if entry.name in OWN_ENTRIES or (staging / entry.name).exists() or (staging / entry.name).is_symlink():
-            continue
-        if entry.is_symlink():
-            os.symlink(os.readlink(entry), staging / entry.name)
-        elif entry.is_dir():
-            shutil.copytree(entry, staging / entry.name, symlinks=True)
-        else:
-            shutil.copy2(entry, staging / entry.name)
+    """The resolved folder to save a classifier into (:func:`.saved_folder.check_save_target`)."""
+    return saved_folder.check_save_target(save_directory, CLASSIFIER)
 
 
 def _read_versions(folder: Path, info: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -244,41 +195,6 @@ def _read_versions(folder: Path, info: Mapping[str, Any] | None = None) -> list[
                 )
             versions.append((version, previous))
     return [item for _, item in sorted(versions, key=lambda item: item[0])]
-
-
-def _resolve_folder(path_or_repo_id: str | os.PathLike, revision: str | None, token: str | None) -> Path:
-    """The local folder to load: the path itself, or a Hub snapshot when it is not a local path.
-
-    A path that does not exist is reported as a missing folder, not as an invalid Hub repo id.
-    """
-    text = os.fspath(path_or_repo_id)
-    if not isinstance(text, str) or not text:
-        raise CheckpointError(f"Classifier location {text!r} is empty; give a folder or a Hub repo id.")
-    check_path_text(text, "Classifier location", CheckpointError)
-    folder = Path(text).expanduser()
-    if folder.is_dir():
-        return folder
-    if folder.exists():
-        raise CheckpointError(
-            f"{text} is a file, not a classifier folder; give the folder that save_pretrained or `sgps synthesize` wrote."
-        )
-    if not _REPO_ID.fullmatch(text) or ".." in text or text.startswith(("~", ".")):
-        raise CheckpointError(
-            f"Classifier folder {text} does not exist (relative paths start at {Path.cwd()}); check the path."
-        )
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(text, revision=revision, token=token))
-    except Exception as exc:  # noqa: BLE001 - not found, invalid id, offline, HTTP errors: all mean "cannot get it"
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise CheckpointError(
-            f"No classifier folder {text} here (relative paths start at {Path.cwd()}), and no Hub repo {text} could be "
-            f"downloaded ({type(exc).__name__}: {first}). Check the path, or the repo id, revision and token."
-        ) from exc
-
-
-_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?")
 
 
 def _load_weights(folder: Path, build: Any, info: Mapping[str, Any]) -> nn.Module:

@@ -36,7 +36,7 @@ from ...body.text_encoder import embed_tokens, load_text_encoder
 from ...body.timm_network import HEAD_BIAS, HEAD_WEIGHT, body_features, classify, create_target, task_batchnorm
 from ...errors import SynthesisError
 from ...hub.atomic import save_pretrained_atomically
-from ...hub.checkpoints import load_checked, own_tensors, prepare_load
+from ...hub.checkpoints import checked_from_pretrained
 from .configuration_sgps import ZOOM_FRACTION, SGPSConfig
 from .heads import fold_linear, ridge_head, standardize, support_shots
 
@@ -106,14 +106,7 @@ class SGPSSynthesizer(PreTrainedModel):
         """``PreTrainedModel.from_pretrained`` after the checks of :mod:`sgps_hf.hub.checkpoints`, every tensor in
         memory of its own (so the synthesized weights depend only on the task and the checkpoint), the Hub commit
         recorded for provenance."""
-        commit = prepare_load(cls, args, kwargs)
-        want_info = bool(kwargs.pop("output_loading_info", False))
-        name = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-        model, info = load_checked(lambda **kw: super(SGPSSynthesizer, cls).from_pretrained(*args, **kw), name, kwargs)
-        own_tensors(model)
-        if commit:
-            model.config._commit_hash = commit  # read by hub.checkpoints.synthesizer_reference; never serialised
-        return (model, info) if want_info else model
+        return checked_from_pretrained(cls, super(SGPSSynthesizer, cls).from_pretrained, args, kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """``PreTrainedModel.save_pretrained``, atomically (see :func:`sgps_hf.hub.atomic.save_pretrained_atomically`)."""

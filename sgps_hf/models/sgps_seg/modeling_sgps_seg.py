@@ -38,6 +38,8 @@ from transformers import PreTrainedModel, UperNetForSemanticSegmentation
 from transformers.utils import ModelOutput
 
 from ...errors import SynthesisError
+from ...hub.atomic import save_pretrained_atomically
+from ...hub.checkpoints import checked_from_pretrained
 from .configuration_sgps_seg import SGPSSegConfig
 from .heads import mix_for, solve_head
 
@@ -188,10 +190,16 @@ class SGPSSegSynthesizer(PreTrainedModel):
             return self.log_raw_weight.exp()
         return torch.tensor(float(self.config.raw_weight))
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Checked like the classification synthesizer (:func:`sgps_hf.hub.checkpoints.checked_from_pretrained`)."""
+        return checked_from_pretrained(cls, super(SGPSSegSynthesizer, cls).from_pretrained, args, kwargs)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``, atomically (:func:`sgps_hf.hub.atomic.save_pretrained_atomically`)."""
         if hasattr(self, "log_raw_weight"):  # keep the config's raw_weight equal to the meta-learned value
             self.config.raw_weight = float(self.log_raw_weight.detach().exp())
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        return save_pretrained_atomically(super().save_pretrained, save_directory, *args, **kwargs)
 
     def raw_offset(self) -> Tensor:
         return torch.cat([getattr(self, f"raw_offset_{j}") for j in range(len(self.config.raw_levels))])

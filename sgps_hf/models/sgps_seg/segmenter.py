@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -13,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...errors import CheckpointError, InvalidTaskError
+from ...errors import InvalidTaskError
 from ...hub.checkpoints import state_dict_sha256, synthesizer_reference
+from ...hub.segmenter_folder import LABELS, TASK_FILE, load_segmenter_folder, save_segmenter_folder  # noqa: F401
 from ...imaging import ImageInput
 from .processing_sgps_seg import load_mask, load_rgb
 
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
     from .task import SegmentationTask
 
-TASK_FILE = "sgps_seg_task.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 def build_info(task: "SegmentationTask", synthesizer: "PreTrainedModel", head: str) -> dict[str, Any]:
@@ -35,6 +33,7 @@ def build_info(task: "SegmentationTask", synthesizer: "PreTrainedModel", head: s
     return {
         "task": task.to_dict(),
         "head": head,
+        "labels": list(LABELS),
         "synthesizer": {
             **synthesizer_reference(synthesizer),
             **({"training_tasks": ", ".join(training)} if training else {}),
@@ -113,47 +112,24 @@ class SynthesizedSegmenter:
 
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, repo_id: str | None = None) -> Path:
-        """Write a plain transformers folder: config.json, model.safetensors, preprocessor_config.json, README.md, sidecar."""
-        from ...hub.atomic import atomic_directory
-        from ...hub.model_card import segmenter_card
+        """Write a plain transformers folder: config.json, model.safetensors, preprocessor_config.json, card, sidecar.
 
-        with atomic_directory(save_directory) as staging:
-            self.model.save_pretrained(staging, safe_serialization=True)
-            self.image_processor.save_pretrained(staging)
-            (staging / TASK_FILE).write_text(json.dumps(self.info, indent=2, ensure_ascii=False), encoding="utf-8")
-            segmenter_card(self, repo_id=repo_id).save(staging / "README.md")
+        The guarded save of every sgps_hf folder (:func:`sgps_hf.hub.saved_folder.guarded_save`): a folder of other
+        files or a file is refused, the writer lock is held, files that are not the segmenter's own are carried over,
+        and the folder is swapped in atomically with the user's umask (or the replaced folder's mode).
+        """
+        save_segmenter_folder(self, save_directory, repo_id)
         return Path(save_directory)
 
     @classmethod
     def from_pretrained(
         cls, path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None
     ) -> "SynthesizedSegmenter":
-        from transformers import AutoImageProcessor, UperNetForSemanticSegmentation
-
-        folder = Path(path_or_repo_id)
-        if not folder.is_dir():
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(str(path_or_repo_id), revision=revision, token=token))
-        if not (folder / WEIGHTS_FILE).is_file():
-            raise CheckpointError(
-                f"No {WEIGHTS_FILE} in {folder}; is it a segmenter saved by sgps_hf (save_pretrained)?"
-            )
-        try:
-            info = json.loads((folder / TASK_FILE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(
-                f"{folder} has no readable {TASK_FILE}; is it a segmenter saved by sgps_hf? ({exc})"
-            ) from exc
-        model = UperNetForSemanticSegmentation.from_pretrained(folder)
-        processor = AutoImageProcessor.from_pretrained(folder)
-        expected = info.get("weights_sha256")
-        segmenter = cls(model, processor, info)
-        if expected and segmenter.info["weights_sha256"] != expected:
-            raise CheckpointError(
-                f"The weights in {folder} do not match the sha256 recorded in {TASK_FILE}; the folder was modified."
-            )
-        return segmenter
+        """Load a saved segmenter from a folder or a Hub repo id after verifying it
+        (:func:`sgps_hf.hub.segmenter_folder.load_segmenter_folder`): sidecar keys, labels, config keys, preprocessing,
+        tensors and the weights' sha256; anything wrong is a CheckpointError naming the file and key."""
+        model, processor, info = load_segmenter_folder(path_or_repo_id, revision, token)
+        return cls(model, processor, info)
 
     def push_to_hub(
         self,
