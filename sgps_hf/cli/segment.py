@@ -43,8 +43,11 @@ def register(subparsers: Any) -> None:
 
 
 def _synthesize(args: argparse.Namespace) -> int:
+    from ..hub.saved_folder import check_save_target
+    from ..hub.segmenter_folder import SEGMENTER
     from ..models.sgps_seg import DEFAULT_SEG_CHECKPOINT, SegmentationTask, SGPSSegSynthesizer
 
+    check_save_target(args.out, SEGMENTER)  # before synthesis: a folder of other files, a file or a read-only place
     folder = Path(args.examples)
     task = SegmentationTask(args.name or folder.resolve().name, folder, description=args.description, label=args.label)
     segmenter = SGPSSegSynthesizer.from_pretrained(args.synthesizer or DEFAULT_SEG_CHECKPOINT).synthesize(task)
