@@ -220,3 +220,5 @@ def _record_version(
         },
     ]
     updated.versions = [*previous.versions, copy.deepcopy(old)]
+    kept = {name: tensor.detach().clone() for name, tensor in previous.model.state_dict().items()}
+    updated._version_weights = {**getattr(previous, "_version_weights", {}), previous.version: kept}

@@ -60,23 +60,28 @@ def register_synthesize(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--task", required=True, help="task file: name, modality, classes (name, description, images)")
     synth.add_argument("--out", required=True, help="output folder of the classifier (timm layout + model card)")
     synth.add_argument("--synthesizer", default=None, help="checkpoint folder or Hub id (default: bundled)")
+    synth.add_argument(
+        "--force", action="store_true", help="replace an --out classifier that holds updates (its version history)"
+    )
     synth.set_defaults(handler=_synthesize)
 
 
 def _synthesize(args: argparse.Namespace) -> int:
     from ..hub.checkpoints import DEFAULT_CHECKPOINT
     from ..hub.classifier_folder import check_save_target
+    from ..hub.classifier_versions import check_history
     from ..models.sgps.modeling_sgps import SGPSSynthesizer
     from ..models.sgps.processing_sgps import SGPSProcessor
     from ..task import TaskSpec
 
-    check_save_target(args.out)  # before the synthesis: a folder of other files, a file or a read-only place
+    # before the synthesis: a folder of other files, a file, a read-only place or a classifier with updates
+    check_history(check_save_target(args.out), None, args.force)
     task = TaskSpec.from_file(args.task)
     checkpoint = args.synthesizer or DEFAULT_CHECKPOINT
     classifier = SGPSSynthesizer.from_pretrained(checkpoint).synthesize(
         task, processor=SGPSProcessor.from_pretrained(checkpoint)
     )
-    print(f"Saved {classifier} to {classifier.save_pretrained(args.out)}")
+    print(f"Saved {classifier} to {classifier.save_pretrained(args.out, overwrite=args.force)}")
     return 0
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import CheckpointError, OutputPathError
 from . import saved_folder
 from .checkpoints import state_dict_sha256
+from .classifier_versions import VERSIONS_DIR, check_history, write_version_weights
 from .classifier_checks import (
     TASK_FILE,
     buildable_tensors,
@@ -40,7 +41,6 @@ from .model_card import classifier_card
 from .safetensors_checks import WEIGHTS_FILE, check_tensors, pickle_files, read_header
 from .support_images import SUPPORT_DIR, check_manifest, support_available, write_support
 
-VERSIONS_DIR = "versions"
 _VERSION_FOLDER = re.compile(r"v([0-9]{1,6})")
 #: What save_classifier writes into a classifier folder. Anything else found there is the user's and is kept.
 OWN_ENTRIES = frozenset({WEIGHTS_FILE, "config.json", TASK_FILE, "README.md", SUPPORT_DIR, VERSIONS_DIR})
@@ -85,11 +85,17 @@ def load_classifier_folder(
 
 
 def save_classifier_folder(
-    classifier: Any, save_directory: str | os.PathLike, repo_id: str | None, include_support: bool
+    classifier: Any,
+    save_directory: str | os.PathLike,
+    repo_id: str | None,
+    include_support: bool,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``classifier`` (a SynthesizedClassifier) as a folder, atomically; returns the resolved folder.
 
-    ``classifier._base`` (folder, weights sha256 it was loaded from) guards against overwriting another writer's change.
+    ``classifier._base`` (folder, weights sha256 it was loaded from) guards against overwriting another writer's
+    change; a folder holding a version history is only replaced by a classifier descended from it, unless
+    ``overwrite`` (:func:`.classifier_versions.check_history`).
     """
     support = classifier.support if include_support else None
     support_included = support is not None and bool(classifier.info.get("support"))
@@ -98,9 +104,11 @@ def save_classifier_folder(
         _write_files(classifier, staging, support if support_included else None)
         classifier_card(classifier, repo_id=repo_id, support_included=support_included).save(staging / "README.md")
 
-    return saved_folder.guarded_save(
-        save_directory, CLASSIFIER, write, before=lambda target: check_base(classifier._base, target)
-    )
+    def before(target: Path) -> None:
+        check_base(classifier._base, target)
+        check_history(target, classifier, overwrite)
+
+    return saved_folder.guarded_save(save_directory, CLASSIFIER, write, before=before)
 
 
 def _write_files(classifier: Any, staging: Path, support: Mapping[str, Any] | None) -> None:
@@ -122,6 +130,7 @@ def _write_files(classifier: Any, staging: Path, support: Mapping[str, Any] | No
         version_dir = staging / VERSIONS_DIR / f"v{int(previous.get('version', 1))}"
         version_dir.mkdir(parents=True, exist_ok=True)
         _write_json(version_dir / TASK_FILE, previous)
+    write_version_weights(classifier, staging)
 
 
 def _write_json(path: Path, data: Any) -> None:

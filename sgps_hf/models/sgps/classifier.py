@@ -50,6 +50,8 @@ class SynthesizedClassifier:
         # (folder, weights sha256) this classifier was loaded from or derived from: saving back into that folder
         # after another writer changed it is refused, so that no concurrent update is silently overwritten.
         self._base: tuple[Path, str] | None = None
+        # weights of earlier versions held in memory (an update keeps the previous version's): saved under versions/
+        self._version_weights: dict[int, dict[str, Tensor]] = {}
 
     @property
     def support(self) -> Support | None:
@@ -117,15 +119,22 @@ class SynthesizedClassifier:
 
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(
-        self, save_directory: str | os.PathLike, repo_id: str | None = None, include_support: bool = True
+        self,
+        save_directory: str | os.PathLike,
+        repo_id: str | None = None,
+        include_support: bool = True,
+        overwrite: bool = False,
     ) -> Path:
         """Write the classifier folder atomically (a crash never leaves a half-written folder).
 
         ``repo_id``: the Hub repo the folder is meant for; the model card's usage snippets then name it.
         ``include_support``: also store the support images (patient data) under ``support/``, which
         ``SGPSSynthesizer.update`` needs to re-synthesize; skipped when this copy has none.
+        ``overwrite``: replace a classifier folder that holds a version history (verified cases added by updates)
+        although this classifier does not descend from it; without it such a save is refused.
+        Earlier versions are kept complete under ``versions/`` (see :mod:`sgps_hf.hub.classifier_versions`).
         """
-        target = save_classifier_folder(self, save_directory, repo_id, include_support)
+        target = save_classifier_folder(self, save_directory, repo_id, include_support, overwrite)
         self._base = (target, str(self.info.get("weights_sha256")))
         return Path(save_directory)
 
