@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcesso
 
 from .errors import CheckpointError, DataError, ImageLoadError, InvalidTaskError, SGPSError, SynthesisError  # noqa: E402
 from .hub.checkpoints import DEFAULT_CHECKPOINT  # noqa: E402
+from .imaging import load_image  # noqa: E402
 from .models.sgps.classifier import SynthesizedClassifier  # noqa: E402
 from .models.sgps.configuration_sgps import SGPSConfig  # noqa: E402
 from .models.sgps.image_processing_sgps import SGPSImageProcessor  # noqa: E402
@@ -47,4 +48,5 @@ __all__ = [
     "SynthesizedClassifier",
     "SynthesisError",
     "TaskSpec",
+    "load_image",
 ]

@@ -92,7 +92,7 @@ def test_version_history_is_saved_and_carried_across_updates(synth, saved, tmp_p
         "## Changelog" in card
         and "**v3**" in card
         and "(version 3)" in card
-        and "(v1, v2) are kept under `versions/`" in card
+        and "(v1, v2) are kept under `versions/v<N>/`: each its task file and its weights" in card
     )
     assert sum(len(v) for v in loaded.support.values()) == 5
 
