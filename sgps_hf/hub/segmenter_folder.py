@@ -144,6 +144,9 @@ def check_segmenter_info(info: Any, folder: Path) -> None:
             fail(f"task.examples[{index}]", "must be an object with image_sha256 and mask_sha256 texts")
     if not is_int(task.get("num_examples")) or task["num_examples"] != len(examples):
         fail("task.num_examples", f"must be the number of examples ({len(examples)})")
+    negatives = task.get("num_negative", 0)
+    if not is_int(negatives) or not 0 <= negatives < len(examples):
+        fail("task.num_negative", "must be a whole number below the number of examples")
     if not _number(task.get("mean_foreground")) or not 0 <= task["mean_foreground"] <= 1:
         fail("task.mean_foreground", "must be a number between 0 and 1")
     if not isinstance(info.get("head"), str):

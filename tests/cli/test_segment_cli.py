@@ -66,7 +66,8 @@ def test_cli_synthesize_predict_push(synth_dir, tmp_path, hub_env, capsys):
 
 def test_cli_bad_input_is_a_clear_error(synth_dir, tmp_path, capsys):
     examples = write_task_folder(tmp_path / "bad", 2)
-    Image.fromarray(np.zeros((32, 40), np.uint8)).save(examples / "masks" / "lesion" / "0001.png")
+    for stem in ("0000", "0001"):  # every mask empty: no example shows the structure
+        Image.fromarray(np.zeros((32, 40), np.uint8)).save(examples / "masks" / "lesion" / f"{stem}.png")
     code = main(
         [
             "segment",

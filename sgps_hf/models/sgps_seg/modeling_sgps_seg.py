@@ -248,9 +248,11 @@ class SGPSSegSynthesizer(PreTrainedModel):
     ) -> tuple[Tensor, Tensor]:
         """Closed-form classifier ``(weight (2, C, 1, 1), bias (2,))`` from decoder features and masks (heads.py).
 
-        ``support_masks``: ``(K, 1, H, W)`` in [0, 1] at any resolution (area-pooled to the features').
+        ``support_masks``: ``(K, 1, H, W)`` in [0, 1] at any resolution (area-pooled to the features'). Examples with
+        an empty mask (negatives) add background pixels only; the head is chosen by the number that show the structure.
         """
-        k, c, h, w = support_features.shape
+        _, c, h, w = support_features.shape
+        k = int((support_masks.flatten(1).amax(1) > 0).sum().clamp_min(1))  # examples that show the structure
         head = head or self.resolve_head(k)
         y = F.adaptive_avg_pool2d(support_masks.to(support_features.dtype), (h, w))  # soft fraction of foreground
         x = support_features.permute(0, 2, 3, 1).reshape(-1, c).double()
@@ -416,7 +418,7 @@ class SGPSSegSynthesizer(PreTrainedModel):
         model = UperNetForSemanticSegmentation(self.config.segmenter_config(self.raw_channels))
         model.load_state_dict(state)
         model.eval()
-        info = build_info(task, self, head or self.resolve_head(len(task)))
+        info = build_info(task, self, head or self.resolve_head(task.num_positive))
         return SynthesizedSegmenter(model, processor, info)
 
 

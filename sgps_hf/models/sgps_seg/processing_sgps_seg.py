@@ -3,7 +3,8 @@
 Images go through the exact ``SegformerImageProcessor`` the saved segmenter ships in its
 ``preprocessor_config.json`` (the one ``pipeline("image-segmentation")`` uses), so in-library
 ``predict`` and plain transformers see the same pixels. Masks are validated here: any size with the
-image's aspect ratio (resized with nearest neighbour), values 0/255, 0/1 or boolean, not empty.
+image's aspect ratio (resized with nearest neighbour), values 0/255, 0/1 or boolean; empty masks (negative
+examples) where the caller allows them.
 """
 
 from __future__ import annotations
@@ -48,11 +49,14 @@ def pixel_values(processor, images: Sequence[Image.Image]) -> torch.Tensor:
     return processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 
-def load_mask(source: MaskInput, image_size: tuple[int, int], name: str = "mask") -> np.ndarray:
+def load_mask(
+    source: MaskInput, image_size: tuple[int, int], name: str = "mask", allow_empty: bool = False
+) -> np.ndarray:
     """Read a binary mask and return it as a bool ``(H, W)`` array at ``image_size`` = (width, height).
 
     Raises :class:`~sgps_hf.errors.ImageLoadError` for unreadable files and
-    :class:`~sgps_hf.errors.InvalidTaskError` for aspect-ratio mismatches, non-binary or empty masks.
+    :class:`~sgps_hf.errors.InvalidTaskError` for aspect-ratio mismatches, non-binary masks, and empty masks unless
+    ``allow_empty`` (a negative example: an image that does not show the structure).
     """
     array = _mask_array(source, name)
     height, width = array.shape
@@ -80,7 +84,7 @@ def load_mask(source: MaskInput, image_size: tuple[int, int], name: str = "mask"
             np.asarray(Image.fromarray(binary.astype(np.uint8) * 255).resize((target_w, target_h), Image.NEAREST))
             > 127
         )
-    if not binary.any():
+    if not allow_empty and not binary.any():
         raise InvalidTaskError(
             f"{name} is empty (no foreground pixel). Every example needs at least one pixel of the structure; "
             "drop examples that do not show it."

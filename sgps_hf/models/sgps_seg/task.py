@@ -22,7 +22,9 @@ class SegmentationTask:
 
     Images: a path, a PIL image or a numpy array (read with :func:`sgps_hf.imaging.load_image`).
     Masks: a path, a PIL image or a numpy array, 0/255, 0/1 or boolean, any size with the image's aspect ratio
-    (resized with nearest neighbour to the image). Everything is validated here, with errors from
+    (resized with nearest neighbour to the image). An empty mask marks a negative example (an image without the
+    structure, e.g. a normal scan): its pixels are background evidence for the head; at least one example must show
+    the structure. Everything is validated here, with errors from
     :mod:`sgps_hf.errors` saying what to fix.
     """
 
@@ -70,11 +72,16 @@ class SegmentationTask:
             mask_name = f"mask of {where}" + (
                 f" ({mask_source})" if isinstance(mask_source, (str, os.PathLike)) else ""
             )
-            mask = load_mask(mask_source, image.size, name=mask_name)
+            mask = load_mask(mask_source, image.size, name=mask_name, allow_empty=True)
             self.images.append(image)
             self.masks.append(mask)
             self.fingerprints.append(
                 {"image_sha256": image_fingerprint(image_source), "mask_sha256": mask_fingerprint(mask)}
+            )
+        if not any(m.any() for m in self.masks):
+            raise InvalidTaskError(
+                f"Every mask of task {self.name!r} is empty (no foreground pixel): at least one example must show the "
+                "structure. Examples with an empty mask are welcome beside it, as negatives (images without it)."
             )
         if all(m.all() for m in self.masks):
             raise InvalidTaskError(
@@ -84,12 +91,18 @@ class SegmentationTask:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def num_positive(self) -> int:
+        """Examples that show the structure (the others, with empty masks, are negatives: background evidence)."""
+        return sum(bool(m.any()) for m in self.masks)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
             "label": self.label,
             "num_examples": len(self),
+            "num_negative": len(self) - self.num_positive,
             "mean_foreground": round(float(np.mean([m.mean() for m in self.masks])), 4),
             "examples": self.fingerprints,
         }
