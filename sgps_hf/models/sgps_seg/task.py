@@ -114,7 +114,7 @@ class SegmentationTask:
 def _folder_examples(folder: Path, label: str | None) -> tuple[str, list[tuple[Path, Path]]]:
     images_dir, masks_dir = folder / "images", folder / "masks"
     if not folder.is_dir():
-        raise InvalidTaskError(f"Task folder {folder} does not exist.")
+        raise InvalidTaskError(f"Task folder {folder} does not exist; check the path.")
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise InvalidTaskError(
             f"Task folder {folder} must contain images/<stem>.png|jpg and masks/<label>/<stem>.png (the same stem per pair)."
@@ -127,7 +127,7 @@ def _folder_examples(folder: Path, label: str | None) -> tuple[str, list[tuple[P
             raise InvalidTaskError(f"{folder} has several labels ({', '.join(labels)}); choose one with label=...")
         label = labels[0]
     if label not in labels:
-        raise InvalidTaskError(f"Label {label!r} not in {masks_dir} (labels: {', '.join(labels)}).")
+        raise InvalidTaskError(f"Label {label!r} not in {masks_dir}; use one of: {', '.join(labels)}.")
     images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     pairs, unmatched = [], []
     for mask in sorted((masks_dir / label).iterdir()):
@@ -138,5 +138,8 @@ def _folder_examples(folder: Path, label: str | None) -> tuple[str, list[tuple[P
         else:
             unmatched.append(mask.name)
     if unmatched:
-        raise InvalidTaskError(f"Masks without an image of the same stem in {images_dir}: {', '.join(unmatched[:5])}.")
+        raise InvalidTaskError(
+            f"Masks without an image of the same stem in {images_dir}: {', '.join(unmatched[:5])}; add the image "
+            "(images/<stem>.png|jpg) or remove the mask."
+        )
     return label, pairs
