@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..errors import CheckpointError, OutputPathError
 from ..imaging import check_path_text
-from .atomic import atomic_directory, folder_lock
+from .atomic import atomic_directory, current_umask, folder_lock
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,21 @@ def guarded_save(
             before(target)
         with atomic_directory(target) as staging:
             write(staging)
+            follow_umask(staging)
             carry_user_files(target, staging, kind.own_entries)
     return target
+
+
+def follow_umask(staging: Path) -> None:
+    """Give what a save wrote the modes the user's umask gives new files and folders.
+
+    Some writers (transformers' ``save_pretrained`` writes its weights through a private temporary file) leave 0600
+    files whatever the umask; a shared folder would then hold weights its group cannot read.
+    """
+    mask = current_umask()
+    for path in staging.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def carry_user_files(target: Path, staging: Path, own_entries: frozenset[str]) -> None:

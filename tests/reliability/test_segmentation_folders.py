@@ -86,6 +86,23 @@ def test_resaving_a_segmenter_folder_keeps_the_users_files_and_mode(originals, t
     assert SynthesizedSegmenter.from_pretrained(folder).info["weights_sha256"] == segmenter.info["weights_sha256"]
 
 
+def test_a_new_segmenter_folder_follows_the_umask(originals, tmp_path):
+    segmenter = SynthesizedSegmenter.from_pretrained(originals / "segmenter")
+    old = os.umask(0o027)
+    try:
+        segmenter.save_pretrained(tmp_path / "new")
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "new").st_mode & 0o777) == 0o750
+    assert (os.stat(tmp_path / "new" / "model.safetensors").st_mode & 0o777) == 0o640
+
+
+def test_a_segmenter_saved_before_labels_were_recorded_still_loads(originals, tmp_path):
+    folder = copy_of(originals, tmp_path, "segmenter")
+    edit_json(folder / "sgps_seg_task.json", lambda c: c.pop("labels"))
+    assert SynthesizedSegmenter.from_pretrained(folder).label == "blob"
+
+
 def test_a_segmenter_save_refuses_a_file_and_a_classifier_folder(originals, tmp_path):
     segmenter = SynthesizedSegmenter.from_pretrained(originals / "segmenter")
     (tmp_path / "file").write_text("x")
