@@ -271,3 +271,26 @@ def test_a_verified_segmenter_predicts_as_before(originals):
     assert segmenter.info["labels"] == ["background", "foreground"]
     probabilities = segmenter.predict_proba([blob_pair(5)[0]])[0]
     assert probabilities.shape == (32, 40) and np.isfinite(probabilities).all()
+
+
+@pytest.mark.parametrize("what", ["synthesizer", "segmenter"])
+def test_a_failed_save_changes_nothing(originals, tmp_path, monkeypatch, what):
+    import transformers.modeling_utils as modeling_utils
+
+    folder = copy_of(originals, tmp_path, "synth" if what == "synthesizer" else "segmenter")
+    (folder / "notes.txt").write_text("kept")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    model = (
+        tiny_seg_synthesizer(1)
+        if what == "synthesizer"
+        else tiny_seg_synthesizer(1).synthesize(SegmentationTask("blob", [blob_pair(4)]))
+    )
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        model.save_pretrained(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [folder.name]
