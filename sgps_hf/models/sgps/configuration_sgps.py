@@ -32,7 +32,7 @@ RETIRED_KEYS = ("hidden_size", "text_dropout_rate")
 
 
 class SGPSConfig(PretrainedConfig):
-    r"""Configuration of :class:`~sgps_hf.SGPSSynthesizer` (synthesizer v2: closed-form head on a strong body).
+    r"""Configuration of :class:`~sgps_hf.SGPSSynthesizer` (a closed-form head on a strong body).
 
     The config is plain data: it names the target network the synthesizer writes weights for, the input pipeline,
     the frozen text encoder, the size of the text memory and the synthesis settings. ``SGPSConfig()`` is the

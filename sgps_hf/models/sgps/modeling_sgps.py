@@ -1,4 +1,4 @@
-"""SGPSSynthesizer (v2): writes a complete timm EfficientNet classifier for a task in one forward pass.
+"""SGPSSynthesizer: writes a complete timm EfficientNet classifier for a task in one forward pass.
 
 ``w = H(c; theta)``: the task context ``c`` (support images + clinical texts of each class) becomes the
 full state dict of a timm classifier, with no gradient step:
