@@ -7,8 +7,8 @@ full state dict of a timm classifier, with no gradient step:
    classes); it is copied into every classifier. With ``task_batchnorm_images`` set, its BatchNorm statistics move
    towards those of the task's support images (task-adaptive BatchNorm, in the same single pass that computes
    the support features); otherwise it is copied unchanged.
-2. Each support image enters under the ``support_views`` (flips, rotations and a central zoom; identity and
-   horizontal flip by default): deterministic support augmentation.
+2. Each support image enters under the ``support_views`` (flips, rotations and a central zoom; all ten by
+   default): deterministic support augmentation.
 3. The clinical texts generate a pseudo-prototype each (``text_prototypes``: attention over the texts of the
    meta-training classes returning their mean features), used as the prior mean of the head with a shot-dependent
    strength calibrated on meta-validation tasks.

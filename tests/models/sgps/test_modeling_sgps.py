@@ -586,3 +586,50 @@ def test_a_class_memory_synthesizer_round_trips_and_synthesizes_text_only_tasks(
         assert state_dict_sha256(weights) == state_dict_sha256(synth.synthesize(tasks[kind]).model.state_dict())
     head = loaded.synthesize(tasks["text-only"]).model.classifier.weight
     assert torch.isfinite(head).all() and head.abs().sum() > 0
+
+
+# -- the one inference path: per-call settings ----------------------------------------------------------------------
+def test_per_call_settings_equal_a_config_that_holds_them(synth, processor, tasks, queries):
+    inputs = processor.prepare_task(tasks["mixed"])
+    configured = SGPSSynthesizer(
+        synth.config.with_changes(task_batchnorm_images=3, support_views=["identity", "vflip"])
+    )
+    configured.load_state_dict(synth.state_dict())
+    configured.eval()
+    with torch.no_grad():
+        by_argument = forward(
+            synth,
+            processor,
+            tasks["mixed"],
+            query_pixel_values=queries,
+            task_batchnorm_images=3,
+            views=["identity", "vflip"],
+        )
+        by_config = forward(configured, processor, tasks["mixed"], query_pixel_values=queries)
+        plain = forward(synth, processor, tasks["mixed"], query_pixel_values=queries)
+    assert synth.config.task_batchnorm_images is None  # the call changed nothing on the model
+    assert state_dict_sha256(by_argument.weights) == state_dict_sha256(by_config.weights)
+    torch.testing.assert_close(by_argument.logits, by_config.logits, rtol=0, atol=0)
+    assert not torch.allclose(by_argument.logits, plain.logits)
+    # cached features are those of the body as it is: with task BatchNorm asked for, they are refused
+    features = synth.support_view_features(inputs["support_pixel_values"])
+    with pytest.raises(ValueError, match="task-adaptive BatchNorm is on"):
+        synth.generate_weights(
+            3, support_labels=inputs["support_labels"], support_features=features, task_batchnorm_images=3
+        )
+    with pytest.raises(ValueError, match="unadapted body"):
+        synth.query_logits(by_argument.weights, query_features=torch.zeros(4, synth.target.num_features))
+
+
+def test_a_feature_memo_gives_the_logits_of_the_pixels(synth, processor, tasks, queries):
+    calls = []
+
+    def memo(images):
+        calls.append(len(images))
+        return synth.target(images)
+
+    with torch.no_grad():
+        with_memo = forward(synth, processor, tasks["mixed"], query_pixel_values=queries, embed=memo)
+        without = forward(synth, processor, tasks["mixed"], query_pixel_values=queries)
+    assert calls == [6 * 2, len(queries)]  # the support views in one batch, then the queries
+    torch.testing.assert_close(with_memo.logits, without.logits, rtol=1e-5, atol=1e-5)
