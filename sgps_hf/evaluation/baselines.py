@@ -109,9 +109,9 @@ class SGPSMethod:
             text_mask=torch.full((n,), self.use_text),
             embed=self.features,
         )
-        weights, synthesizer = output.weights, self.synthesizer
+        weights, synthesizer, normalize = output.weights, self.synthesizer, self.processor.normalize_uint8
         return torch.no_grad()(
-            lambda images: synthesizer.query_logits(weights, self.processor.normalize_uint8(images), embed=self.features)
+            lambda images: synthesizer.query_logits(weights, normalize(images), embed=self.features)
         )
 
     def describe(self) -> dict[str, Any]:
