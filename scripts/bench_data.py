@@ -28,6 +28,7 @@ import torch
 from datasets import Image as ImageFeature
 from PIL import Image
 
+from sgps_hf import SGPSConfig
 from sgps_hf.data import EpisodeSampler, build_pools, load_image_dataset, load_splits, task_dir, to_rgb_square
 from sgps_hf.data.episodes import ClassPool
 
@@ -78,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--split", default="meta_train")
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=SGPSConfig().image_size)  # the shipped model's
     parser.add_argument("--n-way", type=int, default=5)
     parser.add_argument("--k-shot", type=int, default=5)
     parser.add_argument("--q-query", type=int, default=5)

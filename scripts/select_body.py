@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.num_threads)
     torch.manual_seed(0)
-    model = SGPSSynthesizer(SGPSConfig()).eval()
+    model = SGPSSynthesizer(SGPSConfig(support_views=["identity", "hflip"])).eval()  # the views of its record
     processor = SGPSImageProcessor.from_sgps_config(model.config)
     load_pretrained_body(model.target, "imagenet")
     start = {k: v.clone() for k, v in model.target.state_dict().items()}

@@ -97,12 +97,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.num_threads)
     started = time.time()
     model = SGPSSynthesizer.from_pretrained(args.synthesizer).eval()
-    model.config.support_views = list(
-        SUPPORT_VIEWS
-    )  # featurise every candidate view once; the checkpoint is not saved
     processor = SGPSImageProcessor.from_sgps_config(model.config)
     _, val_pools, _ = training_pools(TrainingConfig.from_file(args.config), model.config.image_size)
-    features = pool_features(model, val_pools, processor)
+    features = pool_features(model, val_pools, processor, views=list(SUPPORT_VIEWS))  # every candidate view once
     rows = []
     for shots in (1, 5):
         sampler = EpisodeSampler(val_pools, n_way=5, k_shot=shots, q_query=15, seed=2026 + shots)

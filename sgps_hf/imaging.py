@@ -76,6 +76,22 @@ def load_image(source: ImageInput, max_pixels: int | None = None) -> Image.Image
         _LIMIT.reset(token)
 
 
+def resize_center_crop(image: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """The one image geometry of the package: the shorter side resized to ``size`` (antialiased), then the centre
+    ``size`` x ``size`` square.
+
+    It is timm's evaluation transform with ``crop_pct=1`` and ``crop_mode="center"`` (what a synthesized classifier's
+    ``pretrained_cfg`` tells plain timm and transformers to do), shared by dataset loading
+    (:func:`sgps_hf.data.loading.to_rgb_square`) and the image processor, so training, benchmarks and users' images
+    go through the same pixels.
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    mode = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[interpolation]
+    return TF.center_crop(TF.resize(image, size, interpolation=mode, antialias=True), [size, size])
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     """An image decoded once: its RGB pixels and its fingerprint (see :func:`image_fingerprint`)."""

@@ -44,8 +44,9 @@ TINY = dict(
     channel_multiplier=0.25,
     depth_multiplier=0.25,
     image_size=32,
-    hidden_size=32,
     body_init="none",
+    support_views=["identity", "hflip"],  # two views and the body as it is: fast, and what the unit tests expect
+    task_batchnorm_images=None,
 )
 
 
@@ -66,6 +67,18 @@ def tiny_config(**overrides):
     from sgps_hf import SGPSConfig
 
     return SGPSConfig(**{**TINY, **overrides})
+
+
+def with_random_text_memory(synth, seed: int = 3, entries: int = 5):
+    """``synth`` with a random class memory: an untrained synthesizer's memory is empty, so its texts say nothing."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    synth.set_text_memory(
+        torch.randn(entries, synth.config.text_embed_dim, generator=generator),
+        torch.randn(entries, synth.target.num_features, generator=generator),
+    )
+    return synth
 
 
 def tiny_synthesizer(seed: int = 0, **overrides):

@@ -9,9 +9,8 @@ from sgps_hf.models.sgps.heads import ridge_head
 
 
 def _synth_with_texts():
-    synth = sgps_testing.tiny_synthesizer(seed=0)
-    with torch.no_grad():  # an untrained text generator is zero: give the texts something to say
-        synth.text_to_weight[-1].weight.normal_(generator=torch.Generator().manual_seed(1))
+    # an untrained synthesizer's class memory is empty: give the texts something to say
+    synth = sgps_testing.with_random_text_memory(sgps_testing.tiny_synthesizer(seed=0), seed=1)
     synth.set_prior_strength(0.0, 0.0)  # beside images the texts are ignored, as the shipped 5-shot setting does
     return synth
 

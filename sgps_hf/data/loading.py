@@ -33,11 +33,9 @@ from datasets import (
 )
 from datasets.exceptions import DatasetsError
 from PIL import Image as PILImage
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from ..errors import DataError
-from ..imaging import load_image
+from ..imaging import load_image, resize_center_crop
 from .registry import task_dir
 
 logger = logging.getLogger(__name__)
@@ -303,15 +301,11 @@ def to_rgb_square(image: PILImage.Image, image_size: int) -> np.ndarray:
     """One image as uint8 [image_size, image_size, 3]: RGB, shorter side resized, centre-cropped.
 
     The colour conversion is :func:`sgps_hf.imaging.load_image` (grayscale replicated, 16-bit and
-    float rescaled, alpha on black, EXIF rotation) and the geometry is timm's evaluation transform
-    with ``crop_pct=1`` (antialiased bilinear resize of the shorter side, then centre crop): the
-    same steps the image processor applies at synthesis/inference time, so training sees the same
-    pixels a user's image will give.
+    float rescaled, alpha on black, EXIF rotation) and the geometry is
+    :func:`sgps_hf.imaging.resize_center_crop` (bilinear): the function the image processor applies at
+    synthesis/inference time, so training sees the same pixels a user's image will give.
     """
-    rgb = load_image(image)
-    rgb = TF.resize(rgb, image_size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    rgb = TF.center_crop(rgb, [image_size, image_size])
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.asarray(resize_center_crop(load_image(image), image_size), dtype=np.uint8)
 
 
 def _decode_batch(batch: dict[str, list[Any]], image_size: int) -> dict[str, np.ndarray]:

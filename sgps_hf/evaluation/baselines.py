@@ -29,7 +29,6 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..body.timm_network import HEAD_BIAS, HEAD_WEIGHT, classify
 from ..data.episodes import Episode
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
@@ -99,29 +98,20 @@ class SGPSMethod:
 
     @torch.no_grad()
     def adapt(self, episode: Episode) -> Predictor:
+        """Synthesize through the model's one inference path (``forward`` then ``query_logits``), exactly as
+        :func:`sgps_hf.synthesis.synthesize` does for users; the memo only saves recomputing the unadapted body."""
         n = len(episode.class_names)
-        inputs: dict[str, Any] = {
-            "text_embeds": self.text_bank(episode.class_texts),
-            "text_mask": torch.full((n,), self.use_text),
-        }
-        if self.use_images and self.synthesizer.config.task_batchnorm_images is not None:
-            # The body is the task's own (task-adaptive BatchNorm): support and queries go through it, not the memo.
-            inputs.update(
-                support_pixel_values=self.processor.normalize_uint8(episode.support),
-                support_labels=episode.support_labels,
-            )
-            weights = self.synthesizer.generate_weights(n, **inputs)
-            target = self.synthesizer.target
-            return torch.no_grad()(lambda images: classify(target, weights, self.processor.normalize_uint8(images)))
-        if self.use_images:
-            support = self.synthesizer.support_view_features(
-                self.processor.normalize_uint8(episode.support), embed=self.features
-            )
-            inputs.update(support_features=support, support_labels=episode.support_labels)
-        weights = self.synthesizer.generate_weights(n, **inputs)
-        head = weights[HEAD_WEIGHT], weights[HEAD_BIAS]
+        output = self.synthesizer(
+            num_classes=n,
+            support_pixel_values=self.processor.normalize_uint8(episode.support) if self.use_images else None,
+            support_labels=episode.support_labels if self.use_images else None,
+            text_embeds=self.text_bank(episode.class_texts),
+            text_mask=torch.full((n,), self.use_text),
+            embed=self.features,
+        )
+        weights, synthesizer, normalize = output.weights, self.synthesizer, self.processor.normalize_uint8
         return torch.no_grad()(
-            lambda images: nn.functional.linear(self.features(self.processor.normalize_uint8(images)), *head)
+            lambda images: synthesizer.query_logits(weights, normalize(images), embed=self.features)
         )
 
     def describe(self) -> dict[str, Any]:

@@ -195,13 +195,13 @@ def inference_throughput(
     processor = SGPSImageProcessor.from_sgps_config(synthesizer.config)
     method = SGPSMethod(synthesizer, TextBank(synthesizer.config, episode.class_texts), True, True)
     n = len(episode.class_names)
-    weights = synthesizer.generate_weights(
-        n,
-        processor.normalize_uint8(episode.support),
-        episode.support_labels,
-        method.text_bank(episode.class_texts),
-        torch.ones(n, dtype=torch.bool),
-    )
+    weights = synthesizer(  # the one inference path (forward), as synthesize runs it
+        support_pixel_values=processor.normalize_uint8(episode.support),
+        support_labels=episode.support_labels,
+        num_classes=n,
+        text_embeds=method.text_bank(episode.class_texts),
+        text_mask=torch.ones(n, dtype=torch.bool),
+    ).weights
     synthesized = materialize(synthesizer.config, weights)
     plain = timm.create_model(
         synthesizer.config.target_architecture, num_classes=n, **synthesizer.config.target_model_args

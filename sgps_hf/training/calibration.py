@@ -3,7 +3,7 @@
 What transfers from meta-train episodes to a new task is decided here, where the model is selected, not learned on
 the training episodes, whose classes and texts the synthesizer has already seen:
 
-1. the class memory of the text generator (``text_generator="class_memory"``): built from the meta-train classes, its
+1. the class memory of the text generator: built from the meta-train classes, its
    temperature chosen on text-only meta-val episodes;
 2. the ridge regulariser at 1 and 5 shots, under the synthesizer's own support views (meta-training may cache fewer);
 3. the strength of the text prior beside images;
@@ -28,7 +28,7 @@ from torch import nn
 from ..data.episodes import ClassPool, Episode
 from ..metrics import episode_accuracy
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
-from ..models.sgps.modeling_sgps import SGPSSynthesizer
+from ..models.sgps.modeling_sgps import FROM_CONFIG, SGPSSynthesizer
 from .checkpointing import TrainerState
 from .episode_inputs import TextBank, episode_inputs
 from .feature_cache import PoolKey, pool_features
@@ -42,7 +42,7 @@ PRIOR_STRENGTHS = (0.0, 0.25, 0.5, 1.0, 2.0)
 #: Candidate multipliers of the meta-learned ridge regulariser at 1 and at 5 shots.
 RIDGE_MULTIPLIERS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 #: Candidate values of ``SGPSConfig.task_batchnorm_images`` (None: the body's BatchNorm statistics kept as they are).
-TASK_BATCHNORM_IMAGES: tuple[float | None, ...] = (None, 25.0, 50.0, 100.0)
+TASK_BATCHNORM_IMAGES: tuple[int | None, ...] = (None, 25, 50, 100)
 #: Meta-val episodes that choose it: every candidate runs the body on their pixels (about 2.5 s an episode on 2 cores).
 TASK_BATCHNORM_EPISODES = 100
 #: Candidate softmax temperatures of the class memory's attention over the meta-train texts (cosine similarities).
@@ -86,14 +86,18 @@ def query_logits(
     processor: SGPSImageProcessor,
     texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
+    task_batchnorm_images: int | None | str = FROM_CONFIG,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(query logits, query labels) of each episode, in eval mode (no dropout); the model's mode is restored."""
+    """(query logits, query labels) of each episode through the model's one inference path (its ``forward``), in
+    eval mode (no dropout); the model's mode is restored. ``task_batchnorm_images``: a candidate to try instead of
+    the config's."""
     was_training = model.training
     model.eval()
     pairs = []
     for episode in episodes:
         inputs = episode_inputs(episode, processor, texts, augment_seed=None, features=features)
-        pairs.append((model(**inputs, return_weights=False).logits, inputs["query_labels"]))
+        output = model(**inputs, return_weights=False, task_batchnorm_images=task_batchnorm_images)
+        pairs.append((output.logits, inputs["query_labels"]))
     model.train(was_training)
     return pairs
 
@@ -108,9 +112,8 @@ def calibrate(
     train_pools: Sequence[ClassPool] = (),
 ) -> None:
     """Every post-hoc step of the module docstring, in order, on the meta-val ``episodes``; reports go to ``state``."""
-    if model.config.text_generator == "class_memory":
-        build_text_memory(model, train_pools, processor, texts, features)
-        state.text_calibration = calibrate_text_temperature(model, episodes, processor, texts, features)
+    build_text_memory(model, train_pools, processor, texts, features)
+    state.text_calibration = calibrate_text_temperature(model, episodes, processor, texts, features)
     state.ridge_calibration = calibrate_ridge(model, episodes, processor, texts, features)
     state.prior_calibration = calibrate_prior_strength(model, episodes, processor, texts, features)
     state.batchnorm_calibration, chosen_logits = calibrate_task_batchnorm(
@@ -248,14 +251,13 @@ def calibrate_task_batchnorm(
     chosen = [e for e in episodes if e.use_images]
     if not chosen:
         return {"note": "no meta-val episodes with images: the body's BatchNorm statistics kept"}, []
-    logits: dict[float | None, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    logits: dict[int | None, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     scores: dict[str, float] = {}
     for count in TASK_BATCHNORM_IMAGES:
-        model.config.task_batchnorm_images = count
-        logits[count] = query_logits(model, chosen, processor, texts)
+        logits[count] = query_logits(model, chosen, processor, texts, task_batchnorm_images=count)
         scores[str(count)] = mean_accuracy(logits[count])
     best = max(TASK_BATCHNORM_IMAGES, key=lambda c: (round(scores[str(c)], 6), math.inf if c is None else c))
-    model.config.task_batchnorm_images = best
+    model.config = model.config.with_changes(task_batchnorm_images=best)
     return {"episodes": len(chosen), "scores": scores, "chosen": best}, logits[best]
 
 

@@ -46,13 +46,8 @@ def export_synthesizer(
                     else "; meta-trained end to end"
                 )
             ),
-            "text generator": model.config.text_generator
-            + (
-                f" ({model.config.text_memory_size} meta-train classes, attention temperature "
-                f"{state.text_calibration.get('chosen')} chosen on meta-val)"
-                if model.config.text_generator == "class_memory"
-                else ""
-            ),
+            "text generator": f"class memory ({model.config.text_memory_size} meta-train classes, attention "
+            f"temperature {state.text_calibration.get('chosen')} chosen on meta-val)",
             "ridge multiplier at 1 / 5 shots (chosen on meta-val)": json.dumps(
                 state.ridge_calibration.get("chosen", {})
             ),

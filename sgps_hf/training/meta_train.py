@@ -143,7 +143,8 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
             seed = episode_seed(config.seed, index) if config.augment else None
             inputs = episode_inputs(episode, image_processor, texts, seed, features)
             with accelerator.accumulate(model):
-                output_step = model(**inputs, return_weights=False)
+                # The head is meta-learned on the body as it is; task BatchNorm is chosen afterwards (calibration).
+                output_step = model(**inputs, return_weights=False, task_batchnorm_images=None)
                 accelerator.backward(output_step.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)

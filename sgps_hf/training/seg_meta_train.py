@@ -57,7 +57,7 @@ class SegTrainingConfig:
     num_threads: int | None = 1
     # raw encoder pass-through. In the loop (``model.raw_levels`` set): its standardisation / principal axes are fitted on
     # meta-train images before the first step (keys fit_images_per_task, fit_seed, shift_margin, standardize, level_norm) and the head sees
-    # learned + raw channels throughout meta-training. Post hoc (legacy, scripts/passthrough_seg.py): the other keys.
+    # learned + raw channels throughout meta-training. The other keys belonged to a removed post-hoc route (legacy).
     passthrough: dict[str, Any] = field(default_factory=dict)
     # regularisation: per episode, each learned decoder channel is zeroed (in examples and queries alike) with this
     # probability, so the head cannot lean on the learned block alone (the raw block is never dropped)

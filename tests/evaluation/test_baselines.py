@@ -107,9 +107,8 @@ def test_sgps_modes(setup):
     synthesizer, _, _ = setup
     from sgps_hf.training.episode_inputs import TextBank
 
-    synthesizer = copy.deepcopy(synthesizer)
-    with torch.no_grad():  # an untrained text generator is zero: give the texts something to say
-        synthesizer.text_to_weight[-1].weight.normal_(generator=torch.Generator().manual_seed(0))
+    # an untrained synthesizer's class memory is empty: give the texts something to say
+    synthesizer = sgps_testing.with_random_text_memory(copy.deepcopy(synthesizer), seed=0)
 
     pools = _pools()
     texts = TextBank(synthesizer.config, [p.text for p in pools])
@@ -137,7 +136,7 @@ def test_sgps_with_task_batchnorm_scores_the_queries_through_the_synthesized_bod
     from sgps_hf.training.episode_inputs import TextBank
 
     synthesizer = copy.deepcopy(setup[0])
-    synthesizer.config.task_batchnorm_images = 5.0
+    synthesizer.config = synthesizer.config.with_changes(task_batchnorm_images=5)
     pools = _pools()
     texts = TextBank(synthesizer.config, [p.text for p in pools])
     episode = make_episodes(pools, 3, 2, 2, 1, seed=0)[0]
@@ -152,5 +151,16 @@ def test_sgps_with_task_batchnorm_scores_the_queries_through_the_synthesized_bod
         )
     adapted = B.SGPSMethod(synthesizer, texts).adapt(episode)(episode.query)
     torch.testing.assert_close(adapted, output.logits)
-    synthesizer.config.task_batchnorm_images = None  # the memo's body is the unadapted one: other logits
-    assert not torch.allclose(B.SGPSMethod(synthesizer, texts).adapt(episode)(episode.query), adapted)
+    # Without task BatchNorm the memo of the unadapted body serves, through the same path: other logits.
+    synthesizer.config = synthesizer.config.with_changes(task_batchnorm_images=None)
+    unadapted = B.SGPSMethod(synthesizer, texts).adapt(episode)(episode.query)
+    assert not torch.allclose(unadapted, adapted)
+    with torch.no_grad():
+        plain = synthesizer(
+            support_pixel_values=processor.normalize_uint8(episode.support),
+            support_labels=episode.support_labels,
+            text_embeds=texts(episode.class_texts),
+            text_mask=torch.ones(3, dtype=torch.bool),
+            query_pixel_values=processor.normalize_uint8(episode.query),
+        )
+    torch.testing.assert_close(unadapted, plain.logits)

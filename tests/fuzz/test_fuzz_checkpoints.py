@@ -100,13 +100,13 @@ def check_loaded(model_state: dict, original_file) -> None:
 
 
 SYNTH_KEYS = [
-    "hidden_size",
     "image_size",
     "support_views",
     "ridge_init",
     "prior_init",
     "logit_scale_init",
-    "text_dropout_rate",
+    "text_memory_size",
+    "task_batchnorm_images",
     "channel_multiplier",
     "depth_multiplier",
     "target_architecture",

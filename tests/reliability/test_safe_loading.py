@@ -13,7 +13,7 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from sgps_testing import synthetic_task, tiny_synthesizer
+from sgps_testing import synthetic_task, tiny_synthesizer, with_random_text_memory
 from transformers import AutoModel
 
 from sgps_hf import CheckpointError, SGPSSynthesizer, SynthesizedClassifier
@@ -39,7 +39,7 @@ def plant_pickles(folder, marker) -> None:
 @pytest.fixture(scope="module")
 def originals(tmp_path_factory):
     root = tmp_path_factory.mktemp("originals")
-    synth = tiny_synthesizer(seed=0)
+    synth = with_random_text_memory(tiny_synthesizer(seed=0))  # a class memory of 5 entries
     synth.save_pretrained(root / "synth")
     synth.synthesize(synthetic_task(root / "task", texts=("a", "b"), images_per_class=(1, 1))).save_pretrained(
         root / "classifier"
@@ -117,7 +117,7 @@ def mutate_tensors(path, edit) -> None:
     save_file(tensors, path, metadata={"format": "pt"})
 
 
-SYNTH_KEY, CLASSIFIER_KEY = "text_to_weight.1.weight", "classifier.weight"
+SYNTH_KEY, CLASSIFIER_KEY = "text_memory_keys", "classifier.weight"
 MISMATCHES = {
     "missing": (lambda t, k: t.pop(k), r"1 missing tensors \(e\.g\. \['{key}'\]\)"),
     "unexpected": (
@@ -154,8 +154,8 @@ def test_tensors_that_do_not_match_the_config_are_rejected(originals, tmp_path, 
 
 def test_a_config_from_another_synthesizer_is_rejected_before_allocating(originals, tmp_path):
     """A config.json asking for a huge model is compared with the weights on the meta device, never allocated."""
-    # ~100 GB of generator weights if it were built
-    folder = copy_with_config_edit(originals, tmp_path, "synth", {"hidden_size": 65_536})
+    # ~70 GB of class memory if it were built
+    folder = copy_with_config_edit(originals, tmp_path, "synth", {"text_memory_size": 50_000_000})
     with pytest.raises(CheckpointError, match="wrong shape"):
         SGPSSynthesizer.from_pretrained(folder)
 
@@ -163,11 +163,11 @@ def test_a_config_from_another_synthesizer_is_rejected_before_allocating(origina
 @pytest.mark.parametrize(
     "edit, message",
     [
-        ({"hidden_size": "big"}, "hidden_size must be a int, got 'big'"),
-        ({"hidden_size": 0}, "hidden_size must be a positive integer"),
+        ({"text_memory_size": "big"}, "text_memory_size must be a int, got 'big'"),
+        ({"text_embed_dim": 0}, "text_embed_dim must be a positive integer"),
         ({"ridge_init": -1}, "ridge_init must be positive"),
         ({"image_size": None}, "image_size must be a int, got None"),
-        ({"text_dropout_rate": float("nan")}, "text_dropout_rate must be a finite number"),
+        ({"prior_init": float("nan")}, "prior_init must be a finite number"),
         ({"support_views": ["identity", "shear"]}, "support_views must start with 'identity'"),
         ({"target_architecture": "tf_efficientnet_lite0"}, "cannot be built"),  # lite0 takes no multipliers
     ],

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from sgps_testing import tiny_synthesizer
+from sgps_testing import tiny_synthesizer, with_random_text_memory
 
 from sgps_hf.data.episodes import ClassPool, EpisodeSampler
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
@@ -227,20 +227,20 @@ def test_task_batchnorm_is_chosen_by_meta_val_accuracy_on_pixels_and_set(process
 
     produced = {}
 
-    def fake_query_logits(model, episodes, processor, texts, features=None):
-        count = model.config.task_batchnorm_images
+    def fake_query_logits(model, episodes, processor, texts, features=None, task_batchnorm_images="config"):
+        count = task_batchnorm_images
         seen.append((count, features))
-        produced[count] = pairs_scoring({None: 0.5, 25.0: 0.55, 50.0: 0.6, 100.0: 0.58}[count])
+        produced[count] = pairs_scoring({None: 0.5, 25: 0.55, 50: 0.6, 100: 0.58}[count])
         return produced[count]
 
     monkeypatch.setattr(calibration, "query_logits", fake_query_logits)
     result, logits = calibrate_task_batchnorm(
         synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim)
     )
-    assert result["chosen"] == 50.0 and synth.config.task_batchnorm_images == 50.0
+    assert result["chosen"] == 50 and synth.config.task_batchnorm_images == 50
     assert [count for count, _ in seen] == list(TASK_BATCHNORM_IMAGES) and all(f is None for _, f in seen)
     assert result["episodes"] == 4 and set(result["scores"]) == {str(c) for c in TASK_BATCHNORM_IMAGES}
-    assert logits is produced[50.0]  # the chosen value's logits, for the temperature fit
+    assert logits is produced[50]  # the chosen value's logits, for the temperature fit
 
 
 def test_task_batchnorm_ties_keep_the_body_and_text_only_episodes_leave_it_off(processor, monkeypatch):
@@ -260,7 +260,7 @@ def test_temperature_after_task_batchnorm_is_the_one_a_pass_over_its_pixels_give
     texts = FakeTexts(synth.config.text_embed_dim)
     twin = copy.deepcopy(synth)
     _, logits = calibrate_task_batchnorm(synth, calibration_episodes(), processor, texts)
-    twin.config.task_batchnorm_images = synth.config.task_batchnorm_images
+    twin.config = twin.config.with_changes(task_batchnorm_images=synth.config.task_batchnorm_images)
     assert fit_logit_scale(synth, logits) == calibrate_logit_scale(twin, calibration_episodes(), processor, texts)
     assert synth.log_logit_scale.item() == twin.log_logit_scale.item()
 
@@ -307,9 +307,7 @@ def test_ridge_calibration_without_image_episodes_leaves_the_ridge_alone(process
 
 # -- zero-shot temperature ----------------------------------------------------------------------------------------
 def test_zero_shot_scale_calibration_keeps_text_only_accuracy_and_sets_the_fit(processor):
-    synth = tiny_synthesizer(seed=0)
-    with torch.no_grad():
-        synth.text_to_weight[-1].weight.normal_(generator=torch.Generator().manual_seed(0))
+    synth = with_random_text_memory(tiny_synthesizer(seed=0), seed=0)
     texts, episodes = FakeTexts(synth.config.text_embed_dim), calibration_episodes()
     text_only = [type(e)(**{**e.__dict__, "use_images": False}) for e in episodes]
     before_accuracy, before_scale = (

@@ -35,7 +35,7 @@ def test_cli_flags_override_the_file_which_overrides_the_defaults(tmp_path):
             "augment": True,
             "max_minutes": 30,
             "train_sources": ["/data/a", "/data/b"],
-            "model": {"hidden_size": 64, "image_size": 48},
+            "model": {"ridge_init": 2.0, "image_size": 48},
         },
     )
     config, resume = parse_training_args(
@@ -56,7 +56,7 @@ def test_cli_flags_override_the_file_which_overrides_the_defaults(tmp_path):
             "--train-sources",
             "/data/c",
             "--model",
-            '{"hidden_size": 16}',
+            '{"ridge_init": 0.5}',
             "--num-threads",
             "1",
         ]
@@ -69,7 +69,7 @@ def test_cli_flags_override_the_file_which_overrides_the_defaults(tmp_path):
     assert config.augment is False
     assert config.max_minutes is None
     assert config.train_sources == ["/data/c"]
-    assert config.model == {"hidden_size": 16}  # --model replaces the file's model dict as a whole
+    assert config.model == {"ridge_init": 0.5}  # --model replaces the file's model dict as a whole
     assert config.num_threads == 1
     # ... the file wins over the defaults where no flag was given ...
     assert config.output_dir == "runs/from-file"
@@ -103,7 +103,7 @@ def test_default_yaml_is_a_valid_config_and_flags_still_override_it():
 
 
 def test_saved_json_round_trips(tmp_path):
-    config = TrainingConfig(steps=9, k_shot=[1, 2], model={"hidden_size": 8}, train_sources=["/a"], max_minutes=1.5)
+    config = TrainingConfig(steps=9, k_shot=[1, 2], model={"ridge_init": 0.25}, train_sources=["/a"], max_minutes=1.5)
     config.save(tmp_path / "training_config.json")
     assert json.loads((tmp_path / "training_config.json").read_text())["steps"] == 9
     assert TrainingConfig.from_file(tmp_path / "training_config.json") == config

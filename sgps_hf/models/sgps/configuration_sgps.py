@@ -26,15 +26,18 @@ SUPPORT_VIEWS = (
     "zoom_hflip",
 )
 ZOOM_FRACTION = 0.75
-#: Ways of turning a clinical text into its class's pseudo-prototype (see ``SGPSConfig.text_generator``).
-TEXT_GENERATORS = ("mlp", "class_memory")
+#: Keys of configs written by earlier versions that no longer mean anything (the removed "mlp" text generator's
+#: width and dropout); they are dropped when such a config is read.
+RETIRED_KEYS = ("hidden_size", "text_dropout_rate")
 
 
 class SGPSConfig(PretrainedConfig):
-    r"""Configuration of :class:`~sgps_hf.SGPSSynthesizer` (synthesizer v2: closed-form head on a strong body).
+    r"""Configuration of :class:`~sgps_hf.SGPSSynthesizer` (a closed-form head on a strong body).
 
-    The config is plain data: it names the target network the synthesizer writes weights for, the
-    input pipeline, the frozen text encoder and the sizes of the text-prior generator.
+    The config is plain data: it names the target network the synthesizer writes weights for, the input pipeline,
+    the frozen text encoder, the size of the text memory and the synthesis settings. ``SGPSConfig()`` is the
+    configuration of the bundled checkpoint ``sgps_hf/checkpoints/sgps-lite0-128`` (before its text memory is
+    built). Configs are never changed in place: build another one (:meth:`with_changes`) or pass an argument.
 
     Args:
         target_architecture (`str`): timm EfficientNet-family architecture of the synthesized classifier.
@@ -55,15 +58,14 @@ class SGPSConfig(PretrainedConfig):
         text_embed_dim (`int`): output size of the text encoder.
         max_text_length (`int`): clinical texts are truncated to this many tokens.
         text_generator (`str`): how a clinical text becomes its class's pseudo-prototype (the prior mean of the
-            head). `"mlp"`: a generator network meta-trained on text-only episodes. `"class_memory"`: attention from
-            the text over the texts of the meta-training classes, returning the same mixture of their mean image
-            features (a closed form with no learned weights; its temperature is fitted on meta-val tasks).
-        hidden_size (`int`): width of the `"mlp"` text generator.
-        text_dropout_rate (`float`): dropout inside that generator while meta-training.
-        text_memory_size (`int`): number of meta-training classes in the `"class_memory"` (set when it is built).
+            head); `"class_memory"`, the only one: attention from the text over the texts of the meta-training
+            classes, returning the same mixture of their mean image features (a closed form with no learned weights;
+            its temperature is fitted on meta-val tasks).
+        text_memory_size (`int`): number of meta-training classes in the class memory (0 until calibration builds
+            it; the bundled checkpoint's holds 225).
         support_views (`list[str]`): deterministic support augmentation inside synthesis: every support
             image also enters the head under these transforms (of `SUPPORT_VIEWS`: dihedral ones and a central zoom).
-        task_batchnorm_images (`float`, *optional*): task-adaptive BatchNorm. Synthesis moves the body's BatchNorm
+        task_batchnorm_images (`int`, *optional*): task-adaptive BatchNorm. Synthesis moves the body's BatchNorm
             statistics towards those of the task's support images (all views) by ``N / (N + task_batchnorm_images)``
             for N support images, so the body's own statistics count as this many images (chosen on meta-validation
             tasks). None: the body is copied unchanged, the classifier differing from the body only in its head.
@@ -89,12 +91,10 @@ class SGPSConfig(PretrainedConfig):
         text_encoder: str = DEFAULT_TEXT_ENCODER,
         text_embed_dim: int = 384,
         max_text_length: int = 128,
-        hidden_size: int = 512,
-        text_dropout_rate: float = 0.1,
-        text_generator: str = "mlp",
+        text_generator: str = "class_memory",
         text_memory_size: int = 0,
         support_views: list[str] | None = None,
-        task_batchnorm_images: float | None = None,
+        task_batchnorm_images: int | None = 100,
         ridge_init: float = 1.0,
         prior_init: float = 0.5,
         logit_scale_init: float = 10.0,
@@ -115,14 +115,14 @@ class SGPSConfig(PretrainedConfig):
         self.text_encoder = text_encoder
         self.text_embed_dim = _coerce(int, "text_embed_dim", text_embed_dim)
         self.max_text_length = _coerce(int, "max_text_length", max_text_length)
-        self.hidden_size = _coerce(int, "hidden_size", hidden_size)
-        self.text_dropout_rate = _coerce(float, "text_dropout_rate", text_dropout_rate)
         self.text_generator = str(text_generator)
         self.text_memory_size = _coerce(int, "text_memory_size", text_memory_size)
-        self.support_views = list(support_views) if support_views is not None else ["identity", "hflip"]
+        self.support_views = list(support_views) if support_views is not None else list(SUPPORT_VIEWS)
         self.task_batchnorm_images = (
-            None if task_batchnorm_images is None else _coerce(float, "task_batchnorm_images", task_batchnorm_images)
+            None if task_batchnorm_images is None else _coerce(int, "task_batchnorm_images", task_batchnorm_images)
         )
+        for key in RETIRED_KEYS:
+            kwargs.pop(key, None)
         self.ridge_init = _coerce(float, "ridge_init", ridge_init)
         self.prior_init = _coerce(float, "prior_init", prior_init)
         self.logit_scale_init = _coerce(float, "logit_scale_init", logit_scale_init)
@@ -131,14 +131,13 @@ class SGPSConfig(PretrainedConfig):
 
     def _validate(self) -> None:
         # Sizes that would crash model construction (a division by zero, a negative layer width) are caught here.
-        for name in ("hidden_size", "text_embed_dim", "max_text_length"):
+        for name in ("text_embed_dim", "max_text_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        if not 0 <= self.text_dropout_rate < 1:
-            raise ValueError(f"text_dropout_rate must be in [0, 1), got {self.text_dropout_rate}.")
-        if self.text_generator not in TEXT_GENERATORS:
+        if self.text_generator != "class_memory":
             raise ValueError(
-                f"text_generator must be one of {', '.join(TEXT_GENERATORS)}; got {self.text_generator!r}."
+                f"text_generator must be 'class_memory' (the 'mlp' generator was removed; synthesizers trained with "
+                f"it no longer load), got {self.text_generator!r}."
             )
         if self.text_memory_size < 0:
             raise ValueError(f"text_memory_size must be 0 or more, got {self.text_memory_size}.")
@@ -164,6 +163,11 @@ class SGPSConfig(PretrainedConfig):
             raise ValueError(
                 f"support_views must start with 'identity' and use only {', '.join(SUPPORT_VIEWS)}; got {self.support_views}."
             )
+
+    def with_changes(self, **changes: Any) -> "SGPSConfig":
+        """A new config equal to this one but for ``changes`` (validated). Configs are data: code that needs another
+        value builds a new config (or passes an argument) instead of assigning a field of a live one."""
+        return type(self).from_dict({**self.to_dict(), **changes})
 
     @property
     def target_model_args(self) -> dict[str, float]:

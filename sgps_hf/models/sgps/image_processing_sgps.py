@@ -1,42 +1,27 @@
 """Image processor of the SGPS synthesizer.
 
-It applies *timm's own* evaluation transform with the synthesized classifier's ``pretrained_cfg``
-(resize shorter side, centre crop, normalise), so support images seen during synthesis, images given
-to ``SynthesizedClassifier.predict``, plain ``timm`` and the ``transformers`` pipeline are all
-preprocessed identically.
+Every image is loaded (:func:`sgps_hf.imaging.load_image`), brought to the model's square by the package's one
+geometry (:func:`sgps_hf.imaging.resize_center_crop`: what timm's evaluation transform does with the synthesized
+classifier's ``pretrained_cfg``), and normalised by :meth:`SGPSImageProcessor.normalize_uint8`, the step that also
+normalises the cached uint8 arrays of datasets. So support images seen during synthesis, images given to
+``SynthesizedClassifier.predict``, the training and benchmark episodes, plain ``timm`` and the ``transformers``
+pipeline are all preprocessed identically.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
-from ...imaging import ImageInput, load_image
+from ...imaging import ImageInput, load_image, resize_center_crop
 
 #: The most pixels the shorter-side resize may produce for one image (its longer side follows the aspect ratio).
 MAX_RESIZED_PIXELS = 1 << 24
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@lru_cache(maxsize=8)
-def timm_eval_transform(image_size: int, interpolation: str, mean: tuple, std: tuple) -> Callable:
-    from timm.data import create_transform
-
-    return create_transform(
-        input_size=(3, image_size, image_size),
-        is_training=False,
-        interpolation=interpolation,
-        mean=mean,
-        std=std,
-        crop_pct=1.0,
-        crop_mode="center",
-    )
 
 
 class SGPSImageProcessor(BaseImageProcessor):
@@ -49,10 +34,11 @@ class SGPSImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values"]
-    # Defaults, in the manner of transformers' image processors; a saved preprocessor config overrides each.
-    image_size: int = 64
-    image_mean: Sequence[float] = IMAGENET_MEAN
-    image_std: Sequence[float] = IMAGENET_STD
+    # Defaults, in the manner of transformers' image processors: those of the bundled checkpoint (``SGPSConfig()``'s
+    # 128 px, mean and std 0.5, bilinear); a saved preprocessor config overrides each.
+    image_size: int = 128
+    image_mean: Sequence[float] = (0.5, 0.5, 0.5)
+    image_std: Sequence[float] = (0.5, 0.5, 0.5)
     interpolation: str = "bilinear"
 
     def __init__(
@@ -80,14 +66,17 @@ class SGPSImageProcessor(BaseImageProcessor):
         """Load and transform ``images``; raises ImageLoadError naming any unreadable one."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        transform = timm_eval_transform(
-            self.image_size, self.interpolation, tuple(self.image_mean), tuple(self.image_std)
-        )
-        if images:
-            pixels = torch.stack([transform(self._checked(load_image(image))) for image in images])
+        squares = [self.to_uint8(load_image(image)) for image in images]
+        if squares:
+            pixels = self.normalize_uint8(torch.stack(squares))
         else:
             pixels = torch.zeros(0, 3, self.image_size, self.image_size)
         return BatchFeature(data={"pixel_values": pixels}, tensor_type=return_tensors)
+
+    def to_uint8(self, image: Any) -> Tensor:
+        """One RGB PIL image as the model's uint8 square [3, S, S] (:func:`sgps_hf.imaging.resize_center_crop`)."""
+        square = resize_center_crop(self._checked(image), self.image_size, self.interpolation)
+        return torch.from_numpy(np.array(square, dtype=np.uint8)).permute(2, 0, 1)
 
     def _checked(self, image: Any) -> Any:
         """Refuse an image whose shorter-side resize would be huge (the longer side follows), before resizing it."""

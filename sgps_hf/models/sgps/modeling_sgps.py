@@ -1,4 +1,4 @@
-"""SGPSSynthesizer (v2): writes a complete timm EfficientNet classifier for a task in one forward pass.
+"""SGPSSynthesizer: writes a complete timm EfficientNet classifier for a task in one forward pass.
 
 ``w = H(c; theta)``: the task context ``c`` (support images + clinical texts of each class) becomes the
 full state dict of a timm classifier, with no gradient step:
@@ -7,11 +7,11 @@ full state dict of a timm classifier, with no gradient step:
    classes); it is copied into every classifier. With ``task_batchnorm_images`` set, its BatchNorm statistics move
    towards those of the task's support images (task-adaptive BatchNorm, in the same single pass that computes
    the support features); otherwise it is copied unchanged.
-2. Each support image enters under the ``support_views`` (flips, rotations and a central zoom; identity and
-   horizontal flip by default): deterministic support augmentation.
-3. The clinical texts generate a pseudo-prototype each (``text_prototypes``: a meta-trained generator, or attention
-   over the texts of the meta-training classes returning their mean features), used as the prior mean of the
-   head with a shot-dependent strength calibrated on meta-validation tasks.
+2. Each support image enters under the ``support_views`` (flips, rotations and a central zoom; all ten by
+   default): deterministic support augmentation.
+3. The clinical texts generate a pseudo-prototype each (``text_prototypes``: attention over the texts of the
+   meta-training classes returning their mean features), used as the prior mean of the head with a shot-dependent
+   strength calibrated on meta-validation tasks.
 4. The head is solved in closed form from the support features (:mod:`sgps_hf.models.sgps.heads`: standardised
    features, kernel ridge regression around the text prior, a shot-dependent regulariser) and folded
    into the timm model's ordinary ``classifier`` layer. With no images the head is the text prior alone.
@@ -37,8 +37,12 @@ from ...body.timm_network import HEAD_BIAS, HEAD_WEIGHT, body_features, classify
 from ...errors import SynthesisError
 from ...hub.atomic import save_pretrained_atomically
 from ...hub.checkpoints import checked_from_pretrained
-from .configuration_sgps import ZOOM_FRACTION, SGPSConfig
+from .configuration_sgps import SGPSConfig
 from .heads import fold_linear, ridge_head, standardize, support_shots
+from .views import apply_view
+
+#: The default of the per-call settings: the value in the model's config.
+FROM_CONFIG = "config"
 
 if TYPE_CHECKING:
     from ...task import TaskSpec
@@ -72,24 +76,16 @@ class SGPSSynthesizer(PreTrainedModel):
     def __init__(self, config: SGPSConfig) -> None:
         super().__init__(config)
         self.target = create_target(config, num_classes=0)
-        features, hidden, text_dim = self.target.num_features, config.hidden_size, config.text_embed_dim
+        features, text_dim = self.target.num_features, config.text_embed_dim
         # Mean body feature of the meta-training images: the centre of text-only tasks (set by meta-training).
         self.register_buffer("feature_mean", torch.zeros(features))
         self.log_feature_scale = nn.Parameter(torch.zeros(features))
-        if config.text_generator == "mlp":
-            self.text_to_weight = nn.Sequential(
-                nn.LayerNorm(text_dim),
-                nn.Linear(text_dim, hidden),
-                nn.GELU(),
-                nn.Dropout(config.text_dropout_rate),
-                nn.Linear(hidden, features),
+        # The class memory of the text generator: filled by sgps_hf.training.calibration.build_text_memory.
+        self.register_buffer("log_text_temperature", torch.tensor(math.log(0.05)))
+        if config.text_memory_size:  # (no empty buffers: safetensors would save two of them as one shared tensor)
+            self._register_text_memory(
+                torch.zeros(config.text_memory_size, text_dim), torch.zeros(config.text_memory_size, features)
             )
-        else:  # "class_memory": filled by sgps_hf.training.calibration.build_text_memory after meta-training
-            self.register_buffer("log_text_temperature", torch.tensor(math.log(0.05)))
-            if config.text_memory_size:  # (no empty buffers: safetensors would save two of them as one shared tensor)
-                self._register_text_memory(
-                    torch.zeros(config.text_memory_size, text_dim), torch.zeros(config.text_memory_size, features)
-                )
         # log(ridge) is affine in log(1 + shots): meta-learned, shot-dependent.
         self.ridge_coefficients = nn.Parameter(torch.tensor([math.log(config.ridge_init), 0.0]))
         # The strength of the text prior beside images, log(strength) affine in log(shots), is calibrated on
@@ -99,7 +95,6 @@ class SGPSSynthesizer(PreTrainedModel):
         self.log_zero_shot_scale = nn.Parameter(torch.zeros(()))
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale_init)))
         self.post_init()
-        self._zero_generators()
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
@@ -114,18 +109,9 @@ class SGPSSynthesizer(PreTrainedModel):
 
     # -- initialisation -------------------------------------------------------------------------
     def _init_weights(self, module: nn.Module) -> None:
-        """Keep timm's own initialisation of the target and PyTorch's defaults elsewhere.
-
-        The text generator's last layer starts at zero (see `_zero_generators`), so an untrained synthesizer
-        already emits the closed-form ridge classifier of the support images.
-        """
-
-    def _zero_generators(self) -> None:
-        if self.config.text_generator != "mlp":
-            return
-        with torch.no_grad():
-            nn.init.zeros_(self.text_to_weight[-1].weight)
-            nn.init.zeros_(self.text_to_weight[-1].bias)
+        """Keep timm's own initialisation of the target and PyTorch's defaults elsewhere (an empty text memory
+        generates zero prototypes, so an untrained synthesizer emits the closed-form ridge classifier of the support
+        images)."""
 
     # -- text -----------------------------------------------------------------------------------
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -135,8 +121,6 @@ class SGPSSynthesizer(PreTrainedModel):
 
     def text_prototypes(self, text_embeds: Tensor) -> Tensor:
         """Pseudo-prototypes [C, D] in the head's standardised feature space, one per text embedding [C, E]."""
-        if self.config.text_generator == "mlp":
-            return self.text_to_weight(text_embeds)
         if not self.config.text_memory_size:  # before the memory is built the texts carry no information
             return text_embeds.new_zeros(text_embeds.shape[0], self.target.num_features)
         similarity = nn.functional.normalize(text_embeds, dim=-1) @ self.text_memory_keys.T
@@ -144,16 +128,12 @@ class SGPSSynthesizer(PreTrainedModel):
         return attention @ (self.text_memory_features * self.log_feature_scale.exp())
 
     def set_text_memory(self, keys: Tensor, features: Tensor) -> None:
-        """Replace the ``"class_memory"`` entries: text embeddings [M, E] and centred mean features [M, D]."""
-        if self.config.text_generator != "class_memory":
-            raise ValueError(
-                f"set_text_memory needs text_generator='class_memory', not {self.config.text_generator!r}."
-            )
+        """Replace the class memory's entries: text embeddings [M, E] and centred mean features [M, D]."""
         device = self.log_text_temperature.device
         self._register_text_memory(
             nn.functional.normalize(keys.float(), dim=-1).to(device), features.float().to(device)
         )
-        self.config.text_memory_size = int(keys.shape[0])
+        self.config = self.config.with_changes(text_memory_size=int(keys.shape[0]))
 
     def _register_text_memory(self, keys: Tensor, features: Tensor) -> None:
         self.register_buffer("text_memory_keys", keys)  # unit-norm text embeddings of the meta-train classes
@@ -177,28 +157,56 @@ class SGPSSynthesizer(PreTrainedModel):
     def body_tensors(self) -> dict[str, Tensor]:
         return {**dict(self.target.named_parameters()), **dict(self.target.named_buffers())}
 
-    def task_body(self, support_pixel_values: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    def task_body(
+        self,
+        support_pixel_values: Tensor,
+        views: Sequence[str] | None = None,
+        task_batchnorm_images: int | None = None,
+        embed: Callable[[Tensor], Tensor] | None = None,
+    ) -> tuple[dict[str, Tensor], Tensor]:
         """(the body tensors of this task's classifier, the support view features [S, V, D] under them).
 
-        Without ``task_batchnorm_images`` the body is this model's own. With it, every BatchNorm's statistics move
-        ``N / (N + task_batchnorm_images)`` of the way to those of the N support images under all their views
-        (:func:`~sgps_hf.body.timm_network.task_batchnorm`): a new imaging domain shifts the body's activations,
-        and the support set is the only sample of that domain a synthesis sees.
+        With ``task_batchnorm_images`` None the body is this model's own (its features by ``embed`` when given). With
+        a count, every BatchNorm's statistics move ``N / (N + task_batchnorm_images)`` of the way to those of the N
+        support images under all their views (:func:`~sgps_hf.body.timm_network.task_batchnorm`): a new imaging
+        domain shifts the body's activations, and the support set is the only sample of that domain a synthesis sees.
         """
         tensors = self.body_tensors()
-        prior_images = self.config.task_batchnorm_images
-        if prior_images is None:
-            return tensors, self.support_view_features(support_pixel_values)
+        if task_batchnorm_images is None:
+            return tensors, self.support_view_features(support_pixel_values, embed=embed, views=views)
         count = support_pixel_values.shape[0]
         adapted: dict[str, Tensor] = {}
 
-        def embed(batch: Tensor) -> Tensor:
-            statistics, features = task_batchnorm(self.target, tensors, batch, count / (count + prior_images))
+        def adapt(batch: Tensor) -> Tensor:
+            statistics, features = task_batchnorm(self.target, tensors, batch, count / (count + task_batchnorm_images))
             adapted.update(statistics)
             return features
 
-        features = self.support_view_features(support_pixel_values, embed=embed)
+        features = self.support_view_features(support_pixel_values, embed=adapt, views=views)
         return adapted, features
+
+    def query_logits(
+        self,
+        weights: Mapping[str, Tensor],
+        query_pixel_values: Tensor | None = None,
+        query_features: Tensor | None = None,
+        embed: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """Logits [Q, C] of the synthesized classifier ``weights`` for query pixels or body features.
+
+        ``query_features`` are features of this model's body as it is; ``embed`` (e.g. the benchmark's memo of that
+        body) computes them from the pixels. Both serve only when ``weights`` holds this model's own body tensors; a
+        task-adapted body (task BatchNorm) always classifies the pixels, exactly as the materialised timm model does.
+        """
+        own_body = all(weights.get(name) is tensor for name, tensor in self.body_tensors().items())
+        if query_features is not None or (own_body and embed is not None and query_pixel_values is not None):
+            if not own_body:
+                raise ValueError("query_features are features of the unadapted body: pass query_pixel_values.")
+            features = query_features if query_features is not None else embed(query_pixel_values)
+            return nn.functional.linear(features, weights[HEAD_WEIGHT], weights[HEAD_BIAS])
+        if query_pixel_values is None:
+            raise ValueError("Pass query_pixel_values or query_features.")
+        return classify(self.target, weights, query_pixel_values)
 
     # -- synthesis ------------------------------------------------------------------------------
     def generate_weights(
@@ -209,6 +217,10 @@ class SGPSSynthesizer(PreTrainedModel):
         text_embeds: Tensor | None = None,
         text_mask: Tensor | None = None,
         support_features: Tensor | None = None,
+        *,
+        views: Sequence[str] | None = None,
+        task_batchnorm_images: int | None | str = FROM_CONFIG,
+        embed: Callable[[Tensor], Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """The full state dict of a ``num_classes``-way target classifier for this task.
 
@@ -218,13 +230,23 @@ class SGPSSynthesizer(PreTrainedModel):
             support_labels: class index of each support image [S].
             text_embeds: text embeddings [C, text_embed_dim] (rows of classes without text are ignored).
             text_mask: [C] bool, which classes have a text.
-            support_features: instead of pixels, precomputed :meth:`support_view_features` [S, V, D]
-                (meta-training on a frozen body caches them).
+            support_features: instead of pixels, precomputed :meth:`support_view_features` [S, V, D] of the body
+                as it is (meta-training on a frozen body caches them); task-adaptive BatchNorm does not apply to them.
+            views: the support views (default: the config's ``support_views``).
+            task_batchnorm_images: task-adaptive BatchNorm's count (None: off; default: the config's for pixels).
+            embed: computes features of the body as it is from pixels (the benchmark passes a memo of it).
         """
         device = self.log_logit_scale.device
+        if task_batchnorm_images == FROM_CONFIG:  # cached features are those of the body as it is
+            task_batchnorm_images = self.config.task_batchnorm_images if support_features is None else None
         body = self.body_tensors()
         if support_features is None and support_pixel_values is not None and support_pixel_values.shape[0] > 0:
-            body, support_features = self.task_body(support_pixel_values)
+            body, support_features = self.task_body(support_pixel_values, views, task_batchnorm_images, embed)
+        elif support_features is not None and support_features.shape[0] > 0 and task_batchnorm_images is not None:
+            raise ValueError(
+                "support_features are features of the unadapted body, but task-adaptive BatchNorm is on: pass "
+                "support_pixel_values, or task_batchnorm_images=None."
+            )
         has_support = support_features is not None and support_features.shape[0] > 0
         image_mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
         if has_support:
@@ -286,12 +308,19 @@ class SGPSSynthesizer(PreTrainedModel):
         return_weights: bool = True,
         support_features: Tensor | None = None,
         query_features: Tensor | None = None,
+        views: Sequence[str] | None = None,
+        task_batchnorm_images: int | None | str = FROM_CONFIG,
+        embed: Callable[[Tensor], Tensor] | None = None,
     ) -> SGPSOutput:
         """Synthesize weights for one task and, when queries are given, classify them with those weights.
 
-        ``support_features`` / ``query_features`` (body features, see :meth:`support_view_features`) may
-        replace the pixels when the body is frozen and its features are cached; they are features of the body as
-        it is, so task-adaptive BatchNorm (``task_batchnorm_images``) needs the pixels.
+        The one tensor-level inference path of the package: :func:`sgps_hf.synthesis.synthesize` (the product),
+        meta-training, calibration and the benchmark's SGPS rows all come through here (:meth:`generate_weights`,
+        then :meth:`query_logits`). ``support_features`` / ``query_features`` (body features, see
+        :meth:`support_view_features`) may replace the pixels when the body is frozen and its features are cached,
+        and ``embed`` computes those features from pixels (a memo); they are features of the body as it is, so
+        task-adaptive BatchNorm needs the pixels. ``views`` and ``task_batchnorm_images`` override the config's
+        ``support_views`` and ``task_batchnorm_images`` for this call (calibration tries candidates this way).
         """
         if num_classes is None:
             if text_mask is not None:
@@ -309,13 +338,13 @@ class SGPSSynthesizer(PreTrainedModel):
             text_embeds,
             text_mask,
             support_features=support_features,
+            views=views,
+            task_batchnorm_images=task_batchnorm_images,
+            embed=embed,
         )
         logits = loss = None
-        if query_features is not None:
-            logits = nn.functional.linear(query_features, weights[HEAD_WEIGHT], weights[HEAD_BIAS])
-        elif query_pixel_values is not None:  # through the synthesized body (its BatchNorm may be the task's)
-            logits = classify(self.target, weights, query_pixel_values)
-        if logits is not None:
+        if query_features is not None or query_pixel_values is not None:
+            logits = self.query_logits(weights, query_pixel_values, query_features, embed)
             if query_labels is not None:
                 loss = nn.functional.cross_entropy(logits, query_labels)
         return SGPSOutput(loss=loss, logits=logits, weights=weights if return_weights else None)
@@ -341,29 +370,3 @@ class SGPSSynthesizer(PreTrainedModel):
 
         return update(self, classifier, additions, processor=processor)
 
-
-def apply_view(images: Tensor, view: str) -> Tensor:
-    """One of the ``SUPPORT_VIEWS`` of a batch [N, C, H, W] (square images)."""
-    if view == "identity":
-        return images
-    if view == "hflip":
-        return images.flip(-1)
-    if view == "vflip":
-        return images.flip(-2)
-    if view == "transpose":
-        return images.transpose(-2, -1)
-    if view == "antitranspose":  # the reflection about the other diagonal
-        return images.transpose(-2, -1).flip(-2).flip(-1)
-    if view in ("zoom", "zoom_hflip"):
-        size = images.shape[-1]
-        crop = max(1, round(size * ZOOM_FRACTION))
-        start = (size - crop) // 2
-        zoomed = nn.functional.interpolate(
-            images[..., start : start + crop, start : start + crop],
-            size=(size, size),
-            mode="bilinear",
-            align_corners=False,
-        )
-        return zoomed.flip(-1) if view == "zoom_hflip" else zoomed
-    turns = {"rot90": 1, "rot180": 2, "rot270": 3}[view]
-    return torch.rot90(images, turns, dims=(-2, -1))

@@ -8,7 +8,14 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file, save_file
-from sgps_testing import last_json_line, noise_image, run_python, synthetic_task, tiny_synthesizer
+from sgps_testing import (
+    last_json_line,
+    noise_image,
+    run_python,
+    synthetic_task,
+    tiny_synthesizer,
+    with_random_text_memory,
+)
 from transformers import AutoConfig, AutoModel
 
 from sgps_hf import ClassSpec, SGPSConfig, SGPSProcessor, SGPSSynthesizer, SynthesisError, TaskSpec
@@ -261,13 +268,8 @@ def test_text_only_head_is_centred_on_feature_mean(processor, tasks):
 
 
 def with_random_text_generator(synth, seed=3):
-    """The untrained generator's last layer is zero (text-only heads would be 0): give it random weights."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        last = synth.text_to_weight[-1]
-        last.weight.copy_(torch.randn(last.weight.shape, generator=generator))
-        last.bias.copy_(torch.randn(last.bias.shape, generator=generator))
-    return synth
+    """The untrained synthesizer's class memory is empty (text-only heads would be 0): give it random entries."""
+    return with_random_text_memory(synth, seed=seed)
 
 
 def test_support_features_replace_the_pixels_exactly(synth, processor, tasks, queries):
@@ -455,7 +457,7 @@ def test_single_support_image_in_a_task(synth, processor):
 
 
 @pytest.mark.parametrize(
-    "key", ["target.conv_stem.weight", "text_to_weight.1.bias", "ridge_coefficients", "log_logit_scale"]
+    "key", ["target.conv_stem.weight", "log_feature_scale", "ridge_coefficients", "log_logit_scale"]
 )
 def test_nan_weights_in_a_checkpoint_raise_synthesis_error(synth, tasks, tmp_path, key):
     synth.save_pretrained(tmp_path)
@@ -468,14 +470,9 @@ def test_nan_weights_in_a_checkpoint_raise_synthesis_error(synth, tasks, tmp_pat
 
 
 def test_loss_is_differentiable_wrt_the_head_parameters_and_base_weights(processor, tasks, queries):
-    synth = tiny_synthesizer(seed=1)
+    synth = with_random_text_generator(tiny_synthesizer(seed=1))
     synth.train()
     labels = torch.tensor([0, 1, 2, 0])
-    # The text generator's last layer starts at zero, so its first layer gets gradient after one step (as LoRA).
-    optimizer = torch.optim.SGD(synth.parameters(), lr=0.1)
-    forward(synth, processor, tasks["text-only"], query_pixel_values=queries, query_labels=labels).loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
 
     def grads(kind):
         synth.zero_grad()
@@ -496,15 +493,10 @@ def test_loss_is_differentiable_wrt_the_head_parameters_and_base_weights(process
         "target.bn2.weight",
     ]:
         assert name in with_images, name
-    # beside images the text prior is detached: the generator learns from text-only episodes alone
-    assert (
-        not any(name.startswith("text_to_weight.") for name in with_images)
-        and "log_zero_shot_scale" not in with_images
-    )
+    # beside images the text prior is detached: the zero-shot scale learns from text-only episodes alone
+    assert "log_zero_shot_scale" not in with_images
     text_only = grads("text-only")
     for name in [
-        "text_to_weight.1.weight",
-        "text_to_weight.4.weight",
         "log_zero_shot_scale",
         "log_logit_scale",
         "log_feature_scale",
@@ -583,11 +575,6 @@ def test_an_empty_class_memory_gives_uninformative_texts():
     assert torch.count_nonzero(synth.text_prototypes(torch.randn(2, synth.config.text_embed_dim))) == 0
 
 
-def test_set_text_memory_needs_the_class_memory_generator(synth):
-    with pytest.raises(ValueError, match="class_memory"):
-        synth.set_text_memory(torch.zeros(2, synth.config.text_embed_dim), torch.zeros(2, synth.target.num_features))
-
-
 def test_a_class_memory_synthesizer_round_trips_and_synthesizes_text_only_tasks(tasks, tmp_path):
     synth = memory_synthesizer()
     synth.save_pretrained(tmp_path)
@@ -599,3 +586,50 @@ def test_a_class_memory_synthesizer_round_trips_and_synthesizes_text_only_tasks(
         assert state_dict_sha256(weights) == state_dict_sha256(synth.synthesize(tasks[kind]).model.state_dict())
     head = loaded.synthesize(tasks["text-only"]).model.classifier.weight
     assert torch.isfinite(head).all() and head.abs().sum() > 0
+
+
+# -- the one inference path: per-call settings ----------------------------------------------------------------------
+def test_per_call_settings_equal_a_config_that_holds_them(synth, processor, tasks, queries):
+    inputs = processor.prepare_task(tasks["mixed"])
+    configured = SGPSSynthesizer(
+        synth.config.with_changes(task_batchnorm_images=3, support_views=["identity", "vflip"])
+    )
+    configured.load_state_dict(synth.state_dict())
+    configured.eval()
+    with torch.no_grad():
+        by_argument = forward(
+            synth,
+            processor,
+            tasks["mixed"],
+            query_pixel_values=queries,
+            task_batchnorm_images=3,
+            views=["identity", "vflip"],
+        )
+        by_config = forward(configured, processor, tasks["mixed"], query_pixel_values=queries)
+        plain = forward(synth, processor, tasks["mixed"], query_pixel_values=queries)
+    assert synth.config.task_batchnorm_images is None  # the call changed nothing on the model
+    assert state_dict_sha256(by_argument.weights) == state_dict_sha256(by_config.weights)
+    torch.testing.assert_close(by_argument.logits, by_config.logits, rtol=0, atol=0)
+    assert not torch.allclose(by_argument.logits, plain.logits)
+    # cached features are those of the body as it is: with task BatchNorm asked for, they are refused
+    features = synth.support_view_features(inputs["support_pixel_values"])
+    with pytest.raises(ValueError, match="task-adaptive BatchNorm is on"):
+        synth.generate_weights(
+            3, support_labels=inputs["support_labels"], support_features=features, task_batchnorm_images=3
+        )
+    with pytest.raises(ValueError, match="unadapted body"):
+        synth.query_logits(by_argument.weights, query_features=torch.zeros(4, synth.target.num_features))
+
+
+def test_a_feature_memo_gives_the_logits_of_the_pixels(synth, processor, tasks, queries):
+    calls = []
+
+    def memo(images):
+        calls.append(len(images))
+        return synth.target(images)
+
+    with torch.no_grad():
+        with_memo = forward(synth, processor, tasks["mixed"], query_pixel_values=queries, embed=memo)
+        without = forward(synth, processor, tasks["mixed"], query_pixel_values=queries)
+    assert calls == [6 * 2, len(queries)]  # the support views in one batch, then the queries
+    torch.testing.assert_close(with_memo.logits, without.logits, rtol=1e-5, atol=1e-5)
