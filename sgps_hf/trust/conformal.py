@@ -10,7 +10,8 @@ classifier: a poor classifier gets large sets, not a broken guarantee.
 
 Scores: ``"lac"`` (least ambiguous set-valued classifier, Sadinle et al. 2019): 1 - p(class), the smallest sets
 on average; ``"aps"`` (adaptive prediction sets, Romano et al. 2020, non-randomised): the probability mass of the
-classes at least as likely as the class, adapting the set size to the case's difficulty. An empty LAC set gets
+classes at least as likely as the class, adapting the set size to the case's difficulty (without the randomisation
+it is conservative: its coverage exceeds the target). An empty LAC set gets
 the top class (a superset keeps the guarantee).
 """
 

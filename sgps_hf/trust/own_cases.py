@@ -111,7 +111,7 @@ def _relative(path: Path, root: Path | None) -> str:
             return path.resolve().relative_to(root.resolve()).as_posix()
         except ValueError:
             pass
-    return path.name
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name  # e.g. <class>/<image>
 
 
 def support_overlap(classifier: Any, cases: LabelledCases, purpose: str) -> list[str]:
@@ -269,6 +269,10 @@ def evaluate_classifier(
             f"--subgroups {' '.join(subgroups)} needs per-image metadata, but {cases.source} has none: add an "
             "imagefolder metadata.csv (a file_name column naming <class>/<image>, then one column per attribute)."
         )
+    missing = [c for c in subgroups if c not in cases.metadata]
+    if missing:  # before classifying anything
+        available = ", ".join(sorted(cases.metadata)) or "none"
+        raise DataError(f"No metadata column(s) {missing}; the data's metadata columns are: {available}.")
     overlap = support_overlap(classifier, cases, "evaluation")
     probs = predict_cases(classifier, cases.images, batch_size=batch_size, progress=progress)
     scores = classification_scores(probs, cases.labels, classifier.label_names)
