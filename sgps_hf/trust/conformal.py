@@ -11,8 +11,7 @@ classifier: a poor classifier gets large sets, not a broken guarantee.
 Scores: ``"lac"`` (least ambiguous set-valued classifier, Sadinle et al. 2019): 1 - p(class), the smallest sets
 on average; ``"aps"`` (adaptive prediction sets, Romano et al. 2020, non-randomised): the probability mass of the
 classes at least as likely as the class, adapting the set size to the case's difficulty (without the randomisation
-it is conservative: its coverage exceeds the target). An empty LAC set gets
-the top class (a superset keeps the guarantee).
+it is conservative: its coverage exceeds the target). A LAC set can be empty: no class is plausible enough.
 """
 
 from __future__ import annotations
@@ -70,20 +69,28 @@ def fit_conformal(probs: np.ndarray, labels: Sequence[int], coverage: float = 0.
     return {"method": method, "coverage": float(coverage), "threshold": threshold, "num_cases": int(n)}
 
 
+def set_membership(probs: np.ndarray, calibration: Mapping[str, Any]) -> np.ndarray:
+    """Boolean [n, C]: whether each class is in each case's prediction set."""
+    return class_scores(probs, calibration["method"]) <= calibration["threshold"] + 1e-12
+
+
 def prediction_sets(probs: np.ndarray, calibration: Mapping[str, Any]) -> list[list[int]]:
-    """For each row of ``probs``, the class indices of its prediction set, most probable first."""
+    """For each row of ``probs``, the class indices of its prediction set, most probable first.
+
+    A set may be empty (LAC): no class is plausible enough at this coverage, which is itself a reason not to trust
+    the top class; it counts as a miss in the coverage, which the guarantee already allows for.
+    """
     probs = np.asarray(probs, dtype=np.float64)
-    inside = class_scores(probs, calibration["method"]) <= calibration["threshold"] + 1e-12
-    sets = []
-    for row, member in zip(probs, inside, strict=True):
-        order = np.argsort(-row, kind="stable")
-        chosen = [int(c) for c in order if member[c]]
-        sets.append(chosen or [int(order[0])])
-    return sets
+    inside = set_membership(probs, calibration)
+    order = np.argsort(-probs, axis=1, kind="stable")
+    return [[int(c) for c in row_order if member[c]] for row_order, member in zip(order, inside, strict=True)]
 
 
-def coverage_and_size(sets: Sequence[Sequence[int]], labels: Sequence[int]) -> tuple[float, float]:
-    """Share of cases whose set holds the true class, and the mean set size."""
+def coverage_and_size(sets: Sequence[Sequence[int]] | np.ndarray, labels: Sequence[int]) -> tuple[float, float]:
+    """Share of cases whose set holds the true class, and the mean set size (sets as lists or a membership matrix)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if isinstance(sets, np.ndarray):
+        return float(sets[np.arange(len(labels)), labels].mean()), float(sets.sum(1).mean())
     covered = [int(y) in s for s, y in zip(sets, labels, strict=True)]
     return float(np.mean(covered)), float(np.mean([len(s) for s in sets]))
 
