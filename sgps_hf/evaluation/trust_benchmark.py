@@ -142,7 +142,6 @@ def run_trust_benchmark(
 
 def render_markdown(results: dict[str, Any], command: str, environment: str) -> str:
     """``benchmarks/trust.md``: coverage and set size per task and target, then the PAD-UFES-20 subgroup audit."""
-    from ..trust.subgroup_audit import format_group_rows
 
     tasks = results["tasks"]
     first = tasks[0]
@@ -182,21 +181,34 @@ def render_markdown(results: dict[str, Any], command: str, environment: str) -> 
             + " |"
         )
         lines.append("")
-    sub = results.get("subgroups")
-    if sub:
-        s = sub["scores"]
-        lines += [
-            "## Subgroups (PAD-UFES-20, metadata.csv)",
-            "",
-            f"One classifier from {sub['shots']} support images per class, evaluated on the other {s['num_images']} "
-            f"images with the code of `sgps evaluate-classifier --subgroups {' '.join(SUBGROUP_COLUMNS)}`: accuracy "
-            f"{s['accuracy']['value']:.3f} [{s['accuracy']['low']:.3f}, {s['accuracy']['high']:.3f}], "
-            f"balanced accuracy {s['balanced_accuracy']['value']:.3f}, ECE {s['ece']:.3f}.",
-            "",
-            "| column | group | n | accuracy [95 % CI] | ECE | classes | flag |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        rows = format_group_rows(sub["subgroups"], s["label_names"])
-        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-        lines.append("")
+    if results.get("subgroups"):
+        lines += subgroup_audit_lines(results["subgroups"])
     return "\n".join(lines)
+
+
+def subgroup_audit_lines(sub: dict[str, Any]) -> list[str]:
+    """Markdown of :func:`subgroup_audit_task`'s result (this report and the main benchmark's subgroup section)."""
+    from ..trust.subgroup_audit import format_group_rows
+
+    s = sub["scores"]
+    lines = [
+        "## Subgroups (PAD-UFES-20, metadata.csv)",
+        "",
+        f"One classifier from {sub['shots']} support images per class, evaluated on the other {s['num_images']} "
+        f"images with the code of `sgps evaluate-classifier --subgroups {' '.join(SUBGROUP_COLUMNS)}`: accuracy "
+        f"{s['accuracy']['value']:.3f} [{s['accuracy']['low']:.3f}, {s['accuracy']['high']:.3f}], "
+        f"balanced accuracy {s['balanced_accuracy']['value']:.3f}, ECE {s['ece']:.3f}.",
+        "",
+        "| column | group | n | accuracy [95 % CI] | ECE | classes | flag |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = format_group_rows(sub["subgroups"], s["label_names"])
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    lines += [
+        "",
+        "'too few images to conclude': under 30 images, the interval is too wide. 'lacks ...': the group misses some "
+        "classes, so its accuracy reflects its class mix (in PAD-UFES-20, unknown sex and skin type occur only in "
+        "actinic keratosis, nevus and seborrheic keratosis).",
+        "",
+    ]
+    return lines
