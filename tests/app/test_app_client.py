@@ -61,7 +61,7 @@ def client(app_server, image_files):
 
 
 def test_predict_gives_probabilities_and_abstains_below_threshold(client, image_files):
-    outcome, label, table = client.predict(
+    outcome, label, table, gallery, cards = client.predict(
         [handle_file(str(image_files["png2"])), handle_file(str(image_files["dicom_noext"]))], 0.0, api_name="/predict"
     )
     probs = {c["label"]: c["confidence"] for c in label["confidences"]}
@@ -70,9 +70,20 @@ def test_predict_gives_probabilities_and_abstains_below_threshold(client, image_
     assert label["label"] == top and outcome == f"**second.png: {top}** ({probs[top]:.2f})."
     assert table.count("\n") == 3 and "IM0001" in table and "uncertain" not in table
     assert probs[top] < 1.0
+    assert len(gallery) == 2 and gallery[0]["caption"] == f"second.png: {top}"  # one saliency overlay per image
+    assert cards.count('class="sgps-card"') == 2 and "second.png" in cards
     threshold = (probs[top] + 1.0) / 2
-    outcome, _, table = client.predict([handle_file(str(image_files["png2"]))], threshold, api_name="/predict")
+    files = [handle_file(str(image_files["png2"]))]
+    outcome, _, table, gallery, _ = client.predict(files, threshold, api_name="/predict")
     assert outcome.startswith("**second.png: uncertain**") and f"below {threshold:.2f}" in table
+    assert gallery[0]["caption"].startswith("second.png: UNCERTAIN (top: ")
+
+
+def test_one_bad_file_is_reported_and_the_others_classified(client, image_files):
+    files = [handle_file(str(image_files["png2"])), handle_file(str(image_files["text"]))]
+    outcome, _, table, gallery, cards = client.predict(files, 0.0, api_name="/predict")
+    assert "1 file(s) could not be read" in outcome and len(gallery) == 1 and table.count("\n") == 2
+    assert "notes.png</b>: not classified: &#x27;notes.png&#x27;: not a PNG" in cards or "not a PNG" in cards
 
 
 def test_invalid_uploads_get_a_message(client, image_files):
@@ -100,7 +111,7 @@ def test_update_download_and_reload(client, image_files, tmp_path):
     assert loaded.version == 2 and [v["version"] for v in loaded.versions] == [1]
     assert (tmp_path / "derm" / "versions" / "v1" / "sgps_task.json").is_file()
     assert sum(len(v) for v in loaded.support.values()) == 5
-    _, label, _ = client.predict([handle_file(str(image_files["png2"]))], 0.0, api_name="/predict")
+    _, label, *_ = client.predict([handle_file(str(image_files["png2"]))], 0.0, api_name="/predict")
     local = loaded.predict([image_files["png2"]])[0]
     assert {c["label"]: c["confidence"] for c in label["confidences"]} == pytest.approx(local, abs=1e-6)
     without = Path(client.predict(False, api_name="/download"))
@@ -138,7 +149,7 @@ def test_50_concurrent_predictions(client, app_server, image_files):
     files = [image_files[k] for k in ("png", "jpeg", "tiff", "dicom", "png_gray")]
     jobs = [client.submit([handle_file(str(files[i % len(files)]))], 0.5, api_name="/predict") for i in range(50)]
     results = [job.result(timeout=120) for job in jobs]
-    for outcome, label, table in results:
+    for outcome, label, *_ in results:
         assert len(label["confidences"]) == 3 and outcome.startswith("**")
     assert demo.sgps_stats.internal_errors == before
 
@@ -217,7 +228,7 @@ def test_example_task_is_one_click_away(app_server):
     classes = [(name, text, [Path(f) for f in files]) for name, text, files in filled]
     status = session.predict(*synth_args(classes, task_name, modality), api_name="/synthesize")
     assert status[0].startswith("Synthesized **3-class** classifier")
-    _, label, _ = session.predict([handle_file(f) for f in try_images], 0.0, api_name="/predict")
+    _, label, *_ = session.predict([handle_file(f) for f in try_images], 0.0, api_name="/predict")
     assert {c["label"] for c in label["confidences"]} == {"actinic_keratosis", "basal_cell_carcinoma", "melanoma"}
 
 
