@@ -4,7 +4,9 @@ other images are classified."""
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -69,18 +71,6 @@ def classify_uploads(
     return results
 
 
-def gallery_items(results: Sequence[AppResult]) -> list[tuple[Image.Image, str]]:
-    """(saliency overlay, caption) per classified image, for a ``gr.Gallery``."""
-    items = []
-    for r in results:
-        if r.prediction is None or r.overlay is None:
-            continue
-        p = r.prediction
-        outcome = f"UNCERTAIN (top: {p.top_label} {p.top_probability:.2f})" if p.abstained else p.top_label
-        items.append((r.overlay, f"{r.name}: {outcome}"))
-    return items
-
-
 _CARD = "border:1px solid #bbb;border-radius:6px;padding:6px 10px;margin:6px 0"
 _ERROR = "border:1px solid #c00;border-radius:6px;padding:6px 10px;margin:6px 0;color:#900"
 _ROW = "display:flex;align-items:center;gap:6px;font-size:0.9em"
@@ -111,10 +101,20 @@ def results_html(results: Sequence[AppResult], top_k: int = 3) -> str:
                 f'<div style="{_ROW}"><span style="{_LABEL}">{html.escape(label)}</span>'
                 f'<span style="{_BAR};width:{max(prob * 60, 1):.0f}%"></span><span>{100 * prob:.0f}%</span></div>'
             )
-        cards.append(f'<div class="sgps-card" style="{_CARD}">{headline}{"".join(bars)}</div>')
+        picture = _thumbnail(r.overlay) if r.overlay is not None else ""
+        body = f'<div style="flex:1">{headline}{"".join(bars)}</div>'
+        cards.append(f'<div class="sgps-card" style="{_CARD};display:flex;gap:10px">{picture}{body}</div>')
     note = (
         '<p style="font-size:0.85em">Overlays: where the evidence for the top class lies (Grad-CAM). No prediction '
         "set: this classifier has no conformal calibration, so no coverage guarantee holds "
         "(<code>sgps calibrate</code> adds one).</p>"
     )
     return f'<div class="sgps-results">{"".join(cards)}{note}</div>'
+
+
+def _thumbnail(image: Image.Image, size: int = 128) -> str:
+    """An inline PNG ``<img>`` of the saliency overlay (no file on the server, nothing to fetch)."""
+    buffer = io.BytesIO()
+    image.resize((size, size)).save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="saliency overlay" width="{size}" height="{size}" src="data:image/png;base64,{data}">'

@@ -29,7 +29,7 @@ from .export import ExportArea, export_zip, push_from_app
 from .inputs import ClassRow, build_task
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, SYNTHESIS_LOCK, AppInputError, AppLimits, RequestRunner
 from .prediction import predictions_markdown, update_from_app
-from .results_view import classify_uploads, gallery_items, results_html
+from .results_view import classify_uploads, results_html
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a hospital network
 
@@ -233,7 +233,6 @@ def _layout(examples: list, limits: AppLimits) -> _UI:
     w["outcome"] = gr.Markdown(elem_id="outcome")
     w["label"] = gr.Label(label="Per-class probabilities (first image)", elem_id="probabilities")
     w["table"] = gr.Markdown(elem_id="prediction-table")
-    w["gallery"] = gr.Gallery(label="Results: saliency overlays", columns=4, elem_id="results-gallery")
     w["results"] = gr.HTML(elem_id="results")
     gr.Markdown("## 4. Add verified cases and re-synthesize")
     with gr.Row():
@@ -345,11 +344,11 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
         if failed:
             headline += f" {len(failed)} file(s) could not be read (see below); the others were classified."
         table = predictions_markdown(results)
-        return headline, first.probabilities, table, gallery_items(shown_results), results_html(shown_results)
+        return headline, first.probabilities, table, results_html(shown_results)
 
-    predicted = [ui.outcome, ui.label, ui.table, ui.gallery, ui.results]
+    predicted = [ui.outcome, ui.label, ui.table, ui.results]
     ui.predict.click(
-        lambda: [None, None, "", None, ""], None, predicted, api_visibility="private", queue=False
+        lambda: [None, None, "", ""], None, predicted, api_visibility="private", queue=False
     ).then(predict, [ui.classifier, ui.try_files, ui.threshold], predicted, api_name="predict")
 
     @shown

@@ -76,8 +76,8 @@ def test_build_synthesize_and_classify_in_a_browser(app_server, browser, image_f
     assert any(name in outcome.inner_text() for name in ("melanoma", "nevus", "uncertain"))
     probabilities = page.locator("#probabilities").inner_text()
     assert "melanoma" in probabilities and "nevus" in probabilities and "%" in probabilities
-    # results as pictures: a saliency overlay per image in the gallery, and a card with the outcome and bars
-    expect(page.locator("#results-gallery img").first).to_be_visible()
+    # results as pictures: one card per image with its saliency overlay, the outcome and the top classes as bars
+    expect(page.locator("#results .sgps-card img").first).to_be_visible()
     expect(page.locator("#results .sgps-card")).to_contain_text(try_image.name)
     assert "coverage guarantee" in page.locator("#results").inner_text()
     assert str(app_server[0].sgps_synthesizer_path) not in page.content()  # no server path in the page

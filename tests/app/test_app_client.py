@@ -61,7 +61,7 @@ def client(app_server, image_files):
 
 
 def test_predict_gives_probabilities_and_abstains_below_threshold(client, image_files):
-    outcome, label, table, gallery, cards = client.predict(
+    outcome, label, table, cards = client.predict(
         [handle_file(str(image_files["png2"])), handle_file(str(image_files["dicom_noext"]))], 0.0, api_name="/predict"
     )
     probs = {c["label"]: c["confidence"] for c in label["confidences"]}
@@ -70,20 +70,21 @@ def test_predict_gives_probabilities_and_abstains_below_threshold(client, image_
     assert label["label"] == top and outcome == f"**second.png: {top}** ({probs[top]:.2f})."
     assert table.count("\n") == 3 and "IM0001" in table and "uncertain" not in table
     assert probs[top] < 1.0
-    assert len(gallery) == 2 and gallery[0]["caption"] == f"second.png: {top}"  # one saliency overlay per image
-    assert cards.count('class="sgps-card"') == 2 and "second.png" in cards
+    assert cards.count('class="sgps-card"') == 2 and f"second.png: {top}</b>" in cards
+    assert cards.count('alt="saliency overlay"') == 2  # one Grad-CAM overlay per image
     threshold = (probs[top] + 1.0) / 2
     files = [handle_file(str(image_files["png2"]))]
-    outcome, _, table, gallery, _ = client.predict(files, threshold, api_name="/predict")
+    outcome, _, table, cards = client.predict(files, threshold, api_name="/predict")
     assert outcome.startswith("**second.png: uncertain**") and f"below {threshold:.2f}" in table
-    assert gallery[0]["caption"].startswith("second.png: UNCERTAIN (top: ")
+    assert "second.png: uncertain</b> (top class " in cards
 
 
 def test_one_bad_file_is_reported_and_the_others_classified(client, image_files):
     files = [handle_file(str(image_files["png2"])), handle_file(str(image_files["text"]))]
-    outcome, _, table, gallery, cards = client.predict(files, 0.0, api_name="/predict")
-    assert "1 file(s) could not be read" in outcome and len(gallery) == 1 and table.count("\n") == 2
-    assert "notes.png</b>: not classified: &#x27;notes.png&#x27;: not a PNG" in cards or "not a PNG" in cards
+    outcome, _, table, cards = client.predict(files, 0.0, api_name="/predict")
+    assert "1 file(s) could not be read" in outcome and table.count("\n") == 2
+    assert cards.count('alt="saliency overlay"') == 1 and "<b>notes.png</b>: not classified:" in cards
+    assert "not a PNG, JPEG, TIFF or DICOM image" in cards
 
 
 def test_invalid_uploads_get_a_message(client, image_files):
@@ -262,6 +263,7 @@ def test_sgps_demo_command_serves_the_app(tiny_synth_dir, monkeypatch):
         )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         body = opener.open(f"http://127.0.0.1:{port}/config", timeout=30).read().decode()
-        assert "Synthesize a medical image classifier" in body and str(tiny_synth_dir) in body
+        assert "Synthesize a medical image classifier" in body and "local folder synth" in body
+        assert str(tiny_synth_dir) not in body  # the server's path is never shown
     finally:
         built[0].close()

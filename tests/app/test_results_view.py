@@ -7,7 +7,7 @@ from sgps_testing import tiny_synthesizer
 
 from sgps_hf import ClassSpec, TaskSpec
 from sgps_hf.app.limits import AppInputError
-from sgps_hf.app.results_view import classify_uploads, gallery_items, results_html
+from sgps_hf.app.results_view import classify_uploads, results_html
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -27,10 +27,10 @@ def test_cards_gallery_and_a_bad_file(classifier, image_files):
     files = [image_files["png2"], image_files["text"], image_files["tiff"]]
     results = classify_uploads(classifier, files, 0.0)
     assert [r.error is None for r in results] == [True, False, True] and "not a PNG" in results[1].error
-    items = gallery_items(results)
-    assert len(items) == 2 and items[0][0].size == (224, 224) and items[0][1].startswith("second.png: ")
+    assert results[0].overlay.size == (224, 224) and results[1].overlay is None
     page = results_html(results)
     assert page.count('class="sgps-card"') == 2 and page.count('class="sgps-error"') == 1
+    assert page.count("data:image/png;base64,") == 2  # the overlay in each card
     assert "<b>melanoma</b>" not in page and "&lt;b&gt;melanoma&lt;/b&gt;" in page  # class names stay text
     assert "no coverage guarantee" in page
 
