@@ -104,7 +104,8 @@ def _text_line(row: dict[str, Any], top_k: int) -> str:
     top = sorted(row["probabilities"].items(), key=lambda kv: -kv[1])[:top_k]
     text = ", ".join(f"{label} {p:.3f}" for label, p in top)
     if row["prediction_set"] is not None:
-        text += f"; {100 * row['coverage']:g}% set: {{{', '.join(row['prediction_set'])}}}"
+        members = ", ".join(row["prediction_set"]) or "none: no class is plausible enough, do not trust this case"
+        text += f"; {100 * row['coverage']:g}% set: {{{members}}}"
     if row["abstained"]:
         text = f"UNCERTAIN (top {row['top_probability']:.3f} below the threshold); " + text
     return f"{row['file']}\t{text}"

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from sgps_testing import write_images
 
 from sgps_hf import ClassSpec, TaskSpec
@@ -81,3 +82,20 @@ def test_a_multi_frame_dicom_says_which_frame_is_used(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_image(write_dicom(tmp_path / "one.dcm", volume[:1].reshape(8, 8)))
+
+
+def test_images_without_a_mask_are_named_when_left_out(tmp_path):
+    from seg_testing import blob_pair
+
+    from sgps_hf import SegmentationTask
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks" / "blob").mkdir(parents=True)
+    for i in range(3):
+        image, mask = blob_pair(i)
+        image.save(tmp_path / "images" / f"{i:04d}.png")
+        if i < 2:
+            Image.fromarray((mask > 0).astype(np.uint8) * 255).save(tmp_path / "masks" / "blob" / f"{i:04d}.png")
+    with pytest.warns(AccuracyWarning, match="1 image\\(s\\) in images/ have no mask in masks/blob/.*0002.png"):
+        task = SegmentationTask("blobs", tmp_path)
+    assert len(task) == 2
