@@ -6,7 +6,6 @@ import csv
 
 import numpy as np
 import pytest
-from PIL import Image
 from seg_testing import blob_pair, write_task_folder
 
 from sgps_hf import SegmentationTask
