@@ -68,9 +68,9 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ..evaluation.seg_own_cases import segment_files
     from ..models.sgps_seg.segmenter import SynthesizedSegmenter
     from ..trust.batch import expand_inputs
-    from ..trust.segmentation import segment_files
 
     segmenter = SynthesizedSegmenter.from_pretrained(args.segmenter)
     files = expand_inputs(args.images)
@@ -89,9 +89,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation.seg_own_cases import evaluate_segmenter, write_seg_report
     from ..models.sgps_seg.segmenter import SynthesizedSegmenter
     from ..trust.report import check_report_folder
-    from ..trust.segmentation import evaluate_segmenter, write_seg_report
 
     check_report_folder(args.out)
     segmenter = SynthesizedSegmenter.from_pretrained(args.segmenter)

@@ -144,7 +144,7 @@ def format_group_rows(audit: Mapping[str, Any], label_names: Sequence[str]) -> l
                     str(g["n"]),
                     f"{acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}]",
                     f"{g['ece']:.3f}",
-                    ", ".join(f"{label_names[c]} {k}" for c, k in g["class_counts"].items()),
+                    ", ".join(f"{label_names[int(c)]} {k}" for c, k in g["class_counts"].items()),  # keys: int or text
                     "; ".join(flags),
                 ]
             )

@@ -19,8 +19,8 @@ from PIL import Image, ImageFilter
 
 from ..errors import DataError
 from ..metrics import dice_iou
-from .batch import FILE_ERRORS
-from .report import check_report_folder
+from ..trust.batch import FILE_ERRORS
+from ..trust.report import check_report_folder
 
 RED, GREEN = np.array([220, 30, 30], np.float64), np.array([0, 200, 0], np.uint8)
 

@@ -10,8 +10,8 @@ from seg_testing import blob_pair, write_task_folder
 
 from sgps_hf import SegmentationTask
 from sgps_hf.cli import main
+from sgps_hf.evaluation.seg_own_cases import evaluate_segmenter, mask_overlay
 from sgps_hf.metrics import dice_iou
-from sgps_hf.trust.segmentation import evaluate_segmenter, mask_overlay
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
