@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 from PIL import Image
 
 from .inputs import as_list, display_name, read_upload, upload_path
@@ -112,9 +113,26 @@ def results_html(results: Sequence[AppResult], top_k: int = 3) -> str:
     return f'<div class="sgps-results">{"".join(cards)}{note}</div>'
 
 
-def _thumbnail(image: Image.Image, size: int = 128) -> str:
+def _thumbnail(image: Image.Image, size: int = 128, alt: str = "saliency overlay") -> str:
     """An inline PNG ``<img>`` of the saliency overlay (no file on the server, nothing to fetch)."""
+    small = image.convert("RGB")
+    small.thumbnail((size, size))  # keeps the aspect ratio
     buffer = io.BytesIO()
-    image.resize((size, size)).save(buffer, format="PNG")
+    small.save(buffer, format="PNG")
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img alt="saliency overlay" width="{size}" height="{size}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{alt}" width="{small.width}" height="{small.height}" src="data:image/png;base64,{data}">'
+
+
+def support_html(classifier: Any, size: int = 72) -> str:
+    """Thumbnails of the support images per class (what the classifier was synthesized from), names escaped."""
+    support = classifier.support or {}
+    rows = []
+    for name in classifier.label_names:
+        images = support.get(name, [])
+        pictures = (
+            "".join(_thumbnail(Image.fromarray(np.asarray(img)), size, "support image") for img in images)
+            or "<i>text only</i>"
+        )
+        label = f'<span style="{_LABEL}"><b>{html.escape(name)}</b></span>'
+        rows.append(f'<div style="{_ROW};margin:4px 0">{label}{pictures}</div>')
+    return f'<div class="sgps-support">{"".join(rows)}</div>'

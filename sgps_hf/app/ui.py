@@ -29,7 +29,7 @@ from .export import ExportArea, export_zip, push_from_app
 from .inputs import ClassRow, build_task
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, SYNTHESIS_LOCK, AppInputError, AppLimits, RequestRunner
 from .prediction import predictions_markdown, update_from_app
-from .results_view import classify_uploads, results_html
+from .results_view import classify_uploads, results_html, support_html
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a hospital network
 
@@ -217,7 +217,8 @@ def _layout(examples: list, limits: AppLimits) -> _UI:
         w["remove"] = gr.Button("Remove last class", elem_id="remove-class")
     gr.Markdown("## 2. Synthesize")
     w["synthesize"] = gr.Button("Synthesize classifier", variant="primary", elem_id="synthesize")
-    w["status"] = gr.Markdown(elem_id="status")
+    w["status"] = gr.Markdown(elem_id="status", min_height=48)  # room for the progress bar during a synthesis
+    w["support"] = gr.HTML(elem_id="support-thumbnails")
     w["classifier"] = gr.State(None)
     gr.Markdown("## 3. Try images")
     with gr.Row():
@@ -239,7 +240,7 @@ def _layout(examples: list, limits: AppLimits) -> _UI:
         w["update_class"] = gr.Dropdown([], label="Class of the new cases", elem_id="update-class")
         w["update_files"] = gr.File(label="Verified cases", file_count="multiple", elem_id="update-images")
     w["update"] = gr.Button("Add cases and re-synthesize", elem_id="update")
-    w["update_status"] = gr.Markdown(elem_id="update-status")
+    w["update_status"] = gr.Markdown(elem_id="update-status", min_height=48)
     gr.Markdown("## 5. Download or push")
     with gr.Row():
         w["zip_support"] = gr.Checkbox(
@@ -324,7 +325,7 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
             f"from {sum(len(c.images) for c in task.classes)} image(s).{advice}",
         )
 
-    outputs = [ui.classifier, ui.status, ui.card, ui.update_class]
+    outputs = [ui.classifier, ui.status, ui.card, ui.update_class, ui.support]
     ui.synthesize.click(synthesize, [ui.task_name, ui.modality, *rows], outputs, api_name="synthesize")
 
     @shown
@@ -359,7 +360,7 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
         summary = updated.info["history"][-1]["summary"]
         return [*_classifier_outputs(updated, f"Version {updated.version}: {summary}"), gr.update(value=None)]
 
-    updated = [ui.classifier, ui.update_status, ui.card, ui.update_class, ui.update_files]
+    updated = [ui.classifier, ui.update_status, ui.card, ui.update_class, ui.support, ui.update_files]
     ui.update.click(update, [ui.classifier, ui.update_class, ui.update_files], updated, api_name="update")
 
     @shown
@@ -424,7 +425,7 @@ def _classifier_outputs(classifier: Any, message: str) -> list:
 
     card = classifier_card(classifier).text
     # no default class for new cases: the user must choose (a default once added cases to the wrong class)
-    return [classifier, message, card, gr.update(choices=classifier.label_names, value=None)]
+    return [classifier, message, card, gr.update(choices=classifier.label_names, value=None), support_html(classifier)]
 
 
 def _locked(fn: Callable) -> Callable:

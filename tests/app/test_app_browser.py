@@ -65,6 +65,7 @@ def test_build_synthesize_and_classify_in_a_browser(app_server, browser, image_f
     page.locator("#class-2-name textarea").wait_for(state="visible")  # a third (empty) class slot appears
     page.locator("#synthesize").click()
     expect(page.locator("#status")).to_contain_text("Synthesized 2-class classifier")
+    expect(page.locator("#support-thumbnails img")).to_have_count(4)  # the support images, as pictures per class
     page.get_by_text("Model card").first.click()  # the accordion renders the generated card
     expect(page.locator("#model-card")).to_contain_text("Support images and privacy")
 

@@ -50,3 +50,11 @@ def test_new_cases_have_no_default_class(classifier):
 
     update = _classifier_outputs(classifier, "done")[3]
     assert update["choices"] and update["value"] is None
+
+
+def test_support_thumbnails_per_class(classifier):
+    from sgps_hf.app.results_view import support_html
+
+    page = support_html(classifier)
+    assert page.count('alt="saliency overlay"') == 0 and page.count("data:image/png;base64,") == 2
+    assert "&lt;b&gt;melanoma&lt;/b&gt;" in page and "nevus" in page
