@@ -326,7 +326,10 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
         )
 
     outputs = [ui.classifier, ui.status, ui.card, ui.update_class, ui.support]
-    ui.synthesize.click(synthesize, [ui.task_name, ui.modality, *rows], outputs, api_name="synthesize")
+    clear = {"fn": lambda: "", "inputs": None, "api_visibility": "private", "queue": False}  # no stale message
+    ui.synthesize.click(outputs=ui.status, **clear).then(
+        synthesize, [ui.task_name, ui.modality, *rows], outputs, api_name="synthesize"
+    )
 
     @shown
     def predict(classifier: Any, files: Any, threshold: float):
@@ -361,7 +364,9 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
         return [*_classifier_outputs(updated, f"Version {updated.version}: {summary}"), gr.update(value=None)]
 
     updated = [ui.classifier, ui.update_status, ui.card, ui.update_class, ui.support, ui.update_files]
-    ui.update.click(update, [ui.classifier, ui.update_class, ui.update_files], updated, api_name="update")
+    ui.update.click(outputs=ui.update_status, **clear).then(
+        update, [ui.classifier, ui.update_class, ui.update_files], updated, api_name="update"
+    )
 
     @shown
     def download(classifier: Any, include_support: bool):

@@ -93,4 +93,9 @@ def test_build_synthesize_and_classify_in_a_browser(app_server, browser, image_f
     uploaded(page.locator("#try-images"), "notes.png")
     page.locator("#predict").click()
     page.get_by_text("not a PNG, JPEG, TIFF or DICOM image").first.wait_for()  # the error is shown in the page
+    expect(page.locator("#results")).not_to_contain_text(try_image.name)  # and the earlier results are gone
+
+    page.locator("#class-0-name textarea").fill(classes[1][0])  # two classes with one name: synthesis fails
+    page.locator("#synthesize").click()
+    expect(page.locator("#status")).not_to_contain_text("Synthesized")  # no stale success message
     page.close()
