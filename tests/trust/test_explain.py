@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import patch_image
 from PIL import Image
+from trust_testing import patch_image
 
 from sgps_hf import ClassSpec, TaskSpec
 from sgps_hf.trust.explain import gradcam
