@@ -44,14 +44,14 @@ def labelled_folder(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def default_synthesizer():
     from sgps_hf import DEFAULT_CHECKPOINT, SGPSProcessor, SGPSSynthesizer
 
     return SGPSSynthesizer.from_pretrained(DEFAULT_CHECKPOINT), SGPSProcessor.from_pretrained(DEFAULT_CHECKPOINT)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pad_ufes_classifier(default_synthesizer):
     """The bundled synthesizer's 6-class PAD-UFES-20 classifier from 2 images + the clinical text per class."""
     from sgps_testing import real_task
