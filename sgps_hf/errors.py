@@ -36,3 +36,11 @@ class OutputPathError(SGPSError, OSError):
 
 class UsageError(SGPSError, ValueError):
     """A command-line argument or option value is invalid (the message names the option and the fix)."""
+
+
+class AccuracyWarning(UserWarning):
+    """The input is one where synthesized classifiers are known to do poorly (see :mod:`sgps_hf.trust.advice`)."""
+
+
+class NoCoverageGuaranteeWarning(UserWarning):
+    """Prediction sets were asked for, but the classifier has no conformal calibration: no coverage guarantee."""

@@ -11,6 +11,7 @@ import contextvars
 import hashlib
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -18,7 +19,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageLoadError
+from .errors import AccuracyWarning, ImageLoadError
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
 
@@ -210,7 +211,14 @@ def _open_dicom(data: bytes, name: str) -> Image.Image:
             "Export the image uncompressed or as PNG."
         ) from exc
     if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):
-        pixels = pixels[pixels.shape[0] // 2]  # a multi-frame volume: take the middle slice
+        frames = pixels.shape[0]
+        pixels = pixels[frames // 2]  # a multi-frame volume: take the middle slice
+        warnings.warn(
+            f"DICOM {name} holds {frames} frames; only frame {frames // 2 + 1} of {frames} (the middle one) is used. "
+            "Export the frame you mean as its own image to choose another.",
+            AccuracyWarning,
+            stacklevel=2,
+        )
     if pixels.ndim == 2:
         what = f"DICOM {name}"
         _check_size((pixels.shape[1], pixels.shape[0]), what)

@@ -34,6 +34,7 @@ from .models.sgps.classifier import SynthesizedClassifier
 from .models.sgps.image_processing_sgps import SGPSImageProcessor
 from .models.sgps.processing_sgps import SGPSProcessor
 from .task import ClassSpec, TaskSpec
+from .trust.advice import warn_about_task
 from .version import __version__
 
 Additions = Mapping[str, "ImageInput | Sequence[ImageInput]"]
@@ -45,6 +46,7 @@ def synthesize(
 ) -> SynthesizedClassifier:
     """A standalone classifier for ``task`` from ``synthesizer`` (an SGPSSynthesizer) in one forward pass."""
     processor = processor or SGPSProcessor.from_sgps_config(synthesizer.config)
+    warn_about_task(task)  # text-only classes, non-English texts, many classes at one shot
     decoded = [cls.decode_images() for cls in task.classes]
     inputs = processor.prepare_task(task, images=[[image.pixels for image in images] for images in decoded])
     weights = _forward(synthesizer, inputs)

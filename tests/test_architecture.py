@@ -14,6 +14,7 @@ LAYERS = [
     ["task_file", "task", "data"],
     ["body"],
     ["hub"],
+    ["trust"],
     ["models"],
     ["synthesis"],
     ["training"],

@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import CheckpointError, SGPSError
+from ..hub.checkpoints import display_name
 from ..hub.model_card import md_code, md_escape
+from ..trust.advice import task_advice
 from .examples import example_tasks, stage_files
 from .export import ExportArea, export_zip, push_from_app
 from .inputs import ClassRow, build_task
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, SYNTHESIS_LOCK, AppInputError, AppLimits, RequestRunner
-from .prediction import predict_files, predictions_markdown, update_from_app
+from .prediction import predictions_markdown, update_from_app
+from .results_view import classify_uploads, results_html, support_html
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a hospital network
 
@@ -98,14 +101,16 @@ def build_demo(
     examples = example_tasks(data_dir) if show_examples else []
     with gr.Blocks(title="SGPS: synthesize a medical image classifier", analytics_enabled=False) as demo:
         gr.Markdown("# Synthesize a medical image classifier, no training\n" + DISCLAIMER)
-        gr.Markdown(f"Synthesizer: `{handle.name}`")
-        ui = _layout(examples, limits)
-        _wire(ui, ctx, examples)
+        gr.Markdown(f"Synthesizer: {md_code(display_name(handle.name))}")  # never the server's path
+        with gr.Tab("Classification", elem_id="cls-tab"):
+            ui = _layout(examples, limits)
+            _wire(ui, ctx, examples)
         from .segmentation import build_segmentation_tab
 
         build_segmentation_tab()
     demo.queue(default_concurrency_limit=limits.concurrency_limit, max_size=limits.queue_size)
     demo.sgps_stats = ctx.stats
+    demo.sgps_synthesizer_path = handle.name  # for tests: the page must never show it
     demo.sgps_limits = limits
     return demo
 
@@ -212,7 +217,8 @@ def _layout(examples: list, limits: AppLimits) -> _UI:
         w["remove"] = gr.Button("Remove last class", elem_id="remove-class")
     gr.Markdown("## 2. Synthesize")
     w["synthesize"] = gr.Button("Synthesize classifier", variant="primary", elem_id="synthesize")
-    w["status"] = gr.Markdown(elem_id="status")
+    w["status"] = gr.Markdown(elem_id="status", min_height=48)  # room for the progress bar during a synthesis
+    w["support"] = gr.HTML(elem_id="support-thumbnails")
     w["classifier"] = gr.State(None)
     gr.Markdown("## 3. Try images")
     with gr.Row():
@@ -228,12 +234,13 @@ def _layout(examples: list, limits: AppLimits) -> _UI:
     w["outcome"] = gr.Markdown(elem_id="outcome")
     w["label"] = gr.Label(label="Per-class probabilities (first image)", elem_id="probabilities")
     w["table"] = gr.Markdown(elem_id="prediction-table")
+    w["results"] = gr.HTML(elem_id="results")
     gr.Markdown("## 4. Add verified cases and re-synthesize")
     with gr.Row():
         w["update_class"] = gr.Dropdown([], label="Class of the new cases", elem_id="update-class")
         w["update_files"] = gr.File(label="Verified cases", file_count="multiple", elem_id="update-images")
     w["update"] = gr.Button("Add cases and re-synthesize", elem_id="update")
-    w["update_status"] = gr.Markdown(elem_id="update-status")
+    w["update_status"] = gr.Markdown(elem_id="update-status", min_height=48)
     gr.Markdown("## 5. Download or push")
     with gr.Row():
         w["zip_support"] = gr.Checkbox(
@@ -311,18 +318,25 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
         progress(0.3, desc="Synthesizing weights (one forward pass)")
         classifier = ctx.runner.run("Synthesis", _locked(ctx.synth.model.synthesize), task, ctx.synth.processor)
         progress(0.9, desc="Writing the model card")
+        advice = "".join(f"\n\n**Warning:** {md_escape(m)}" for m in task_advice(task))  # where accuracy will be poor
         return _classifier_outputs(
             classifier,
             f"Synthesized **{len(task.classes)}-class** classifier for {md_code(task.name)} "
-            f"from {sum(len(c.images) for c in task.classes)} image(s).",
+            f"from {sum(len(c.images) for c in task.classes)} image(s).{advice}",
         )
 
-    outputs = [ui.classifier, ui.status, ui.card, ui.update_class]
-    ui.synthesize.click(synthesize, [ui.task_name, ui.modality, *rows], outputs, api_name="synthesize")
+    outputs = [ui.classifier, ui.status, ui.card, ui.update_class, ui.support]
+    clear = {"fn": lambda: "", "inputs": None, "api_visibility": "private", "queue": False}  # no stale message
+    ui.synthesize.click(outputs=ui.status, **clear).then(
+        synthesize, [ui.task_name, ui.modality, *rows], outputs, api_name="synthesize"
+    )
 
     @shown
     def predict(classifier: Any, files: Any, threshold: float):
-        results = ctx.runner.run("Classification", predict_files, classifier, files, threshold, ctx.limits, ctx.roots)
+        shown_results = ctx.runner.run(
+            "Classification", classify_uploads, classifier, files, threshold, ctx.limits, ctx.roots
+        )
+        results = [r.prediction for r in shown_results if r.prediction is not None]
         first = results[0]
         headline = (
             f"**{md_escape(first.file)}: uncertain**: top class {md_code(first.top_label)} has {first.top_probability:.2f} "
@@ -330,11 +344,16 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
             if first.abstained
             else f"**{md_escape(first.file)}: {md_escape(first.top_label)}** ({first.top_probability:.2f})."
         )
-        return headline, first.probabilities, predictions_markdown(results)
+        failed = [r for r in shown_results if r.error is not None]
+        if failed:
+            headline += f" {len(failed)} file(s) could not be read (see below); the others were classified."
+        table = predictions_markdown(results)
+        return headline, first.probabilities, table, results_html(shown_results)
 
+    predicted = [ui.outcome, ui.label, ui.table, ui.results]
     ui.predict.click(
-        predict, [ui.classifier, ui.try_files, ui.threshold], [ui.outcome, ui.label, ui.table], api_name="predict"
-    )
+        lambda: [None, None, "", ""], None, predicted, api_visibility="private", queue=False
+    ).then(predict, [ui.classifier, ui.try_files, ui.threshold], predicted, api_name="predict")
 
     @shown
     def update(classifier: Any, class_name: str, files: Any, progress: gr.Progress = gr.Progress()):
@@ -344,8 +363,9 @@ def _wire(ui: _UI, ctx: _Context, examples: list) -> None:
         summary = updated.info["history"][-1]["summary"]
         return [*_classifier_outputs(updated, f"Version {updated.version}: {summary}"), gr.update(value=None)]
 
-    ui.update.click(
-        update, [ui.classifier, ui.update_class, ui.update_files], [*outputs, ui.update_files], api_name="update"
+    updated = [ui.classifier, ui.update_status, ui.card, ui.update_class, ui.support, ui.update_files]
+    ui.update.click(outputs=ui.update_status, **clear).then(
+        update, [ui.classifier, ui.update_class, ui.update_files], updated, api_name="update"
     )
 
     @shown
@@ -409,7 +429,8 @@ def _classifier_outputs(classifier: Any, message: str) -> list:
     from ..hub.model_card import classifier_card
 
     card = classifier_card(classifier).text
-    return [classifier, message, card, gr.update(choices=classifier.label_names, value=classifier.label_names[0])]
+    # no default class for new cases: the user must choose (a default once added cases to the wrong class)
+    return [classifier, message, card, gr.update(choices=classifier.label_names, value=None), support_html(classifier)]
 
 
 def _locked(fn: Callable) -> Callable:

@@ -17,7 +17,6 @@ from ..errors import SGPSError
 from .commands import (
     register_demo,
     register_evaluate,
-    register_predict,
     register_push,
     register_quickstart,
     register_synthesize,
@@ -25,7 +24,10 @@ from .commands import (
     register_update,
 )
 from .data import register_data
+from .predict import register as register_predict
 from .segment import register as register_segment
+from .trust import register as register_trust
+from .trust import warnings_as_lines
 
 # --------------------------------------------------------------------------------------------------
 # Entry point
@@ -41,6 +43,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_update,
     register_demo,
     register_evaluate,
+    register_trust,
     register_segment,
 ]
 
@@ -76,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_handler(handler: Callable[[argparse.Namespace], Any], args: argparse.Namespace, debug: bool = False) -> int:
     """Call one command's handler and turn any exception into one ``sgps: error: ...`` line and an exit status."""
     try:
-        return int(handler(args) or 0)
+        with warnings_as_lines():
+            return int(handler(args) or 0)
     except KeyboardInterrupt:
         if debug:
             raise

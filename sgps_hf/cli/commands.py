@@ -85,24 +85,6 @@ def _synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_predict(subparsers: argparse._SubParsersAction) -> None:
-    predict = subparsers.add_parser("predict", help="classify images with a synthesized classifier")
-    predict.add_argument("--classifier", required=True, help="classifier folder or Hub id")
-    predict.add_argument("images", nargs="+", help="image files")
-    predict.add_argument("--top-k", type=int, default=3)
-    predict.set_defaults(handler=_predict)
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from ..models.sgps.classifier import SynthesizedClassifier
-
-    classifier = SynthesizedClassifier.from_pretrained(args.classifier)
-    for path, probs in zip(args.images, classifier.predict(args.images), strict=False):
-        top = sorted(probs.items(), key=lambda kv: -kv[1])[: args.top_k]
-        print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
-    return 0
-
-
 def register_push(subparsers: argparse._SubParsersAction) -> None:
     push = subparsers.add_parser("push", help="upload a saved classifier to a Hub repo (respects HF_ENDPOINT)")
     push.add_argument("--classifier", required=True, help="classifier folder")

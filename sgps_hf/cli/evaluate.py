@@ -175,6 +175,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
     from ..evaluation.benchmark import run_benchmark
     from ..evaluation.report import render_markdown, write_plots
     from ..evaluation.subgroups import subgroup_metadata
+    from ..evaluation.trust_benchmark import SUBGROUP_TASK, subgroup_audit_task
     from ..hub.checkpoints import DEFAULT_CHECKPOINT
     from ..models.sgps.modeling_sgps import SGPSSynthesizer
     from ..training.pools import training_pools
@@ -192,6 +193,11 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
         args.split or ("held_out" if args.data_dir is None else None),
         args.data_dir if args.split else None,
     )
+    if subgroups.get("available") and SUBGROUP_TASK in subgroups.get("columns", {}):
+        from ..models.sgps.processing_sgps import SGPSProcessor
+
+        processor = SGPSProcessor.from_pretrained(synthesizer_path)
+        subgroups["audit"] = subgroup_audit_task(synthesizer, processor, shots=5, seed=args.seed)
     results = run_benchmark(synthesizer, eval_pools, train_pools, val_pools, _bench_config(args), subgroups)
     command = "python scripts/run_benchmark.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     results["run"] = {

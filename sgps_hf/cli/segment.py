@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,18 @@ def register(subparsers: Any) -> None:
     predict = commands.add_parser("predict", help="segment images with a saved segmenter, writing PNG masks (0/255)")
     predict.add_argument("--segmenter", required=True, help="segmenter folder or Hub id")
     predict.add_argument("--out-dir", required=True, help="folder for the <image stem>_mask.png files")
-    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("images", nargs="+", help="image files, folders or quoted glob patterns")
+    predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png (mask tinted red)")
     predict.set_defaults(handler=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="Dice / IoU per image on your own labelled folder, with overlays of the worst cases"
+    )
+    evaluate.add_argument("--segmenter", required=True, help="segmenter folder or Hub id")
+    evaluate.add_argument("--data", required=True, help="folder with images/<stem>.* and masks/<label>/<stem>.png")
+    evaluate.add_argument("--out", default="segmenter-evaluation", help="report folder (new or an earlier report)")
+    evaluate.add_argument("--worst", type=int, default=5, help="how many worst cases to show as overlays")
+    evaluate.set_defaults(handler=_evaluate)
 
     push = commands.add_parser("push", help="upload a saved segmenter to a Hub repo (respects HF_ENDPOINT)")
     push.add_argument("--segmenter", required=True, help="segmenter folder")
@@ -60,18 +71,36 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
+    from ..evaluation.seg_own_cases import segment_files
     from ..models.sgps_seg.segmenter import SynthesizedSegmenter
+    from ..trust.batch import expand_inputs
 
     segmenter = SynthesizedSegmenter.from_pretrained(args.segmenter)
+    files = expand_inputs(args.images)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for path, mask in zip(args.images, segmenter.predict(args.images), strict=False):
-        target = out / f"{Path(path).stem}_mask.png"
-        Image.fromarray(mask.astype(np.uint8) * 255).save(target)
-        print(f"{path}: {mask.mean():.4f} foreground ({segmenter.label}) -> {target}")
+    rows = segment_files(segmenter, files, out, overlay=args.overlay, progress=len(files) > 20)
+    for row in rows:
+        if row["error"]:
+            print(f"{row['file']}\tERROR: {row['error']}")
+        else:
+            print(f"{row['file']}\t{row['foreground']:.4f} foreground ({segmenter.label}) -> {row['mask']}")
+    failed = sum(1 for r in rows if r["error"])
+    if failed:
+        print(f"sgps: {failed} of {len(rows)} file(s) could not be segmented (see the ERROR lines).", file=sys.stderr)
+    return 2 if failed == len(rows) else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation.seg_own_cases import evaluate_segmenter, write_seg_report
+    from ..models.sgps_seg.segmenter import SynthesizedSegmenter
+    from ..trust.report import check_report_folder
+
+    check_report_folder(args.out)
+    segmenter = SynthesizedSegmenter.from_pretrained(args.segmenter)
+    result = evaluate_segmenter(segmenter, args.data)
+    report = write_seg_report(result, args.out, worst=args.worst)
+    print(f"{result['num_images']} images: Dice {result['dice']:.3f}, IoU {result['iou']:.3f}. Report: {report}")
     return 0
 
 

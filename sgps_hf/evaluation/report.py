@@ -135,7 +135,12 @@ def _shift_section(shift: dict[str, Any], plots: dict[str, str]) -> list[str]:
 def _subgroup_section(groups: dict[str, Any]) -> list[str]:
     if not groups.get("available"):
         return ["## Subgroups", "", f"Not reported: {groups.get('reason', 'no subgroup metadata')}.", ""]
-    return ["## Subgroups", "", f"Subgroup columns found: {groups['columns']}. {groups.get('note', '')}", ""]
+    lines = ["## Subgroups", "", f"Subgroup columns found: {groups['columns']}. {groups.get('note', '')}", ""]
+    if groups.get("audit"):
+        from .trust_benchmark import subgroup_audit_lines
+
+        lines += subgroup_audit_lines(groups["audit"])[1:]  # under this section's own heading
+    return lines
 
 
 def _speed_section(speed: dict[str, Any]) -> list[str]:

@@ -46,7 +46,8 @@ def subgroup_metadata(
     return {
         "available": True,
         "columns": found,
-        "note": "subgroup columns were found; per-subgroup accuracy is not computed by this version of the benchmark",
+        "note": "per-subgroup accuracy and calibration are computed for the held-out PAD-UFES-20 task (its "
+        "metadata.csv) with the code of `sgps evaluate-classifier --subgroups`; other tasks' columns are listed only",
     }
 
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import html
+import math
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .card_trust import trust_view
 from .checkpoints import display_name, is_hub_id
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 LICENSE = "apache-2.0"
+#: Metrics of an evaluation on the user's own cases that go into a classifier card's model-index (when measured).
+USER_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")
 
 
 # -- escaping: names and texts come from users (and from files others may have edited) ---------------------------
@@ -91,6 +95,7 @@ def user_eval_results(
             metric_value=round(float(metrics[name]), 4),
         )
         for name in names
+        if isinstance(metrics.get(name), (int, float)) and math.isfinite(metrics[name])
     ]
 
 
@@ -106,7 +111,7 @@ def classifier_card(classifier: Any, repo_id: str | None = None, support_include
         support_included = classifier.support is not None and bool(info.get("support"))
     task = info["task"]
     eval_results = user_eval_results(
-        "image-classification", task["name"], info.get("metrics"), ("accuracy", "macro_f1")
+        "image-classification", task["name"], info.get("metrics"), USER_METRICS
     )
     card_data = ModelCardData(
         library_name="timm",
@@ -148,6 +153,7 @@ def classifier_card(classifier: Any, repo_id: str | None = None, support_include
         "weights_sha256": md_code(info.get("weights_sha256", "")),
         "interpolation": html_escape(info["data_config"]["interpolation"]),
     }
+    view.update(trust_view(info, md_escape))
     return ModelCard.from_template(
         card_data,
         template_path=str(_template("classifier.md.j2")),

@@ -65,6 +65,7 @@ def test_build_synthesize_and_classify_in_a_browser(app_server, browser, image_f
     page.locator("#class-2-name textarea").wait_for(state="visible")  # a third (empty) class slot appears
     page.locator("#synthesize").click()
     expect(page.locator("#status")).to_contain_text("Synthesized 2-class classifier")
+    expect(page.locator("#support-thumbnails img")).to_have_count(4)  # the support images, as pictures per class
     page.get_by_text("Model card").first.click()  # the accordion renders the generated card
     expect(page.locator("#model-card")).to_contain_text("Support images and privacy")
 
@@ -76,6 +77,11 @@ def test_build_synthesize_and_classify_in_a_browser(app_server, browser, image_f
     assert any(name in outcome.inner_text() for name in ("melanoma", "nevus", "uncertain"))
     probabilities = page.locator("#probabilities").inner_text()
     assert "melanoma" in probabilities and "nevus" in probabilities and "%" in probabilities
+    # results as pictures: one card per image with its saliency overlay, the outcome and the top classes as bars
+    expect(page.locator("#results .sgps-card img").first).to_be_visible()
+    expect(page.locator("#results .sgps-card")).to_contain_text(try_image.name)
+    assert "coverage guarantee" in page.locator("#results").inner_text()
+    assert str(app_server[0].sgps_synthesizer_path) not in page.content()  # no server path in the page
     screenshot = tmp_path / "demo-app.png"
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 20_000
@@ -87,4 +93,9 @@ def test_build_synthesize_and_classify_in_a_browser(app_server, browser, image_f
     uploaded(page.locator("#try-images"), "notes.png")
     page.locator("#predict").click()
     page.get_by_text("not a PNG, JPEG, TIFF or DICOM image").first.wait_for()  # the error is shown in the page
+    expect(page.locator("#results")).not_to_contain_text(try_image.name)  # and the earlier results are gone
+
+    page.locator("#class-0-name textarea").fill(classes[1][0])  # two classes with one name: synthesis fails
+    page.locator("#synthesize").click()
+    expect(page.locator("#status")).not_to_contain_text("Synthesized")  # no stale success message
     page.close()

@@ -61,7 +61,7 @@ def client(app_server, image_files):
 
 
 def test_predict_gives_probabilities_and_abstains_below_threshold(client, image_files):
-    outcome, label, table = client.predict(
+    outcome, label, table, cards = client.predict(
         [handle_file(str(image_files["png2"])), handle_file(str(image_files["dicom_noext"]))], 0.0, api_name="/predict"
     )
     probs = {c["label"]: c["confidence"] for c in label["confidences"]}
@@ -70,9 +70,21 @@ def test_predict_gives_probabilities_and_abstains_below_threshold(client, image_
     assert label["label"] == top and outcome == f"**second.png: {top}** ({probs[top]:.2f})."
     assert table.count("\n") == 3 and "IM0001" in table and "uncertain" not in table
     assert probs[top] < 1.0
+    assert cards.count('class="sgps-card"') == 2 and f"second.png: {top}</b>" in cards
+    assert cards.count('alt="saliency overlay"') == 2  # one Grad-CAM overlay per image
     threshold = (probs[top] + 1.0) / 2
-    outcome, _, table = client.predict([handle_file(str(image_files["png2"]))], threshold, api_name="/predict")
+    files = [handle_file(str(image_files["png2"]))]
+    outcome, _, table, cards = client.predict(files, threshold, api_name="/predict")
     assert outcome.startswith("**second.png: uncertain**") and f"below {threshold:.2f}" in table
+    assert "second.png: uncertain</b> (top class " in cards
+
+
+def test_one_bad_file_is_reported_and_the_others_classified(client, image_files):
+    files = [handle_file(str(image_files["png2"])), handle_file(str(image_files["text"]))]
+    outcome, _, table, cards = client.predict(files, 0.0, api_name="/predict")
+    assert "1 file(s) could not be read" in outcome and table.count("\n") == 2
+    assert cards.count('alt="saliency overlay"') == 1 and "<b>notes.png</b>: not classified:" in cards
+    assert "not a PNG, JPEG, TIFF or DICOM image" in cards
 
 
 def test_invalid_uploads_get_a_message(client, image_files):
@@ -100,7 +112,7 @@ def test_update_download_and_reload(client, image_files, tmp_path):
     assert loaded.version == 2 and [v["version"] for v in loaded.versions] == [1]
     assert (tmp_path / "derm" / "versions" / "v1" / "sgps_task.json").is_file()
     assert sum(len(v) for v in loaded.support.values()) == 5
-    _, label, _ = client.predict([handle_file(str(image_files["png2"]))], 0.0, api_name="/predict")
+    _, label, *_ = client.predict([handle_file(str(image_files["png2"]))], 0.0, api_name="/predict")
     local = loaded.predict([image_files["png2"]])[0]
     assert {c["label"]: c["confidence"] for c in label["confidences"]} == pytest.approx(local, abs=1e-6)
     without = Path(client.predict(False, api_name="/download"))
@@ -138,7 +150,7 @@ def test_50_concurrent_predictions(client, app_server, image_files):
     files = [image_files[k] for k in ("png", "jpeg", "tiff", "dicom", "png_gray")]
     jobs = [client.submit([handle_file(str(files[i % len(files)]))], 0.5, api_name="/predict") for i in range(50)]
     results = [job.result(timeout=120) for job in jobs]
-    for outcome, label, table in results:
+    for outcome, label, *_ in results:
         assert len(label["confidences"]) == 3 and outcome.startswith("**")
     assert demo.sgps_stats.internal_errors == before
 
@@ -217,7 +229,7 @@ def test_example_task_is_one_click_away(app_server):
     classes = [(name, text, [Path(f) for f in files]) for name, text, files in filled]
     status = session.predict(*synth_args(classes, task_name, modality), api_name="/synthesize")
     assert status[0].startswith("Synthesized **3-class** classifier")
-    _, label, _ = session.predict([handle_file(f) for f in try_images], 0.0, api_name="/predict")
+    _, label, *_ = session.predict([handle_file(f) for f in try_images], 0.0, api_name="/predict")
     assert {c["label"] for c in label["confidences"]} == {"actinic_keratosis", "basal_cell_carcinoma", "melanoma"}
 
 
@@ -251,6 +263,7 @@ def test_sgps_demo_command_serves_the_app(tiny_synth_dir, monkeypatch):
         )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         body = opener.open(f"http://127.0.0.1:{port}/config", timeout=30).read().decode()
-        assert "Synthesize a medical image classifier" in body and str(tiny_synth_dir) in body
+        assert "Synthesize a medical image classifier" in body and "local folder synth" in body
+        assert str(tiny_synth_dir) not in body  # the server's path is never shown
     finally:
         built[0].close()

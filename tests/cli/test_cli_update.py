@@ -85,7 +85,7 @@ def test_synthesize_update_predict(workspace, capsys):
 
     assert main(["predict", "--classifier", str(out), str(new[0]), "--top-k", "2"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith(f"{new[0]}: ") and line.count(",") == 1
+    assert line.startswith(f"{new[0]}\t") and line.count(",") == 1  # file, a tab, then the top 2 classes
 
 
 def test_update_to_another_folder_and_user_errors(workspace, capsys, tmp_path):

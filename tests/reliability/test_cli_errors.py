@@ -52,9 +52,11 @@ def test_a_bad_task_file_and_a_bad_image(capsys, classifier_dir, tmp_path):
         capsys, ["synthesize", "--task", str(tmp_path / "task.yaml"), "--out", str(tmp_path / "o")]
     )
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
-    assert "broken.png" in one_line_error(
-        capsys, ["predict", "--classifier", str(classifier_dir), str(tmp_path / "broken.png")]
-    )
+    # A bad image is an error row (the other images would go on); only bad files: status 2 and one summary line.
+    assert main(["predict", "--classifier", str(classifier_dir), str(tmp_path / "broken.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{tmp_path / 'broken.png'}\tERROR: ") and "broken.png" in captured.out[20:]
+    assert captured.err.strip() == "sgps: 1 of 1 file(s) could not be classified (see their error rows)."
 
 
 @pytest.mark.parametrize(
@@ -71,11 +73,11 @@ def test_a_full_disk_or_read_only_folder_during_a_save(capsys, classifier_dir, t
         raise OSError(code, os.strerror(code), str(tmp_path / "out" / "model.safetensors"))
 
     monkeypatch.setattr(SynthesizedClassifier, "save_pretrained", failing_save)
-    import sgps_hf.cli.commands as commands
+    import sgps_hf.cli.predict as predict
 
     monkeypatch.setattr(
-        commands,
-        "_predict",
+        predict,
+        "run",
         lambda args: SynthesizedClassifier.from_pretrained(args.classifier).save_pretrained(tmp_path / "out"),
     )
     err = one_line_error(capsys, ["predict", "--classifier", str(classifier_dir), "x.png"])
@@ -90,9 +92,9 @@ def test_a_bad_repo_id_on_push(capsys, classifier_dir):
 
 
 def test_a_bug_is_one_line_with_status_1(capsys, monkeypatch):
-    import sgps_hf.cli.commands as commands
+    import sgps_hf.cli.predict as predict
 
-    monkeypatch.setattr(commands, "_predict", lambda args: {}["missing"])
+    monkeypatch.setattr(predict, "run", lambda args: {}["missing"])
     err = one_line_error(capsys, ["predict", "--classifier", "x", "y.png"], status=1)
     assert "--debug" in err
 

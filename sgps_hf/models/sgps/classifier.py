@@ -101,21 +101,91 @@ class SynthesizedClassifier:
         probs = self.predict_proba(images, batch_size)
         return [dict(zip(self.label_names, row.tolist(), strict=False)) for row in probs]
 
-    def evaluate(self, labelled_images: Mapping[str, Sequence[ImageInput]]) -> dict[str, float]:
-        """Accuracy and macro-F1 on labelled images ``{class name: [images]}``; stored for the model card."""
-        from ...metrics import classification_metrics
+    def evaluate(
+        self,
+        data: Any,
+        subgroups: Sequence[str] = (),
+        report_dir: str | os.PathLike | None = None,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """Evaluate on your own labelled cases; the numbers are stored for the model card (``info["metrics"]``).
 
-        unknown = set(labelled_images) - set(self.label_names)
-        if unknown:
-            raise ValueError(f"Unknown classes {sorted(unknown)}; this classifier knows {self.label_names}.")
-        images, labels = [], []
-        for name, items in labelled_images.items():
-            images.extend(items)
-            labels.extend([self.label_names.index(name)] * len(items))
-        probs = self.predict_proba(images)
-        metrics = classification_metrics(probs.numpy(), labels, num_classes=len(self.label_names))
-        self.info["metrics"] = {**metrics, "num_images": len(images)}
-        return metrics
+        ``data``: an imagefolder folder (``<class>/<image>``, optionally with a ``metadata.csv``), a
+        ``datasets.Dataset`` or ``{class name: [images]}``. ``subgroups``: metadata columns to audit per subgroup.
+        ``report_dir``: also write report.md, results.json, predictions.csv and the confusion-matrix and
+        reliability PNGs there. Returns the summary: accuracy and balanced accuracy (with 95 % intervals),
+        macro-F1, AUROC, ECE (and per-subgroup accuracy). The full report is
+        :func:`sgps_hf.trust.own_cases.evaluate_classifier`.
+        """
+        from ...trust.own_cases import evaluate_classifier
+        from ...trust.report import write_report
+
+        evaluation = evaluate_classifier(self, data, subgroups, batch_size=batch_size, progress=progress)
+        if report_dir is not None:
+            write_report(evaluation, report_dir)
+        summary = evaluation.summary()
+        self.info["metrics"] = {**summary, "num_images": evaluation.scores["num_images"]}
+        return summary
+
+    def calibrate_conformal(
+        self, data: Any, coverage: float = 0.9, method: str = "lac", batch_size: int = 64, progress: bool = False
+    ) -> dict[str, Any]:
+        """Calibrate split-conformal prediction sets on your own labelled cases (see :mod:`sgps_hf.trust.conformal`).
+
+        ``data`` as for :meth:`evaluate`: cases the classifier was not synthesized from, from the population it will
+        be used on. Stores the calibration in ``info["conformal"]`` (saved with the folder and stated in the card);
+        :meth:`predict_sets` then returns sets that hold the true class with probability >= ``coverage``.
+        """
+        from ...trust.conformal import fit_conformal
+        from ...trust.own_cases import USER_DATA, load_cases, predict_cases, support_overlap
+
+        cases = load_cases(data, self.label_names)
+        support_overlap(self, cases, "calibration")
+        probs = predict_cases(self, cases.images, batch_size=batch_size, progress=progress)
+        calibration = {**fit_conformal(probs, cases.labels, coverage, method), "data": USER_DATA}
+        self.info["conformal"] = calibration
+        return dict(calibration)
+
+    def predict_sets(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> list[dict[str, Any]]:
+        """For each image: ``probabilities`` (label -> probability), ``prediction_set`` (labels, most probable first)
+        and ``coverage`` (the guaranteed probability that the set holds the true class).
+
+        Without a conformal calibration (:meth:`calibrate_conformal`) no guarantee holds: ``prediction_set`` and
+        ``coverage`` are None and a ``NoCoverageGuaranteeWarning`` says so.
+        """
+        from ...trust.advice import warn_once
+        from ...trust.conformal import prediction_sets, read_calibration
+
+        calibration = read_calibration(self.info, len(self.label_names))
+        probs = self.predict_proba(images, batch_size)
+        if calibration is None:
+            warn_once(
+                "no_coverage",
+                "This classifier has no conformal calibration: no prediction set comes with a coverage guarantee. "
+                "Calibrate it on labelled cases of your own with calibrate_conformal (or sgps calibrate).",
+            )
+            sets: list[list[int] | None] = [None] * len(probs)
+        else:
+            sets = prediction_sets(probs.numpy(), calibration)
+        return [
+            {
+                "probabilities": dict(zip(self.label_names, row.tolist(), strict=True)),
+                "prediction_set": None if chosen is None else [self.label_names[c] for c in chosen],
+                "coverage": None if calibration is None else calibration["coverage"],
+            }
+            for row, chosen in zip(probs, sets, strict=True)
+        ]
+
+    def explain(
+        self, images: ImageInput | Sequence[ImageInput], labels: Sequence[str | None] | None = None
+    ) -> list[Any]:
+        """A Grad-CAM saliency map per image (:class:`sgps_hf.trust.explain.Explanation`: ``heatmap``, ``label``,
+        ``probability``, ``overlay(image)``), for ``labels[i]`` or, by default, the predicted class."""
+        from ...trust.explain import explain
+
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        return explain(self, images, labels)
 
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(

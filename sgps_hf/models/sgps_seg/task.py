@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ...errors import ImageLoadError, InvalidTaskError
+from ...errors import AccuracyWarning, ImageLoadError, InvalidTaskError
 from ...imaging import IMAGE_SUFFIXES, image_fingerprint
 from .processing_sgps_seg import load_mask, load_rgb, mask_fingerprint
 
@@ -141,5 +142,14 @@ def _folder_examples(folder: Path, label: str | None) -> tuple[str, list[tuple[P
         raise InvalidTaskError(
             f"Masks without an image of the same stem in {images_dir}: {', '.join(unmatched[:5])}; add the image "
             "(images/<stem>.png|jpg) or remove the mask."
+        )
+    used = {image.stem for image, _ in pairs}
+    dropped = [path.name for stem, path in images.items() if stem not in used]
+    if dropped:
+        warnings.warn(
+            f"{len(dropped)} image(s) in {images_dir.name}/ have no mask in masks/{label}/ and are left out of the "
+            f"task ({', '.join(dropped[:5])}{', ...' if len(dropped) > 5 else ''}); add their masks to use them.",
+            AccuracyWarning,
+            stacklevel=3,
         )
     return label, pairs

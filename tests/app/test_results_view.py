@@ -1,0 +1,60 @@
+"""The app's results view: one card per image (overlay, headline, bars), a bad file reported, no default class."""
+
+from __future__ import annotations
+
+import pytest
+from sgps_testing import tiny_synthesizer
+
+from sgps_hf import ClassSpec, TaskSpec
+from sgps_hf.app.limits import AppInputError
+from sgps_hf.app.results_view import classify_uploads, results_html
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture(scope="module")
+def classifier(image_files):
+    task = TaskSpec(
+        [
+            ClassSpec("<b>melanoma</b>", "dark irregular lesion", [image_files["png"]]),
+            ClassSpec("nevus", "round brown macule", [image_files["jpeg"]]),
+        ]
+    )
+    return tiny_synthesizer(seed=0).synthesize(task)
+
+
+def test_cards_gallery_and_a_bad_file(classifier, image_files):
+    files = [image_files["png2"], image_files["text"], image_files["tiff"]]
+    results = classify_uploads(classifier, files, 0.0)
+    assert [r.error is None for r in results] == [True, False, True] and "not a PNG" in results[1].error
+    assert results[0].overlay.size == (224, 224) and results[1].overlay is None
+    page = results_html(results)
+    assert page.count('class="sgps-card"') == 2 and page.count('class="sgps-error"') == 1
+    assert page.count("data:image/png;base64,") == 2  # the overlay in each card
+    assert "<b>melanoma</b>" not in page and "&lt;b&gt;melanoma&lt;/b&gt;" in page  # class names stay text
+    assert "no coverage guarantee" in page
+
+
+def test_uncertain_is_the_headline_and_all_bad_is_an_error(classifier, image_files):
+    (result,) = classify_uploads(classifier, [image_files["png2"]], 1.0, explain=False)
+    assert result.prediction.abstained and result.overlay is None
+    assert "second.png: uncertain</b>" in results_html([result])
+    with pytest.raises(AppInputError, match="not a PNG"):
+        classify_uploads(classifier, [image_files["text"]], 0.5)
+    with pytest.raises(AppInputError, match="synthesize one first"):
+        classify_uploads(None, [image_files["png2"]], 0.5)
+
+
+def test_new_cases_have_no_default_class(classifier):
+    from sgps_hf.app.ui import _classifier_outputs
+
+    update = _classifier_outputs(classifier, "done")[3]
+    assert update["choices"] and update["value"] is None
+
+
+def test_support_thumbnails_per_class(classifier):
+    from sgps_hf.app.results_view import support_html
+
+    page = support_html(classifier)
+    assert page.count('alt="saliency overlay"') == 0 and page.count("data:image/png;base64,") == 2
+    assert "&lt;b&gt;melanoma&lt;/b&gt;" in page and "nevus" in page
