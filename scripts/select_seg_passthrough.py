@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 torch.set_num_threads(1)
 from sgps_hf import DEFAULT_SEG_CHECKPOINT, SGPSSegSynthesizer
-from sgps_hf.data.segmentation import EpisodeSampler, load_seg_dataset, seg_splits, task_arrays
+from sgps_hf.data.segmentation import SegEpisodeSampler, load_seg_dataset, seg_splits, task_arrays
 from sgps_hf.evaluation.segmentation import panet_predict
 from sgps_hf.training.seg_meta_train import FeatureBank, dice_scores
 
@@ -115,7 +115,7 @@ for lam in [0.3, 0.645]:
     variants[("raw0123", "ridge", lam, 1.0)] = []
     variants[("cat0123", "ridge", lam, 4.0)] = []
 ks = [1, 2, 5, 8]
-sampler = EpisodeSampler({n: len(a) for n, a in tasks.items()}, (1, 8), 8, 2024)
+sampler = SegEpisodeSampler({n: len(a) for n, a in tasks.items()}, (1, 8), 8, 2024)
 res = {}
 dec_cache = {}
 for task in sorted(tasks):

@@ -88,3 +88,11 @@ def dice_iou(
     if per_image:
         out["dice_per_image"], out["iou_per_image"] = dice["per_image"], iou["per_image"]
     return out
+
+
+def dice_per_image(predictions: Sequence[Any], references: Sequence[Any]) -> list[float]:
+    """Per-image Dice of binary masks (arrays or tensors, ``(H, W)`` each) through the packaged ``evaluate`` module:
+    the one Dice of the project (training, head selection and benchmarks alike)."""
+    preds = [np.asarray(p, dtype=bool) for p in predictions]
+    refs = [np.asarray(r, dtype=bool) for r in references]
+    return load_metric("dice").compute(predictions=preds, references=refs)["per_image"]
