@@ -8,17 +8,14 @@ meet only in the final 1x1 classifier (see ``modeling_sgps_seg``).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
-
-if TYPE_CHECKING:
-    from .modeling_sgps_seg import SGPSSegSynthesizer
+from torch import Tensor, nn
 
 
-def widen_state_dict(synthesizer: "SGPSSegSynthesizer", state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The learned decoder's state embedded in the ``hidden_size + R`` wide UperNet with the raw block beside it.
+def widen_state_dict(synthesizer: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The learned decoder's state ``state`` of ``synthesizer`` (an ``SGPSSegSynthesizer``) embedded in the
+    ``hidden_size + R`` wide UperNet with the raw block beside it.
 
     Learned channels keep their weights (zero cross-connections); raw channel ``r`` of stage ``l`` is
     ``relu(P_l x + b_l)`` in the lateral conv of ``l`` (the pyramid bottleneck's centre tap for the last stage),
