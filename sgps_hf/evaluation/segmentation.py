@@ -86,7 +86,13 @@ def mean_mask_predict(bank: FeatureBank, episode: SegEpisode) -> torch.Tensor:
 
 
 def finetune_predict(
-    model: SGPSSegSynthesizer, bank: FeatureBank, episode: SegEpisode, steps: int, lr: float, init_head: bool, seed: int
+    model: SGPSSegSynthesizer,
+    bank: FeatureBank,
+    episode: SegEpisode,
+    steps: int,
+    lr: float,
+    init_head: bool,
+    seed: int,
 ) -> torch.Tensor:
     """Fine-tune a copy of the decoder + 1x1 classifier on the K examples (mirrored too), then segment the queries.
 
@@ -151,7 +157,8 @@ def run_seg_benchmark(
     """``{"per_task": {task: {method: {k: {"dice", "iou", "n"}}}}, "timing_s": {method: seconds per episode}}``."""
     model.eval()
     bank = bank or FeatureBank(model, tasks, mirrored=True, dtype=torch.float32)
-    sampler = SegEpisodeSampler({n: len(a) for n, a in tasks.items()}, (1, max(config.ks)), config.n_query, config.seed)
+    task_sizes = {n: len(a) for n, a in tasks.items()}
+    sampler = SegEpisodeSampler(task_sizes, (1, max(config.ks)), config.n_query, config.seed)
     methods: dict[str, Callable[[SegEpisode, int], torch.Tensor]] = {
         "synthesizer": lambda ep, i: synth_predict(model, bank, ep),
         "synthesizer-prototype": lambda ep, i: synth_predict(model, bank, ep, head="prototype"),

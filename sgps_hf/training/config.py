@@ -141,7 +141,9 @@ def add_arguments(parser: argparse.ArgumentParser, config_class: type = Training
         kind = str(f.type)
         # SUPPRESS: a flag not given leaves no attribute, so `--max-minutes none` can override a file's value.
         if kind.startswith("dict"):
-            parser.add_argument(flag, metavar="JSON", type=json.loads, default=argparse.SUPPRESS, help=f"{f.name} as JSON")
+            parser.add_argument(
+                flag, metavar="JSON", type=json.loads, default=argparse.SUPPRESS, help=f"{f.name} as JSON"
+            )
         elif kind.startswith("list["):
             parser.add_argument(
                 flag, nargs="+", type=int if kind.startswith("list[int]") else str, default=argparse.SUPPRESS
