@@ -18,7 +18,7 @@ import torch
 
 from sgps_hf import DEFAULT_SEG_CHECKPOINT, SGPSSegConfig, SGPSSegSynthesizer
 from sgps_hf.data.segmentation import load_seg_dataset, seg_splits, task_arrays
-from sgps_hf.evaluation.segmentation import BenchmarkConfig, paired_difference, run_benchmark, summarize
+from sgps_hf.evaluation.segmentation import SegBenchmarkConfig, paired_difference, run_seg_benchmark, summarize
 
 
 def main() -> None:
@@ -54,13 +54,15 @@ def main() -> None:
         SGPSSegConfig(**{k: getattr(model.config, k) for k in ("backbone", "hidden_size", "image_size", "head")}),
         seed=0,
     ).eval()
-    config = BenchmarkConfig(
-        ks=args.ks, episodes=args.episodes, panet_levels=args.panet_levels, finetune_episodes=args.finetune_episodes
+    config = SegBenchmarkConfig(
+        ks=args.ks,
+        episodes=args.episodes,
+        panet_levels=args.panet_levels,
+        finetune_episodes=args.finetune_episodes,
+        **({"methods": args.methods} if args.methods else {}),
     )
-    if args.methods:
-        config.methods = args.methods
     started = time.time()
-    result = run_benchmark(model, tasks, config, imagenet_model=imagenet)
+    result = run_seg_benchmark(model, tasks, config, imagenet_model=imagenet)
     result["summary"] = summarize(result["per_task"], config.ks, config.bootstrap)
     present = next(iter(result["per_task"].values()))
     result["paired"] = {

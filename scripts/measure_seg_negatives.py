@@ -23,12 +23,12 @@ from sgps_hf import DEFAULT_SEG_CHECKPOINT, SGPSSegSynthesizer
 
 def plain(model, episodes: int, ks: list[int]) -> dict:
     from sgps_hf.data.segmentation import load_seg_dataset, seg_splits, task_arrays
-    from sgps_hf.evaluation.segmentation import BenchmarkConfig, run_benchmark
+    from sgps_hf.evaluation.segmentation import SegBenchmarkConfig, run_seg_benchmark
 
     split = seg_splits()["held_out"]
     tasks = task_arrays(load_seg_dataset(tasks=split), split)
-    config = BenchmarkConfig(ks=ks, episodes=episodes, methods=["synthesizer"])
-    result = run_benchmark(model, tasks, config, log=lambda _: None)
+    config = SegBenchmarkConfig(ks=ks, episodes=episodes, methods=["synthesizer"])
+    result = run_seg_benchmark(model, tasks, config, log=lambda _: None)
     return {
         task: {k: round(v["dice"], 6) for k, v in methods["synthesizer"].items()}
         for task, methods in result["per_task"].items()

@@ -3,7 +3,7 @@
 
 Only for methods that do not depend on the synthesizer checkpoint (e.g. ``finetune-imagenet``: ImageNet body plus a
 fresh decoder, seeded) and only when the earlier run used the same tasks, seed, queries and K; its episodes are the
-first ``episodes_per_task_and_k`` of this run's (EpisodeSampler.fixed is prefix-stable). A method that did depend
+first ``episodes_per_task_and_k`` of this run's (SegEpisodeSampler.fixed is prefix-stable). A method that did depend
 on the earlier checkpoint must be renamed (``SRC:DST``, e.g. ``finetune:finetune-previous-64ch``). Recorded under
 ``protocol.carried_over`` (one record per merged run)."""
 

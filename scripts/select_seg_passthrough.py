@@ -16,9 +16,10 @@ import torch.nn.functional as F
 
 torch.set_num_threads(1)
 from sgps_hf import DEFAULT_SEG_CHECKPOINT, SGPSSegSynthesizer
-from sgps_hf.data.segmentation import EpisodeSampler, load_seg_dataset, seg_splits, task_arrays
+from sgps_hf.data.segmentation import SegEpisodeSampler, load_seg_dataset, seg_splits, task_arrays
 from sgps_hf.evaluation.segmentation import panet_predict
-from sgps_hf.training.seg_meta_train import FeatureBank, dice_scores
+from sgps_hf.metrics import dice_per_image
+from sgps_hf.training.seg_features import FeatureBank
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("split", help="meta_val (the selection split) or another split of seg_splits.yaml")
@@ -115,7 +116,7 @@ for lam in [0.3, 0.645]:
     variants[("raw0123", "ridge", lam, 1.0)] = []
     variants[("cat0123", "ridge", lam, 4.0)] = []
 ks = [1, 2, 5, 8]
-sampler = EpisodeSampler({n: len(a) for n, a in tasks.items()}, (1, 8), 8, 2024)
+sampler = SegEpisodeSampler({n: len(a) for n, a in tasks.items()}, (1, 8), 8, 2024)
 res = {}
 dec_cache = {}
 for task in sorted(tasks):
@@ -137,7 +138,7 @@ for task in sorted(tasks):
             rp = raw_feats(levels, [0, 1, 2, 3], {2: 32, 3: 32}, size)
             feats.update({"raw01": r01, "raw0123": r0123, "raw0123p32": rp})
             tgt = masks[k:, 0].bool()
-            pan.extend(dice_scores(panet_predict(bank, ep, [0, 1, 2, 3]), tgt))
+            pan.extend(dice_per_image(panet_predict(bank, ep, [0, 1, 2, 3]), tgt))
             for v in variants:
                 feat, kind, lam, alpha = v
                 if feat.startswith("cat"):
@@ -150,7 +151,7 @@ for task in sorted(tasks):
                 logit = F.interpolate(logit[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[
                     :, 0
                 ]
-                scores[v].extend(dice_scores(logit > 0, tgt))
+                scores[v].extend(dice_per_image(logit > 0, tgt))
         res[(task, k)] = {v: float(np.mean(s)) for v, s in scores.items()}
         per_ep = {
             str(v): [float(np.mean(s[i * 8 : (i + 1) * 8])) for i in range(n_ep)]

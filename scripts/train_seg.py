@@ -1,20 +1,23 @@
-"""Meta-train the segmentation synthesizer: ``python scripts/train_seg.py --config scripts/configs/seg_default.yaml [--resume] [key=value ...]``."""
+"""Meta-train the segmentation synthesizer and run its post-hoc steps (the bundled checkpoint's command):
+``python scripts/train_seg.py --config scripts/configs/seg_default.yaml [--resume] [--<key> value ...]``.
+
+The flags are the fields of ``SegTrainingConfig`` (``--steps 200 --output-dir runs/x --model '{"hidden_size": 32}'``),
+read by the config loader the classification training uses (``sgps_hf.training.config``).
+"""
 
 import argparse
 import json
 
-from sgps_hf.training.seg_meta_train import SegTrainingConfig, train
+from sgps_hf.training.config import add_arguments, config_from_args
+from sgps_hf.training.seg_meta_train import SegTrainingConfig, train_seg
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default="scripts/configs/seg_default.yaml")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of output_dir")
-    parser.add_argument(
-        "overrides", nargs="*", help="config overrides as key=value (e.g. steps=200 output_dir=runs/x)"
-    )
-    args = parser.parse_args()
-    state = train(SegTrainingConfig.from_file(args.config, args.overrides), resume=args.resume)
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, SegTrainingConfig)
+    parser.set_defaults(config="scripts/configs/seg_default.yaml")
+    args = parser.parse_args(argv)
+    state = train_seg(config_from_args(args, SegTrainingConfig), resume=args.resume)
     print(json.dumps(state))
 
 

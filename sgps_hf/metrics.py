@@ -88,3 +88,23 @@ def dice_iou(
     if per_image:
         out["dice_per_image"], out["iou_per_image"] = dice["per_image"], iou["per_image"]
     return out
+
+
+def dice_per_image(predictions: Sequence[Any], references: Sequence[Any]) -> list[float]:
+    """Per-image Dice of binary masks (arrays or tensors, ``(H, W)`` each): the math of the packaged ``evaluate``
+    module ``dice`` (its ``per_image_dice``), called directly, as in-loop scoring of thousands of masks cannot afford
+    the module's Arrow conversion of every pixel. The one Dice of the project: training, head selection, benchmarks."""
+    preds = [np.asarray(p, dtype=bool) for p in predictions]
+    refs = [np.asarray(r, dtype=bool) for r in references]
+    return metric_module_function("dice", "per_image_dice")(preds, refs)
+
+
+@lru_cache(maxsize=None)
+def metric_module_function(name: str, function: str) -> Any:
+    """A function of the packaged metric module ``name`` (its file ``metric_modules/<name>/<name>.py``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"sgps_hf_metric_{name}", metric_module_path(name) / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, function)

@@ -9,15 +9,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: Segmentation code that still switches its config at run time; the segmentation rework (issue 24, item 4) removes
 #: these, and this list with them. (file, field)
-PENDING_SEGMENTATION = {
-    ("sgps_hf/training/seg_meta_train.py", "prototype_max_k"),
-    ("sgps_hf/training/seg_meta_train.py", "head"),
-    ("sgps_hf/models/sgps_seg/modeling_sgps_seg.py", "raw_weight"),
-    ("scripts/select_seg_head.py", "prototype_mix"),
-    ("scripts/evaluate_seg.py", "methods"),
-}
-
-
 def _is_config(node: ast.AST) -> bool:
     """``config``, ``model_config``, ``x.config``, ``self.model.config``... (not the ``datasets.config`` module)."""
     if isinstance(node, ast.Name):
@@ -68,5 +59,5 @@ def test_no_code_assigns_a_config_field():
         for path in files
         for line, field in config_assignments(path.read_text(encoding="utf-8"))
     }
-    offending = sorted(entry for entry in found if entry[:2] not in PENDING_SEGMENTATION)
+    offending = sorted(found)
     assert not offending, offending

@@ -7,7 +7,7 @@
 * :func:`from_hf_dataset` turns any dataset with an image column and a mask column into the same schema.
 * :func:`seg_splits` is the fixed split (``configs/splits.yaml``): meta-train / meta-val / held-out tasks.
 * :func:`task_arrays` decodes a split into uint8 arrays per binary task (empty masks left out);
-  :class:`EpisodeSampler` draws seeded episodes of K in 1..8 examples plus queries from them.
+  :class:`SegEpisodeSampler` draws seeded episodes of K in 1..8 examples plus queries from them.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def _square(image: PILImage.Image, size: int, resample: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Episode:
+class SegEpisode:
     task: str
     support: tuple[int, ...]
     query: tuple[int, ...]
@@ -233,7 +233,7 @@ class Episode:
         return len(self.support)
 
 
-class EpisodeSampler:
+class SegEpisodeSampler:
     """Seeded episodes over binary tasks: K examples (uniform in ``k_range``) plus ``n_query`` other images.
 
     ``episode(i)`` depends only on (seed, i, the tasks and their sizes): the same index gives the same episode.
@@ -249,18 +249,18 @@ class EpisodeSampler:
         if small:
             raise DataError(f"Tasks too small for {high} examples + {n_query} queries: {small}.")
         if not sizes:
-            raise DataError("EpisodeSampler needs at least one task.")
+            raise DataError("SegEpisodeSampler needs at least one task.")
         self.names = sorted(sizes)
         self.sizes = dict(sizes)
         self.k_range, self.n_query, self.seed = (low, high), n_query, seed
 
-    def episode(self, index: int, task: str | None = None, k: int | None = None) -> Episode:
+    def episode(self, index: int, task: str | None = None, k: int | None = None) -> SegEpisode:
         rng = np.random.default_rng([self.seed, index])
         name = task if task is not None else self.names[int(rng.integers(len(self.names)))]
         k = int(k) if k is not None else int(rng.integers(self.k_range[0], self.k_range[1] + 1))
         order = rng.permutation(self.sizes[name])
-        return Episode(name, tuple(int(i) for i in order[:k]), tuple(int(i) for i in order[k : k + self.n_query]))
+        return SegEpisode(name, tuple(int(i) for i in order[:k]), tuple(int(i) for i in order[k : k + self.n_query]))
 
-    def fixed(self, task: str, k: int, n_episodes: int) -> list[Episode]:
+    def fixed(self, task: str, k: int, n_episodes: int) -> list[SegEpisode]:
         """``n_episodes`` evaluation episodes of ``task`` with exactly ``k`` examples (same for every method)."""
         return [self.episode(1_000_000 * (1 + k) + i, task=task, k=k) for i in range(n_episodes)]

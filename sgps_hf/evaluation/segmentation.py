@@ -26,16 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.segmentation import Episode, EpisodeSampler, TaskArrays
+from ..data.segmentation import SegEpisode, SegEpisodeSampler, TaskArrays
 from ..metrics import dice_iou
 from ..models.sgps_seg.modeling_sgps_seg import SGPSSegSynthesizer, segmentation_loss
-from ..training.seg_meta_train import FeatureBank, episode_logits
+from ..training.seg_features import FeatureBank, episode_logits
 
 PANET_SCALE = 20.0  # PANet's cosine-similarity temperature
 
 
 @dataclass
-class BenchmarkConfig:
+class SegBenchmarkConfig:
     ks: list[int] = field(default_factory=lambda: [1, 2, 5, 8])
     episodes: int = 8
     n_query: int = 8
@@ -61,7 +61,7 @@ class BenchmarkConfig:
     bootstrap: int = 2000
 
 
-def panet_predict(bank: FeatureBank, episode: Episode, levels: Sequence[int]) -> torch.Tensor:
+def panet_predict(bank: FeatureBank, episode: SegEpisode, levels: Sequence[int]) -> torch.Tensor:
     feats, masks = bank.get(episode.task, list(episode.support) + list(episode.query))
     size = feats[0].shape[-2:]
     x = torch.cat(
@@ -79,14 +79,20 @@ def panet_predict(bank: FeatureBank, episode: Episode, levels: Sequence[int]) ->
     return logits[:, 1] > logits[:, 0]
 
 
-def mean_mask_predict(bank: FeatureBank, episode: Episode) -> torch.Tensor:
+def mean_mask_predict(bank: FeatureBank, episode: SegEpisode) -> torch.Tensor:
     masks = bank.masks[episode.task]
     mean = masks[list(episode.support)].mean(0)[0]
     return (mean >= 0.5).expand(len(episode.query), *mean.shape)
 
 
 def finetune_predict(
-    model: SGPSSegSynthesizer, bank: FeatureBank, episode: Episode, steps: int, lr: float, init_head: bool, seed: int
+    model: SGPSSegSynthesizer,
+    bank: FeatureBank,
+    episode: SegEpisode,
+    steps: int,
+    lr: float,
+    init_head: bool,
+    seed: int,
 ) -> torch.Tensor:
     """Fine-tune a copy of the decoder + 1x1 classifier on the K examples (mirrored too), then segment the queries.
 
@@ -133,17 +139,17 @@ def finetune_predict(
 
 
 def synth_predict(
-    model: SGPSSegSynthesizer, bank: FeatureBank, episode: Episode, head: str | None = None
+    model: SGPSSegSynthesizer, bank: FeatureBank, episode: SegEpisode, head: str | None = None
 ) -> torch.Tensor:
     with torch.no_grad():
         logits, _ = episode_logits(model, bank, episode, head=head)
     return logits[:, 1] > logits[:, 0]
 
 
-def run_benchmark(
+def run_seg_benchmark(
     model: SGPSSegSynthesizer,
     tasks: dict[str, TaskArrays],
-    config: BenchmarkConfig,
+    config: SegBenchmarkConfig,
     imagenet_model: SGPSSegSynthesizer | None = None,
     log: Callable[[str], None] = print,
     bank: FeatureBank | None = None,
@@ -151,8 +157,9 @@ def run_benchmark(
     """``{"per_task": {task: {method: {k: {"dice", "iou", "n"}}}}, "timing_s": {method: seconds per episode}}``."""
     model.eval()
     bank = bank or FeatureBank(model, tasks, mirrored=True, dtype=torch.float32)
-    sampler = EpisodeSampler({n: len(a) for n, a in tasks.items()}, (1, max(config.ks)), config.n_query, config.seed)
-    methods: dict[str, Callable[[Episode, int], torch.Tensor]] = {
+    task_sizes = {n: len(a) for n, a in tasks.items()}
+    sampler = SegEpisodeSampler(task_sizes, (1, max(config.ks)), config.n_query, config.seed)
+    methods: dict[str, Callable[[SegEpisode, int], torch.Tensor]] = {
         "synthesizer": lambda ep, i: synth_predict(model, bank, ep),
         "synthesizer-prototype": lambda ep, i: synth_predict(model, bank, ep, head="prototype"),
         "synthesizer-ridge": lambda ep, i: synth_predict(model, bank, ep, head="ridge"),

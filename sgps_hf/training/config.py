@@ -111,11 +111,7 @@ class TrainingConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainingConfig":
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"Unknown training config keys in {path}: {sorted(unknown)}.")
-        return cls(**data)
+        return cls(**read_config_file(cls, path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,25 +123,37 @@ class TrainingConfig:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE``, ``--resume`` and one ``--<field>`` override per config field."""
+def read_config_file(config_class: type, path: str | Path) -> dict[str, Any]:
+    """The keys of a YAML/JSON training config file, checked against the fields of ``config_class``."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    unknown = set(data) - {f.name for f in dataclasses.fields(config_class)}
+    if unknown:
+        raise ValueError(f"Unknown training config keys in {path}: {sorted(unknown)}.")
+    return data
+
+
+def add_arguments(parser: argparse.ArgumentParser, config_class: type = TrainingConfig) -> None:
+    """``--config FILE``, ``--resume`` and one ``--<field>`` override per field of ``config_class`` (a dataclass)."""
     parser.add_argument("--config", help="YAML/JSON training config; flags below override it")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
-    for f in dataclasses.fields(TrainingConfig):
+    for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type)
         # SUPPRESS: a flag not given leaves no attribute, so `--max-minutes none` can override a file's value.
-        if f.name == "model":
+        if kind.startswith("dict"):
             parser.add_argument(
-                flag, metavar="JSON", type=json.loads, default=argparse.SUPPRESS, help="SGPSConfig overrides as JSON"
+                flag, metavar="JSON", type=json.loads, default=argparse.SUPPRESS, help=f"{f.name} as JSON"
             )
-        elif f.name in ("k_shot", "train_sources", "val_sources", "train_support_views"):
-            parser.add_argument(flag, nargs="+", type=int if f.name == "k_shot" else str, default=argparse.SUPPRESS)
-        elif f.type in ("bool",):
+        elif kind.startswith("list["):
+            parser.add_argument(
+                flag, nargs="+", type=int if kind.startswith("list[int]") else str, default=argparse.SUPPRESS
+            )
+        elif kind == "bool":
             parser.add_argument(flag, type=_bool, metavar="BOOL", default=argparse.SUPPRESS)
         else:
-            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            base = {"int": int, "float": float}.get(kind.split(" ")[0], str)
             parser.add_argument(
-                flag, type=kind if "None" not in str(f.type) else _optional(kind), default=argparse.SUPPRESS
+                flag, type=base if "None" not in kind else _optional(base), default=argparse.SUPPRESS
             )
 
 
@@ -166,10 +174,11 @@ def _optional(kind):
     return lambda s: None if s.lower() == "none" else kind(s)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainingConfig:
-    base = TrainingConfig.from_file(args.config).to_dict() if args.config else {}
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingConfig) if hasattr(args, f.name)}
-    return TrainingConfig(**{**base, **overrides})
+def config_from_args(args: argparse.Namespace, config_class: type = TrainingConfig) -> Any:
+    """``config_class`` from ``--config FILE`` (if given) with the flags given on the command line on top."""
+    base = read_config_file(config_class, args.config) if args.config else {}
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)}
+    return config_class(**{**base, **overrides})
 
 
 def parse_training_args(argv: Sequence[str] | None = None) -> tuple[TrainingConfig, bool]:

@@ -1,13 +1,16 @@
 """Episodic meta-training of the segmentation synthesizer with Accelerate (``scripts/train_seg.py``).
 
-The ImageNet encoder is frozen, so its feature maps of every meta-train / meta-val image (and of its
-horizontal mirror, the augmentation) are computed once and kept in memory; each step then runs only the
-UperNet decoder on the episode's examples and queries, synthesizes the classifier in closed form from the
-examples and back-propagates the queries' BCE + Dice loss into the decoder and the two meta-learned scalars.
+The ImageNet encoder is frozen, so its feature maps of every meta-train / meta-val image (and of its horizontal
+mirror, the augmentation) are computed once (``seg_features.FeatureBank``); each step then runs only the UperNet
+decoder on the episode's examples and queries, synthesizes the classifier in closed form from the examples and
+back-propagates the queries' BCE + Dice loss into the decoder and the meta-learned scalars.
 
-Conventions of the classification side: a YAML config plus ``--key value`` overrides, ``--resume`` from the
-latest Accelerate state, the best step by meta-val Dice exported as a ``save_pretrained`` folder, a CSV log
-and a learning curve.
+The shared pieces of the classification side: the config loader (``training.config``: a YAML file plus ``--key value``
+flags), the CSV training log (``training_log.CsvLog``, truncated to the checkpoint on ``--resume``), atomic
+checkpoints (``hub.atomic``), ``transformers.get_scheduler`` and the ``evaluate`` Dice (``metrics``). The best step
+by meta-val Dice is exported as a ``save_pretrained`` folder (``best``) and then shaped by the training-free steps of
+``seg_calibration`` (head per K, raw block re-fit, prototype weight per K), so the training command alone produces the
+shipped synthesizer.
 """
 
 from __future__ import annotations
@@ -15,20 +18,49 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 
-from ..data.segmentation import EpisodeSampler, TaskArrays, load_seg_dataset, seg_splits, task_arrays
+from ..data.segmentation import SegEpisodeSampler, load_seg_dataset, seg_splits, task_arrays
+from ..hub.atomic import atomic_directory, atomic_write_text
 from ..models.sgps_seg.configuration_sgps_seg import SGPSSegConfig
 from ..models.sgps_seg.modeling_sgps_seg import SGPSSegSynthesizer, segmentation_loss
+from .config import read_config_file
+from .seg_calibration import (
+    MIX_SELECTION_DEFAULTS,
+    fit_raw_block,
+    raw_fit_record,
+    refit_raw_block,
+    select_head_on_meta_val,
+    select_prototype_mix,
+    update_training_record,
+    write_prototype_mix,
+)
+from .seg_features import FeatureBank, episode_logits, evaluate_bank
+from .training_log import CsvLog
+
+#: Columns of the segmentation training log (``log.csv``).
+SEG_LOG_FIELDS = [
+    "step",
+    "loss",
+    "lr",
+    "log_scale",
+    "log_ridge_lambda",
+    "val_dice",
+    "val_dice_k1",
+    "val_dice_k5",
+    "elapsed_s",
+    "raw_weight",
+]
+#: The trainer state inside each checkpoint folder (saved with it, atomically).
+STATE_FILE = "trainer_state.json"
+_RAW_FIT_KEYS = {"fit_images_per_task", "fit_seed", "shift_margin", "standardize", "level_norm"}
 
 
 @dataclass
@@ -55,9 +87,9 @@ class SegTrainingConfig:
     checkpoint_every: int = 150
     max_minutes: float | None = None
     num_threads: int | None = 1
-    # raw encoder pass-through. In the loop (``model.raw_levels`` set): its standardisation / principal axes are fitted on
-    # meta-train images before the first step (keys fit_images_per_task, fit_seed, shift_margin, standardize, level_norm) and the head sees
-    # learned + raw channels throughout meta-training. The other keys belonged to a removed post-hoc route (legacy).
+    # raw encoder pass-through (``model.raw_levels`` set): its standardisation / principal axes are fitted on
+    # meta-train images before the first step (keys fit_images_per_task, fit_seed, shift_margin, standardize,
+    # level_norm) and the head sees learned + raw channels throughout meta-training
     passthrough: dict[str, Any] = field(default_factory=dict)
     # regularisation: per episode, each learned decoder channel is zeroed (in examples and queries alike) with this
     # probability, so the head cannot lean on the learned block alone (the raw block is never dropped)
@@ -65,127 +97,50 @@ class SegTrainingConfig:
     # after training: per K, the ridge vs prototype head of the best step on meta-val (this many episodes per K);
     # the prototype head is kept for K <= prototype_max_k when it is better at every such K. 0 disables.
     head_selection_episodes: int = 24
+    # after head selection: re-fit the raw block of the export with these pass-through keys on top of ``passthrough``
+    # (e.g. {standardize: false, level_norm: energy}); empty: no re-fit
+    raw_refit: dict[str, Any] = field(default_factory=dict)
+    # last: the blended head's prototype weight per K on the meta-train and meta-val tasks (keys of
+    # seg_calibration.MIX_SELECTION_DEFAULTS; ``{}`` with the defaults is spelled ``{episodes: 16}``); empty: off
+    prototype_mix_selection: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("passthrough", "raw_refit"):
+            unknown = set(getattr(self, name)) - _RAW_FIT_KEYS
+            if unknown:
+                raise ValueError(f"Unknown {name} keys {sorted(unknown)}; known: {sorted(_RAW_FIT_KEYS)}.")
+        unknown = set(self.prototype_mix_selection) - set(MIX_SELECTION_DEFAULTS)
+        if unknown:
+            raise ValueError(
+                f"Unknown prototype_mix_selection keys {sorted(unknown)}; known: {sorted(MIX_SELECTION_DEFAULTS)}."
+            )
+        for name in ("steps", "episodes_per_step", "n_query", "log_every", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
     @classmethod
-    def from_file(cls, path: str | Path | None, overrides: Sequence[str] = ()) -> "SegTrainingConfig":
-        raw = yaml.safe_load(Path(path).read_text()) if path else {}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - names
-        if unknown:
-            raise ValueError(f"Unknown training config keys: {sorted(unknown)}")
-        for item in overrides:
-            key, _, value = item.partition("=")
-            key = key.lstrip("-").replace("-", "_")
-            if key not in names:
-                raise ValueError(f"Unknown training config key {key!r}")
-            raw[key] = yaml.safe_load(value)
-        return cls(**raw)
+    def from_file(cls, path: str | Path) -> "SegTrainingConfig":
+        """The config of a YAML/JSON file (the loader of the classification side: ``training.config``)."""
+        return cls(**read_config_file(cls, path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
-class FeatureBank:
-    """Frozen-encoder feature maps of every image of some binary tasks, plus their mirrored copies."""
-
-    def __init__(
-        self,
-        model: SGPSSegSynthesizer,
-        tasks: dict[str, TaskArrays],
-        mirrored: bool,
-        batch_size: int = 32,
-        dtype: torch.dtype = torch.float16,
-    ) -> None:
-        self.tasks = tasks
-        self.features: dict[str, list[list[torch.Tensor]]] = {}  # task -> [plain levels, mirrored levels]
-        self.masks: dict[str, torch.Tensor] = {}
-        model.eval()
-        mean = torch.tensor(model.config.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(model.config.image_std).view(1, 3, 1, 1)
-        for name, arrays in tasks.items():
-            views = []
-            for flip in [False, True] if mirrored else [False]:
-                levels: list[list[torch.Tensor]] = []
-                for start in range(0, len(arrays), batch_size):
-                    pixels = (
-                        torch.from_numpy(arrays.images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 255
-                    )
-                    pixels = (pixels - mean) / std
-                    if flip:
-                        pixels = pixels.flip(-1)
-                    levels.append([f.to(dtype) for f in model.encode(pixels)])
-                views.append([torch.cat([chunk[i] for chunk in levels]) for i in range(len(levels[0]))])
-            self.features[name] = views
-            self.masks[name] = torch.from_numpy(arrays.masks).float()[:, None]
-
-    def get(self, name: str, indices: Sequence[int], flip: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
-        index = torch.tensor(list(indices), dtype=torch.long)
-        levels = [f[index].float() for f in self.features[name][1 if flip else 0]]
-        masks = self.masks[name][index]
-        return levels, masks.flip(-1) if flip else masks
-
-
-def episode_logits(
-    model: SGPSSegSynthesizer,
-    bank: FeatureBank,
-    episode,
-    flip: bool = False,
-    head: str | None = None,
-    learned_keep: torch.Tensor | None = None,
-):
-    """Query logits and masks of one episode; ``learned_keep``: optional 0/1 mask over the learned decoder channels
-    (learned-channel dropout in meta-training, the same for examples and queries)."""
-    indices = list(episode.support) + list(episode.query)
-    levels, masks = bank.get(episode.task, indices, flip=flip)
-    decoded = model.decode(levels)
-    if learned_keep is not None:
-        hidden = model.config.hidden_size
-        decoded = torch.cat(
-            [decoded[:, :hidden] * learned_keep.to(decoded)[None, :, None, None], decoded[:, hidden:]], 1
-        )
-    k = episode.k
-    weight, bias = model.head_from_support(decoded[:k], masks[:k], head=head)
-    logits = model.query_logits(decoded[k:], weight, bias, tuple(masks.shape[-2:]))
-    return logits, masks[k:]
-
-
-def dice_scores(predicted: torch.Tensor, target: torch.Tensor) -> list[float]:
-    """Per-image Dice of bool predictions vs targets ``(Q, H, W)``."""
-    p, t = predicted.bool().flatten(1), target.bool().flatten(1)
-    inter = (p & t).sum(1).double()
-    total = p.sum(1).double() + t.sum(1).double()
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total)).tolist()
-
-
-@torch.no_grad()
-def evaluate_bank(
-    model: SGPSSegSynthesizer,
-    bank: FeatureBank,
-    sampler: EpisodeSampler,
-    ks: Sequence[int],
-    n_per_k: int,
-    head: str | None = None,
-) -> dict[str, float]:
-    model.eval()
-    out: dict[str, float] = {}
-    for k in ks:
-        scores = []
-        for name in sampler.names:
-            for episode in sampler.fixed(name, k, n_per_k):
-                logits, target = episode_logits(model, bank, episode, head=head)
-                scores.extend(dice_scores(logits[:, 1] > logits[:, 0], target[:, 0]))
-        out[f"dice_k{k}"] = float(np.mean(scores))
-    out["dice"] = float(np.mean([out[f"dice_k{k}"] for k in ks]))
-    return out
-
-
-def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
+def train_seg(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
+    """Meta-train, export the best step by meta-val Dice to ``output_dir/best`` and run the post-hoc steps on it
+    (:func:`calibrate_export`) once the run has reached ``steps``. Returns the trainer state."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
+    from transformers import get_scheduler
 
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-    accelerator = Accelerator(cpu=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    accelerator = Accelerator(cpu=True, step_scheduler_with_optimizer=False)  # the schedule counts optimizer steps
     set_seed(config.seed)
 
     splits = seg_splits(config.splits_file)
@@ -197,17 +152,16 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
     train_bank = FeatureBank(model, train_tasks, mirrored=config.augment)
     val_bank = FeatureBank(model, val_tasks, mirrored=False)
     accelerator.print(
-        f"features of {sum(map(len, train_tasks.values()))} train / {sum(map(len, val_tasks.values()))} val pairs in {time.time() - started:.0f}s"
+        f"features of {sum(map(len, train_tasks.values()))} train / {sum(map(len, val_tasks.values()))} val pairs "
+        f"in {time.time() - started:.0f}s"
     )
     if model.config.raw_levels:
-        fit_raw_in_loop(model, train_bank, config.passthrough)
-        accelerator.print(
-            f"raw pass-through in the loop: {model.raw_channels} raw channels beside {model.config.hidden_size} learned"
-        )
-    sampler = EpisodeSampler(
+        fit_raw_block(model, train_bank, config.passthrough)
+        accelerator.print(f"raw pass-through: {model.raw_channels} raw channels beside {model.config.hidden_size}")
+    sampler = SegEpisodeSampler(
         {n: len(a) for n, a in train_tasks.items()}, tuple(config.k_range), config.n_query, config.seed
     )
-    val_sampler = EpisodeSampler(
+    val_sampler = SegEpisodeSampler(
         {n: len(a) for n, a in val_tasks.items()}, (1, max(config.eval_k)), 8, config.seed + 1
     )
 
@@ -223,57 +177,35 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
             {"params": scalars, "lr": config.scalar_learning_rate, "weight_decay": 0.0},
         ]
     )
-
-    def schedule(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = get_scheduler(
+        "cosine", optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
+    )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     raw = accelerator.unwrap_model(model)
 
-    state_file, ckpt_dir, log_file = out / "state.json", out / "checkpoint", out / "log.csv"
-    state = {"step": 0, "best_dice": -1.0, "best_step": None, "elapsed_s": 0.0}
-    if resume and state_file.is_file() and ckpt_dir.is_dir():
-        accelerator.load_state(str(ckpt_dir))
-        state = json.loads(state_file.read_text())
+    checkpoint = out / "checkpoint"
+    log = CsvLog(out / "log.csv", enabled=accelerator.is_main_process, fields=SEG_LOG_FIELDS)
+    state: dict[str, Any] = {"step": 0, "best_dice": -1.0, "best_step": None, "elapsed_s": 0.0}
+    if resume and (checkpoint / STATE_FILE).is_file():
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        log.truncate_after(state["step"])  # rows a killed run wrote after its checkpoint are redone
         accelerator.print(
-            f"resumed at step {state['step']} (best meta-val Dice {state['best_dice']:.4f} at step {state['best_step']})"
+            f"resumed at step {state['step']} "
+            f"(best meta-val Dice {state['best_dice']:.4f} at step {state['best_step']})"
         )
-    elif log_file.exists():
-        log_file.unlink()
-    new_log = not log_file.exists()
-    log = log_file.open("a", newline="")
-    writer = csv.writer(log)
-    if new_log:
-        writer.writerow(
-            [
-                "step",
-                "loss",
-                "lr",
-                "log_scale",
-                "log_ridge_lambda",
-                "val_dice",
-                "val_dice_k1",
-                "val_dice_k5",
-                "elapsed_s",
-                "raw_weight",
-            ]
-        )
+    elif resume:
+        accelerator.print(f"--resume: no checkpoint in {out}; starting from scratch.")
+    if state["step"] == 0 and log.path.exists():
+        log.path.unlink()  # a fresh run of this output_dir starts a fresh log
+
+    def save_checkpoint() -> None:
+        with atomic_directory(checkpoint) as staging:  # a kill mid-save keeps the previous checkpoint whole
+            accelerator.save_state(str(staging))
+            (staging / STATE_FILE).write_text(json.dumps(state))
 
     clock = time.time() - state["elapsed_s"]
     running: list[float] = []
-
-    def save_checkpoint() -> None:
-        tmp = out / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.save_state(str(tmp))
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        tmp.rename(ckpt_dir)
-        state_file.write_text(json.dumps(state))
-
     step = state["step"]
     while step < config.steps:
         model.train()
@@ -305,25 +237,10 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
             if evaluated["dice"] > state["best_dice"]:
                 state["best_dice"], state["best_step"] = evaluated["dice"], step
                 raw.save_pretrained(out / "best")
-                (out / "best" / "training.json").write_text(
-                    json.dumps({"step": step, "meta_val": evaluated, "config": dataclasses.asdict(config)}, indent=2)
-                )
+                record = {"step": step, "meta_val": evaluated, "config": config.to_dict()}
+                atomic_write_text(out / "best" / "training.json", json.dumps(record, indent=2))
         if step % config.log_every == 0 or evaluated is not None:
-            writer.writerow(
-                [
-                    step,
-                    f"{np.mean(running):.5f}",
-                    f"{scheduler.get_last_lr()[0]:.6g}",
-                    f"{raw.log_scale.item():.4f}",
-                    f"{raw.log_ridge_lambda.item():.4f}",
-                    "" if evaluated is None else f"{evaluated['dice']:.4f}",
-                    "" if evaluated is None or "dice_k1" not in evaluated else f"{evaluated['dice_k1']:.4f}",
-                    "" if evaluated is None or "dice_k5" not in evaluated else f"{evaluated['dice_k5']:.4f}",
-                    f"{state['elapsed_s']:.1f}",
-                    f"{float(raw.raw_gain().detach()):.4f}" if raw.config.raw_levels else "",
-                ]
-            )
-            log.flush()
+            log.write(log_row(raw, step, running, scheduler.get_last_lr()[0], evaluated, state["elapsed_s"]))
             accelerator.print(
                 f"step {step} loss {np.mean(running):.4f}"
                 + (
@@ -346,57 +263,71 @@ def train(config: SegTrainingConfig, resume: bool = False) -> dict[str, Any]:
             break
     else:
         save_checkpoint()
-    log.close()
-    plot_curve(log_file, out / "learning_curve.png")
-    if step >= config.steps and config.head_selection_episodes and (out / "best").is_dir():
-        state["head_selection"] = select_head_on_meta_val(
-            out / "best", val_bank, val_sampler, config.eval_k, config.head_selection_episodes
+    if log.path.exists():
+        plot_curve(log.path, out / "learning_curve.png")
+    if step >= config.steps and (out / "best").is_dir():
+        state["post_hoc"] = calibrate_export(
+            out / "best", config, train_bank, val_bank, val_sampler, accelerator.print
         )
-        state_file.write_text(json.dumps(state))
-        accelerator.print(f"head selection on meta-val: {state['head_selection']}")
     return state
 
 
-def fit_raw_in_loop(model: SGPSSegSynthesizer, bank: FeatureBank, spec: dict[str, Any]) -> None:
-    """Fit the raw pass-through's standardisation / principal axes on a seeded subset of the meta-train images."""
-    rng = np.random.default_rng(int(spec.get("fit_seed", 0)))
-    per_task = int(spec.get("fit_images_per_task", 48))
-    names = sorted(bank.features)
-    picks = {name: torch.from_numpy(np.sort(rng.permutation(len(bank.masks[name]))[:per_task])) for name in names}
-    features = [
-        torch.cat([bank.features[name][0][level][picks[name]].float() for name in names])
-        for level in range(len(model.config.out_indices))
-    ]
-    model.fit_raw_passthrough(
-        features,
-        shift_margin=float(spec.get("shift_margin", 2.0)),
-        standardize=bool(spec.get("standardize", True)),
-        level_norm=str(spec.get("level_norm", "dim")),
-    )
+def log_row(
+    model: SGPSSegSynthesizer,
+    step: int,
+    losses: list[float],
+    lr: float,
+    evaluated: dict[str, float] | None,
+    elapsed_s: float,
+) -> dict[str, str | int]:
+    """One row of the training log (``SEG_LOG_FIELDS``)."""
+    val = evaluated or {}
+    return {
+        "step": step,
+        "loss": f"{np.mean(losses):.5f}",
+        "lr": f"{lr:.6g}",
+        "log_scale": f"{model.log_scale.item():.4f}",
+        "log_ridge_lambda": f"{model.log_ridge_lambda.item():.4f}",
+        "val_dice": f"{val['dice']:.4f}" if "dice" in val else "",
+        "val_dice_k1": f"{val['dice_k1']:.4f}" if "dice_k1" in val else "",
+        "val_dice_k5": f"{val['dice_k5']:.4f}" if "dice_k5" in val else "",
+        "elapsed_s": f"{elapsed_s:.1f}",
+        "raw_weight": f"{float(model.raw_gain().detach()):.4f}" if model.config.raw_levels else "",
+    }
 
 
-@torch.no_grad()
-def select_head_on_meta_val(
-    best_dir: Path, bank: FeatureBank, sampler: EpisodeSampler, ks: Sequence[int], n_per_k: int
+def calibrate_export(
+    folder: Path,
+    config: SegTrainingConfig,
+    train_bank: FeatureBank,
+    val_bank: FeatureBank,
+    val_sampler: SegEpisodeSampler,
+    log=print,
 ) -> dict[str, Any]:
-    """Per K, ridge vs prototype head of the exported best synthesizer on meta-val; sets ``prototype_max_k`` of the
-    export to the largest K such that the prototype head is better at every K up to it (``None``: ridge everywhere)."""
-    model = SGPSSegSynthesizer.from_pretrained(best_dir).eval()
-    scores = {head: evaluate_bank(model, bank, sampler, ks, n_per_k, head=head) for head in ("ridge", "prototype")}
-    limit = None
-    for k in sorted(ks):
-        if scores["prototype"][f"dice_k{k}"] > scores["ridge"][f"dice_k{k}"]:
-            limit = k
-        else:
-            break
-    model.config.prototype_max_k = limit
-    model.config.head = "ridge"
-    model.save_pretrained(best_dir)
-    info_file = best_dir / "training.json"
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    info["head_selection"] = {"episodes_per_k": n_per_k, "meta_val": scores, "prototype_max_k": limit}
-    info_file.write_text(json.dumps(info, indent=2))
-    return info["head_selection"]
+    """The post-hoc, training-free steps of ``seg_calibration`` on the exported synthesizer in ``folder``, as
+    ``config`` asks for them (each recorded in its ``training.json``): head per K, raw block re-fit, prototype mix."""
+    done: dict[str, Any] = {}
+    if config.head_selection_episodes:
+        done["head_selection"] = select_head_on_meta_val(
+            folder, val_bank, val_sampler, config.eval_k, config.head_selection_episodes
+        )
+        log(f"head selection on meta-val: prototype_max_k {done['head_selection']['prototype_max_k']}")
+    if config.raw_refit:
+        done["raw_refit"] = refit_raw_block(folder, folder, config.raw_refit, train_bank)
+        log(f"raw block re-fitted with {done['raw_refit']}")
+    if config.prototype_mix_selection:
+        model = SGPSSegSynthesizer.from_pretrained(folder)
+        result = select_prototype_mix(
+            model, config.data_dir, config.splits_file, log=log, **config.prototype_mix_selection
+        )
+        result["raw_fit"] = raw_fit_record(folder)
+        write_prototype_mix(folder, result["prototype_mix"])
+        atomic_write_text(folder.parent / "prototype_mix_selection.json", json.dumps(result, indent=2))
+        summary = {key: result[key] for key in ("chosen", "prototype_mix", "leave_one_task_out_gain_over_ridge")}
+        update_training_record(folder, "prototype_mix_selection", {**summary, **config.prototype_mix_selection})
+        done["prototype_mix_selection"] = summary
+        log(f"prototype weight per K: {result['prototype_mix']}")
+    return done
 
 
 def plot_curve(log_file: Path, target: Path) -> None:

@@ -16,8 +16,10 @@ class CsvLog:
 
     FIELDS = ["step", "loss", "episode_accuracy", "lr", "episodes_per_s", "val_accuracy"]
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    def __init__(self, path: Path, enabled: bool, fields: list[str] | None = None) -> None:
+        """``fields``: the columns (default: the classification meta-training's ``FIELDS``)."""
         self.path, self.enabled = path, enabled
+        self.fields = list(fields or self.FIELDS)
 
     def truncate_after(self, step: int) -> None:
         """Drop the rows of steps after ``step``."""
@@ -29,7 +31,7 @@ class CsvLog:
         if len(kept) < len(rows):
             # Atomically: a kill during the rewrite must not lose the rows that are kept.
             buffer = io.StringIO(newline="")
-            writer = csv.DictWriter(buffer, fieldnames=self.FIELDS)
+            writer = csv.DictWriter(buffer, fieldnames=self.fields)
             writer.writeheader()
             writer.writerows(kept)
             atomic_write_text(self.path, buffer.getvalue())
@@ -39,7 +41,7 @@ class CsvLog:
             return
         new = not self.path.exists()
         with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
+            writer = csv.DictWriter(handle, fieldnames=self.fields)
             if new:
                 writer.writeheader()
             writer.writerow(row)

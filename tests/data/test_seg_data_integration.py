@@ -8,7 +8,7 @@ import pytest
 from datasets import Dataset
 from datasets import Image as ImageFeature
 
-from sgps_hf.data.segmentation import EpisodeSampler, from_hf_dataset, load_seg_dataset, seg_splits, task_arrays
+from sgps_hf.data.segmentation import SegEpisodeSampler, from_hf_dataset, load_seg_dataset, seg_splits, task_arrays
 from sgps_hf.errors import DataError
 
 SEG_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data-seg"
@@ -48,19 +48,19 @@ def test_real_data_matches_manifest_one_binary_task_per_label():
 
 
 def test_episode_sampler_is_seeded_and_respects_k():
-    sampler = EpisodeSampler({"a": 20, "b": 30}, k_range=(1, 8), n_query=4, seed=3)
+    sampler = SegEpisodeSampler({"a": 20, "b": 30}, k_range=(1, 8), n_query=4, seed=3)
     episodes = [sampler.episode(i) for i in range(200)]
     assert episodes == [sampler.episode(i) for i in range(200)]
     assert {e.k for e in episodes} == set(range(1, 9)) and {e.task for e in episodes} == {"a", "b"}
     for e in episodes:
         assert len(e.query) == 4 and not set(e.support) & set(e.query)
-    assert EpisodeSampler({"a": 20, "b": 30}, seed=4).episode(0) != sampler.episode(0) or EpisodeSampler(
+    assert SegEpisodeSampler({"a": 20, "b": 30}, seed=4).episode(0) != sampler.episode(0) or SegEpisodeSampler(
         {"a": 20, "b": 30}, seed=4
     ).episode(1) != sampler.episode(1)
     fixed = sampler.fixed("b", 5, 3)
     assert [e.k for e in fixed] == [5, 5, 5] and fixed == sampler.fixed("b", 5, 3)
     with pytest.raises(DataError, match="too small"):
-        EpisodeSampler({"tiny": 5}, k_range=(1, 8), n_query=4)
+        SegEpisodeSampler({"tiny": 5}, k_range=(1, 8), n_query=4)
 
 
 def test_any_dataset_with_image_and_mask_columns():

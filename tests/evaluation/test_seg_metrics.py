@@ -17,3 +17,20 @@ def test_dice_and_iou_on_known_masks():
     assert out["dice"] == pytest.approx(2.5 / 3)
     with pytest.raises(ValueError, match="shape"):
         dice_iou([a], [np.zeros((4, 4), bool)])
+
+
+def test_dice_per_image_is_the_evaluate_modules_dice():
+    """Training and head selection score with the module's own function, bit for bit what ``evaluate`` computes."""
+    import torch
+
+    from sgps_hf.metrics import dice_per_image, load_metric
+
+    rng = np.random.default_rng(0)
+    predictions = [rng.random((16, 12)) > 0.5 for _ in range(6)] + [np.zeros((16, 12), bool)]
+    references = [rng.random((16, 12)) > 0.3 for _ in range(6)] + [np.zeros((16, 12), bool)]
+    expected = load_metric("dice").compute(predictions=predictions, references=references)["per_image"]
+    assert dice_per_image(predictions, references) == expected and expected[-1] == 1.0
+    tensors = dice_per_image([torch.from_numpy(p) for p in predictions], [torch.from_numpy(r) for r in references])
+    assert tensors == expected
+    with pytest.raises(ValueError, match="shape"):
+        dice_per_image([predictions[0]], [np.zeros((4, 4), bool)])

@@ -32,15 +32,21 @@ class Dice(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        if len(predictions) == 0:
-            raise ValueError("dice needs at least one predicted mask.")
-        scores = []
-        for prediction, reference in zip(predictions, references, strict=False):
-            p, r = np.asarray(prediction, dtype=bool), np.asarray(reference, dtype=bool)
-            if p.shape != r.shape:
-                raise ValueError(f"prediction {p.shape} and reference {r.shape} masks differ in shape.")
-            p, r = p.reshape(1, -1), r.reshape(1, -1)
-            inter = float((p & r).sum(1)[0])
-            total = float((p.sum(1) + r.sum(1))[0])
-            scores.append(1.0 if total == 0 else 2 * inter / total)
+        scores = per_image_dice(predictions, references)
         return {"dice": float(np.mean(scores)), "per_image": scores}
+
+
+def per_image_dice(predictions, references) -> list:
+    """Dice of each (prediction, reference) pair of binary masks (1.0 when both are empty)."""
+    if len(predictions) == 0:
+        raise ValueError("dice needs at least one predicted mask.")
+    scores = []
+    for prediction, reference in zip(predictions, references, strict=False):
+        p, r = np.asarray(prediction, dtype=bool), np.asarray(reference, dtype=bool)
+        if p.shape != r.shape:
+            raise ValueError(f"prediction {p.shape} and reference {r.shape} masks differ in shape.")
+        p, r = p.reshape(1, -1), r.reshape(1, -1)
+        inter = float((p & r).sum(1)[0])
+        total = float((p.sum(1) + r.sum(1))[0])
+        scores.append(1.0 if total == 0 else 2 * inter / total)
+    return scores

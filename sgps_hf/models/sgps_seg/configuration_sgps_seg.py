@@ -115,6 +115,11 @@ class SGPSSegConfig(PretrainedConfig):
             raise ValueError(f"prototype_mix entries must be in [0, 1], got {prototype_mix}.")
         super().__init__(**kwargs)
 
+    def with_changes(self, **changes: Any) -> "SGPSSegConfig":
+        """A new config equal to this one but for ``changes`` (validated). Configs are data: code that needs another
+        value builds a new config (or passes an argument) instead of assigning a field of a live one."""
+        return type(self).from_dict({**self.to_dict(), **changes})
+
     def segmenter_config(self, raw_channels: int = 0):
         """The ``UperNetConfig`` of the synthesized network (2 labels: background, foreground).
 

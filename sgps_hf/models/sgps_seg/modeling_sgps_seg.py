@@ -42,6 +42,7 @@ from ...hub.atomic import save_pretrained_atomically
 from ...hub.checkpoints import checked_from_pretrained
 from .configuration_sgps_seg import SGPSSegConfig
 from .heads import mix_for, solve_head
+from .widening import widen_state_dict
 
 if TYPE_CHECKING:
     from .segmenter import SynthesizedSegmenter
@@ -197,8 +198,8 @@ class SGPSSegSynthesizer(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``PreTrainedModel.save_pretrained``, atomically (:func:`sgps_hf.hub.atomic.save_pretrained_atomically`)."""
-        if hasattr(self, "log_raw_weight"):  # keep the config's raw_weight equal to the meta-learned value
-            self.config.raw_weight = float(self.log_raw_weight.detach().exp())
+        if hasattr(self, "log_raw_weight"):  # the saved config records the meta-learned raw weight (a new config)
+            self.config = self.config.with_changes(raw_weight=float(self.log_raw_weight.detach().exp()))
         return save_pretrained_atomically(super().save_pretrained, save_directory, *args, **kwargs)
 
     def raw_offset(self) -> Tensor:
@@ -244,12 +245,18 @@ class SGPSSegSynthesizer(PreTrainedModel):
         return "blend" if getattr(self.config, "prototype_mix", None) else self.config.head
 
     def head_from_support(
-        self, support_features: Tensor, support_masks: Tensor, head: str | None = None
+        self,
+        support_features: Tensor,
+        support_masks: Tensor,
+        head: str | None = None,
+        prototype_weight: float | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Closed-form classifier ``(weight (2, C, 1, 1), bias (2,))`` from decoder features and masks (heads.py).
 
         ``support_masks``: ``(K, 1, H, W)`` in [0, 1] at any resolution (area-pooled to the features'). Examples with
         an empty mask (negatives) add background pixels only; the head is chosen by the number that show the structure.
+        ``prototype_weight``: the blended head's prototype weight for this call (default: ``config.prototype_mix``
+        at K).
         """
         _, c, h, w = support_features.shape
         k = int((support_masks.flatten(1).amax(1) > 0).sum().clamp_min(1))  # examples that show the structure
@@ -268,7 +275,9 @@ class SGPSSegSynthesizer(PreTrainedModel):
             gain[:learned] = 1 / (x[:, :learned] ** 2).sum(1).mean().clamp_min(1e-12).sqrt()
         x = (x - offset) * gain
         y = y.reshape(-1).double()
-        mix = mix_for(self.config.prototype_mix or [], k) if head == "blend" else None
+        mix = None
+        if head == "blend":
+            mix = mix_for(self.config.prototype_mix or [], k) if prototype_weight is None else float(prototype_weight)
         weight, bias = solve_head(head, x, y, self.scale.double(), self.log_ridge_lambda.double().exp(), mix)
         # the head was solved on (x - offset) * gain: fold both into the 1x1 conv on the network's own features
         weight = weight * gain
@@ -319,92 +328,10 @@ class SGPSSegSynthesizer(PreTrainedModel):
             )
         state = {k: v.detach().clone() for k, v in self.segmenter.state_dict().items()}
         if self.config.raw_levels:
-            state = self.widen_state_dict(state)
+            state = widen_state_dict(self, state)
         state[CLASSIFIER_PREFIX + "weight"] = weight.contiguous()
         state[CLASSIFIER_PREFIX + "bias"] = bias.contiguous()
         return state
-
-    def widen_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The learned decoder's state embedded in the ``hidden_size + R`` wide UperNet with the raw block beside it.
-
-        Learned channels keep their weights (zero cross-connections); raw channel ``r`` of stage ``l`` is
-        ``relu(P_l x + b_l)`` in the lateral conv of ``l`` (the pyramid bottleneck's centre tap for the last stage),
-        copied by centre-tap identities through every FPN conv and the fusion bottleneck; BatchNorms of raw
-        channels are identities. The classifier is left for the caller.
-        """
-        hidden, raw = self.config.hidden_size, self.raw_channels
-        wide = hidden + raw
-        head = "decode_head."
-        n_levels = len(self.config.out_indices)
-        starts, start = {}, hidden
-        for j, level in enumerate(self.config.raw_levels):
-            starts[level] = (j, start)
-            start += self.raw_dim(j)
-        out = {k: v for k, v in state.items() if not k.startswith(head)}
-
-        def conv_module(name: str, in_map: list[tuple[int, int, int]], in_total: int, raw_rows=None) -> None:
-            """``in_map``: (old input start, new input start, length) blocks of the learned input channels."""
-            old = state[f"{head}{name}.conv.weight"]
-            kh, kw = old.shape[-2:]
-            weight = old.new_zeros(wide, in_total, kh, kw)
-            for old_start, new_start, length in in_map:
-                weight[:hidden, new_start : new_start + length] = old[:, old_start : old_start + length]
-            bn_bias = old.new_zeros(wide)
-            if raw_rows is not None:
-                raw_rows(weight, bn_bias, kh // 2, kw // 2)
-            out[f"{head}{name}.conv.weight"] = weight
-            for key, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
-                value = old.new_full((wide,), fill)
-                value[:hidden] = state[f"{head}{name}.batch_norm.{key}"]
-                out[f"{head}{name}.batch_norm.{key}"] = value
-            out[f"{head}{name}.batch_norm.bias"][hidden:] = bn_bias[hidden:]
-            eps = 1e-5  # nn.BatchNorm2d default of UperNetConvModule: gamma = sqrt(1 + eps) makes raw channels exact copies
-            out[f"{head}{name}.batch_norm.weight"][hidden:] = math.sqrt(1 + eps)
-            out[f"{head}{name}.batch_norm.num_batches_tracked"] = state[
-                f"{head}{name}.batch_norm.num_batches_tracked"
-            ].clone()
-
-        def stage_rows(level: int, in_start: int):
-            def fill(weight, bn_bias, ci, cj):
-                if level in starts:
-                    j, r0 = starts[level]
-                    dim = self.raw_dim(j)
-                    projection = getattr(self, f"raw_projection_{j}")
-                    weight[r0 : r0 + dim, in_start : in_start + projection.shape[1], ci, cj] = projection
-                    bn_bias[r0 : r0 + dim] = getattr(self, f"raw_bias_{j}")
-
-            return fill
-
-        def identity_rows(in_start: int):
-            def fill(weight, bn_bias, ci, cj):
-                index = torch.arange(raw)
-                weight[hidden + index, in_start + hidden + index, ci, cj] = 1.0
-
-            return fill
-
-        top = list(self.segmenter.backbone.channels)[-1]
-        for i in range(n_levels - 1):
-            c_in = state[f"{head}lateral_convs.{i}.conv.weight"].shape[1]
-            conv_module(f"lateral_convs.{i}", [(0, 0, c_in)], c_in, stage_rows(i, 0))
-            conv_module(f"fpn_convs.{i}", [(0, 0, hidden)], wide, identity_rows(0))
-        n_pool = len(self.config.pool_scales)
-        for p in range(n_pool):
-            conv_module(f"psp_modules.{p}.1", [(0, 0, top)], top)
-        conv_module(
-            "bottleneck",
-            [(0, 0, top)] + [(top + p * hidden, top + p * wide, hidden) for p in range(n_pool)],
-            top + n_pool * wide,
-            stage_rows(n_levels - 1, 0),
-        )
-        conv_module(
-            "fpn_bottleneck",
-            [(i * hidden, i * wide, hidden) for i in range(n_levels)],
-            n_levels * wide,
-            identity_rows(0),
-        )
-        for key in ("weight", "bias"):
-            out[f"{head}classifier.{key}"] = state[f"{head}classifier.{key}"]
-        return out
 
     def synthesize(self, task: "SegmentationTask", head: str | None = None) -> "SynthesizedSegmenter":
         """One forward pass over the task's examples -> a standalone :class:`SynthesizedSegmenter`."""

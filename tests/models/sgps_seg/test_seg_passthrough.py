@@ -176,7 +176,7 @@ def test_bootstrap_intervals_and_paired_differences():
 
 
 def test_finetune_baseline_trains_learned_decoder_and_wide_classifier():
-    from sgps_hf.data.segmentation import Episode, TaskArrays
+    from sgps_hf.data.segmentation import SegEpisode, TaskArrays
     from sgps_hf.evaluation.segmentation import finetune_predict, synth_predict
     from sgps_hf.training.seg_meta_train import FeatureBank
 
@@ -189,7 +189,7 @@ def test_finetune_baseline_trains_learned_decoder_and_wide_classifier():
         [str(i) for i in range(6)],
     )
     bank = FeatureBank(synth, {"blob": arrays}, mirrored=True, dtype=torch.float32)
-    episode = Episode("blob", (0, 1), (2, 3, 4, 5))
+    episode = SegEpisode("blob", (0, 1), (2, 3, 4, 5))
     before = synth_predict(synth, bank, episode)
     untouched = {k: v.clone() for k, v in synth.state_dict().items()}
     zero_steps = finetune_predict(synth, bank, episode, steps=0, lr=1e-3, init_head=True, seed=0)
