@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Segmentation code that still switches its config at run time; the segmentation rework (issue 24, item 4) removes
-#: these, and this list with them. (file, field)
+
+
 def _is_config(node: ast.AST) -> bool:
     """``config``, ``model_config``, ``x.config``, ``self.model.config``... (not the ``datasets.config`` module)."""
     if isinstance(node, ast.Name):

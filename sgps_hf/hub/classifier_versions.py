@@ -17,7 +17,6 @@ refused unless the classifier being saved descends from it (an update of it) or 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -113,23 +112,17 @@ def _stored_weights(base: Path | None, version: int, expected: Any) -> Path | No
     return None
 
 
-def load_version(
-    path_or_repo_id: str | os.PathLike, version: int, revision: str | None = None, token: str | None = None
-) -> Any:
-    """Version ``version`` of a saved classifier, as a SynthesizedClassifier (its task file, weights and support set).
+def read_version(current: Any, version: int) -> tuple[Any, list[str], dict[str, Any], int]:
+    """The verified pieces of version ``version`` of the loaded classifier ``current`` (an earlier one).
 
-    The folder is verified as for ``SynthesizedClassifier.from_pretrained``; the version's task file, its weights
-    (against the recorded sha256) and its support manifest are verified too. The current version loads as usual.
+    Returns ``(model, labels, info, index)``: the timm network holding that version's weights, its labels, its task
+    record and its position in ``current.versions``. Its task file, weights (against the recorded sha256) and
+    support manifest are verified; :meth:`SynthesizedClassifier.load_version` builds the classifier.
     """
     import timm
     from safetensors.torch import load_file
 
-    from ..models.sgps.classifier import SynthesizedClassifier
-
-    current = SynthesizedClassifier.from_pretrained(path_or_repo_id, revision=revision, token=token)
     folder = Path(current._base[0])
-    if int(version) == current.version:
-        return current
     known = [int(v.get("version", 1)) for v in current.versions]
     if int(version) not in known:
         raise CheckpointError(
@@ -165,4 +158,4 @@ def load_version(
     model.load_state_dict(state, strict=True)
     model.pretrained_cfg = {**dict(current.model.pretrained_cfg), "label_names": labels}
     model.default_cfg = model.pretrained_cfg
-    return SynthesizedClassifier(model, labels, info, versions=current.versions[:index], support_folder=folder)
+    return model, labels, info, index

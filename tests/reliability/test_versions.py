@@ -13,7 +13,6 @@ from sgps_hf import CheckpointError, SGPSProcessor, SynthesizedClassifier
 from sgps_hf.cli import main
 from sgps_hf.errors import OutputPathError
 from sgps_hf.hub.checkpoints import state_dict_sha256
-from sgps_hf.hub.classifier_versions import load_version
 
 pytestmark = [pytest.mark.usefixtures("torch_single_thread"), pytest.mark.timeout(300)]
 
@@ -95,7 +94,7 @@ def test_every_earlier_version_keeps_its_task_file_support_and_exact_weights(wor
         assert (folder / "versions" / "v1" / "model.safetensors").is_file()
     queries = [str(p) for p in new]
     for version, original in ((1, v1), (2, v2)):
-        loaded = load_version(tmp_path / "elsewhere", version)
+        loaded = SynthesizedClassifier.load_version(tmp_path / "elsewhere", version)
         assert loaded.version == version and loaded.info["weights_sha256"] == original.info["weights_sha256"]
         assert state_dict_sha256(loaded.model.state_dict()) == original.info["weights_sha256"]
         assert torch.equal(loaded.predict_proba(queries), original.predict_proba(queries))
@@ -104,11 +103,14 @@ def test_every_earlier_version_keeps_its_task_file_support_and_exact_weights(wor
             c["name"]: c["num_images"] for c in original.info["task"]["classes"]
         }
         assert [len(v) for v in support.values()] == [len(v) for v in original.support.values()]
-    assert load_version(tmp_path / "elsewhere", 3).info["weights_sha256"] == v3.info["weights_sha256"]
+    assert (
+        SynthesizedClassifier.load_version(tmp_path / "elsewhere", 3).info["weights_sha256"]
+        == v3.info["weights_sha256"]
+    )
     # a re-synthesis of version 1 from what it keeps reproduces its weights bit for bit
-    again = synth.synthesize(_rebuilt_task(load_version(tmp_path / "elsewhere", 1)), processor=processor).info[
-        "weights_sha256"
-    ]
+    again = synth.synthesize(
+        _rebuilt_task(SynthesizedClassifier.load_version(tmp_path / "elsewhere", 1)), processor=processor
+    ).info["weights_sha256"]
     assert again == v1.info["weights_sha256"]
 
 
@@ -137,15 +139,15 @@ def test_tampered_or_missing_version_weights(workspace, tmp_path):
     tensors["classifier.bias"] = tensors["classifier.bias"] + 1
     save_file(tensors, archived, metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="replaced or corrupted"):
-        load_version(tmp_path / "clf", 1)
+        SynthesizedClassifier.load_version(tmp_path / "clf", 1)
     again = synth.update(SynthesizedClassifier.from_pretrained(tmp_path / "clf"), {"nevus": new[1:]}, processor)
     with pytest.raises(CheckpointError, match="version 1 do not match"):
         again.save_pretrained(tmp_path / "clf")
     archived.unlink()  # a folder written before versions kept weights: loads, and says what a version lacks
     assert SynthesizedClassifier.from_pretrained(tmp_path / "clf").version == 2
     with pytest.raises(CheckpointError, match="keeps its task file but not its weights"):
-        load_version(tmp_path / "clf", 1)
+        SynthesizedClassifier.load_version(tmp_path / "clf", 1)
     with pytest.raises(CheckpointError, match="has no version 7"):
-        load_version(tmp_path / "clf", 7)
+        SynthesizedClassifier.load_version(tmp_path / "clf", 7)
     info = json.loads((tmp_path / "clf" / "versions" / "v1" / "sgps_task.json").read_text())
     assert info["version"] == 1 and info["support"]["files"]["melanoma"]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ...hub.classifier_folder import load_classifier_folder, push_classifier, save_classifier_folder
+from ...hub.classifier_versions import read_version
 from ...hub.support_images import Support, read_support, support_available
 from ...imaging import ImageInput
 from .image_processing_sgps import SGPSImageProcessor
@@ -86,6 +87,22 @@ class SynthesizedClassifier:
         return classifier
 
     # -- inference ------------------------------------------------------------------------------
+
+    @classmethod
+    def load_version(
+        cls, path_or_repo_id: str | os.PathLike, version: int, revision: str | None = None, token: str | None = None
+    ) -> "SynthesizedClassifier":
+        """Version ``version`` of a saved classifier (its task file, weights and support set), verified.
+
+        The folder is verified as for :meth:`from_pretrained`; the version's task file, its weights (against the
+        recorded sha256) and its support manifest are verified too. The current version loads as usual.
+        """
+        current = cls.from_pretrained(path_or_repo_id, revision=revision, token=token)
+        if int(version) == current.version:
+            return current
+        model, labels, info, index = read_version(current, version)
+        return cls(model, labels, info, versions=current.versions[:index], support_folder=Path(current._base[0]))
+
     @torch.no_grad()
     def predict_proba(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> Tensor:
         """Class probabilities [num_images, num_classes]."""
