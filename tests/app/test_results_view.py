@@ -46,7 +46,7 @@ def test_uncertain_is_the_headline_and_all_bad_is_an_error(classifier, image_fil
 
 
 def test_new_cases_have_no_default_class(classifier):
-    from sgps_hf.app.ui import _classifier_outputs
+    from sgps_hf.app.classification import _classifier_outputs
 
     update = _classifier_outputs(classifier, "done")[3]
     assert update["choices"] and update["value"] is None
