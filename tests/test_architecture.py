@@ -18,6 +18,7 @@ LAYERS = [
     ["synthesis"],
     ["training"],
     ["evaluation"],
+    ["slides"],
     ["quickstart", "app"],
     ["cli"],
     ["__init__"],

@@ -26,6 +26,7 @@ from .commands import (
 )
 from .data import register_data
 from .segment import register as register_segment
+from .slides import register as register_slide
 
 # --------------------------------------------------------------------------------------------------
 # Entry point
@@ -42,6 +43,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_demo,
     register_evaluate,
     register_segment,
+    register_slide,
 ]
 
 

@@ -152,17 +152,30 @@ class Slide:
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """RGB uint8 array [height, width, 3] of ``size`` (w, h) at ``level``; ``location`` in level-0 pixels.
 
-        Transparent pixels (outside the scanned area) become white, as on a glass slide.
+        Only the part inside the slide is read; the rest, and transparent pixels (outside the scanned area), are white,
+        as glass is (readers differ: tiffslide pads with black, OpenSlide with transparent).
         """
-        region = self._handle.read_region((int(location[0]), int(location[1])), int(level), tuple(map(int, size)))
+        width, height = int(size[0]), int(size[1])
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        downsample = self.level_downsamples[level]
+        level_w, level_h = self.level_dimensions[level]
+        x, y = int(location[0]), int(location[1])
+        lx, ly = x / downsample, y / downsample  # position in the level's pixels
+        left, top = max(0, -int(np.floor(lx))), max(0, -int(np.floor(ly)))
+        right = min(width, int(np.floor(level_w - lx)))
+        bottom = min(height, int(np.floor(level_h - ly)))
+        if right <= left or bottom <= top:
+            return out
+        start = (x + round(left * downsample), y + round(top * downsample))
+        region = self._handle.read_region(start, int(level), (right - left, bottom - top))
         array = np.asarray(region)
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=2)
         if array.shape[2] == 4:
             alpha = array[..., 3:4].astype(np.float32) / 255.0
-            array = array[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-            array = np.clip(array + 0.5, 0, 255)
-        return np.ascontiguousarray(array[..., :3], dtype=np.uint8)
+            array = np.clip(array[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha) + 0.5, 0, 255)
+        out[top:bottom, left:right] = array[..., :3]
+        return out
 
     def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
         """(RGB thumbnail whose longer side is at most ``max_side``, its downsample from level 0).

@@ -84,7 +84,7 @@ def tissue_mask(thumbnail: np.ndarray, min_object_fraction: float = 0.001) -> np
     saturation = np.where(high > 0.02, (high - low) / np.maximum(high, 1e-6), 0.0)
     threshold = min(max(otsu_threshold(saturation), MIN_SATURATION_THRESHOLD), MAX_SATURATION_THRESHOLD)
     mask = saturation > threshold
-    mask = ndimage.binary_opening(mask, iterations=1) if min(mask.shape) >= 8 else mask
+    mask = ndimage.binary_opening(mask, structure=np.ones((3, 3))) if min(mask.shape) >= 8 else mask
     labels, count = ndimage.label(mask)
     if count:
         sizes = np.bincount(labels.ravel())

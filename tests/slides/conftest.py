@@ -1,0 +1,43 @@
+"""Slides from ../shared/data-wsi and small arranged pyramidal TIFFs written for the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+WSI = Path(__file__).resolve().parents[2] / ".." / "shared" / "data-wsi"
+TINY_SVS = WSI / "tiny-16px.svs"
+
+
+def coloured_patches(seed: int, count: int = 4, tint=(200, 80, 160)) -> list[np.ndarray]:
+    """Stain-like 128-px patches: a tint plus noise (saturated, so they count as tissue)."""
+    rng = np.random.default_rng(seed)
+    base = np.array(tint, dtype=np.int16)
+    return [
+        np.clip(base + rng.integers(-40, 41, size=(128, 128, 3)), 0, 255).astype(np.uint8) for _ in range(count)
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_svs() -> Path:
+    if not TINY_SVS.is_file():
+        pytest.skip("../shared/data-wsi/tiny-16px.svs is not available")
+    return TINY_SVS
+
+
+@pytest.fixture(scope="session")
+def arranged_slides(tmp_path_factory) -> dict[str, list[Path]]:
+    """Two classes of 4 x 4-cell arranged slides at 1 um/px: pink ("a") and blue-purple ("b") tissue."""
+    from sgps_hf.slides.arrange import arrange_slide, write_pyramidal_tiff
+
+    root = tmp_path_factory.mktemp("arranged")
+    rng = np.random.default_rng(0)
+    pools = {"a": coloured_patches(1, tint=(225, 120, 170)), "b": coloured_patches(2, tint=(90, 60, 170))}
+    slides: dict[str, list[Path]] = {}
+    for name, pool in pools.items():
+        for i in range(3):
+            image, _ = arrange_slide(rng, pool, None, 1.0, grid=4)
+            slides.setdefault(name, []).append(write_pyramidal_tiff(root / f"{name}-{i}.tiff", image, mpp=1.0))
+    return slides
