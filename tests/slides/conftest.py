@@ -15,9 +15,7 @@ def coloured_patches(seed: int, count: int = 4, tint=(200, 80, 160)) -> list[np.
     """Stain-like 128-px patches: a tint plus noise (saturated, so they count as tissue)."""
     rng = np.random.default_rng(seed)
     base = np.array(tint, dtype=np.int16)
-    return [
-        np.clip(base + rng.integers(-40, 41, size=(128, 128, 3)), 0, 255).astype(np.uint8) for _ in range(count)
-    ]
+    return [np.clip(base + rng.integers(-40, 41, size=(128, 128, 3)), 0, 255).astype(np.uint8) for _ in range(count)]
 
 
 @pytest.fixture(scope="session")
@@ -29,12 +27,12 @@ def tiny_svs() -> Path:
 
 @pytest.fixture(scope="session")
 def arranged_slides(tmp_path_factory) -> dict[str, list[Path]]:
-    """Two classes of 4 x 4-cell arranged slides at 1 um/px: pink ("a") and blue-purple ("b") tissue."""
+    """Two classes ("pink", "purple") of three 4 x 4-cell arranged slides at 1 um/px."""
     from sgps_hf.slides.arrange import arrange_slide, write_pyramidal_tiff
 
     root = tmp_path_factory.mktemp("arranged")
     rng = np.random.default_rng(0)
-    pools = {"a": coloured_patches(1, tint=(225, 120, 170)), "b": coloured_patches(2, tint=(90, 60, 170))}
+    pools = {"pink": coloured_patches(1, tint=(225, 120, 170)), "purple": coloured_patches(2, tint=(90, 60, 170))}
     slides: dict[str, list[Path]] = {}
     for name, pool in pools.items():
         for i in range(3):
