@@ -104,6 +104,9 @@ def build_demo(
         from .segmentation import build_segmentation_tab
 
         build_segmentation_tab()
+        from .slides import build_slides_tab
+
+        build_slides_tab(handle)
     demo.queue(default_concurrency_limit=limits.concurrency_limit, max_size=limits.queue_size)
     demo.sgps_stats = ctx.stats
     demo.sgps_limits = limits
