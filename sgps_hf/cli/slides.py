@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
     _tiling_arguments(synth)
     synth.set_defaults(handler=_synthesize)
 
-    predict = commands.add_parser("predict", help="screen slides: probabilities, heatmap and top-tile PNGs, CSV")
+    predict = commands.add_parser("predict", help="screen slides: probabilities, heatmap, top-tile and tile PNGs, CSV")
     predict.add_argument("--classifier", required=True, help="slide classifier folder")
     predict.add_argument("slides", nargs="+", help="slide files or folders of them")
     predict.add_argument("--out-dir", required=True, help="folder for predictions.csv and the PNGs of each slide")
@@ -133,7 +133,7 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..slides import SlideClassifier
+    from ..slides import SlideClassifier, tile_overlay
 
     if args.max_tiles is not None and args.max_tiles < 1:
         raise UsageError("--max-tiles must be at least 1.")
@@ -153,6 +153,7 @@ def _predict(args: argparse.Namespace) -> int:
         )
         result.heatmap().save(_free_target(out / f"{path.stem}_heatmap.png"))
         result.contact_sheet().save(_free_target(out / f"{path.stem}_top_tiles.png"))
+        tile_overlay(result.tiles).save(_free_target(out / f"{path.stem}_tiles.png"))
         rows.append({**result.to_row(), "slide": str(path)})
         top = sorted(result.probabilities.items(), key=lambda kv: -kv[1])[:3]
         print(f"{path}: " + ", ".join(f"{k} {v:.3f}" for k, v in top) + f" ({len(result.tile_probs)} tiles)")

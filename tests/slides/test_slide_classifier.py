@@ -140,6 +140,7 @@ def test_cli_round_trip(synth, arranged_slides, tmp_path, capsys):
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert [r["slide"] for r in rows] == slides and all(r["label"] in ("pink", "purple") for r in rows)
     assert (out / "purple-1_heatmap.png").is_file() and (out / "pink-1_top_tiles.png").is_file()
+    assert (out / "pink-1_tiles.png").is_file()
     assert main(["slide", "predict", "--classifier", str(tmp_path / "clf"), *slides, "--out-dir", str(out)]) == 2
     assert "already exists; nothing was overwritten" in capsys.readouterr().err
     add = ["--add", f"pink={arranged_slides['pink'][2]}"]
