@@ -115,7 +115,9 @@ def main() -> None:
                     ],
                 )
                 start = time.perf_counter()
-                clf = synthesize_slide_classifier(synth, task, processor, tiles_per_slide=args.tiles_per_slide)
+                clf = synthesize_slide_classifier(
+                    synth, task, processor, tiles_per_slide=args.tiles_per_slide, tiles_per_class=args.tiles_per_class
+                )
                 synth_seconds = time.perf_counter() - start
                 tile_probs = [clf.tile_classifier.predict_proba(t).numpy() for t in query_tiles]
                 sgps = {
@@ -170,6 +172,7 @@ if __name__ == "__main__":
     parser.add_argument("--query", type=int, default=3, help="query slides per class")
     parser.add_argument("--query-tiles", type=int, default=12, help="tiles per query slide (seeded sample)")
     parser.add_argument("--tiles-per-slide", type=int, default=8)
+    parser.add_argument("--tiles-per-class", type=int, default=None, help="per-class tile budget (default: none)")
     parser.add_argument("--grid", type=int, default=6, help="cells per side of an arranged slide (128 px each)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True)

@@ -8,6 +8,7 @@ resulting timm tile classifier is paired with the slide rule.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -60,12 +61,17 @@ def synthesize_slide_classifier(
     tile_size: int = DEFAULT_TILING["tile_size"],
     min_tissue: float = DEFAULT_TILING["min_tissue"],
     max_tiles: int = DEFAULT_TILING["max_tiles"],
+    tiles_per_class: int | None = None,
     seed: int = 0,
     backend: str = "auto",
     fallback_mpp: float = DEFAULT_FALLBACK_MPP,
     progress: bool = False,
 ) -> SlideClassifier:
-    """A :class:`SlideClassifier` for ``task``: tiles of every slide -> one synthesis of a tile classifier."""
+    """A :class:`SlideClassifier` for ``task``: tiles of every slide -> one synthesis of a tile classifier.
+
+    ``tiles_per_class`` (optional) is a budget per class: each of a class's n slides then gives at most
+    ``ceil(tiles_per_class / n)`` tiles (and never more than ``tiles_per_slide``).
+    """
     if not isinstance(task, SlideTask):
         raise InvalidTaskError("synthesize_slide_classifier needs a SlideTask (classes with slides).")
     most = max(len(c.slides) for c in task.classes)
@@ -81,11 +87,16 @@ def synthesize_slide_classifier(
         max_tiles=max_tiles,
         tiles_per_slide=tiles_per_slide,
     )
+    if tiles_per_class is not None:
+        if tiles_per_class < 1:
+            raise InvalidTaskError(f"tiles_per_class must be at least 1 (or None), got {tiles_per_class}.")
+        tiling["tiles_per_class"] = int(tiles_per_class)
     classes, slides = [], {}
     for cls in task.classes:
         images, records = [], []
+        own = {**tiling, "tiles_per_slide": _per_slide(tiling, len(cls.slides))}
         for path in cls.slides:
-            arrays, record = slide_support_tiles(path, tiling, seed, backend, fallback_mpp, progress)
+            arrays, record = slide_support_tiles(path, own, seed, backend, fallback_mpp, progress)
             images.extend(arrays)
             records.append(record)
         classes.append(ClassSpec(name=cls.name, description=cls.description, images=images))
@@ -93,6 +104,12 @@ def synthesize_slide_classifier(
     tile_task = TaskSpec(classes=classes, name=task.name, modality=task.modality)
     classifier = synthesizer.synthesize(tile_task, processor=processor)
     return SlideClassifier(classifier, rule, tiling, {c.name: slides[c.name] for c in tile_task.classes})
+
+
+def _per_slide(tiling: Mapping[str, Any], slides: int) -> int:
+    budget = tiling.get("tiles_per_class")
+    cap = int(tiling["tiles_per_slide"])
+    return cap if budget is None else max(1, min(cap, math.ceil(budget / slides)))
 
 
 def update_slide_classifier(
@@ -107,7 +124,8 @@ def update_slide_classifier(
     """Re-synthesize with newly verified slides ({class: [slide paths]}) added to the stored support tiles.
 
     The tile classifier goes through :meth:`SGPSSynthesizer.update` (versions and changelog kept); the new slides are
-    tiled with the classifier's own magnification, tile size and per-slide cap.
+    tiled with the classifier's own magnification, tile size and per-slide cap (with a per-class budget: the cap
+    its class would have with the new slide count; the old slides keep their tiles).
     """
     if not isinstance(additions, Mapping) or not any(additions.values()):
         raise InvalidTaskError("Pass the new slides as {class name: [slide paths]}, with at least one slide.")
@@ -121,8 +139,9 @@ def update_slide_classifier(
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         if len(slides.get(name, [])) + len(paths) > MAX_SLIDES_PER_CLASS:
             raise InvalidTaskError(f"Class {name!r} would have more than {MAX_SLIDES_PER_CLASS} slides.")
+        own = {**tiling, "tiles_per_slide": _per_slide(tiling, len(slides.get(name, [])) + len(paths))}
         for path in paths:
-            arrays, record = slide_support_tiles(path, tiling, seed, backend, fallback_mpp)
+            arrays, record = slide_support_tiles(path, own, seed, backend, fallback_mpp)
             new_tiles.setdefault(name, []).extend(arrays)
             slides.setdefault(name, []).append(record)
     updated = synthesizer.update(classifier.tile_classifier, new_tiles, processor=processor)

@@ -62,9 +62,14 @@ def test_synthesis_goes_through_the_public_path(synth, slide_task, classifier):
     assert all(len(e["sha256"]) == 64 for entries in classifier.slides.values() for e in entries)
 
 
-def test_per_slide_cap_is_checked(synth, slide_task):
+def test_per_slide_cap_and_per_class_budget(synth, slide_task):
     with pytest.raises(InvalidTaskError, match="tiles_per_slide <= 50"):
         synthesize_slide_classifier(synth, slide_task, tiles_per_slide=51)
+    with pytest.raises(InvalidTaskError, match="tiles_per_class must be at least 1"):
+        synthesize_slide_classifier(synth, slide_task, tiles_per_class=0)
+    budget = synthesize_slide_classifier(synth, slide_task, tiles_per_slide=3, tiles_per_class=3)
+    assert [e["tiles"] for e in budget.slides["pink"]] == [2, 2]  # ceil(3 / 2) per slide
+    assert budget.tiling["tiles_per_class"] == 3
 
 
 def test_screening_a_slide(classifier, arranged_slides):
