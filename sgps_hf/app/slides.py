@@ -17,7 +17,6 @@ from .limits import SYNTHESIS_LOCK
 
 CLASS_ROWS = 3
 MAX_SLIDES_PER_CLASS = 5
-TILES_PER_SLIDE = 10
 DISCLAIMER = (
     "Research prototype, **not for clinical use**: a pathologist must review every slide. The slide arrangement of "
     "the benchmark is synthetic; validate on your own slides."
@@ -50,7 +49,7 @@ def synthesize_slides(rows: Sequence[tuple[str, str, Any]], synthesizer: Any, pr
             classes.append(SlideClassSpec(class_name.strip(), (text or "").strip(), slides))
         task = SlideTask(classes, name=(name or "").strip() or "slide-task")
         with SYNTHESIS_LOCK:
-            classifier = synthesize_slide_classifier(synthesizer, task, processor, tiles_per_slide=TILES_PER_SLIDE)
+            classifier = synthesize_slide_classifier(synthesizer, task, processor)
     except (SGPSError, SlideAppError) as exc:
         return None, f"**Error:** {exc}", ""
     from ..hub.model_card import classifier_card
@@ -109,8 +108,8 @@ def build_slides_tab(handle: Any) -> None:
         gr.Markdown(
             "# Whole-slide classifier from a few labelled slides\n" + DISCLAIMER + "\n\n"
             f"## 1. Slides per class\nUp to {MAX_SLIDES_PER_CLASS} slides per class (SVS, NDPI, pyramidal TIFF, "
-            f"within the app's upload limit). Each is tiled at 1 um/px; {TILES_PER_SLIDE} tissue tiles per slide "
-            "become the support set of one synthesis."
+            f"within the app's upload limit). Each is tiled at 1 um/px; up to 8 tissue tiles per class (spread "
+            "over its slides) become the support set of one synthesis."
         )
         task_name = gr.Textbox(label="Task name", placeholder="my-slide-task", elem_id="slides-task-name")
         inputs = []

@@ -24,7 +24,8 @@ def register(subparsers: Any) -> None:
     synth.add_argument("--task", required=True, help="YAML/JSON: name, modality, classes (name, description, slides)")
     synth.add_argument("--out", required=True, help="output folder (timm tile classifier + slide_rule.json + card)")
     synth.add_argument("--synthesizer", default=None, help="checkpoint folder or Hub id (default: bundled)")
-    synth.add_argument("--tiles-per-slide", type=int, default=10, help="support tiles per slide (seeded sample)")
+    synth.add_argument("--tiles-per-slide", type=int, default=8, help="support tiles per slide at most")
+    synth.add_argument("--tiles-per-class", type=int, default=8, help="support tiles per class (0: no budget)")
     synth.add_argument("--rule", default=None, choices=["mean", "topk_mean", "vote"], help="default: the chosen one")
     synth.add_argument("--top-fraction", type=float, default=0.25, help="fraction of tiles for --rule topk_mean")
     _tiling_arguments(synth)
@@ -123,6 +124,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         processor,
         rule=rule,
         tiles_per_slide=args.tiles_per_slide,
+        tiles_per_class=args.tiles_per_class or None,
         target_mpp=args.target_mpp,
         tile_size=args.tile_size,
         min_tissue=args.min_tissue,

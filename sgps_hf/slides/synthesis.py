@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InvalidTaskError
 from ..task import MAX_IMAGES_PER_CLASS, ClassSpec, TaskSpec
-from .classifier import DEFAULT_TILING, SlideClassifier
+from .classifier import DEFAULT_TILES_PER_CLASS, DEFAULT_TILING, SlideClassifier
 from .reader import DEFAULT_FALLBACK_MPP, open_slide
 from .rules import DEFAULT_RULE, SlideRule
 from .task import MAX_SLIDES_PER_CLASS, SlideTask
@@ -61,7 +61,7 @@ def synthesize_slide_classifier(
     tile_size: int = DEFAULT_TILING["tile_size"],
     min_tissue: float = DEFAULT_TILING["min_tissue"],
     max_tiles: int = DEFAULT_TILING["max_tiles"],
-    tiles_per_class: int | None = None,
+    tiles_per_class: int | None = DEFAULT_TILES_PER_CLASS,
     seed: int = 0,
     backend: str = "auto",
     fallback_mpp: float = DEFAULT_FALLBACK_MPP,
@@ -69,8 +69,9 @@ def synthesize_slide_classifier(
 ) -> SlideClassifier:
     """A :class:`SlideClassifier` for ``task``: tiles of every slide -> one synthesis of a tile classifier.
 
-    ``tiles_per_class`` (optional) is a budget per class: each of a class's n slides then gives at most
-    ``ceil(tiles_per_class / n)`` tiles (and never more than ``tiles_per_slide``).
+    ``tiles_per_class`` is a budget per class (None: no budget): each of a class's n slides gives at most
+    ``ceil(tiles_per_class / n)`` tiles, never more than ``tiles_per_slide``. The default, 8, was chosen on the
+    meta-val pathology task, where 16 scored lower (``benchmarks/slides.md``).
     """
     if not isinstance(task, SlideTask):
         raise InvalidTaskError("synthesize_slide_classifier needs a SlideTask (classes with slides).")

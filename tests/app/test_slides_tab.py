@@ -39,7 +39,7 @@ def test_slides_tab_functions(tmp_path):
         ("", "", None),
     ]
     classifier, status, card = synthesize_slides(rows, synth, processor, "toy")
-    assert classifier is not None and "Synthesized a slide classifier for **toy** from 20 tiles" in status
+    assert classifier is not None and "Synthesized a slide classifier for **toy** from 16 tiles" in status
     assert "## Whole-slide use" in card
     text, heat, sheet, overlay = screen_slide(classifier, str(slides["purple"][1]))
     assert "purple-1.tiff" in text and "tissue tiles" in text and "not for clinical use" in text
