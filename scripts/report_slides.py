@@ -1,6 +1,6 @@
 """Markdown tables of the slide benchmark JSONs (scripts/slide_benchmark.py): per shots, mean over episodes.
 
-python scripts/report_slides.py benchmarks/slide_fewshot_heldout.json --rule topk_mean@0.25
+python scripts/report_slides.py benchmarks/slide_fewshot_heldout*.json --rule topk_mean@0.25
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import json
 import numpy as np
 
 
-def table(path: str, rule: str | None) -> str:
-    data = json.load(open(path))
-    episodes = data["episodes"]
+def table(paths: list[str], rule: str | None) -> str:
+    """One table over the episodes of all ``paths`` (runs of the same configuration with different episodes)."""
+    episodes = [e for path in paths for e in json.load(open(path))["episodes"]]
     shots = sorted({int(s) for e in episodes for s in e["shots"]})
     rules = list(episodes[0]["shots"][str(shots[0])]["sgps"])
     shown = [rule] if rule else rules
@@ -46,5 +46,4 @@ if __name__ == "__main__":
     parser.add_argument("files", nargs="+")
     parser.add_argument("--rule", default=None, help="show only this SGPS rule (default: all)")
     args = parser.parse_args()
-    for file in args.files:
-        print(f"**{file}**\n\n{table(file, args.rule)}\n")
+    print(f"**{', '.join(args.files)}**\n\n{table(args.files, args.rule)}\n")

@@ -89,7 +89,7 @@ def main() -> None:
 
     patches = {name: load_patches(data / name) for name in names}
     results = {"episodes": []}
-    for episode in range(args.episodes):
+    for episode in range(args.first_episode, args.first_episode + args.episodes):
         rng = np.random.default_rng(1000 + episode)
         support_pool, query_pool = {}, {}
         for name in names:
@@ -169,6 +169,7 @@ if __name__ == "__main__":
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1] / "../shared/data"))
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 3, 5])
     parser.add_argument("--episodes", type=int, default=3)
+    parser.add_argument("--first-episode", type=int, default=0, help="episode i uses the seed 1000 + i")
     parser.add_argument("--query", type=int, default=3, help="query slides per class")
     parser.add_argument("--query-tiles", type=int, default=12, help="tiles per query slide (seeded sample)")
     parser.add_argument("--tiles-per-slide", type=int, default=8)
