@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import WSI
+from slide_testing import WSI
 
 from sgps_hf.slides import available_backends, iter_tiles, open_slide, tile_overlay, tile_slide
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import coloured_patches
+from slide_testing import coloured_patches
 
 from sgps_hf.errors import ImageLoadError
 from sgps_hf.slides import iter_tiles, open_slide, read_tile, tile_overlay, tile_slide, tissue_mask
