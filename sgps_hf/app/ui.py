@@ -27,6 +27,7 @@ from .export import ExportArea, export_zip, push_from_app
 from .inputs import ClassRow, build_task
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, SYNTHESIS_LOCK, AppInputError, AppLimits, RequestRunner
 from .prediction import predict_files, predictions_markdown, update_from_app
+from .slides import build_slides_tab
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a hospital network
 
@@ -104,8 +105,6 @@ def build_demo(
         from .segmentation import build_segmentation_tab
 
         build_segmentation_tab()
-        from .slides import build_slides_tab
-
         build_slides_tab(handle)
     demo.queue(default_concurrency_limit=limits.concurrency_limit, max_size=limits.queue_size)
     demo.sgps_stats = ctx.stats
