@@ -19,6 +19,7 @@ LAYERS = [
     ["synthesis"],
     ["training"],
     ["evaluation"],
+    ["slides"],
     ["quickstart", "app"],
     ["cli"],
     ["__init__"],

@@ -24,6 +24,7 @@ from .classification import AppStats, Context, SynthesizerHandle, build_classifi
 from .examples import example_tasks
 from .export import ExportArea
 from .limits import DEFAULT_LIMITS, AppLimits, RequestRunner
+from .slides import build_slides_tab
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a hospital network
 
@@ -78,6 +79,7 @@ def build_demo(
         from .segmentation import build_segmentation_tab
 
         build_segmentation_tab()
+        build_slides_tab(handle)
     demo.queue(default_concurrency_limit=limits.concurrency_limit, max_size=limits.queue_size)
     demo.sgps_stats = ctx.stats
     demo.sgps_synthesizer_path = handle.name  # for tests: the page must never show it

@@ -26,6 +26,7 @@ from .commands import (
 from .data import register_data
 from .predict import register as register_predict
 from .segment import register as register_segment
+from .slides import register as register_slide
 from .trust import register as register_trust
 from .trust import warnings_as_lines
 
@@ -45,6 +46,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_evaluate,
     register_trust,
     register_segment,
+    register_slide,
 ]
 
 
