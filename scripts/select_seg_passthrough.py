@@ -1,9 +1,11 @@
-"""Meta-val selection of the raw pass-through and head (the grid behind the `passthrough` section of scripts/configs/seg_default.yaml).
+"""Meta-val selection of the raw pass-through and head (the grid behind the `passthrough` section of
+scripts/configs/seg_default.yaml).
 
 Research script, run as `python scripts/select_seg_passthrough.py meta_val 24` from the repository root (writes runs/):
 ridge / prototype heads on [learned decoder channels, raw standardised encoder stages] with direct bilinear upsampling,
-per-level 1/sqrt(dim) weighting, PCA on meta-train images. The first grid (learned / raw / concatenated features, alpha 0.5-2,
-lambda 0.03-1) and this finer one were both run on meta-val only; their ranked tables are in benchmarks/seg_selection_meta_val.txt.
+per-level 1/sqrt(dim) weighting, PCA on meta-train images. The first grid (learned / raw / concatenated features, alpha
+0.5-2, lambda 0.03-1) and this finer one were both run on meta-val only; their ranked tables are in
+benchmarks/seg_selection_meta_val.txt.
 """
 
 import argparse

@@ -199,7 +199,8 @@ def _read_versions(folder: Path, info: Mapping[str, Any] | None = None) -> list[
             version = previous.get("version", 1)
             if not is_int(version) or version != int(match.group(1)) or (current is not None and version >= current):
                 raise CheckpointError(
-                    f"{where}: key 'version' is {short(version)}, not {int(match.group(1))} (below the current version "
+                    f"{where}: key 'version' is {short(version)}, not {int(match.group(1))} (below the current "
+                    "version "
                     f"{current}); fix or restore the file, or delete that version folder."
                 )
             versions.append((version, previous))
@@ -215,12 +216,14 @@ def _load_weights(folder: Path, build: Any, info: Mapping[str, Any]) -> nn.Modul
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt data
         raise CheckpointError(
-            f"{path} is not a valid safetensors file ({exc}); it may be truncated or corrupt: re-download or re-save it."
+            f"{path} is not a valid safetensors file ({exc}); it may be truncated or corrupt: re-download or "
+            "re-save it."
         ) from exc
     digest = state_dict_sha256(state)
     if digest != info["weights_sha256"]:
         raise CheckpointError(
-            f"{path} has sha256 {digest[:16]}... but {folder / TASK_FILE} records key 'weights_sha256' {info['weights_sha256'][:16]}...: "
+            f"{path} has sha256 {digest[:16]}... but {folder / TASK_FILE} records key 'weights_sha256' "
+            f"{info['weights_sha256'][:16]}...: "
             "the weights were replaced or corrupted. Restore the file or save the classifier again."
         )
     try:

@@ -59,7 +59,8 @@ def export_synthesizer(
                 state.temperature_calibration.get("chosen")
             ),
             "zero-shot scale multiplier (fitted on meta-val)": json.dumps(state.zero_shot_calibration.get("chosen")),
-            "optimizer": f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, seed {config.seed}",
+            "optimizer": f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, "
+            f"seed {config.seed}",
         }
         synthesizer_card(Path(config.output_dir).name, model.config, training).save(staging / "README.md")
         (staging / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")

@@ -38,7 +38,11 @@ def test_real_data_matches_manifest_one_binary_task_per_label():
     assert row["image"].size == row["mask"].size == (128, 128)
     for task, info in manifest.items():
         for label, count in info["empty_masks"].items():
-            fg = [f for t, l, f in zip(ds["task"], ds["label"], ds["foreground"], strict=False) if t == task and l == label]
+            fg = [
+                f
+                for t, l, f in zip(ds["task"], ds["label"], ds["foreground"], strict=False)
+                if t == task and l == label
+            ]
             assert sum(f == 0 for f in fg) == count
 
     held_out = task_arrays(ds, seg_splits()["held_out"])

@@ -395,7 +395,8 @@ def test_a_class_memory_run_builds_the_memory_from_the_meta_train_classes(source
         assert synthesizer.text_memory_keys.norm(dim=-1).allclose(torch.ones(8))
         card = (output / name / "README.md").read_text()
         assert re.search(
-            r"text generator\*\*: class memory \(8 meta-train classes, attention temperature [0-9.]+ chosen on meta-val\)",
+            r"text generator\*\*: class memory \(8 meta-train classes, attention temperature [0-9.]+ chosen on "
+            r"meta-val\)",
             card,
         )
 

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .task import SegmentationTask
 
 
-
 def build_info(task: "SegmentationTask", synthesizer: "PreTrainedModel", head: str) -> dict[str, Any]:
     from ...version import __version__
 
@@ -138,7 +137,8 @@ class SynthesizedSegmenter:
         private: bool | None = None,
         commit_message: str = "Add synthesized segmenter",
     ) -> str:
-        """Create ``repo_id`` if needed and upload the saved folder (weights, processor, card, sidecar); returns the commit URL."""
+        """Create ``repo_id`` if needed and upload the saved folder (weights, processor, card, sidecar); returns the
+        commit URL."""
         import tempfile
 
         from huggingface_hub import HfApi

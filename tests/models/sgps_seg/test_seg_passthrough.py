@@ -50,7 +50,8 @@ def test_wide_upernet_equals_the_synthesizers_decoder_and_head(levels, dims):
     synth = raw_synth(0, raw_levels=levels, raw_dims=dims)
     full = list(synth.segmenter.backbone.channels)
     assert synth.raw_channels == sum(
-        full[l] if dims is None else min(d, full[l]) for l, d in zip(levels, dims or [None] * len(levels), strict=False)
+        full[l] if dims is None else min(d, full[l])
+        for l, d in zip(levels, dims or [None] * len(levels), strict=False)
     )
     torch.manual_seed(1)
     x = torch.randn(6, 3, 32, 32)
