@@ -5,7 +5,7 @@ from 1 image + the clinical text per class, then repeatedly add cases with ``SGP
 class has ``--max-shots`` images, scoring every version on the same untouched query images. Writes a Markdown
 table (mean accuracy over seeds per task and number of support images per class) to ``--out``.
 
-    python scripts/adaptation_curve.py            # bundled checkpoint, ../shared/data -> benchmarks/adaptation_curve.md
+    python scripts/adaptation_curve.py  # bundled checkpoint, ../shared/data -> benchmarks/adaptation_curve.md
 
 Exits 0 with a message, writing nothing, when the checkpoint or the data is missing.
 """

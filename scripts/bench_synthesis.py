@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""Synthesis and inference speed of the bundled synthesizer, as ratios against plain timm in the same run.
+r"""Synthesis and inference speed of the bundled synthesizer, as ratios against plain timm in the same run.
 
-    python scripts/bench_synthesis.py --task hematology-wbc-tecom --ways 5 --shots 5 --out benchmarks/synthesis_speed.md
+    python scripts/bench_synthesis.py --task hematology-wbc-tecom --ways 5 --shots 5 \
+        --out benchmarks/synthesis_speed.md
 
 Measured (median of ``--repeats`` runs, after a warm-up that loads the text encoder):
 - ``synthesize(task)`` end to end (image decoding, texts, one forward pass, the classifier object),

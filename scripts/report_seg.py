@@ -25,33 +25,55 @@ ORDER = [
     "mean-mask",
 ]
 DESCRIBE = {
-    "synthesizer": "**SGPS-Seg, the bundled synthesizer**: decoder meta-trained with the raw encoder pass-through in the loop "
-    "(learned + raw channels), raw block re-fitted post hoc (one scale per stage, each stage at unit mean pixel "
-    "energy, as PANet weighs its levels); blended closed-form head, the ridge and prototype margins mixed with "
-    "prototype weight 0.5 / 0.4 / 0.2 / 0.2 at K = 1 / 2 / 5 / 8 (`prototype_mix`; raw fit and weights chosen "
-    "post hoc on the meta-val and meta-train tasks, see below): one forward pass, no gradient",
-    "synthesizer-blend-std-raw": "the first candidate of this round: the meta-training raw block (standardised channels, 1/sqrt(dim) per "
-    "stage) with its own blend weights 0.1 / 0.2 / 0.1 / 0.1; carried over from its single held-out run (same "
-    "episodes)",
-    "synthesizer-previous-bundled": "the previous bundled synthesizer (the same decoder, the meta-training raw block, ridge head at every K): "
-    "carried over from this round's first held-out run (same episodes)",
-    "synthesizer-posthoc-previous": "the previous bundled synthesizer (decoder meta-trained without the raw block, raw pass-through added post "
-    "hoc, ridge at every K): carried over from the previous run on the same episodes",
+    "synthesizer": (
+        "**SGPS-Seg, the bundled synthesizer**: decoder meta-trained with the raw encoder pass-through in the loop "
+        "(learned + raw channels), raw block re-fitted post hoc (one scale per stage, each stage at unit mean pixel "
+        "energy, as PANet weighs its levels); blended closed-form head, the ridge and prototype margins mixed with "
+        "prototype weight 0.5 / 0.4 / 0.2 / 0.2 at K = 1 / 2 / 5 / 8 (`prototype_mix`; raw fit and weights chosen "
+        "post hoc on the meta-val and meta-train tasks, see below): one forward pass, no gradient"
+    ),
+    "synthesizer-blend-std-raw": (
+        "the first candidate of this round: the meta-training raw block (standardised channels, 1/sqrt(dim) per "
+        "stage) with its own blend weights 0.1 / 0.2 / 0.1 / 0.1; carried over from its single held-out run (same "
+        "episodes)"
+    ),
+    "synthesizer-previous-bundled": (
+        "the previous bundled synthesizer (the same decoder, the meta-training raw block, ridge head at every K): "
+        "carried over from this round's first held-out run (same episodes)"
+    ),
+    "synthesizer-posthoc-previous": (
+        "the previous bundled synthesizer (decoder meta-trained without the raw block, raw pass-through added post "
+        "hoc, ridge at every K): carried over from the previous run on the same episodes"
+    ),
     "synthesizer-prototype": "the same features + prototype (PANet distance rule) head: ablation",
-    "synthesizer-ridge": "the same features + ridge head at every K (the previous bundled synthesizer's head, on the re-fitted raw "
-    "block)",
-    "panet-imagenet": "PANet-style cosine prototypes on the frozen ImageNet Lite0 body, no meta-training; feature stages 0+1 "
-    "(stride 4 and 8), the levels chosen on meta-val",
-    "panet-imagenet-all-levels": "the same PANet rule on all four stages (0-3) of the body (runner-up on meta-val by 0.002; the stronger "
-    "PANet on the held-out tasks)",
-    "finetune": "fine-tune the bundled synthesized network's learned decoder + its whole (learned + raw) 1x1 classifier on "
-    "the examples, starting from the synthesized (blended-head) weights (20 Adam steps, lr 1e-3, examples + "
-    "mirrors; raw block fixed)",
-    "finetune-ridge-init": "the same fine-tuning started from the previous bundled synthesizer's ridge-head weights (the previous "
-    "round's `finetune`): carried over, 8 episodes",
-    "finetune-previous-64ch": "fine-tuning the *previous* bundled synthesized network (64 learned channels, no raw block; 20 Adam steps, "
-    "lr 1e-3): carried over from the earlier run, 8 episodes (for comparison with `finetune` on the new network)",
-    "finetune-imagenet": "fine-tune the same UperNet from ImageNet body + fresh decoder (40 Adam steps, lr 3e-3, examples + mirrors)",
+    "synthesizer-ridge": (
+        "the same features + ridge head at every K (the previous bundled synthesizer's head, on the re-fitted raw "
+        "block)"
+    ),
+    "panet-imagenet": (
+        "PANet-style cosine prototypes on the frozen ImageNet Lite0 body, no meta-training; feature stages 0+1 "
+        "(stride 4 and 8), the levels chosen on meta-val"
+    ),
+    "panet-imagenet-all-levels": (
+        "the same PANet rule on all four stages (0-3) of the body (runner-up on meta-val by 0.002; the stronger PANet "
+        "on the held-out tasks)"
+    ),
+    "finetune": (
+        "fine-tune the bundled synthesized network's learned decoder + its whole (learned + raw) 1x1 classifier on "
+        "the examples, starting from the synthesized (blended-head) weights (20 Adam steps, lr 1e-3, examples + "
+        "mirrors; raw block fixed)"
+    ),
+    "finetune-ridge-init": (
+        "the same fine-tuning started from the previous bundled synthesizer's ridge-head weights (the previous "
+        "round's `finetune`): carried over, 8 episodes"
+    ),
+    "finetune-previous-64ch": (
+        "fine-tuning the *previous* bundled synthesized network (64 learned channels, no raw block; 20 Adam steps, lr "
+        "1e-3): carried over from the earlier run, 8 episodes (for comparison with `finetune` on the new network)"
+    ),
+    "finetune-imagenet": (
+        "fine-tune the same UperNet from ImageNet body + fresh decoder (40 Adam steps, lr 3e-3, examples + mirrors)"
+    ),
     "mean-mask": "mean of the example masks, thresholded at 0.5",
 }
 
@@ -121,16 +143,17 @@ def head_selection() -> list[str]:
         return []
     r = json.loads(path.read_text())
     ks = list(r["chosen"])
+    learned = (
+        "zeroed (they were meta-trained on those masks)" if r.get("meta_train_features", "raw") == "raw" else "kept"
+    )
     lines = [
         "## Blended head: selection of the prototype weight (meta-val + meta-train tasks only)",
         "",
         "`python scripts/select_seg_head.py --write` (`benchmarks/seg_head_selection.json`): "
-        f"{r['episodes_per_binary_task_and_k']} episodes per binary "
-        f"task and K (seed {r['seed']}, 8 queries), tasks {', '.join(r['selection_tasks'])} (meta-val: "
-        f"{', '.join(r['meta_val'])}); binary tasks averaged "
+        f"{r['episodes_per_binary_task_and_k']} episodes per binary task and K (seed {r['seed']}, 8 queries), "
+        f"tasks {', '.join(r['selection_tasks'])} (meta-val: {', '.join(r['meta_val'])}); binary tasks averaged "
         f"within their task, then the {len(r['selection_tasks'])} tasks equally. On the meta-train tasks the "
-        "learned channels are "
-        f"{'zeroed (they were meta-trained on those masks)' if r.get('meta_train_features', 'raw') == 'raw' else 'kept'}. "
+        f"learned channels are {learned}. "
         "Mean Dice by prototype weight (0 = ridge, 1 = prototype):",
         "",
         "| K | " + " | ".join(str(m) for m in r["grid"]) + " | chosen | leave-one-task-out gain over ridge |",

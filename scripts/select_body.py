@@ -182,7 +182,10 @@ def write_report(
 ) -> None:
     overall = [f"{rule} {k}-shot" for rule in ("prototype", "ridge") for k in (1, 5)]
     families = sorted({key.split(" ")[-1] for key in next(iter(rows.values())) if key.count(" ") == 2})
-    command = f"python scripts/select_body.py --epochs {args.epochs} --samples {args.samples} --alphas {' '.join(map(str, args.alphas))}"
+    command = (
+        f"python scripts/select_body.py --epochs {args.epochs} --samples {args.samples} "
+        f"--alphas {' '.join(map(str, args.alphas))}"
+    )
     if args.distill:
         command += f" --distill {args.distill} --distill-epochs {args.distill_epochs}"
         command += f" --distill-samples {args.distill_samples}" if args.distill_samples else ""

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Choose the synthesizer's support views by leave-task-out validation (writes benchmarks/support_views.md).
+r"""Choose the synthesizer's support views by leave-task-out validation (writes benchmarks/support_views.md).
 
 Every meta-val image (whole tasks never trained on) is featurised once under all candidate views; each
 candidate set is then scored by the synthesizer's own closed-form head (image only) on the same seeded
@@ -7,7 +7,8 @@ candidate set is then scored by the synthesizer's own closed-form head (image on
 fitted on the same episodes (the training run fits it the same way). A logistic-regression probe on the
 identity view (the benchmark's linear-probe baseline) is the reference.
 
-    python scripts/select_support_views.py --synthesizer sgps_hf/checkpoints/sgps-lite0-128 --out benchmarks/support_views.md
+    python scripts/select_support_views.py --synthesizer sgps_hf/checkpoints/sgps-lite0-128 \
+        --out benchmarks/support_views.md
 """
 
 from __future__ import annotations
@@ -73,9 +74,12 @@ def score(model, episodes, features, views):
 
 
 def _ece(pairs, multiplier):
-    width = max(l.shape[1] for l, _ in pairs)
+    width = max(logits.shape[1] for logits, _ in pairs)
     probs = torch.cat(
-        [torch.nn.functional.pad(torch.softmax(multiplier * l, -1), (0, width - l.shape[1])) for l, _ in pairs]
+        [
+            torch.nn.functional.pad(torch.softmax(multiplier * logits, -1), (0, width - logits.shape[1]))
+            for logits, _ in pairs
+        ]
     )
     return float(calibration(probs.numpy(), torch.cat([y for _, y in pairs]).numpy())["ece"])
 

@@ -212,7 +212,10 @@ def _record_version(
     parts = [f"{len(images)} to {md_code(name)} (now {counts[name]})" for name, images in added.items()]
     summary = f"Added {sum(map(len, added.values()))} verified case(s): {', '.join(parts)}; re-synthesized."
     if info["synthesizer"] != old["synthesizer"]:
-        summary += f" Synthesizer changed from {md_code(display_name(old['synthesizer']['name_or_path']))} ({md_code(old['synthesizer']['revision'])})."
+        summary += (
+            f" Synthesizer changed from {md_code(display_name(old['synthesizer']['name_or_path']))} "
+            f"({md_code(old['synthesizer']['revision'])})."
+        )
     if old.get("metrics"):
         summary += " Earlier evaluation metrics no longer apply and were cleared."
     info["version"] = previous.version + 1

@@ -26,7 +26,6 @@ from torch import nn
 from ..errors import CheckpointError, OutputPathError
 from . import saved_folder
 from .checkpoints import state_dict_sha256
-from .classifier_versions import VERSIONS_DIR, check_history, write_version_weights
 from .classifier_checks import (
     TASK_FILE,
     buildable_tensors,
@@ -37,6 +36,7 @@ from .classifier_checks import (
     read_timm_config,
     short,
 )
+from .classifier_versions import VERSIONS_DIR, check_history, write_version_weights
 from .model_card import classifier_card
 from .safetensors_checks import WEIGHTS_FILE, check_tensors, pickle_files, read_header
 from .support_images import SUPPORT_DIR, check_manifest, support_available, write_support

@@ -151,7 +151,10 @@ class SynthesizedSegmenter:
         return str(commit)
 
     def __repr__(self) -> str:
-        return f"SynthesizedSegmenter(task={self.info['task']['name']!r}, label={self.label!r}, examples={self.info['task']['num_examples']})"
+        return (
+            f"SynthesizedSegmenter(task={self.info['task']['name']!r}, label={self.label!r}, "
+            f"examples={self.info['task']['num_examples']})"
+        )
 
 
 def _as_list(images: Any) -> list:
