@@ -123,16 +123,14 @@ def write_report(args, rows, seconds, tasks) -> None:
         "# Support views of the synthesizer (meta-val)",
         "",
         f"Command: `python scripts/select_support_views.py --synthesizer {args.synthesizer} --episodes "
-        f"{args.episodes}`; "
-        f"{seconds / 60:.1f} min on {args.num_threads} threads.",
+        f"{args.episodes}`; {seconds / 60:.1f} min on {args.num_threads} threads.",
         "",
-        f"Meta-val tasks (whole tasks never trained on): {', '.join(sorted(set(tasks)))}. 5-way episodes (fewer "
-        "where a task "
-        f"has fewer classes), 15 queries per class, {args.episodes} seeded episodes per shot count, the same for "
-        "every row. "
-        "Image-only closed-form head of the synthesizer; queries are seen as they are (identity), as the synthesized "
-        "classifier sees them. ECE (15 bins) of the head as meta-trained and after a temperature fitted on these "
-        "episodes (least NLL on the grid of `LOGIT_SCALE_MULTIPLIERS`, `nll_best_multiplier`, as the training run).",
+        f"Meta-val tasks (whole tasks never trained on): {', '.join(sorted(set(tasks)))}. 5-way episodes (fewer where "
+        f"a task has fewer classes), 15 queries per class, {args.episodes} seeded episodes per shot count, the same "
+        "for every row. Image-only closed-form head of the synthesizer; queries are seen as they are (identity), as "
+        "the synthesized classifier sees them. ECE (15 bins) of the head as meta-trained and after a temperature "
+        "fitted on these episodes (least NLL on the grid of `LOGIT_SCALE_MULTIPLIERS`, `nll_best_multiplier`, as the "
+        "training run).",
         "",
         "| shots | support views | accuracy | ECE | ECE, fitted temperature | logit-scale multiplier |",
         "|---|---|---|---|---|---|",

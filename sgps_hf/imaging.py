@@ -258,9 +258,8 @@ def _check_dicom_size(dataset, name: str) -> None:
         if values > MAX_DICOM_VALUES or decoded > MAX_DECODED_BYTES:
             raise ImageLoadError(
                 f"DICOM {name} holds {frames} frame(s) of {columns}x{rows} pixels x {samples} sample(s) at {bits} "
-                "bits "
-                f"({decoded / 2**20:.0f} MiB decoded); the limit is {MAX_DECODED_BYTES / 2**20:.0f} MiB. "
-                "Export the slice you need as PNG or downscale it first."
+                f"bits ({decoded / 2**20:.0f} MiB decoded); the limit is {MAX_DECODED_BYTES / 2**20:.0f} MiB. Export "
+                "the slice you need as PNG or downscale it first."
             )
 
 
@@ -275,8 +274,7 @@ def _from_array(array: np.ndarray, what: str) -> Image.Image:
     if array.nbytes > MAX_DECODED_BYTES:
         raise ImageLoadError(
             f"{what} holds {array.nbytes / 2**20:.0f} MiB of pixel values; the limit is "
-            f"{MAX_DECODED_BYTES / 2**20:.0f} MiB. "
-            "Downscale it or convert it to 8 bits first."
+            f"{MAX_DECODED_BYTES / 2**20:.0f} MiB. Downscale it or convert it to 8 bits first."
         )
     if array.dtype != np.uint8:
         array = _rescale_to_uint8(array, what)
@@ -340,8 +338,8 @@ def _check_size(size: tuple[int, int], name: str, bytes_per_pixel: int = 1) -> N
     if width * height * bytes_per_pixel > MAX_DECODED_BYTES:
         raise ImageLoadError(
             f"Image {name} is {width}x{height} pixels at {bytes_per_pixel} bytes each "
-            f"({width * height * bytes_per_pixel / 2**20:.0f} MiB "
-            f"decoded); the limit is {MAX_DECODED_BYTES / 2**20:.0f} MiB. Downscale it or convert it to 8 bits first."
+            f"({width * height * bytes_per_pixel / 2**20:.0f} MiB decoded); the limit is "
+            f"{MAX_DECODED_BYTES / 2**20:.0f} MiB. Downscale it or convert it to 8 bits first."
         )
 
 

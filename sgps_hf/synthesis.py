@@ -177,8 +177,7 @@ def _check_compatible(synthesizer: nn.Module, classifier: SynthesizedClassifier)
         raise CheckpointError(
             f"This synthesizer emits {target} at {expected['input_size'][-1]} px, but the classifier is "
             f"{classifier.info['target']} at {classifier.info['data_config']['input_size'][-1]} px. Update it with "
-            "the "
-            f"synthesizer that made it ({classifier.info['synthesizer']['name_or_path']})."
+            f"the synthesizer that made it ({classifier.info['synthesizer']['name_or_path']})."
         )
 
 

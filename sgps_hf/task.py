@@ -61,8 +61,8 @@ def _clean_text(text: str, what: str) -> str:
     bidi = sorted({f"U+{ord(ch):04X}" for ch in text if ch in _BIDI_CONTROLS})
     if bidi:
         raise InvalidTaskError(
-            f"{what} contains bidirectional-control characters {', '.join(bidi)} (they change how text reads); "
-            "remove them."
+            f"{what} contains bidirectional-control characters {', '.join(bidi)} (they change how text reads); remove "
+            "them."
         )
     return " ".join(text.split())
 
@@ -88,8 +88,7 @@ def _clean_name(text: str, what: str) -> str:
     if invisible:
         raise InvalidTaskError(
             f"{what} {text[:40]!r} contains invisible characters {', '.join(invisible[:5])} (zero-width, formatting "
-            "or variation "
-            "selectors) that make different names look the same; remove them."
+            "or variation selectors) that make different names look the same; remove them."
         )
     normalized = " ".join(unicodedata.normalize("NFKC", text).split())
     if normalized != text:
@@ -97,8 +96,7 @@ def _clean_name(text: str, what: str) -> str:
 
         warnings.warn(
             f"{what} {text[:40]!r} was normalised to {normalized[:40]!r} (NFKC: full-width, ligature and other "
-            "compatibility "
-            "characters take their plain form).",
+            "compatibility characters take their plain form).",
             UserWarning,
             stacklevel=4,
         )

@@ -24,8 +24,8 @@ def read_task_text(path: Path) -> str:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
             raise InvalidTaskError(
-                f"Task file {path} is not a regular file (a folder, pipe or device); give the path of a YAML or "
-                "JSON file."
+                f"Task file {path} is not a regular file (a folder, pipe or device); give the path of a YAML or JSON "
+                "file."
             )
         # O_NONBLOCK: should the path be swapped for a FIFO after the check, opening it does not wait for a writer.
         handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -39,8 +39,8 @@ def read_task_text(path: Path) -> str:
         raise InvalidTaskError(f"Cannot read task file {path}: {exc}") from exc
     if len(data) > MAX_TASK_FILE_BYTES:
         raise InvalidTaskError(
-            f"Task file {path} is larger than the limit of {MAX_TASK_FILE_BYTES // 2**20} MiB; a task file needs "
-            "far less."
+            f"Task file {path} is larger than the limit of {MAX_TASK_FILE_BYTES // 2**20} MiB; a task file needs far "
+            "less."
         )
     try:
         return data.decode("utf-8")
@@ -104,8 +104,7 @@ def _task_loader_class() -> type:
                 if target is not None and not isinstance(target, yaml.ScalarNode):
                     raise InvalidTaskError(
                         f"the YAML alias *{event.anchor} (line {event.start_mark.line + 1}) repeats a list or "
-                        "mapping; "
-                        "aliases may only repeat a text: remove the alias and write the entries out."
+                        "mapping; aliases may only repeat a text: remove the alias and write the entries out."
                     )
             self._depth += 1
             try:

@@ -82,8 +82,8 @@ def synthesize(image_files: Any, mask_files: Any, name: str, description: str, s
     from ..hub.model_card import segmenter_card
 
     status = (
-        f"Synthesized a segmenter for **{task.name}** from {len(task)} example(s). "
-        f"Weights sha256 `{segmenter.info['weights_sha256'][:16]}`."
+        f"Synthesized a segmenter for **{task.name}** from {len(task)} example(s). Weights sha256 "
+        f"`{segmenter.info['weights_sha256'][:16]}`."
     )
     return segmenter, status, segmenter_card(segmenter).text
 

@@ -176,9 +176,8 @@ def cross_check(
     if label_names != task_names:
         raise CheckpointError(
             f"{config_file}: key 'label_names' {label_names[:10]} differs from the classes of {task_file} "
-            f"{task_names[:10]} "
-            "(order included): predictions would carry the wrong labels. Restore the files or save the classifier "
-            "again."
+            f"{task_names[:10]} (order included): predictions would carry the wrong labels. Restore the files or save "
+            "the classifier again."
         )
     target = info["target"]
     if architecture != target["architecture"]:
@@ -195,8 +194,8 @@ def cross_check(
     if dict(model_args) != expected:
         raise CheckpointError(
             f"{config_file}: key 'model_args' is {short(dict(model_args), 200)}, not what synthesis wrote "
-            f"({short(expected, 200)}); "
-            "other values change the predictions. Restore the file or save the classifier again."
+            f"({short(expected, 200)}); other values change the predictions. Restore the file or save the classifier "
+            "again."
         )
     config = json.loads(config_file.read_text(encoding="utf-8"))
     pretrained_cfg = config.get("pretrained_cfg") or {}
@@ -212,9 +211,8 @@ def cross_check(
         if not same:
             raise CheckpointError(
                 f"{config_file}: key 'pretrained_cfg.{key}' is {short(pretrained_cfg.get(key))} but {task_file} "
-                "records "
-                f"{short(value)}: timm and transformers would preprocess differently. Restore the files or save the "
-                "classifier again."
+                f"records {short(value)}: timm and transformers would preprocess differently. Restore the files or "
+                "save the classifier again."
             )
 
 
@@ -252,9 +250,8 @@ def check_task_file(info: Any, folder: Path) -> None:
         )
         if not valid:
             bad.append(
-                f"data_config (input_size [3, S, S] with 8 <= S <= {MAX_INPUT_SIZE}, 3 finite mean and 3 positive "
-                "std values, "
-                "interpolation bilinear or bicubic, crop_pct 1.0, crop_mode center)"
+                f"data_config (input_size [3, S, S] with 8 <= S <= {MAX_INPUT_SIZE}, 3 finite mean and 3 positive std "
+                "values, interpolation bilinear or bicubic, crop_pct 1.0, crop_mode center)"
             )
     if bad:
         raise CheckpointError(

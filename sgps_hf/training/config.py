@@ -96,8 +96,7 @@ class TrainingConfig:
             if not (isinstance(views, list) and views and views[0] == "identity" and set(views) <= set(SUPPORT_VIEWS)):
                 raise ValueError(
                     "train_support_views must be a list that starts with 'identity' and uses only "
-                    f"{', '.join(SUPPORT_VIEWS)}; "
-                    f"got {views!r}."
+                    f"{', '.join(SUPPORT_VIEWS)}; got {views!r}."
                 )
         if not 0 <= self.body_interpolation <= 1:
             raise ValueError(f"body_interpolation must be in [0, 1], got {self.body_interpolation!r}.")

@@ -86,8 +86,8 @@ class SGPSImageProcessor(BaseImageProcessor):
         if resized > MAX_RESIZED_PIXELS:
             raise ImageLoadError(
                 f"An image of {image.width}x{image.height} pixels would be resized to {resized / 1e6:.0f} MP at "
-                f"{self.image_size} px; "
-                f"the limit is {MAX_RESIZED_PIXELS / 1e6:.0f} MP. Crop it to the region of interest first."
+                f"{self.image_size} px; the limit is {MAX_RESIZED_PIXELS / 1e6:.0f} MP. Crop it to the region of "
+                "interest first."
             )
         return image
 

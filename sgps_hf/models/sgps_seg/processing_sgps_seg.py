@@ -64,8 +64,8 @@ def load_mask(
     if abs((width / height) / (target_w / target_h) - 1) > ASPECT_TOLERANCE:
         raise InvalidTaskError(
             f"{name} is {width}x{height} but its image is {target_w}x{target_h}: the shapes differ (not just the "
-            "scale). "
-            "Pass the mask drawn on this image (any resolution with the same aspect ratio is resized to the image)."
+            "scale). Pass the mask drawn on this image (any resolution with the same aspect ratio is resized to the "
+            "image)."
         )
     values = np.unique(array)
     if array.dtype == np.bool_:

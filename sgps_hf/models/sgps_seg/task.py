@@ -120,8 +120,8 @@ def _folder_examples(folder: Path, label: str | None) -> tuple[str, list[tuple[P
         raise InvalidTaskError(f"Task folder {folder} does not exist; check the path.")
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise InvalidTaskError(
-            f"Task folder {folder} must contain images/<stem>.png|jpg and masks/<label>/<stem>.png (the same stem "
-            "per pair)."
+            f"Task folder {folder} must contain images/<stem>.png|jpg and masks/<label>/<stem>.png (the same stem per "
+            "pair)."
         )
     labels = sorted(p.name for p in masks_dir.iterdir() if p.is_dir())
     if not labels:
