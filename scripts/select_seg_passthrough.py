@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 
 torch.set_num_threads(1)
-from sgps_hf import DEFAULT_SEG_CHECKPOINT, SGPSSegSynthesizer  # noqa: E402 (after set_num_threads)
-from sgps_hf.data.segmentation import SegEpisodeSampler, load_seg_dataset, seg_splits, task_arrays  # noqa: E402 (after set_num_threads)
-from sgps_hf.evaluation.segmentation import panet_predict  # noqa: E402 (after set_num_threads)
-from sgps_hf.metrics import dice_per_image  # noqa: E402 (after set_num_threads)
-from sgps_hf.training.seg_features import FeatureBank  # noqa: E402 (after set_num_threads)
+# The sgps_hf imports follow set_num_threads on purpose (hence the E402 exceptions).
+from sgps_hf import DEFAULT_SEG_CHECKPOINT, SGPSSegSynthesizer  # noqa: E402
+from sgps_hf.data.segmentation import SegEpisodeSampler, load_seg_dataset, seg_splits, task_arrays  # noqa: E402
+from sgps_hf.evaluation.segmentation import panet_predict  # noqa: E402
+from sgps_hf.metrics import dice_per_image  # noqa: E402
+from sgps_hf.training.seg_features import FeatureBank  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("split", help="meta_val (the selection split) or another split of seg_splits.yaml")

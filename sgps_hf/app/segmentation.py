@@ -154,8 +154,7 @@ def build_segmentation_tab(synthesizer: Any = None) -> None:
         gr.Markdown(
             "# Synthesize a medical image segmenter, no training\n" + DISCLAIMER + "\n\n"
             f"## 1. Examples\nUp to {MAX_EXAMPLES} images and their binary masks (0/255, 0/1; PNG; same file name "
-            "or same order; "
-            "any size with the image's aspect ratio)."
+            "or same order; any size with the image's aspect ratio)."
         )
         with gr.Row():
             name = gr.Textbox(label="Structure name", placeholder="polyp", elem_id="seg-name")

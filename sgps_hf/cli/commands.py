@@ -32,8 +32,10 @@ def register_quickstart(subparsers: argparse._SubParsersAction) -> None:
         "--draws",
         type=int,
         default=5,
-        help="random draws of the support images per task; the mean and range are reported, the first draw's "
-        "classifier saved",
+        help=(
+            "random draws of the support images per task; the mean and range are reported, the first draw's "
+            "classifier saved"
+        ),
     )
     quick.set_defaults(handler=_quickstart)
 
@@ -167,8 +169,10 @@ def register_update(subparsers: argparse._SubParsersAction) -> None:
     update.add_argument(
         "--synthesizer",
         default=None,
-        help="checkpoint folder or Hub id (default: the one that made the classifier if it is a local folder, else "
-        "the bundled one)",
+        help=(
+            "checkpoint folder or Hub id (default: the one that made the classifier if it is a local folder, else "
+            "the bundled one)"
+        ),
     )
     update.set_defaults(handler=_update)
 
