@@ -1,5 +1,6 @@
 """Write ``benchmarks/SEGMENTATION.md`` and ``benchmarks/seg_data_efficiency.png`` from the JSON results of
-``scripts/evaluate_seg.py`` (held_out, meta_val, meta_train); ``benchmarks/seg_notes.md`` is inserted as the assessment."""
+``scripts/evaluate_seg.py`` (held_out, meta_val, meta_train); ``benchmarks/seg_notes.md`` is inserted as the
+assessment."""
 
 from __future__ import annotations
 
@@ -24,18 +25,55 @@ ORDER = [
     "mean-mask",
 ]
 DESCRIBE = {
-    "synthesizer": "**SGPS-Seg, the bundled synthesizer**: decoder meta-trained with the raw encoder pass-through in the loop (learned + raw channels), raw block re-fitted post hoc (one scale per stage, each stage at unit mean pixel energy, as PANet weighs its levels); blended closed-form head, the ridge and prototype margins mixed with prototype weight 0.5 / 0.4 / 0.2 / 0.2 at K = 1 / 2 / 5 / 8 (`prototype_mix`; raw fit and weights chosen post hoc on the meta-val and meta-train tasks, see below): one forward pass, no gradient",
-    "synthesizer-blend-std-raw": "the first candidate of this round: the meta-training raw block (standardised channels, 1/sqrt(dim) per stage) with its own blend weights 0.1 / 0.2 / 0.1 / 0.1; carried over from its single held-out run (same episodes)",
-    "synthesizer-previous-bundled": "the previous bundled synthesizer (the same decoder, the meta-training raw block, ridge head at every K): carried over from this round's first held-out run (same episodes)",
-    "synthesizer-posthoc-previous": "the previous bundled synthesizer (decoder meta-trained without the raw block, raw pass-through added post hoc, ridge at every K): carried over from the previous run on the same episodes",
+    "synthesizer": (
+        "**SGPS-Seg, the bundled synthesizer**: decoder meta-trained with the raw encoder pass-through in the loop "
+        "(learned + raw channels), raw block re-fitted post hoc (one scale per stage, each stage at unit mean pixel "
+        "energy, as PANet weighs its levels); blended closed-form head, the ridge and prototype margins mixed with "
+        "prototype weight 0.5 / 0.4 / 0.2 / 0.2 at K = 1 / 2 / 5 / 8 (`prototype_mix`; raw fit and weights chosen "
+        "post hoc on the meta-val and meta-train tasks, see below): one forward pass, no gradient"
+    ),
+    "synthesizer-blend-std-raw": (
+        "the first candidate of this round: the meta-training raw block (standardised channels, 1/sqrt(dim) per "
+        "stage) with its own blend weights 0.1 / 0.2 / 0.1 / 0.1; carried over from its single held-out run (same "
+        "episodes)"
+    ),
+    "synthesizer-previous-bundled": (
+        "the previous bundled synthesizer (the same decoder, the meta-training raw block, ridge head at every K): "
+        "carried over from this round's first held-out run (same episodes)"
+    ),
+    "synthesizer-posthoc-previous": (
+        "the previous bundled synthesizer (decoder meta-trained without the raw block, raw pass-through added post "
+        "hoc, ridge at every K): carried over from the previous run on the same episodes"
+    ),
     "synthesizer-prototype": "the same features + prototype (PANet distance rule) head: ablation",
-    "synthesizer-ridge": "the same features + ridge head at every K (the previous bundled synthesizer's head, on the re-fitted raw block)",
-    "panet-imagenet": "PANet-style cosine prototypes on the frozen ImageNet Lite0 body, no meta-training; feature stages 0+1 (stride 4 and 8), the levels chosen on meta-val",
-    "panet-imagenet-all-levels": "the same PANet rule on all four stages (0-3) of the body (runner-up on meta-val by 0.002; the stronger PANet on the held-out tasks)",
-    "finetune": "fine-tune the bundled synthesized network's learned decoder + its whole (learned + raw) 1x1 classifier on the examples, starting from the synthesized (blended-head) weights (20 Adam steps, lr 1e-3, examples + mirrors; raw block fixed)",
-    "finetune-ridge-init": "the same fine-tuning started from the previous bundled synthesizer's ridge-head weights (the previous round's `finetune`): carried over, 8 episodes",
-    "finetune-previous-64ch": "fine-tuning the *previous* bundled synthesized network (64 learned channels, no raw block; 20 Adam steps, lr 1e-3): carried over from the earlier run, 8 episodes (for comparison with `finetune` on the new network)",
-    "finetune-imagenet": "fine-tune the same UperNet from ImageNet body + fresh decoder (40 Adam steps, lr 3e-3, examples + mirrors)",
+    "synthesizer-ridge": (
+        "the same features + ridge head at every K (the previous bundled synthesizer's head, on the re-fitted raw "
+        "block)"
+    ),
+    "panet-imagenet": (
+        "PANet-style cosine prototypes on the frozen ImageNet Lite0 body, no meta-training; feature stages 0+1 "
+        "(stride 4 and 8), the levels chosen on meta-val"
+    ),
+    "panet-imagenet-all-levels": (
+        "the same PANet rule on all four stages (0-3) of the body (runner-up on meta-val by 0.002; the stronger "
+        "PANet on the held-out tasks)"
+    ),
+    "finetune": (
+        "fine-tune the bundled synthesized network's learned decoder + its whole (learned + raw) 1x1 classifier on "
+        "the examples, starting from the synthesized (blended-head) weights (20 Adam steps, lr 1e-3, examples + "
+        "mirrors; raw block fixed)"
+    ),
+    "finetune-ridge-init": (
+        "the same fine-tuning started from the previous bundled synthesizer's ridge-head weights (the previous "
+        "round's `finetune`): carried over, 8 episodes"
+    ),
+    "finetune-previous-64ch": (
+        "fine-tuning the *previous* bundled synthesized network (64 learned channels, no raw block; 20 Adam steps, "
+        "lr 1e-3): carried over from the earlier run, 8 episodes (for comparison with `finetune` on the new network)"
+    ),
+    "finetune-imagenet": (
+        "fine-tune the same UperNet from ImageNet body + fresh decoder (40 Adam steps, lr 3e-3, examples + mirrors)"
+    ),
     "mean-mask": "mean of the example masks, thresholded at 0.5",
 }
 
@@ -105,14 +143,17 @@ def head_selection() -> list[str]:
         return []
     r = json.loads(path.read_text())
     ks = list(r["chosen"])
+    learned = (
+        "zeroed (they were meta-trained on those masks)" if r.get("meta_train_features", "raw") == "raw" else "kept"
+    )
     lines = [
         "## Blended head: selection of the prototype weight (meta-val + meta-train tasks only)",
         "",
-        f"`python scripts/select_seg_head.py --write` (`benchmarks/seg_head_selection.json`): {r['episodes_per_binary_task_and_k']} episodes per binary "
-        f"task and K (seed {r['seed']}, 8 queries), tasks {', '.join(r['selection_tasks'])} (meta-val: {', '.join(r['meta_val'])}); binary tasks averaged "
-        f"within their task, then the {len(r['selection_tasks'])} tasks equally. On the meta-train tasks the learned channels are "
-        f"{'zeroed (they were meta-trained on those masks)' if r.get('meta_train_features', 'raw') == 'raw' else 'kept'}. "
-        "Mean Dice by prototype weight (0 = ridge, 1 = prototype):",
+        "`python scripts/select_seg_head.py --write` (`benchmarks/seg_head_selection.json`): "
+        f"{r['episodes_per_binary_task_and_k']} episodes per binary task and K (seed {r['seed']}, 8 queries), tasks "
+        f"{', '.join(r['selection_tasks'])} (meta-val: {', '.join(r['meta_val'])}); binary tasks averaged within "
+        f"their task, then the {len(r['selection_tasks'])} tasks equally. On the meta-train tasks the learned "
+        f"channels are {learned}. Mean Dice by prototype weight (0 = ridge, 1 = prototype):",
         "",
         "| K | " + " | ".join(str(m) for m in r["grid"]) + " | chosen | leave-one-task-out gain over ridge |",
         "|---|" + "---|" * (len(r["grid"]) + 2),
@@ -126,7 +167,8 @@ def head_selection() -> list[str]:
         )
     lines += [
         "",
-        f"Stored `prototype_mix` (K = 1..{len(r['prototype_mix'])}, linear between evaluated K): {r['prototype_mix']}.",
+        f"Stored `prototype_mix` (K = 1..{len(r['prototype_mix'])}, linear between evaluated K): "
+        f"{r['prototype_mix']}.",
         "",
     ]
     return lines + raw_variants()
@@ -138,8 +180,9 @@ def raw_variants() -> list[str]:
     if not files:
         return []
     lines = [
-        "Raw-block fits of the same decoder (`scripts/refit_seg_raw.py`), each with its own prototype weights chosen by the rule above; "
-        "six-task mean Dice at the chosen weights (ridge alone in brackets). The fit with the highest mean over K is bundled:",
+        "Raw-block fits of the same decoder (`scripts/refit_seg_raw.py`), each with its own prototype weights chosen "
+        "by the rule above; six-task mean Dice at the chosen weights (ridge alone in brackets). The fit with the "
+        "highest mean over K is bundled:",
         "",
         "| standardise channels | stage scale | chosen weights K=1/2/5/8 | "
         + " | ".join(f"K={k}" for k in (1, 2, 5, 8))
@@ -154,7 +197,8 @@ def raw_variants() -> list[str]:
         fit = r.get("raw_fit", {})
         scale = "1/sqrt(kept energy)" if fit.get("level_norm") == "energy" else "1/sqrt(dim)"
         lines.append(
-            f"| {'yes' if fit.get('standardize', True) else 'no (one scale per stage)'} | {scale} | {' / '.join(str(r['chosen'][k]) for k in ks)} | "
+            f"| {'yes' if fit.get('standardize', True) else 'no (one scale per stage)'} | {scale} | "
+            f"{' / '.join(str(r['chosen'][k]) for k in ks)} | "
             + " | ".join(f"{a:.3f} ({b:.3f})" for a, b in zip(at, ridge, strict=False))
             + f" | {sum(at) / len(at):.4f} |"
         )
@@ -209,17 +253,19 @@ def main() -> None:
     out = [
         "# Few-shot segmentation benchmark (sgps-hf segmentation synthesizer)",
         "",
-        "Generated by `python scripts/evaluate_seg.py --split held_out|meta_val|meta_train` and `python scripts/report_seg.py`.",
+        "Generated by `python scripts/evaluate_seg.py --split held_out|meta_val|meta_train` and `python "
+        "scripts/report_seg.py`.",
         "",
-        f"Protocol: whole held-out tasks {', '.join(p['tasks'])}; {p['episodes_per_task_and_k']} seeded episodes per task and K "
-        f"(seed {p['seed']}; the fine-tuning baselines on the first {p.get('finetune_episodes') or p['episodes_per_task_and_k']} of them), "
-        f"{p['queries_per_episode']} query images each, the same episodes for every method; Dice and IoU per query image "
-        "(local `evaluate` modules `sgps_hf/metric_modules/dice|iou`), averaged over queries, then over tasks. 128 px, "
-        f"checkpoint `{p['checkpoint']}`, {p['threads']} torch thread; wall {p['wall_s']:.0f} s. "
-        "Brackets: 95% bootstrap interval of the task-mean Dice (episodes resampled within each task, 2000 replicates)."
+        f"Protocol: whole held-out tasks {', '.join(p['tasks'])}; {p['episodes_per_task_and_k']} seeded episodes per "
+        f"task and K (seed {p['seed']}; the fine-tuning baselines on the first "
+        f"{p.get('finetune_episodes') or p['episodes_per_task_and_k']} of them), {p['queries_per_episode']} query "
+        "images each, the same episodes for every method; Dice and IoU per query image (local `evaluate` modules "
+        "`sgps_hf/metric_modules/dice|iou`), averaged over queries, then over tasks. 128 px, checkpoint "
+        f"`{p['checkpoint']}`, {p['threads']} torch thread; wall {p['wall_s']:.0f} s. Brackets: 95% bootstrap "
+        "interval of the task-mean Dice (episodes resampled within each task, 2000 replicates)."
         + (
-            f" `{', '.join(carried_methods(p))}` are carried over from earlier runs of the same protocol, on the first n of the same "
-            "episodes (n in the episodes column; `scripts/merge_seg_results.py`)."
+            f" `{', '.join(carried_methods(p))}` are carried over from earlier runs of the same protocol, on the "
+            "first n of the same episodes (n in the episodes column; `scripts/merge_seg_results.py`)."
             if p.get("carried_over")
             else ""
         ),
@@ -257,8 +303,9 @@ def main() -> None:
         panet = sorted(BENCH.glob("seg_results_meta_val_panet_*.json"))
         if panet:
             out += [
-                "PANet feature levels on meta-val (stages of the Lite0 body, 0 = stride 4; the level choice was made in the earlier run, "
-                "8 episodes per K; this run's 24-episode numbers for the two reported variants last):",
+                "PANet feature levels on meta-val (stages of the Lite0 body, 0 = stride 4; the level choice was made "
+                "in the earlier run, 8 episodes per K; this run's 24-episode numbers for the two reported variants "
+                "last):",
                 "",
             ]
             for f in panet:
@@ -281,7 +328,8 @@ def main() -> None:
             out.append("")
     if train:
         out += [
-            "## Generalization gap (mean Dice, meta-train tasks minus held-out tasks; new episodes of the meta-train images)",
+            "## Generalization gap (mean Dice, meta-train tasks minus held-out tasks; new episodes of the meta-train "
+            "images)",
             "",
             "| method | " + " | ".join(f"K={k}" for k in p["ks"]) + " |",
             "|---|" + "---|" * len(p["ks"]),
@@ -289,7 +337,8 @@ def main() -> None:
         for m in methods_of(train):
             if m in held["summary"]:
                 cells = [
-                    f"{train['summary'][m][str(k)]['dice']:.3f} - {held['summary'][m][str(k)]['dice']:.3f} = {train['summary'][m][str(k)]['dice'] - held['summary'][m][str(k)]['dice']:+.3f}"
+                    f"{train['summary'][m][str(k)]['dice']:.3f} - {held['summary'][m][str(k)]['dice']:.3f} = "
+                    f"{train['summary'][m][str(k)]['dice'] - held['summary'][m][str(k)]['dice']:+.3f}"
                     for k in p["ks"]
                 ]
                 out.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -307,7 +356,8 @@ def main() -> None:
     out += [
         "## Meta-training",
         "",
-        "Log `benchmarks/seg_training_log.csv`, curve `benchmarks/seg_learning_curve.png`, config `scripts/configs/seg_default.yaml`.",
+        "Log `benchmarks/seg_training_log.csv`, curve `benchmarks/seg_learning_curve.png`, config "
+        "`scripts/configs/seg_default.yaml`.",
         "",
         "![learning curve](seg_learning_curve.png)",
         "",

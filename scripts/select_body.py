@@ -182,7 +182,10 @@ def write_report(
 ) -> None:
     overall = [f"{rule} {k}-shot" for rule in ("prototype", "ridge") for k in (1, 5)]
     families = sorted({key.split(" ")[-1] for key in next(iter(rows.values())) if key.count(" ") == 2})
-    command = f"python scripts/select_body.py --epochs {args.epochs} --samples {args.samples} --alphas {' '.join(map(str, args.alphas))}"
+    command = (
+        f"python scripts/select_body.py --epochs {args.epochs} --samples {args.samples} --alphas "
+        f"{' '.join(map(str, args.alphas))}"
+    )
     if args.distill:
         command += f" --distill {args.distill} --distill-epochs {args.distill_epochs}"
         command += f" --distill-samples {args.distill_samples}" if args.distill_samples else ""
@@ -193,15 +196,17 @@ def write_report(
         f"Scores: mean query accuracy on {args.episodes} 5-way (or fewer) episodes per shot drawn from the whole "
         "meta-val tasks (never trained on), with two training-free rules on the body's pooled features: nearest "
         "prototype, and the untrained SGPS v2 closed-form head (ridge, image only, identity + hflip support views).",
-        f"Adaptation: {args.epochs} epoch(s) of {args.samples or 'all'} task- and class-balanced draws per epoch from the meta-train classes "
-        f"images (medical augmentations, AdamW lr {args.learning_rate}, batch {args.batch_size}), {adapt_minutes:.1f} min on this machine; "
-        f"history {json.dumps(history)}. alpha is the WiSE-FT weight of the adapted body (0 = frozen ImageNet).",
+        f"Adaptation: {args.epochs} epoch(s) of {args.samples or 'all'} task- and class-balanced draws per epoch from "
+        f"the meta-train classes images (medical augmentations, AdamW lr {args.learning_rate}, batch "
+        f"{args.batch_size}), {adapt_minutes:.1f} min on this machine; history {json.dumps(history)}. alpha is the "
+        "WiSE-FT weight of the adapted body (0 = frozen ImageNet).",
     ]
     if distillation:
         lines.append(
             f"Distillation: {args.distill} from random initialisation, {args.distill_epochs} epoch(s) of "
-            f"{args.distill_samples or args.samples or 'all'} draws of the same kind, a linear map of its pooled features regressing the "
-            f"frozen ImageNet Lite0's (normalised mean squared error), {distillation[1]:.1f} min on this machine; history {json.dumps(distillation[0])}."
+            f"{args.distill_samples or args.samples or 'all'} draws of the same kind, a linear map of its pooled "
+            f"features regressing the frozen ImageNet Lite0's (normalised mean squared error), {distillation[1]:.1f} "
+            f"min on this machine; history {json.dumps(distillation[0])}."
         )
     lines += [
         "",

@@ -1,13 +1,16 @@
-"""Meta-val selection of the raw pass-through and head (the grid behind the `passthrough` section of scripts/configs/seg_default.yaml).
+"""Meta-val selection of the raw pass-through and head (the grid behind the `passthrough` section of
+scripts/configs/seg_default.yaml).
 
 Research script, run as `python scripts/select_seg_passthrough.py meta_val 24` from the repository root (writes runs/):
 ridge / prototype heads on [learned decoder channels, raw standardised encoder stages] with direct bilinear upsampling,
-per-level 1/sqrt(dim) weighting, PCA on meta-train images. The first grid (learned / raw / concatenated features, alpha 0.5-2,
-lambda 0.03-1) and this finer one were both run on meta-val only; their ranked tables are in benchmarks/seg_selection_meta_val.txt.
+per-level 1/sqrt(dim) weighting, PCA on meta-train images. The first grid (learned / raw / concatenated features, alpha
+0.5-2, lambda 0.03-1) and this finer one were both run on meta-val only; their ranked tables are in
+benchmarks/seg_selection_meta_val.txt.
 """
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -15,11 +18,12 @@ import torch
 import torch.nn.functional as F
 
 torch.set_num_threads(1)
-from sgps_hf import DEFAULT_SEG_CHECKPOINT, SGPSSegSynthesizer
-from sgps_hf.data.segmentation import SegEpisodeSampler, load_seg_dataset, seg_splits, task_arrays
-from sgps_hf.evaluation.segmentation import panet_predict
-from sgps_hf.metrics import dice_per_image
-from sgps_hf.training.seg_features import FeatureBank
+# The sgps_hf imports follow set_num_threads on purpose (hence the E402 exceptions).
+from sgps_hf import DEFAULT_SEG_CHECKPOINT, SGPSSegSynthesizer  # noqa: E402
+from sgps_hf.data.segmentation import SegEpisodeSampler, load_seg_dataset, seg_splits, task_arrays  # noqa: E402
+from sgps_hf.evaluation.segmentation import panet_predict  # noqa: E402
+from sgps_hf.metrics import dice_per_image  # noqa: E402
+from sgps_hf.training.seg_features import FeatureBank  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("split", help="meta_val (the selection split) or another split of seg_splits.yaml")
@@ -39,21 +43,19 @@ print(
     flush=True,
 )
 # per-channel stats of raw stages from meta-train (fair: training data)
-import os
-
 stats = torch.load("runs/raw_stats.pt") if os.path.exists("runs/raw_stats.pt") else None
 if stats is None:
     tr = task_arrays(load_seg_dataset(tasks=sp["meta_train"]), sp["meta_train"])
     rng = np.random.default_rng(0)
     sub = {n: a for n, a in tr.items()}
-    for n, a in sub.items():
+    for _name, a in sub.items():
         idx = rng.permutation(len(a))[:48]
         a.images, a.masks, a.stems = a.images[idx], a.masks[idx], [a.stems[i] for i in idx]
     tb = FeatureBank(model, sub, mirrored=False, dtype=torch.float32)
     stats = []
-    for l in range(4):
+    for level in range(4):
         x = torch.cat(
-            [tb.features[n][0][l].permute(0, 2, 3, 1).reshape(-1, tb.features[n][0][l].shape[1]) for n in sub]
+            [tb.features[n][0][level].permute(0, 2, 3, 1).reshape(-1, tb.features[n][0][level].shape[1]) for n in sub]
         )
         mu, sd = x.mean(0), x.std(0)
         xs = (x - mu) / sd
@@ -62,7 +64,7 @@ if stats is None:
         stats.append({"mean": mu, "std": sd, "evecs": evecs.flip(1), "evals": evals.flip(0)})
         print(
             "level",
-            l,
+            level,
             x.shape,
             "var explained top16/32/64",
             [float(evals.flip(0)[:d].sum() / evals.sum()) for d in (16, 32, 64)],
@@ -73,12 +75,12 @@ if stats is None:
 
 def raw_feats(levels, use, dims, size):
     out = []
-    for l in use:
-        f = levels[l]
-        s = stats[l]
+    for level in use:
+        f = levels[level]
+        s = stats[level]
         x = (f - s["mean"][None, :, None, None]) / s["std"][None, :, None, None]
-        if dims.get(l):
-            x = torch.einsum("bchw,cd->bdhw", x, s["evecs"][:, : dims[l]])
+        if dims.get(level):
+            x = torch.einsum("bchw,cd->bdhw", x, s["evecs"][:, : dims[level]])
         c = x.shape[1]
         x = x / np.sqrt(c)  # each level total energy ~1 per pixel
         out.append(F.interpolate(x, size=size, mode="bilinear", align_corners=False))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Choose the synthesizer's support views by leave-task-out validation (writes benchmarks/support_views.md).
+r"""Choose the synthesizer's support views by leave-task-out validation (writes benchmarks/support_views.md).
 
 Every meta-val image (whole tasks never trained on) is featurised once under all candidate views; each
 candidate set is then scored by the synthesizer's own closed-form head (image only) on the same seeded
@@ -7,7 +7,8 @@ candidate set is then scored by the synthesizer's own closed-form head (image on
 fitted on the same episodes (the training run fits it the same way). A logistic-regression probe on the
 identity view (the benchmark's linear-probe baseline) is the reference.
 
-    python scripts/select_support_views.py --synthesizer sgps_hf/checkpoints/sgps-lite0-128 --out benchmarks/support_views.md
+    python scripts/select_support_views.py --synthesizer sgps_hf/checkpoints/sgps-lite0-128 \
+        --out benchmarks/support_views.md
 """
 
 from __future__ import annotations
@@ -73,9 +74,12 @@ def score(model, episodes, features, views):
 
 
 def _ece(pairs, multiplier):
-    width = max(l.shape[1] for l, _ in pairs)
+    width = max(logits.shape[1] for logits, _ in pairs)
     probs = torch.cat(
-        [torch.nn.functional.pad(torch.softmax(multiplier * l, -1), (0, width - l.shape[1])) for l, _ in pairs]
+        [
+            torch.nn.functional.pad(torch.softmax(multiplier * logits, -1), (0, width - logits.shape[1]))
+            for logits, _ in pairs
+        ]
     )
     return float(calibration(probs.numpy(), torch.cat([y for _, y in pairs]).numpy())["ece"])
 
@@ -118,14 +122,15 @@ def write_report(args, rows, seconds, tasks) -> None:
     lines = [
         "# Support views of the synthesizer (meta-val)",
         "",
-        f"Command: `python scripts/select_support_views.py --synthesizer {args.synthesizer} --episodes {args.episodes}`; "
-        f"{seconds / 60:.1f} min on {args.num_threads} threads.",
+        f"Command: `python scripts/select_support_views.py --synthesizer {args.synthesizer} --episodes "
+        f"{args.episodes}`; {seconds / 60:.1f} min on {args.num_threads} threads.",
         "",
-        f"Meta-val tasks (whole tasks never trained on): {', '.join(sorted(set(tasks)))}. 5-way episodes (fewer where a task "
-        f"has fewer classes), 15 queries per class, {args.episodes} seeded episodes per shot count, the same for every row. "
-        "Image-only closed-form head of the synthesizer; queries are seen as they are (identity), as the synthesized "
-        "classifier sees them. ECE (15 bins) of the head as meta-trained and after a temperature fitted on these "
-        "episodes (least NLL on the grid of `LOGIT_SCALE_MULTIPLIERS`, `nll_best_multiplier`, as the training run).",
+        f"Meta-val tasks (whole tasks never trained on): {', '.join(sorted(set(tasks)))}. 5-way episodes (fewer where "
+        f"a task has fewer classes), 15 queries per class, {args.episodes} seeded episodes per shot count, the same "
+        "for every row. Image-only closed-form head of the synthesizer; queries are seen as they are (identity), as "
+        "the synthesized classifier sees them. ECE (15 bins) of the head as meta-trained and after a temperature "
+        "fitted on these episodes (least NLL on the grid of `LOGIT_SCALE_MULTIPLIERS`, `nll_best_multiplier`, as the "
+        "training run).",
         "",
         "| shots | support views | accuracy | ECE | ECE, fitted temperature | logit-scale multiplier |",
         "|---|---|---|---|---|---|",

@@ -36,7 +36,8 @@ MAX_DICOM_VALUES = 4 * MAX_IMAGE_PIXELS  # all frames x samples of a DICOM volum
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 #: The file suffixes taken as images wherever a folder is scanned (a dataset folder, the app's examples).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}) | DICOM_SUFFIXES
-#: The image suffixes PIL decodes itself: what ``datasets.Image`` features can hold (they decode with PIL, so no DICOM).
+#: The image suffixes PIL decodes itself: what ``datasets.Image`` features can hold (they decode with PIL, so no
+#: DICOM).
 PIL_IMAGE_SUFFIXES = IMAGE_SUFFIXES - DICOM_SUFFIXES
 _CHUNK_VALUES = (
     1 << 22
@@ -256,9 +257,9 @@ def _check_dicom_size(dataset, name: str) -> None:
         decoded = values * max(1, (bits + 7) // 8)
         if values > MAX_DICOM_VALUES or decoded > MAX_DECODED_BYTES:
             raise ImageLoadError(
-                f"DICOM {name} holds {frames} frame(s) of {columns}x{rows} pixels x {samples} sample(s) at {bits} bits "
-                f"({decoded / 2**20:.0f} MiB decoded); the limit is {MAX_DECODED_BYTES / 2**20:.0f} MiB. "
-                "Export the slice you need as PNG or downscale it first."
+                f"DICOM {name} holds {frames} frame(s) of {columns}x{rows} pixels x {samples} sample(s) at {bits} "
+                f"bits ({decoded / 2**20:.0f} MiB decoded); the limit is {MAX_DECODED_BYTES / 2**20:.0f} MiB. Export "
+                "the slice you need as PNG or downscale it first."
             )
 
 
@@ -272,8 +273,8 @@ def _from_array(array: np.ndarray, what: str) -> Image.Image:
     _check_size((array.shape[1], array.shape[0]), what)
     if array.nbytes > MAX_DECODED_BYTES:
         raise ImageLoadError(
-            f"{what} holds {array.nbytes / 2**20:.0f} MiB of pixel values; the limit is {MAX_DECODED_BYTES / 2**20:.0f} MiB. "
-            "Downscale it or convert it to 8 bits first."
+            f"{what} holds {array.nbytes / 2**20:.0f} MiB of pixel values; the limit is "
+            f"{MAX_DECODED_BYTES / 2**20:.0f} MiB. Downscale it or convert it to 8 bits first."
         )
     if array.dtype != np.uint8:
         array = _rescale_to_uint8(array, what)
@@ -336,8 +337,9 @@ def _check_size(size: tuple[int, int], name: str, bytes_per_pixel: int = 1) -> N
         )
     if width * height * bytes_per_pixel > MAX_DECODED_BYTES:
         raise ImageLoadError(
-            f"Image {name} is {width}x{height} pixels at {bytes_per_pixel} bytes each ({width * height * bytes_per_pixel / 2**20:.0f} MiB "
-            f"decoded); the limit is {MAX_DECODED_BYTES / 2**20:.0f} MiB. Downscale it or convert it to 8 bits first."
+            f"Image {name} is {width}x{height} pixels at {bytes_per_pixel} bytes each "
+            f"({width * height * bytes_per_pixel / 2**20:.0f} MiB decoded); the limit is "
+            f"{MAX_DECODED_BYTES / 2**20:.0f} MiB. Downscale it or convert it to 8 bits first."
         )
 
 

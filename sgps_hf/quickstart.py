@@ -82,12 +82,14 @@ def run_quickstart(
 def format_results(results: list[QuickstartResult]) -> str:
     draws = len(results[0].accuracies) if results else 0
     lines = [
-        f"{'held-out task':34s} {'classes':>7s} {'shots':>5s} {'accuracy':>8s} {'min-max':>11s} {'chance':>6s} {'queries':>7s}"
+        f"{'held-out task':34s} {'classes':>7s} {'shots':>5s} {'accuracy':>8s} {'min-max':>11s} {'chance':>6s} "
+        f"{'queries':>7s}"
     ]
     for r in results:
         spread = f"{min(r.accuracies):.3f}-{max(r.accuracies):.3f}"
         lines.append(
-            f"{r.task:34s} {r.num_classes:7d} {r.shots:5d} {r.accuracy:8.3f} {spread:>11s} {r.chance:6.3f} {r.num_queries:7d}"
+            f"{r.task:34s} {r.num_classes:7d} {r.shots:5d} {r.accuracy:8.3f} {spread:>11s} {r.chance:6.3f} "
+            f"{r.num_queries:7d}"
         )
     mean_acc = np.mean([r.accuracy for r in results])
     mean_chance = np.mean([r.chance for r in results])

@@ -1,4 +1,5 @@
-"""Synthesis and continuous adaptation: TaskSpec -> processor -> synthesizer -> classifier, with provenance and versions.
+"""Synthesis and continuous adaptation: TaskSpec -> processor -> synthesizer -> classifier, with provenance and
+versions.
 
 :func:`synthesize` decodes each user image once (pixels and fingerprint), turns the task into the synthesizer's
 inputs, runs one forward pass (no gradient step) and wraps the weights as a :class:`SynthesizedClassifier` that
@@ -50,7 +51,10 @@ def synthesize(
     decoded = [cls.decode_images() for cls in task.classes]
     inputs = processor.prepare_task(task, images=[[image.pixels for image in images] for images in decoded])
     weights = _forward(synthesizer, inputs)
-    support = {cls.name: [clean_image(image.pixels) for image in images] for cls, images in zip(task.classes, decoded, strict=False)}
+    support = {
+        cls.name: [clean_image(image.pixels) for image in images]
+        for cls, images in zip(task.classes, decoded, strict=False)
+    }
     fingerprints = [[image.fingerprint for image in images] for images in decoded]
     info = classifier_info(synthesizer, weights, task, processor.image_processor, support, fingerprints)
     return SynthesizedClassifier(materialize(synthesizer.config, weights), task.class_names, info, support=support)
@@ -172,8 +176,8 @@ def _check_compatible(synthesizer: nn.Module, classifier: SynthesizedClassifier)
     if classifier.info["target"] != target or dict(classifier.info["data_config"]) != expected:
         raise CheckpointError(
             f"This synthesizer emits {target} at {expected['input_size'][-1]} px, but the classifier is "
-            f"{classifier.info['target']} at {classifier.info['data_config']['input_size'][-1]} px. Update it with the "
-            f"synthesizer that made it ({classifier.info['synthesizer']['name_or_path']})."
+            f"{classifier.info['target']} at {classifier.info['data_config']['input_size'][-1]} px. Update it with "
+            f"the synthesizer that made it ({classifier.info['synthesizer']['name_or_path']})."
         )
 
 
@@ -202,11 +206,15 @@ def _record_version(
             }
         )
     counts = {c["name"]: c["num_images"] for c in info["task"]["classes"]}
-    # Names go into code spans whose fence outlasts any backtick in them: the summary is safe Markdown (the card and the app show it).
+    # Names go into code spans whose fence outlasts any backtick in them: the summary is safe Markdown (the card and
+    # the app show it).
     parts = [f"{len(images)} to {md_code(name)} (now {counts[name]})" for name, images in added.items()]
     summary = f"Added {sum(map(len, added.values()))} verified case(s): {', '.join(parts)}; re-synthesized."
     if info["synthesizer"] != old["synthesizer"]:
-        summary += f" Synthesizer changed from {md_code(display_name(old['synthesizer']['name_or_path']))} ({md_code(old['synthesizer']['revision'])})."
+        summary += (
+            f" Synthesizer changed from {md_code(display_name(old['synthesizer']['name_or_path']))} "
+            f"({md_code(old['synthesizer']['revision'])})."
+        )
     if old.get("metrics"):
         summary += " Earlier evaluation metrics no longer apply and were cleared."
     info["version"] = previous.version + 1

@@ -35,13 +35,15 @@ _LOOKALIKES = str.maketrans(
         **dict(
             zip(
                 "\u0430\u0432\u0435\u043a\u043c\u043d\u043e\u0440\u0441\u0442\u0443\u0445\u0456\u0458\u0455\u04bb\u0501\u051b\u051d\u04cf",
-                "abekmhopctyxijshdqwl", strict=False,
+                "abekmhopctyxijshdqwl",
+                strict=False,
             )
         ),
         **dict(
             zip(
                 "\u03b1\u03b2\u03b5\u03b6\u03b7\u03b9\u03ba\u03bc\u03bd\u03bf\u03c1\u03c4\u03c5\u03c7",
-                "abezhikmnoptyx", strict=False,
+                "abezhikmnoptyx",
+                strict=False,
             )
         ),
     }
@@ -59,13 +61,15 @@ def _clean_text(text: str, what: str) -> str:
     bidi = sorted({f"U+{ord(ch):04X}" for ch in text if ch in _BIDI_CONTROLS})
     if bidi:
         raise InvalidTaskError(
-            f"{what} contains bidirectional-control characters {', '.join(bidi)} (they change how text reads); remove them."
+            f"{what} contains bidirectional-control characters {', '.join(bidi)} (they change how text reads); remove "
+            "them."
         )
     return " ".join(text.split())
 
 
 def _clean_name(text: str, what: str) -> str:
-    """A class or task name: clean text, no invisible characters, NFKC-normalised (a warning says when that changed it).
+    """A class or task name: clean text, no invisible characters, NFKC-normalised (a warning says when that changed
+    it).
 
     NFKC turns full-width letters, ligatures, superscripts and other compatibility forms into their plain form, so
     names that look alike are stored alike.
@@ -83,16 +87,16 @@ def _clean_name(text: str, what: str) -> str:
     )
     if invisible:
         raise InvalidTaskError(
-            f"{what} {text[:40]!r} contains invisible characters {', '.join(invisible[:5])} (zero-width, formatting or variation "
-            "selectors) that make different names look the same; remove them."
+            f"{what} {text[:40]!r} contains invisible characters {', '.join(invisible[:5])} (zero-width, formatting "
+            "or variation selectors) that make different names look the same; remove them."
         )
     normalized = " ".join(unicodedata.normalize("NFKC", text).split())
     if normalized != text:
         import warnings
 
         warnings.warn(
-            f"{what} {text[:40]!r} was normalised to {normalized[:40]!r} (NFKC: full-width, ligature and other compatibility "
-            "characters take their plain form).",
+            f"{what} {text[:40]!r} was normalised to {normalized[:40]!r} (NFKC: full-width, ligature and other "
+            "compatibility characters take their plain form).",
             UserWarning,
             stacklevel=4,
         )
@@ -320,6 +324,7 @@ def _resolve_image_path(path: str, base: Path | None) -> Path:
     resolved = (base / candidate).resolve()
     if base != resolved and base not in resolved.parents:
         raise InvalidTaskError(
-            f"Image path {path!r} points outside the task folder {base}; keep images inside it or use an absolute path."
+            f"Image path {path!r} points outside the task folder {base}; keep images inside it or use an absolute "
+            "path."
         )
     return resolved

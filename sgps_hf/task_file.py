@@ -1,4 +1,5 @@
-"""Reading a task file safely: a bounded regular file, literal YAML (no tags, aliases only to texts), no duplicate keys."""
+"""Reading a task file safely: a bounded regular file, literal YAML (no tags, aliases only to texts), no duplicate
+keys."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def read_task_text(path: Path) -> str:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
             raise InvalidTaskError(
-                f"Task file {path} is not a regular file (a folder, pipe or device); give the path of a YAML or JSON file."
+                f"Task file {path} is not a regular file (a folder, pipe or device); give the path of a YAML or JSON "
+                "file."
             )
         # O_NONBLOCK: should the path be swapped for a FIFO after the check, opening it does not wait for a writer.
         handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -37,7 +39,8 @@ def read_task_text(path: Path) -> str:
         raise InvalidTaskError(f"Cannot read task file {path}: {exc}") from exc
     if len(data) > MAX_TASK_FILE_BYTES:
         raise InvalidTaskError(
-            f"Task file {path} is larger than the limit of {MAX_TASK_FILE_BYTES // 2**20} MiB; a task file needs far less."
+            f"Task file {path} is larger than the limit of {MAX_TASK_FILE_BYTES // 2**20} MiB; a task file needs far "
+            "less."
         )
     try:
         return data.decode("utf-8")
@@ -100,8 +103,8 @@ def _task_loader_class() -> type:
                 target = self.anchors.get(event.anchor)
                 if target is not None and not isinstance(target, yaml.ScalarNode):
                     raise InvalidTaskError(
-                        f"the YAML alias *{event.anchor} (line {event.start_mark.line + 1}) repeats a list or mapping; "
-                        "aliases may only repeat a text: remove the alias and write the entries out."
+                        f"the YAML alias *{event.anchor} (line {event.start_mark.line + 1}) repeats a list or "
+                        "mapping; aliases may only repeat a text: remove the alias and write the entries out."
                     )
             self._depth += 1
             try:
@@ -124,7 +127,8 @@ def _task_loader_class() -> type:
                     continue
                 if duplicate:
                     raise InvalidTaskError(
-                        f"the key {short(key)} appears twice in one mapping (line {key_node.start_mark.line + 1}); keep one."
+                        f"the key {short(key)} appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                        "keep one."
                     )
             return super().construct_mapping(node, deep=deep)
 

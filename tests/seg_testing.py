@@ -58,7 +58,8 @@ def write_query_images(folder: Path, first_seed: int) -> list[str]:
     return paths
 
 
-# A fresh interpreter that loads a saved segmenter with plain transformers only (Auto class and pipeline) and prints its masks.
+# A fresh interpreter that loads a saved segmenter with plain transformers only (Auto class and pipeline) and prints
+# its masks.
 PLAIN_TRANSFORMERS = """
 import json, sys
 import numpy as np, torch

@@ -141,7 +141,8 @@ def skip_without_real_data(task: str = REAL_TASK):
 
 
 def real_task(task: str = REAL_TASK, num_classes: int = 5, shots: int = 1, offset: int = 0):
-    """A task on the shared real images: the first ``num_classes`` classes, ``shots`` images + the clinical text each."""
+    """A task on the shared real images: the first ``num_classes`` classes, ``shots`` images + the clinical text
+    each."""
     from sgps_hf import ClassSpec, TaskSpec
 
     meta = json.loads((DESCRIPTIONS / f"{task}.json").read_text(encoding="utf-8"))

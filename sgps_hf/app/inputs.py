@@ -79,7 +79,8 @@ def read_upload(
         raise AppInputError(f"{name}: {_without_placeholder(str(exc))}") from None
     if image.width * image.height > limits.max_image_pixels:
         raise AppInputError(
-            f"{name}: {image.width}x{image.height} pixels is above the app's {limits.max_image_pixels / 1e6:.0f} MP limit; downscale it."
+            f"{name}: {image.width}x{image.height} pixels is above the app's {limits.max_image_pixels / 1e6:.0f} MP "
+            "limit; downscale it."
         )
     return data, image
 
@@ -101,7 +102,8 @@ def _check_header_size(data: bytes, name: str, limits: AppLimits) -> None:
         return
     if width * height > limits.max_image_pixels:
         raise AppInputError(
-            f"{name}: {width}x{height} pixels is above the app's {limits.max_image_pixels / 1e6:.0f} MP limit; downscale it."
+            f"{name}: {width}x{height} pixels is above the app's {limits.max_image_pixels / 1e6:.0f} MP limit; "
+            "downscale it."
         )
 
 
@@ -153,7 +155,8 @@ def build_task(
         raise AppInputError(f"{len(filled)} classes: the app takes at most {limits.max_classes}.")
     if len(filled) < 2:
         raise AppInputError(
-            f"{len(filled)} class(es) filled in: a task needs at least 2 classes, each with a name and an image or clinical text."
+            f"{len(filled)} class(es) filled in: a task needs at least 2 classes, each with a name and an image or "
+            "clinical text."
         )
     classes = [_class_spec(index, row, limits, roots) for index, row in filled]
     return TaskSpec(classes=classes, name=task_name or "custom-task", modality=modality or "")

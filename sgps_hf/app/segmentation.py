@@ -45,7 +45,8 @@ def _paths(files: Any) -> list[str]:
 
 
 def pair_examples(image_files: Sequence[str], mask_files: Sequence[str]) -> list[tuple[str, str]]:
-    """Match masks to images by file stem (``case1.png`` <- ``case1.png`` / ``case1_mask.png``), else by upload order."""
+    """Match masks to images by file stem (``case1.png`` <- ``case1.png`` / ``case1_mask.png``), else by upload
+    order."""
     images, masks = list(image_files), list(mask_files)
     if not images:
         raise InvalidTaskError("Upload at least one example image and its mask.")
@@ -62,7 +63,8 @@ def pair_examples(image_files: Sequence[str], mask_files: Sequence[str]) -> list
         return [(i, by_stem[Path(i).stem]) for i in images]
     if len(masks) != len(images):
         raise InvalidTaskError(
-            f"{len(images)} images but {len(masks)} masks: upload one mask per image (same file name, or the same order)."
+            f"{len(images)} images but {len(masks)} masks: upload one mask per image (same file name, or the same "
+            "order)."
         )
     return list(zip(images, masks, strict=False))
 
@@ -79,7 +81,10 @@ def synthesize(image_files: Any, mask_files: Any, name: str, description: str, s
         return None, f"**Error:** {exc}", ""
     from ..hub.model_card import segmenter_card
 
-    status = f"Synthesized a segmenter for **{task.name}** from {len(task)} example(s). Weights sha256 `{segmenter.info['weights_sha256'][:16]}`."
+    status = (
+        f"Synthesized a segmenter for **{task.name}** from {len(task)} example(s). Weights sha256 "
+        f"`{segmenter.info['weights_sha256'][:16]}`."
+    )
     return segmenter, status, segmenter_card(segmenter).text
 
 
@@ -124,7 +129,8 @@ def download(segmenter: Any) -> tuple[str | None, str]:
     archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
     return (
         archive,
-        f"Built `{Path(archive).name}` (plain transformers folder: loads with `pipeline('image-segmentation', model=...)`).",
+        f"Built `{Path(archive).name}` (plain transformers folder: loads with `pipeline('image-segmentation', "
+        "model=...)`).",
     )
 
 
@@ -147,8 +153,8 @@ def build_segmentation_tab(synthesizer: Any = None) -> None:
     with gr.Tab("Segmentation", elem_id="seg-tab"):
         gr.Markdown(
             "# Synthesize a medical image segmenter, no training\n" + DISCLAIMER + "\n\n"
-            f"## 1. Examples\nUp to {MAX_EXAMPLES} images and their binary masks (0/255, 0/1; PNG; same file name or same order; "
-            "any size with the image's aspect ratio)."
+            f"## 1. Examples\nUp to {MAX_EXAMPLES} images and their binary masks (0/255, 0/1; PNG; same file name "
+            "or same order; any size with the image's aspect ratio)."
         )
         with gr.Row():
             name = gr.Textbox(label="Structure name", placeholder="polyp", elem_id="seg-name")

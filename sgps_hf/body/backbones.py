@@ -102,7 +102,8 @@ def load_pretrained_body(model: nn.Module, source: str) -> nn.Module:
     missing = sorted(set(own) - set(usable) - _head_keys(model))
     if missing:
         raise CheckpointError(
-            f"Starting weights {source!r} do not cover {len(missing)} body tensors of {architecture} (e.g. {missing[0]})."
+            f"Starting weights {source!r} do not cover {len(missing)} body tensors of {architecture} (e.g. "
+            f"{missing[0]})."
         )
     model.load_state_dict(usable, strict=False)
     return model

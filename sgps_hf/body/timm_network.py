@@ -48,7 +48,8 @@ def training_mode(model: nn.Module, training: bool) -> Iterator[None]:
 
 def body_features(body: nn.Module, tensors: Mapping[str, Tensor], images: Tensor) -> Tensor:
     """Pooled features in eval mode (running statistics), exactly as the materialised timm model computes them."""
-    # Channels-last input takes oneDNN's faster depthwise-convolution path on CPU (about 1.4x here); the values agree up to float rounding.
+    # Channels-last input takes oneDNN's faster depthwise-convolution path on CPU (about 1.4x here); the values agree
+    # up to float rounding.
     with training_mode(body, False):
         return functional_call(body, dict(tensors), (images.contiguous(memory_format=torch.channels_last),))
 

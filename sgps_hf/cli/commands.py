@@ -1,4 +1,5 @@
-"""``sgps quickstart / synthesize / predict / push / train / update / demo / evaluate``: one register function per command."""
+"""``sgps quickstart / synthesize / predict / push / train / update / demo / evaluate``: one register function per
+command."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ def register_quickstart(subparsers: argparse._SubParsersAction) -> None:
         "quickstart",
         help="synthesize and score classifiers for the held-out tasks with the bundled synthesizer",
         description="For every held-out task of the shared data: pick up to N classes, one (or --shots) image and the "
-        "clinical text per class, synthesize a classifier in one forward pass, score it on the other images (mean over several random draws of the support images) and save it.",
+        "clinical text per class, synthesize a classifier in one forward pass, score it on the other images (mean "
+        "over several random draws of the support images) and save it.",
     )
     quick.add_argument(
         "--synthesizer", default=None, help="checkpoint folder or Hub id (default: the bundled DEFAULT_CHECKPOINT)"
@@ -30,7 +32,10 @@ def register_quickstart(subparsers: argparse._SubParsersAction) -> None:
         "--draws",
         type=int,
         default=5,
-        help="random draws of the support images per task; the mean and range are reported, the first draw's classifier saved",
+        help=(
+            "random draws of the support images per task; the mean and range are reported, the first draw's "
+            "classifier saved"
+        ),
     )
     quick.set_defaults(handler=_quickstart)
 
@@ -50,7 +55,8 @@ def _quickstart(args: argparse.Namespace) -> int:
     )
     print(format_results(results))
     print(
-        f"Classifiers saved under {args.out}/ (load one with timm.create_model('local-dir:<folder>', pretrained=True))."
+        f"Classifiers saved under {args.out}/ (load one with timm.create_model('local-dir:<folder>', "
+        "pretrained=True))."
     )
     return 0
 
@@ -163,7 +169,10 @@ def register_update(subparsers: argparse._SubParsersAction) -> None:
     update.add_argument(
         "--synthesizer",
         default=None,
-        help="checkpoint folder or Hub id (default: the one that made the classifier if it is a local folder, else the bundled one)",
+        help=(
+            "checkpoint folder or Hub id (default: the one that made the classifier if it is a local folder, else "
+            "the bundled one)"
+        ),
     )
     update.set_defaults(handler=_update)
 

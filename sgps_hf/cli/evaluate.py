@@ -1,4 +1,4 @@
-"""Command line of the benchmark: ``scripts/run_benchmark.py`` and ``sgps evaluate`` share these arguments.
+r"""Command line of the benchmark: ``scripts/run_benchmark.py`` and ``sgps evaluate`` share these arguments.
 
 Full run (the numbers in benchmarks/RESULTS.md; the time it took is recorded there)::
 
@@ -6,7 +6,8 @@ Full run (the numbers in benchmarks/RESULTS.md; the time it took is recorded the
 
 Any imagefolder directory of classes (or a Hub dataset) can be evaluated instead::
 
-    python scripts/run_benchmark.py --data-dir my_task/ --descriptions texts.json --ways 5 --shots 0 1 5 --episodes 600 --out results/
+    python scripts/run_benchmark.py --data-dir my_task/ --descriptions texts.json --ways 5 --shots 0 1 5 \
+        --episodes 600 --out results/
 """
 
 from __future__ import annotations

@@ -56,7 +56,8 @@ def seg_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         if candidate is not None and candidate is not candidates[-1]:
             raise DataError(f"Segmentation data directory {candidate} does not exist.")
     raise DataError(
-        f"No segmentation data found; set {SEG_DATA_ENV} to a folder in the <task>/images + <task>/masks/<label> layout."
+        f"No segmentation data found; set {SEG_DATA_ENV} to a folder in the <task>/images + <task>/masks/<label> "
+        "layout."
     )
 
 
@@ -126,7 +127,8 @@ def from_hf_dataset(
     split: str = "train",
     foreground_values: Sequence[int] | None = None,
 ) -> Dataset:
-    """Any dataset (or Hub / local dataset name) with an image and a mask column -> the schema of :func:`load_seg_dataset`.
+    """Any dataset (or Hub / local dataset name) with an image and a mask column -> the schema of
+    :func:`load_seg_dataset`.
 
     The mask's foreground is ``mask > 0`` (or ``mask in foreground_values``, e.g. one class id of a label map).
     """

@@ -30,7 +30,8 @@ def dataset_pools(source: str, image_size: int, descriptions: str | os.PathLike[
     unknown = sorted(set(given) - set(arrays.class_names))
     if unknown:
         raise DataError(
-            f"--descriptions names classes {unknown} that are not in {source!r}; its classes: {', '.join(arrays.class_names)}."
+            f"--descriptions names classes {unknown} that are not in {source!r}; its classes: "
+            f"{', '.join(arrays.class_names)}."
         )
     pools, fallback = [], []
     for index, name in enumerate(arrays.class_names):

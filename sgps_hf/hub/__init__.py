@@ -1,1 +1,2 @@
-"""All Hub and file I/O (in the manner of ``timm/models/_hub.py``): checkpoints, classifier folders, cards, atomic saves."""
+"""All Hub and file I/O (in the manner of ``timm/models/_hub.py``): checkpoints, classifier folders, cards, atomic
+saves."""

@@ -70,14 +70,16 @@ _LOCKS_GUARD = threading.Lock()
 
 
 def lock_path(destination: str | os.PathLike) -> Path:
-    """The lock file of ``destination``: a hidden ``.<name>.lock`` next to it (kept; it is harmless to delete when idle)."""
+    """The lock file of ``destination``: a hidden ``.<name>.lock`` next to it (kept; it is harmless to delete when
+    idle)."""
     destination = Path(destination).resolve()
     return destination.parent / f".{destination.name}.lock"
 
 
 @contextmanager
 def folder_lock(destination: str | os.PathLike, timeout: float | None = None) -> Iterator[None]:
-    """Hold the exclusive writer lock of ``destination`` (re-entrant in one thread, exclusive across threads and processes).
+    """Hold the exclusive writer lock of ``destination`` (re-entrant in one thread, exclusive across threads and
+    processes).
 
     Hold it around a whole load-modify-save cycle (``sgps update``) so that no concurrent writer's result is lost.
     """

@@ -40,7 +40,8 @@ def state_dict_sha256(tensors: Mapping[str, Tensor]) -> str:
 
 
 def checkpoint_reference(name_or_path: str) -> str:
-    """A loadable name for a checkpoint that holds no machine's path for the bundled ones: ``sgps_hf/checkpoints/<name>``.
+    """A loadable name for a checkpoint that holds no machine's path for the bundled ones:
+    ``sgps_hf/checkpoints/<name>``.
 
     Hub ids and the user's own folders stay as given (``sgps update`` reloads the synthesizer from them).
     """
@@ -150,7 +151,8 @@ def check_loading_info(info: dict, name: object) -> None:
     if problems:
         detail = "; ".join(f"{key}: {values[:5]}" for key, values in problems.items())
         raise CheckpointError(
-            f"The weights of {name} do not match its config ({detail}); save the synthesizer again with save_pretrained."
+            f"The weights of {name} do not match its config ({detail}); save the synthesizer again with "
+            "save_pretrained."
         )
 
 

@@ -38,7 +38,8 @@ def read_json(path: Path, hint: str) -> Any:
         raise
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CheckpointError(
-            f"{path.parent} has no readable {path.name} (missing or not valid JSON: {type(exc).__name__}: {exc}); {hint}"
+            f"{path.parent} has no readable {path.name} (missing or not valid JSON: {type(exc).__name__}: {exc}); "
+            f"{hint}"
         ) from exc
 
 
@@ -60,7 +61,8 @@ def _unique_pairs(path: Path):
 
 
 def read_timm_config(folder: Path) -> tuple[str, list[str], dict[str, Any]]:
-    """(architecture, label names, model_args) of a saved classifier's config.json; CheckpointError naming what is wrong."""
+    """(architecture, label names, model_args) of a saved classifier's config.json; CheckpointError naming what is
+    wrong."""
     config = read_json(folder / "config.json", "save the classifier again with save_pretrained.")
     if not isinstance(config, dict):
         raise CheckpointError(
@@ -76,7 +78,8 @@ def read_timm_config(folder: Path) -> tuple[str, list[str], dict[str, Any]]:
         problems.append("'architecture' must name a timm model")
     elif not _plain_timm_name(architecture):
         problems.append(
-            f"'architecture' {short(architecture)} must be a plain timm model name (no hf-hub:, local-dir: or other source)"
+            f"'architecture' {short(architecture)} must be a plain timm model name (no hf-hub:, local-dir: or other "
+            "source)"
         )
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(label, str) for label in labels):
         problems.append("'label_names' must be a list of at least 2 class names")
@@ -98,7 +101,8 @@ def read_timm_config(folder: Path) -> tuple[str, list[str], dict[str, Any]]:
         problems.append("'label_descriptions' must be an object or null")
     if problems:
         raise CheckpointError(
-            f"config.json in {folder} is invalid: {'; '.join(problems)}. Save the classifier again with save_pretrained."
+            f"config.json in {folder} is invalid: {'; '.join(problems)}. Save the classifier again with "
+            "save_pretrained."
         )
     return architecture, labels, model_args
 
@@ -150,7 +154,8 @@ def synthesis_model_args() -> frozenset[str]:
 def _expected_config_model_args(
     architecture: str, num_classes: int, target_args: Mapping[str, Any]
 ) -> dict[str, Any] | None:
-    """What save_pretrained writes as config.json's model_args for this model (timm adds its input and pooling args)."""
+    """What save_pretrained writes as config.json's model_args for this model (timm adds its input and pooling
+    args)."""
     try:
         from timm.models._input import get_model_args
     except ImportError:  # an older timm: save_for_hf wrote target_args only
@@ -170,13 +175,15 @@ def cross_check(
     task_names = [c["name"] for c in info["task"]["classes"]]
     if label_names != task_names:
         raise CheckpointError(
-            f"{config_file}: key 'label_names' {label_names[:10]} differs from the classes of {task_file} {task_names[:10]} "
-            "(order included): predictions would carry the wrong labels. Restore the files or save the classifier again."
+            f"{config_file}: key 'label_names' {label_names[:10]} differs from the classes of {task_file} "
+            f"{task_names[:10]} (order included): predictions would carry the wrong labels. Restore the files or save "
+            "the classifier again."
         )
     target = info["target"]
     if architecture != target["architecture"]:
         raise CheckpointError(
-            f"{config_file}: key 'architecture' is {architecture!r} but {task_file} records {target['architecture']!r}; restore the files."
+            f"{config_file}: key 'architecture' is {architecture!r} but {task_file} records "
+            f"{target['architecture']!r}; restore the files."
         )
     try:
         expected = _expected_config_model_args(architecture, len(label_names), target["model_args"])
@@ -186,8 +193,9 @@ def cross_check(
         ) from exc
     if dict(model_args) != expected:
         raise CheckpointError(
-            f"{config_file}: key 'model_args' is {short(dict(model_args), 200)}, not what synthesis wrote ({short(expected, 200)}); "
-            "other values change the predictions. Restore the file or save the classifier again."
+            f"{config_file}: key 'model_args' is {short(dict(model_args), 200)}, not what synthesis wrote "
+            f"({short(expected, 200)}); other values change the predictions. Restore the file or save the classifier "
+            "again."
         )
     config = json.loads(config_file.read_text(encoding="utf-8"))
     pretrained_cfg = config.get("pretrained_cfg") or {}
@@ -202,8 +210,9 @@ def cross_check(
         )
         if not same:
             raise CheckpointError(
-                f"{config_file}: key 'pretrained_cfg.{key}' is {short(pretrained_cfg.get(key))} but {task_file} records "
-                f"{short(value)}: timm and transformers would preprocess differently. Restore the files or save the classifier again."
+                f"{config_file}: key 'pretrained_cfg.{key}' is {short(pretrained_cfg.get(key))} but {task_file} "
+                f"records {short(value)}: timm and transformers would preprocess differently. Restore the files or "
+                "save the classifier again."
             )
 
 
@@ -211,7 +220,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def check_task_file(info: Any, folder: Path) -> None:
-    """Every key of sgps_task.json that loading, prediction, updates and the model card read; CheckpointError naming it."""
+    """Every key of sgps_task.json that loading, prediction, updates and the model card read; CheckpointError naming
+    it."""
     where = folder / TASK_FILE
     bad = [
         key
@@ -240,8 +250,8 @@ def check_task_file(info: Any, folder: Path) -> None:
         )
         if not valid:
             bad.append(
-                f"data_config (input_size [3, S, S] with 8 <= S <= {MAX_INPUT_SIZE}, 3 finite mean and 3 positive std values, "
-                "interpolation bilinear or bicubic, crop_pct 1.0, crop_mode center)"
+                f"data_config (input_size [3, S, S] with 8 <= S <= {MAX_INPUT_SIZE}, 3 finite mean and 3 positive std "
+                "values, interpolation bilinear or bicubic, crop_pct 1.0, crop_mode center)"
             )
     if bad:
         raise CheckpointError(

@@ -26,7 +26,6 @@ from torch import nn
 from ..errors import CheckpointError, OutputPathError
 from . import saved_folder
 from .checkpoints import state_dict_sha256
-from .classifier_versions import VERSIONS_DIR, check_history, write_version_weights
 from .classifier_checks import (
     TASK_FILE,
     buildable_tensors,
@@ -37,6 +36,7 @@ from .classifier_checks import (
     read_timm_config,
     short,
 )
+from .classifier_versions import VERSIONS_DIR, check_history, write_version_weights
 from .model_card import classifier_card
 from .safetensors_checks import WEIGHTS_FILE, check_tensors, pickle_files, read_header
 from .support_images import SUPPORT_DIR, check_manifest, support_available, write_support
@@ -199,8 +199,8 @@ def _read_versions(folder: Path, info: Mapping[str, Any] | None = None) -> list[
             version = previous.get("version", 1)
             if not is_int(version) or version != int(match.group(1)) or (current is not None and version >= current):
                 raise CheckpointError(
-                    f"{where}: key 'version' is {short(version)}, not {int(match.group(1))} (below the current version "
-                    f"{current}); fix or restore the file, or delete that version folder."
+                    f"{where}: key 'version' is {short(version)}, not {int(match.group(1))} (below the current "
+                    f"version {current}); fix or restore the file, or delete that version folder."
                 )
             versions.append((version, previous))
     return [item for _, item in sorted(versions, key=lambda item: item[0])]
@@ -215,13 +215,15 @@ def _load_weights(folder: Path, build: Any, info: Mapping[str, Any]) -> nn.Modul
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types on corrupt data
         raise CheckpointError(
-            f"{path} is not a valid safetensors file ({exc}); it may be truncated or corrupt: re-download or re-save it."
+            f"{path} is not a valid safetensors file ({exc}); it may be truncated or corrupt: re-download or re-save "
+            "it."
         ) from exc
     digest = state_dict_sha256(state)
     if digest != info["weights_sha256"]:
         raise CheckpointError(
-            f"{path} has sha256 {digest[:16]}... but {folder / TASK_FILE} records key 'weights_sha256' {info['weights_sha256'][:16]}...: "
-            "the weights were replaced or corrupted. Restore the file or save the classifier again."
+            f"{path} has sha256 {digest[:16]}... but {folder / TASK_FILE} records key 'weights_sha256' "
+            f"{info['weights_sha256'][:16]}...: the weights were replaced or corrupted. Restore the file or save the "
+            "classifier again."
         )
     try:
         model = build()

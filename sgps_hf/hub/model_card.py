@@ -1,4 +1,5 @@
-"""Model cards for synthesized classifiers and segmenters and for the synthesizer, rendered from ``templates/*.j2`` (package data)."""
+"""Model cards for synthesized classifiers and segmenters and for the synthesizer, rendered from ``templates/*.j2``
+(package data)."""
 
 from __future__ import annotations
 
@@ -110,9 +111,7 @@ def classifier_card(classifier: Any, repo_id: str | None = None, support_include
     if support_included is None:
         support_included = classifier.support is not None and bool(info.get("support"))
     task = info["task"]
-    eval_results = user_eval_results(
-        "image-classification", task["name"], info.get("metrics"), USER_METRICS
-    )
+    eval_results = user_eval_results("image-classification", task["name"], info.get("metrics"), USER_METRICS)
     card_data = ModelCardData(
         library_name="timm",
         license=LICENSE,

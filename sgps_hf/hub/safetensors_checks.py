@@ -72,7 +72,8 @@ def _shards(folder: Path) -> list[Path]:
     shards = [folder / name for name in names]
     if not all(isinstance(name, str) and name.endswith(".safetensors") and "/" not in name for name in names):
         raise CheckpointError(
-            f"{folder / WEIGHTS_INDEX_FILE} names non-safetensors or nested shard files {names[:_MAX_LISTED]}; re-save the checkpoint."
+            f"{folder / WEIGHTS_INDEX_FILE} names non-safetensors or nested shard files {names[:_MAX_LISTED]}; "
+            "re-save the checkpoint."
         )
     missing = [p.name for p in shards if not p.is_file()]
     if missing:
@@ -95,7 +96,8 @@ def read_header(files: list[Path]) -> dict[str, TensorSpec]:
                     header[name] = (tuple(view.get_shape()), view.get_dtype())
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(
-                f"{path} is not a valid safetensors file ({exc}); it may be truncated or corrupt: re-download or re-save it."
+                f"{path} is not a valid safetensors file ({exc}); it may be truncated or corrupt: re-download or "
+                "re-save it."
             ) from exc
     return header
 

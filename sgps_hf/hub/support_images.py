@@ -77,7 +77,8 @@ def check_manifest(manifest: Any, task: Mapping[str, Any], source: str = "sgps_t
         )
     if manifest.get("format") != SUPPORT_FORMAT:
         raise CheckpointError(
-            f"{where}.format is {manifest.get('format')!r}, not {SUPPORT_FORMAT!r}; restore the file or re-synthesize the classifier."
+            f"{where}.format is {manifest.get('format')!r}, not {SUPPORT_FORMAT!r}; restore the file or re-synthesize "
+            "the classifier."
         )
     files = manifest["files"]
     classes = task.get("classes") if isinstance(task, Mapping) else None
@@ -88,8 +89,9 @@ def check_manifest(manifest: Any, task: Mapping[str, Any], source: str = "sgps_t
     )
     if names is None or list(files) != names:
         raise CheckpointError(
-            f"{where}.files lists the classes {list(files)[:10]} but task.classes has {names if names is None else names[:10]}; "
-            "the task file was edited. Restore it from a backup or re-synthesize the classifier."
+            f"{where}.files lists the classes {list(files)[:10]} but task.classes has "
+            f"{names if names is None else names[:10]}; the task file was edited. Restore it from a backup or "
+            "re-synthesize the classifier."
         )
     for entry in classes:
         paths = files[entry["name"]]
@@ -99,8 +101,9 @@ def check_manifest(manifest: Any, task: Mapping[str, Any], source: str = "sgps_t
             )
         if entry.get("num_images") != len(paths):
             raise CheckpointError(
-                f"{where}.files[{entry['name']!r}] lists {len(paths)} image(s) but task.classes says num_images="
-                f"{entry.get('num_images')!r}; the task file was edited. Restore it from a backup or re-synthesize the classifier."
+                f"{where}.files[{entry['name']!r}] lists {len(paths)} image(s) but task.classes says "
+                f"num_images={entry.get('num_images')!r}; the task file was edited. Restore it from a backup or "
+                "re-synthesize the classifier."
             )
         for relative in paths:
             _checked_path(Path("."), relative)

@@ -10,7 +10,8 @@ the training episodes, whose classes and texts the synthesizer has already seen:
 4. task-adaptive BatchNorm: how many images the body's own statistics count as beside a task's support images
    (or none of it), on the pixels of the first ``TASK_BATCHNORM_EPISODES`` episodes (cached features are those of
    the unadapted body, and each candidate costs a body pass per episode);
-5. the temperature of the head (least NLL; on those episodes' pixels when task BatchNorm is on), then of the zero-shot head.
+5. the temperature of the head (least NLL; on those episodes' pixels when task BatchNorm is on), then of the zero-shot
+head.
 
 Every step but the temperatures is chosen by meta-val accuracy on a small grid; temperatures never change an argmax.
 """
@@ -216,7 +217,8 @@ def calibrate_prior_strength(
     texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Choose the text prior's strength at 1 and 5 shots on meta-val episodes (whole unseen tasks); set it on ``model``.
+    """Choose the text prior's strength at 1 and 5 shots on meta-val episodes (whole unseen tasks); set it on
+    ``model``.
 
     The text generator is learned on meta-train classes, whose texts it has seen, so how far to trust it on a
     new task is a hyperparameter for validation tasks, not a parameter for training episodes. Ties go to the
@@ -282,7 +284,8 @@ def calibrate_logit_scale(
     texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Temperature scaling on meta-val episodes with images: the logit-scale multiplier of least query NLL, set on ``model``.
+    """Temperature scaling on meta-val episodes with images: the logit-scale multiplier of least query NLL, set on
+    ``model``.
 
     The meta-learned scale fits the support views of meta-training; synthesis may use more views per image (a
     tighter ridge fit, so more confident logits), so the scale is refitted where the model is selected. Logits are

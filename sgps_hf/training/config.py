@@ -95,8 +95,8 @@ class TrainingConfig:
             views = self.train_support_views
             if not (isinstance(views, list) and views and views[0] == "identity" and set(views) <= set(SUPPORT_VIEWS)):
                 raise ValueError(
-                    f"train_support_views must be a list that starts with 'identity' and uses only {', '.join(SUPPORT_VIEWS)}; "
-                    f"got {views!r}."
+                    "train_support_views must be a list that starts with 'identity' and uses only "
+                    f"{', '.join(SUPPORT_VIEWS)}; got {views!r}."
                 )
         if not 0 <= self.body_interpolation <= 1:
             raise ValueError(f"body_interpolation must be in [0, 1], got {self.body_interpolation!r}.")
@@ -152,9 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser, config_class: type = Training
             parser.add_argument(flag, type=_bool, metavar="BOOL", default=argparse.SUPPRESS)
         else:
             base = {"int": int, "float": float}.get(kind.split(" ")[0], str)
-            parser.add_argument(
-                flag, type=base if "None" not in kind else _optional(base), default=argparse.SUPPRESS
-            )
+            parser.add_argument(flag, type=base if "None" not in kind else _optional(base), default=argparse.SUPPRESS)
 
 
 def _bool(text: str) -> bool:

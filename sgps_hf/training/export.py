@@ -24,8 +24,10 @@ def export_synthesizer(
         SGPSProcessor.from_sgps_config(model.config).save_pretrained(staging)
         training = {
             "episodes": f"{state.step} optimizer steps x {config.gradient_accumulation_steps} episode(s)",
-            "episode shape": f"{config.n_way}-way, {config.k_shot[0]}-{config.k_shot[1]}-shot, {config.q_query} queries/class; "
-            f"text-only {config.image_dropout:.0%}, image-only {config.text_dropout:.0%} of episodes",
+            "episode shape": (
+                f"{config.n_way}-way, {config.k_shot[0]}-{config.k_shot[1]}-shot, {config.q_query} queries/class; "
+                f"text-only {config.image_dropout:.0%}, image-only {config.text_dropout:.0%} of episodes"
+            ),
             "data": data_summary.get("description", ""),
             "meta-train classes": data_summary.get("num_train_classes"),
             "meta-val classes": data_summary.get("num_val_classes"),
@@ -52,14 +54,17 @@ def export_synthesizer(
                 state.ridge_calibration.get("chosen", {})
             ),
             "text prior strength (chosen on meta-val)": json.dumps(state.prior_calibration.get("chosen", {})),
-            "task-adaptive BatchNorm, images the body's statistics count as (chosen on meta-val; null: off)": json.dumps(
-                model.config.task_batchnorm_images
-            ),
+            (
+                "task-adaptive BatchNorm, images the body's statistics count as (chosen on meta-val; null: off)"
+            ): json.dumps(model.config.task_batchnorm_images),
             "logit-scale multiplier (temperature, fitted on meta-val)": json.dumps(
                 state.temperature_calibration.get("chosen")
             ),
             "zero-shot scale multiplier (fitted on meta-val)": json.dumps(state.zero_shot_calibration.get("chosen")),
-            "optimizer": f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, seed {config.seed}",
+            "optimizer": (
+                f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, "
+                f"seed {config.seed}"
+            ),
         }
         synthesizer_card(Path(config.output_dir).name, model.config, training).save(staging / "README.md")
         (staging / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")

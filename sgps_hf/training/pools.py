@@ -21,8 +21,10 @@ def training_pools(config: TrainingConfig, image_size: int) -> tuple[list[ClassP
         val = build_pools("meta_val", image_size, data_dir=config.data_dir)
         splits = load_splits()
         summary = {
-            "description": f"meta_train split of the sgps-hf shared medical data ({len({p.task for p in train})} public tasks; "
-            f"meta-val: {len(splits.meta_val_tasks)} whole tasks; see SOURCES.md)",
+            "description": (
+                f"meta_train split of the sgps-hf shared medical data ({len({p.task for p in train})} public tasks; "
+                f"meta-val: {len(splits.meta_val_tasks)} whole tasks; see SOURCES.md)"
+            ),
             "held_out_tasks": list(splits.held_out_tasks),
         }
     summary.update(num_train_classes=len(train), num_val_classes=len(val))

@@ -1,4 +1,5 @@
-"""The training log: ``training_log.csv`` (one row per logged step, appended across resumes) and its learning-curve plot."""
+"""The training log: ``training_log.csv`` (one row per logged step, appended across resumes) and its learning-curve
+plot."""
 
 from __future__ import annotations
 

@@ -55,10 +55,10 @@ def test_build_synthesize_and_classify_in_a_browser(app_server, browser, image_f
     page.goto(url)
     page.locator("#task-name textarea").fill("skin-lesions")
     page.locator("#modality textarea").fill("smartphone photo")
-    for i, (name, text, files) in enumerate(classes):
+    for i, (name, text, _files) in enumerate(classes):
         page.locator(f"#class-{i}-name textarea").fill(name)
         page.locator(f"#class-{i}-text textarea").fill(text)
-    for i, (name, text, files) in enumerate(classes):
+    for i, (_name, _text, files) in enumerate(classes):
         page.locator(f"#class-{i}-images input[type=file]").set_input_files([str(f) for f in files])
         uploaded(page.locator(f"#class-{i}-images"), files[-1].name)
     page.locator("#add-class").click()

@@ -94,7 +94,9 @@ def test_invalid_uploads_get_a_message(client, image_files):
         ("truncated", "'truncated.png': The image is corrupt or truncated"),
         ("tiny", "'tiny.png': The image is 4x4"),
     ]:
-        error = app_error(lambda: client.predict([handle_file(str(image_files[kind]))], 0.5, api_name="/predict"))
+        error = app_error(
+            lambda kind=kind: client.predict([handle_file(str(image_files[kind]))], 0.5, api_name="/predict")
+        )
         assert error.startswith(message), error
     too_many = [handle_file(str(image_files["png"]))] * 17
     assert "at most 16" in app_error(lambda: client.predict(too_many, 0.5, api_name="/predict"))

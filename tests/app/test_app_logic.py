@@ -255,7 +255,7 @@ def test_examples_from_the_shared_data():
     assert examples and all(len(e.classes) == 3 for e in examples)
     for example in examples:
         assert example.modality
-        for name, text, paths in example.classes:
+        for _name, text, paths in example.classes:
             assert text and len(paths) == 2 and all(p.is_file() for p in paths)
         assert len(example.try_images) == 3 and not set(example.try_images) & {
             p for _, _, ps in example.classes for p in ps

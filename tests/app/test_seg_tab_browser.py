@@ -81,7 +81,11 @@ def test_segmentation_tab_in_a_browser(app_server, browser, tmp_path):
     overlay = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
     original = load_image(new_image)
     assert overlay.shape[:2] == (original.height, original.width)
-    expected = get_synthesizer().synthesize(SegmentationTask(label, list(zip(images, masks, strict=False)))).predict([original])[0]
+    expected = (
+        get_synthesizer()
+        .synthesize(SegmentationTask(label, list(zip(images, masks, strict=False))))
+        .predict([original])[0]
+    )
     assert expected.sum() > 50  # a non-trivial mask, so the comparison can fail
     red = red_pixels(overlay, np.asarray(original.convert("RGB")))
     dice = 2 * (red & expected).sum() / (red.sum() + expected.sum())

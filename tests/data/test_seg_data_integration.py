@@ -38,12 +38,16 @@ def test_real_data_matches_manifest_one_binary_task_per_label():
     assert row["image"].size == row["mask"].size == (128, 128)
     for task, info in manifest.items():
         for label, count in info["empty_masks"].items():
-            fg = [f for t, l, f in zip(ds["task"], ds["label"], ds["foreground"], strict=False) if t == task and l == label]
+            fg = [
+                f
+                for t, lab, f in zip(ds["task"], ds["label"], ds["foreground"], strict=False)
+                if t == task and lab == label
+            ]
             assert sum(f == 0 for f in fg) == count
 
     held_out = task_arrays(ds, seg_splits()["held_out"])
     assert {name.split("/")[0] for name in held_out} == set(seg_splits()["held_out"])
-    for name, arrays in held_out.items():
+    for arrays in held_out.values():
         assert arrays.images.shape[1:] == (128, 128, 3) and arrays.masks.any(axis=(1, 2)).all()
 
 

@@ -244,7 +244,7 @@ def test_any_sidecar_key_is_used_safely_or_refused(saved, versioned, tmp_path_fa
     path.write_text(json.dumps(content))
     try:
         classifier = SynthesizedClassifier.from_pretrained(folder)
-        classifier.support
+        _ = classifier.support
         classifier.predict([torch.zeros(3, 40, 40).numpy().transpose(1, 2, 0)])
         str(classifier_card(classifier))
     except CheckpointError as error:

@@ -265,8 +265,8 @@ EXTREME_SIDE = st.one_of(
 @settings(max_examples=200)
 @given(width=EXTREME_SIDE, height=EXTREME_SIDE)
 def test_extreme_header_shapes_are_refused_from_the_header(width, height):
-    """A header of any shape: refused with a message naming the limit (aspect, pixels, bytes or the minimum size) before
-    decoding, or, within every limit, reported as truncated when decoding finds no pixels."""
+    """A header of any shape: refused with a message naming the limit (aspect, pixels, bytes or the minimum size)
+    before decoding, or, within every limit, reported as truncated when decoding finds no pixels."""
     from sgps_hf.imaging import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
 
     with pytest.raises(ImageLoadError) as info:

@@ -120,7 +120,8 @@ CLASS_ITEM = st.fixed_dictionaries(
         "label": SCALAR,
     },
 )
-# Mostly well-formed tasks with one fuzzed part, so that the deep checks (paths, texts) are reached, not only the first.
+# Mostly well-formed tasks with one fuzzed part, so that the deep checks (paths, texts) are reached, not only the
+# first.
 GOOD_CLASS = st.builds(
     lambda i, images: {"name": f"class-{i}", "description": "a clinical text", "images": images},
     st.integers(0, 1_000_000),

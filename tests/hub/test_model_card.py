@@ -1,4 +1,5 @@
-"""Model cards (sgps_hf/hub/templates/*.j2 via sgps_hf.hub.model_card): valid Hub metadata and everything a reader must know."""
+"""Model cards (sgps_hf/hub/templates/*.j2 via sgps_hf.hub.model_card): valid Hub metadata and everything a reader must
+know."""
 
 import re
 

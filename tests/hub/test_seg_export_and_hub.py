@@ -46,6 +46,8 @@ def test_hub_round_trip(hub_env, segmenter, query_files):
     assert card.data.pipeline_tag == "image-segmentation" and f'"{repo_id}"' in card.text
     loaded = SynthesizedSegmenter.from_pretrained(repo_id)
     assert loaded.info["weights_sha256"] == segmenter.info["weights_sha256"]
-    assert all(np.array_equal(a, b) for a, b in zip(loaded.predict(query_files), segmenter.predict(query_files), strict=False))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(loaded.predict(query_files), segmenter.predict(query_files), strict=False)
+    )
     out = last_json_line(run_python(PLAIN_TRANSFORMERS, repo_id, *query_files).stdout)
     check_plain(out, segmenter, query_files)

@@ -23,7 +23,8 @@ from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 
 pytestmark = pytest.mark.timeout(300)
 
-# Runs argv[1] (a statement using `path`) in a fresh process; prints OK or the error type, and the peak RSS growth in MiB.
+# Runs argv[1] (a statement using `path`) in a fresh process; prints OK or the error type, and the peak RSS growth in
+# MiB.
 CHILD = """
 import resource, sys
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""Safe loading: weights only from safetensors, no pickle ever unpickled, no remote code, exact tensors or CheckpointError.
+"""Safe loading: weights only from safetensors, no pickle ever unpickled, no remote code, exact tensors or
+CheckpointError.
 
 Each pickle in these tests is a *booby-trapped* pickle that creates a marker file when unpickled, so "refused" is
 checked by the marker staying absent, not only by the error message.

@@ -164,7 +164,7 @@ def test_a_support_png_replaced_by_a_bomb_is_a_checkpoint_error(saved, tmp_path)
     sorted(folder.glob("support/*/*.png"))[0].write_bytes(png_header_only(100_000, 100_000))
     classifier = SynthesizedClassifier.from_pretrained(folder)
     with pytest.raises(CheckpointError, match="Support image .* cannot be read"):
-        classifier.support
+        _ = classifier.support
 
 
 def test_a_missing_local_folder_is_reported_as_such(tmp_path, monkeypatch):

@@ -318,7 +318,7 @@ def test_single_process_run_writes_log_curve_checkpoints_and_exports(reference_r
     trained_ridge = load_file(newest / "model.safetensors")["ridge_coefficients"]
     exported_ridge = load_file(output / "final" / "model.safetensors")["ridge_coefficients"]
     for shots, multiplier in json.loads(match.group(1)).items():
-        log_ridge = lambda c: (c[0] + c[1] * math.log1p(int(shots))).item()  # noqa: E731
+        log_ridge = lambda c, shots=shots: (c[0] + c[1] * math.log1p(int(shots))).item()  # noqa: E731
         assert math.exp(log_ridge(exported_ridge) - log_ridge(trained_ridge)) == pytest.approx(multiplier, rel=1e-4)
 
     match = re.search(r"logit-scale multiplier \(temperature, fitted on meta-val\)\*\*: ([0-9.]+)", final_card)
@@ -395,7 +395,8 @@ def test_a_class_memory_run_builds_the_memory_from_the_meta_train_classes(source
         assert synthesizer.text_memory_keys.norm(dim=-1).allclose(torch.ones(8))
         card = (output / name / "README.md").read_text()
         assert re.search(
-            r"text generator\*\*: class memory \(8 meta-train classes, attention temperature [0-9.]+ chosen on meta-val\)",
+            r"text generator\*\*: class memory \(8 meta-train classes, attention temperature [0-9.]+ chosen on "
+            r"meta-val\)",
             card,
         )
 

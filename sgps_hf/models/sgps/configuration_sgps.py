@@ -143,7 +143,8 @@ class SGPSConfig(PretrainedConfig):
             raise ValueError(f"text_memory_size must be 0 or more, got {self.text_memory_size}.")
         if self.task_batchnorm_images is not None and self.task_batchnorm_images <= 0:
             raise ValueError(
-                f"task_batchnorm_images must be positive (or None to keep the body's statistics), got {self.task_batchnorm_images}."
+                "task_batchnorm_images must be positive (or None to keep the body's statistics), got "
+                f"{self.task_batchnorm_images}."
             )
         for name in ("ridge_init", "prior_init", "logit_scale_init"):
             if getattr(self, name) <= 0:
@@ -161,7 +162,8 @@ class SGPSConfig(PretrainedConfig):
         unknown = [view for view in self.support_views if view not in SUPPORT_VIEWS]
         if unknown or not self.support_views or self.support_views[0] != "identity":
             raise ValueError(
-                f"support_views must start with 'identity' and use only {', '.join(SUPPORT_VIEWS)}; got {self.support_views}."
+                f"support_views must start with 'identity' and use only {', '.join(SUPPORT_VIEWS)}; got "
+                f"{self.support_views}."
             )
 
     def with_changes(self, **changes: Any) -> "SGPSConfig":
@@ -177,7 +179,8 @@ class SGPSConfig(PretrainedConfig):
 
 
 def _coerce(kind: type, name: str, value: Any) -> Any:
-    """``kind(value)``, or a ValueError that names the config field (a hand-edited config.json gets a useful message)."""
+    """``kind(value)``, or a ValueError that names the config field (a hand-edited config.json gets a useful
+    message)."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):  # numpy scalars are Real too
         raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}.")
     try:

@@ -23,7 +23,6 @@ from ...imaging import ImageInput, load_image, resize_center_crop
 MAX_RESIZED_PIXELS = 1 << 24
 
 
-
 class SGPSImageProcessor(BaseImageProcessor):
     r"""Turns images (paths, PIL, numpy, bytes, DICOM) into normalised ``pixel_values``.
 
@@ -86,8 +85,9 @@ class SGPSImageProcessor(BaseImageProcessor):
         resized = self.image_size * int(self.image_size * long / short)
         if resized > MAX_RESIZED_PIXELS:
             raise ImageLoadError(
-                f"An image of {image.width}x{image.height} pixels would be resized to {resized / 1e6:.0f} MP at {self.image_size} px; "
-                f"the limit is {MAX_RESIZED_PIXELS / 1e6:.0f} MP. Crop it to the region of interest first."
+                f"An image of {image.width}x{image.height} pixels would be resized to {resized / 1e6:.0f} MP at "
+                f"{self.image_size} px; the limit is {MAX_RESIZED_PIXELS / 1e6:.0f} MP. Crop it to the region of "
+                "interest first."
             )
         return image
 

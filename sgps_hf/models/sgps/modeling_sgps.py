@@ -104,7 +104,8 @@ class SGPSSynthesizer(PreTrainedModel):
         return checked_from_pretrained(cls, super(SGPSSynthesizer, cls).from_pretrained, args, kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """``PreTrainedModel.save_pretrained``, atomically (see :func:`sgps_hf.hub.atomic.save_pretrained_atomically`)."""
+        """``PreTrainedModel.save_pretrained``, atomically (see
+        :func:`sgps_hf.hub.atomic.save_pretrained_atomically`)."""
         save_pretrained_atomically(super().save_pretrained, save_directory, *args, **kwargs)
 
     # -- initialisation -------------------------------------------------------------------------
@@ -350,7 +351,8 @@ class SGPSSynthesizer(PreTrainedModel):
         return SGPSOutput(loss=loss, logits=logits, weights=weights if return_weights else None)
 
     def synthesize(self, task: "TaskSpec", processor: "SGPSProcessor | None" = None) -> "SynthesizedClassifier":
-        """Synthesize a standalone classifier for ``task`` in one forward pass (no gradient step); see :mod:`sgps_hf.synthesis`."""
+        """Synthesize a standalone classifier for ``task`` in one forward pass (no gradient step); see
+        :mod:`sgps_hf.synthesis`."""
         from ...synthesis import synthesize
 
         return synthesize(self, task, processor=processor)
@@ -369,4 +371,3 @@ class SGPSSynthesizer(PreTrainedModel):
         from ...synthesis import update
 
         return update(self, classifier, additions, processor=processor)
-

@@ -35,7 +35,8 @@ class SGPSProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
-        """``ProcessorMixin.save_pretrained``, atomically (see :func:`sgps_hf.hub.atomic.save_pretrained_atomically`)."""
+        """``ProcessorMixin.save_pretrained``, atomically (see
+        :func:`sgps_hf.hub.atomic.save_pretrained_atomically`)."""
         return save_pretrained_atomically(super().save_pretrained, save_directory, *args, **kwargs)
 
     @classmethod

@@ -38,7 +38,8 @@ class SGPSSegConfig(PretrainedConfig):
             optionally projected on their leading principal components, upsampled to stride 4) beside the learned
             ``hidden_size`` channels; the closed-form head then acts on both. The saved UperNet is then
             ``hidden_size + sum(raw_dims)`` channels wide, with the learned and raw blocks kept apart.
-        raw_dims (`list[int]`, *optional*): channels kept per raw level (its leading principal components); default all.
+        raw_dims (`list[int]`, *optional*): channels kept per raw level (its leading principal components);
+            default all.
         raw_weight (`float`): weight of the raw block relative to the (energy-normalised) learned block in the head.
         learned_energy_norm (`bool`): scale the learned block by the inverse root of its mean pixel energy on the
             examples (so the two blocks weigh alike whatever the decoder's scale).
@@ -97,7 +98,8 @@ class SGPSSegConfig(PretrainedConfig):
             not 0 <= i < len(self.out_indices) for i in self.raw_levels
         ):
             raise ValueError(
-                f"raw_levels must be distinct positions in out_indices (0..{len(self.out_indices) - 1}), got {raw_levels}."
+                f"raw_levels must be distinct positions in out_indices (0..{len(self.out_indices) - 1}), got "
+                f"{raw_levels}."
             )
         self.raw_levels = sorted(self.raw_levels)
         if raw_dims is not None and len(raw_dims) != len(self.raw_levels):

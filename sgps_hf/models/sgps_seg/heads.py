@@ -43,7 +43,8 @@ def prototype_margin(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def ridge_margin(x: Tensor, y: Tensor, ridge_lambda: Tensor) -> tuple[Tensor, Tensor]:
-    """Class-balanced ridge regression of +-1 targets: ``w = (X^T A X + lambda E I)^-1 X^T A t`` (E: mean feature energy)."""
+    """Class-balanced ridge regression of +-1 targets: ``w = (X^T A X + lambda E I)^-1 X^T A t`` (E: mean feature
+    energy)."""
     fg, bg = class_masses(y)
     c = x.shape[1]
     a = 0.5 * y / fg + 0.5 * (1 - y) / bg  # class-balanced pixel weights, summing to 1

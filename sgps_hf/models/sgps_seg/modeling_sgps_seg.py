@@ -130,8 +130,9 @@ class SGPSSegSynthesizer(PreTrainedModel):
         UperNet's conv modules inactive on such images.
 
         ``standardize=False`` keeps the channels' own variances (one scale per stage, as PANet's raw features);
-        ``level_norm="energy"`` divides each stage by the root of the mean pixel energy it keeps (each stage then weighs
-        exactly 1 per pixel on average, as PANet's per-level normalisation does per pixel) instead of ``sqrt(dim)``.
+        ``level_norm="energy"`` divides each stage by the root of the mean pixel energy it keeps (each stage then
+        weighs exactly 1 per pixel on average, as PANet's per-level normalisation does per pixel) instead of
+        ``sqrt(dim)``.
         """
         if level_norm not in ("dim", "energy"):
             raise SynthesisError(f"level_norm must be 'dim' or 'energy', got {level_norm!r}.")
@@ -186,7 +187,8 @@ class SGPSSegSynthesizer(PreTrainedModel):
         return cumulative
 
     def raw_gain(self) -> Tensor:
-        """Weight of the raw block in the head: the meta-learned ``log_raw_weight`` if any, else ``config.raw_weight``."""
+        """Weight of the raw block in the head: the meta-learned ``log_raw_weight`` if any, else
+        ``config.raw_weight``."""
         if hasattr(self, "log_raw_weight"):
             return self.log_raw_weight.exp()
         return torch.tensor(float(self.config.raw_weight))

@@ -63,8 +63,9 @@ def load_mask(
     target_w, target_h = image_size
     if abs((width / height) / (target_w / target_h) - 1) > ASPECT_TOLERANCE:
         raise InvalidTaskError(
-            f"{name} is {width}x{height} but its image is {target_w}x{target_h}: the shapes differ (not just the scale). "
-            "Pass the mask drawn on this image (any resolution with the same aspect ratio is resized to the image)."
+            f"{name} is {width}x{height} but its image is {target_w}x{target_h}: the shapes differ (not just the "
+            "scale). Pass the mask drawn on this image (any resolution with the same aspect ratio is resized to the "
+            "image)."
         )
     values = np.unique(array)
     if array.dtype == np.bool_:
@@ -77,7 +78,8 @@ def load_mask(
         shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
         raise InvalidTaskError(
             f"{name} is not binary: it has {len(values)} distinct values ({shown}). Masks must hold 0/255, 0/1 or "
-            "booleans; save masks as PNG (JPEG compression adds intermediate values) or threshold them first, e.g. mask > 127."
+            "booleans; save masks as PNG (JPEG compression adds intermediate values) or threshold them first, e.g. "
+            "mask > 127."
         )
     if (width, height) != (target_w, target_h):
         binary = (

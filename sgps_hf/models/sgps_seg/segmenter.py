@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .task import SegmentationTask
 
 
-
 def build_info(task: "SegmentationTask", synthesizer: "PreTrainedModel", head: str) -> dict[str, Any]:
     from ...version import __version__
 
@@ -138,7 +137,8 @@ class SynthesizedSegmenter:
         private: bool | None = None,
         commit_message: str = "Add synthesized segmenter",
     ) -> str:
-        """Create ``repo_id`` if needed and upload the saved folder (weights, processor, card, sidecar); returns the commit URL."""
+        """Create ``repo_id`` if needed and upload the saved folder (weights, processor, card, sidecar); returns the
+        commit URL."""
         import tempfile
 
         from huggingface_hub import HfApi
@@ -151,7 +151,10 @@ class SynthesizedSegmenter:
         return str(commit)
 
     def __repr__(self) -> str:
-        return f"SynthesizedSegmenter(task={self.info['task']['name']!r}, label={self.label!r}, examples={self.info['task']['num_examples']})"
+        return (
+            f"SynthesizedSegmenter(task={self.info['task']['name']!r}, label={self.label!r}, "
+            f"examples={self.info['task']['num_examples']})"
+        )
 
 
 def _as_list(images: Any) -> list:

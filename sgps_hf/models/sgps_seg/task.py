@@ -52,7 +52,8 @@ class SegmentationTask:
         examples = list(examples)
         if not examples:
             raise InvalidTaskError(
-                f"Task {self.name!r} has no examples: give at least one (image, mask) pair, e.g. examples=[('img.png', 'mask.png')]."
+                f"Task {self.name!r} has no examples: give at least one (image, mask) pair, e.g. "
+                "examples=[('img.png', 'mask.png')]."
             )
         if len(examples) > MAX_EXAMPLES:
             raise InvalidTaskError(
@@ -86,7 +87,8 @@ class SegmentationTask:
             )
         if all(m.all() for m in self.masks):
             raise InvalidTaskError(
-                f"Every mask of task {self.name!r} covers the whole image: the examples need some background pixels too."
+                f"Every mask of task {self.name!r} covers the whole image: the examples need some background pixels "
+                "too."
             )
 
     def __len__(self) -> int:
@@ -118,7 +120,8 @@ def _folder_examples(folder: Path, label: str | None) -> tuple[str, list[tuple[P
         raise InvalidTaskError(f"Task folder {folder} does not exist; check the path.")
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise InvalidTaskError(
-            f"Task folder {folder} must contain images/<stem>.png|jpg and masks/<label>/<stem>.png (the same stem per pair)."
+            f"Task folder {folder} must contain images/<stem>.png|jpg and masks/<label>/<stem>.png (the same stem per "
+            "pair)."
         )
     labels = sorted(p.name for p in masks_dir.iterdir() if p.is_dir())
     if not labels:

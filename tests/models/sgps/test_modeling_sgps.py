@@ -146,7 +146,8 @@ def test_synthesis_is_bit_identical_in_a_fresh_process(synth, tmp_path):
         from sgps_hf.hub.checkpoints import state_dict_sha256
         synth = SGPSSynthesizer.from_pretrained(sys.argv[1])
         classifier = synth.synthesize(TaskSpec.from_file(sys.argv[2]))
-        print(json.dumps({"model": state_dict_sha256(classifier.model.state_dict()), "info": classifier.info["weights_sha256"]}))
+        model_sha256 = state_dict_sha256(classifier.model.state_dict())
+        print(json.dumps({"model": model_sha256, "info": classifier.info["weights_sha256"]}))
         """,
         tmp_path / "synth",
         folder / "task.json",

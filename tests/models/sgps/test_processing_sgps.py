@@ -1,4 +1,5 @@
-"""SGPSImageProcessor and SGPSProcessor: timm's own preprocessing, the task's inputs, save/load via the Auto classes."""
+"""SGPSImageProcessor and SGPSProcessor: timm's own preprocessing, the task's inputs, save/load via the Auto
+classes."""
 
 import json
 

@@ -1,4 +1,5 @@
-"""The bundled DEFAULT_SEG_CHECKPOINT on a real held-out task (offline), against trivial predictors on the same queries."""
+"""The bundled DEFAULT_SEG_CHECKPOINT on a real held-out task (offline), against trivial predictors on the same
+queries."""
 
 import numpy as np
 import pytest
@@ -34,7 +35,8 @@ def test_default_checkpoint_loads_offline_and_beats_trivial_masks(monkeypatch):
     assert dice > everything + 0.05, (dice, everything)
     again = synth.synthesize(task)
     assert again.info["weights_sha256"] == segmenter.info["weights_sha256"]
-    # provenance names the bundled checkpoint by its package-relative name (loadable, no local path), like a classifier's
+    # provenance names the bundled checkpoint by its package-relative name (loadable, no local path), like a
+    # classifier's
     reference = segmenter.info["synthesizer"]["name_or_path"]
     assert (
         reference == "sgps_hf/checkpoints/sgps-seg-lite0-128"

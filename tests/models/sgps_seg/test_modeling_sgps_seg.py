@@ -65,7 +65,8 @@ def test_synthesis_is_deterministic_and_task_specific(tiny_synth, tiny_task):
     second = tiny_synth.synthesize(tiny_task)
     assert first.info["weights_sha256"] == second.info["weights_sha256"]
     assert all(
-        torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=False)
+        torch.equal(a, b)
+        for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=False)
     )
     other = tiny_synth.synthesize(SegmentationTask("other", [blob_pair(10), blob_pair(11)]))
     assert other.info["weights_sha256"] != first.info["weights_sha256"]

@@ -50,7 +50,8 @@ def test_wide_upernet_equals_the_synthesizers_decoder_and_head(levels, dims):
     synth = raw_synth(0, raw_levels=levels, raw_dims=dims)
     full = list(synth.segmenter.backbone.channels)
     assert synth.raw_channels == sum(
-        full[l] if dims is None else min(d, full[l]) for l, d in zip(levels, dims or [None] * len(levels), strict=False)
+        full[level] if dims is None else min(d, full[level])
+        for level, d in zip(levels, dims or [None] * len(levels), strict=False)
     )
     torch.manual_seed(1)
     x = torch.randn(6, 3, 32, 32)
@@ -162,7 +163,10 @@ def test_bootstrap_intervals_and_paired_differences():
     lo, hi = bootstrap_ci(scores, 500, 0)
     assert lo < np.mean([0.5, 0.5]) < hi and hi - lo < 0.5
     assert bootstrap_ci(scores, 500, 0) == [lo, hi]  # seeded
-    cell = lambda values: {"episode_dice": values}
+
+    def cell(values):
+        return {"episode_dice": values}
+
     per_task = {
         "t1": {"a": {"5": cell([0.6, 0.7, 0.8])}, "b": {"5": cell([0.5, 0.6, 0.7])}},
         "t2": {"a": {"5": cell([0.3, 0.3, 0.3])}, "b": {"5": cell([0.3, 0.3, 0.3])}},
