@@ -270,8 +270,8 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
         results = [r.prediction for r in shown_results if r.prediction is not None]
         first = results[0]
         headline = (
-            f"**{md_escape(first.file)}: uncertain**: top class {md_code(first.top_label)} has {first.top_probability:.2f} "
-            f"&lt; threshold {first.threshold:.2f}."
+            f"**{md_escape(first.file)}: uncertain**: top class {md_code(first.top_label)} has "
+            f"{first.top_probability:.2f} &lt; threshold {first.threshold:.2f}."
             if first.abstained
             else f"**{md_escape(first.file)}: {md_escape(first.top_label)}** ({first.top_probability:.2f})."
         )
@@ -287,7 +287,7 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
     )
 
     @shown
-    def update(classifier: Any, class_name: str, files: Any, progress: gr.Progress = gr.Progress()):
+    def update(classifier: Any, class_name: str, files: Any, progress: gr.Progress = gr.Progress()):  # noqa: B008 (Gradio's API)
         progress(0.1, desc="Checking the new cases")
         fn = _locked(functools.partial(update_from_app, ctx.synth.model))
         updated = ctx.runner.run("Re-synthesis", fn, classifier, class_name, files, ctx.limits, ctx.roots)

@@ -53,8 +53,8 @@ def load_synthesizer(source: Any = None) -> SynthesizerHandle:
     path = str(source or DEFAULT_CHECKPOINT)
     if source is None and not Path(path).is_dir():
         raise CheckpointError(
-            f"The bundled synthesizer {path} is not installed yet; pass --synthesizer <folder or Hub id>, or train one "
-            "with `accelerate launch scripts/train.py --config scripts/configs/default.yaml`."
+            f"The bundled synthesizer {path} is not installed yet; pass --synthesizer <folder or Hub id>, or train "
+            "one with `accelerate launch scripts/train.py --config scripts/configs/default.yaml`."
         )
     return SynthesizerHandle(SGPSSynthesizer.from_pretrained(path).eval(), SGPSProcessor.from_pretrained(path), path)
 

@@ -107,7 +107,10 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, SGPSError):
         message = str(exc)
     elif _is_hub_error(exc):
-        message = f"the Hugging Face Hub refused the request ({type(exc).__name__}: {exc}); check the repo id, your token and the network"
+        message = (
+            f"the Hugging Face Hub refused the request ({type(exc).__name__}: {exc}); "
+            "check the repo id, your token and the network"
+        )
     elif isinstance(exc, OSError):
         where = " ".join(str(p) for p in (exc.filename, exc.filename2) if p) or "a file"
         reason = exc.strerror or str(exc)
@@ -130,7 +133,10 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
         message = "out of memory; use fewer or smaller images, or a machine with more memory"
     else:
         status = 1
-        message = f"unexpected {type(exc).__name__}: {exc} (probably a bug in sgps-hf: rerun with --debug for the traceback and report it)"
+        message = (
+            f"unexpected {type(exc).__name__}: {exc} "
+            "(probably a bug in sgps-hf: rerun with --debug for the traceback and report it)"
+        )
     message = " ".join(message.split())
     if len(message) > _MAX_MESSAGE:
         message = message[: _MAX_MESSAGE - 3] + "..."
