@@ -287,7 +287,7 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
     )
 
     @shown
-    def update(classifier: Any, class_name: str, files: Any, progress: gr.Progress = gr.Progress()):  # noqa: B008 (Gradio's API)
+    def update(classifier: Any, class_name: str, files: Any, progress: gr.Progress = gr.Progress()):
         progress(0.1, desc="Checking the new cases")
         fn = _locked(functools.partial(update_from_app, ctx.synth.model))
         updated = ctx.runner.run("Re-synthesis", fn, classifier, class_name, files, ctx.limits, ctx.roots)
