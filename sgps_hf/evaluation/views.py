@@ -9,6 +9,7 @@ body, so the benchmark can run every baseline both ways (see :func:`sgps_hf.eval
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,10 @@ class TaskEmbedding:
     task_batchnorm_images: float | None = None
     memo: Embed | None = field(default=None, repr=False)
     batch_size: int = 256
+    # Per support set (by its bytes): its features and a memo of query features under its statistics, so that the
+    # methods sharing this embedding pay one body pass per episode between them (set cache=False to hold nothing).
+    cache: bool = True
+    _episodes: dict[bytes, tuple[Tensor, Embed, dict[bytes, Tensor]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.views:
@@ -49,6 +54,22 @@ class TaskEmbedding:
     @torch.no_grad()
     def __call__(self, support: Tensor) -> tuple[Tensor, Embed]:
         """(features [S, V, D] of the uint8 ``support`` under every view, the embedding of query images)."""
+        if not self.cache:
+            return self._embed(support)
+        key = _digest(support)
+        if key not in self._episodes:
+            self._episodes[key] = (*self._embed(support), {})
+        features, embed, memo = self._episodes[key]
+
+        def queries(images: Tensor) -> Tensor:
+            query_key = _digest(images)
+            if query_key not in memo:
+                memo[query_key] = embed(images)
+            return memo[query_key]
+
+        return features, queries
+
+    def _embed(self, support: Tensor) -> tuple[Tensor, Embed]:
         pixels = self.processor.normalize_uint8(support)
         batch = torch.cat([apply_view(pixels, view) for view in self.views])
         tensors = {**dict(self.body.named_parameters()), **dict(self.body.named_buffers())}
@@ -63,6 +84,10 @@ class TaskEmbedding:
         return self._by_image(features, len(support)), lambda images: self._batched(
             lambda x: body_features(self.body, adapted, x), self.processor.normalize_uint8(images)
         )
+
+    def clear(self) -> None:
+        """Forget the cached episodes."""
+        self._episodes.clear()
 
     def _by_image(self, features: Tensor, count: int) -> Tensor:
         return features.view(len(self.views), count, -1).transpose(0, 1)
@@ -80,3 +105,7 @@ class TaskEmbedding:
                 else f"task-adaptive, as SGPS (the body's count as {self.task_batchnorm_images:g} images)"
             ),
         }
+
+
+def _digest(images: Tensor) -> bytes:
+    return hashlib.blake2b(images.contiguous().numpy().tobytes(), digest_size=16).digest()

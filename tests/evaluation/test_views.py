@@ -150,3 +150,21 @@ def test_headline_compares_sgps_with_the_best_baseline_of_either_kind():
     assert one["plain"]["method"] == "Fine-tune head (linear probe)" and one["best"] == one["plain"]
     assert five["views"]["method"] == "ProtoNet + SGPS views + task BN" and five["best"] == five["views"]
     assert five["best"]["margin"] == pytest.approx(0.02) and one["best"]["margin"] == pytest.approx(0.02)
+
+
+def test_task_embedding_runs_the_body_once_per_episode_for_the_methods_sharing_it(setup):
+    _, body, processor = setup
+    episode = make_episodes(_pools(), 3, 2, 2, 1, seed=2)[0]
+    calls = []
+    hook = body.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        shared = TaskEmbedding(body, processor, VIEWS, task_batchnorm_images=4.0)
+        first = B.ProtoNetMethod(body, processor, views=shared).adapt(episode)(episode.query)
+        passes = len(calls)
+        again = B.ProtoNetMethod(body, processor, views=shared).adapt(episode)(episode.query)
+        assert len(calls) == passes and torch.equal(first, again)
+        fresh = TaskEmbedding(body, processor, VIEWS, task_batchnorm_images=4.0, cache=False)
+        torch.testing.assert_close(B.ProtoNetMethod(body, processor, views=fresh).adapt(episode)(episode.query), first)
+        assert len(calls) > passes
+    finally:
+        hook.remove()
