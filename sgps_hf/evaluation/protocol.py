@@ -338,9 +338,10 @@ def tune(methods: Methods, val_episodes: list[Episode], bench: BenchmarkConfig) 
             scores[value] = accuracy_of(runs[f"{name}={value}"])
         best = max(scores, key=scores.get)
         setattr(m[name], attribute, best)
-        if base_name(name) == PROBE:  # both fine-tuning baselines start from the tuned probe
-            m[FINETUNE_TOP + suffix].probe_lr = m[FINETUNE_ALL + suffix].probe_lr = best
-        if base_name(name) == FINETUNE_TOP:  # all-layer fine-tuning is too costly to tune separately: same lr
+        for finetune in (FINETUNE_TOP + suffix, FINETUNE_ALL + suffix):
+            if base_name(name) == PROBE and finetune in m:  # both fine-tuning baselines start from the tuned probe
+                m[finetune].probe_lr = best
+        if base_name(name) == FINETUNE_TOP and FINETUNE_ALL + suffix in m:  # too costly to tune apart: same lr
             m[FINETUNE_ALL + suffix].lr = best
         methods.tuning[name] = {
             "parameter": attribute,
@@ -356,6 +357,6 @@ def tune(methods: Methods, val_episodes: list[Episode], bench: BenchmarkConfig) 
         methods.tuning.setdefault(name, {})["meta_val_accuracy"] = accuracy_of(run)
     for name in filter(is_finetune_all, m):
         top = FINETUNE_TOP + name[len(FINETUNE_ALL) :]
-        methods.temperatures[name] = methods.temperatures[top]
+        methods.temperatures[name] = methods.temperatures.get(top, 1.0)
         methods.tuning[name] = {"note": f"lr, probe lr and temperature of {top} (not tuned separately: CPU cost)"}
     methods.tuning["episodes"] = len(val_episodes)
