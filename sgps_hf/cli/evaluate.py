@@ -97,6 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     protocol.add_argument(
         "--finetune-top-blocks", type=int, default=1, help="block stages the cheaper fine-tuning baseline trains"
     )
+    protocol.add_argument(
+        "--no-view-baselines",
+        dest="view_baselines",
+        action="store_false",
+        help="skip the baselines' variants with SGPS's support views and task BatchNorm (rows of the fair comparison)",
+    )
     data.add_argument(
         "--train-config",
         default=None,

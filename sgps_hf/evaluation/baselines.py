@@ -16,6 +16,11 @@ The frozen body's features are memoised per image (:class:`FeatureMemo`), so met
 pay for each image once. BatchNorm stays in eval mode (running statistics) in every gradient-based method:
 with 5-25 support images, batch statistics are too noisy to train on and would make predictions depend on
 the query batch.
+
+With ``views`` (a :class:`~sgps_hf.evaluation.views.TaskEmbedding`), ProtoNet, nearest neighbour and the linear probe
+see each support image under the SGPS support views and embed support and queries under the task-adapted BatchNorm
+statistics SGPS uses; fine-tuning draws each step's support from those views (``support_views``) and can start from
+the task-adapted statistics (``task_batchnorm_images``).
 """
 
 from __future__ import annotations
@@ -24,15 +29,20 @@ import copy
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from ..body.timm_network import task_batchnorm
 from ..data.episodes import Episode
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
+from ..models.sgps.views import apply_view
 from ..training.augment import episode_seed, random_flips
+
+if TYPE_CHECKING:
+    from .views import TaskEmbedding
 
 Predictor = Callable[[Tensor], Tensor]  # uint8 query images [n, 3, H, W] -> logits [n, num_classes]
 
@@ -126,20 +136,16 @@ class ProtoNetMethod:
     processor: SGPSImageProcessor
     name: str = "ProtoNet"
     needs_images: bool = True
+    views: "TaskEmbedding | None" = None  # SGPS's support views (averaged per image) and task BatchNorm
 
     @torch.no_grad()
     def adapt(self, episode: Episode) -> Predictor:
-        features = _eval_features(self.body, self.processor.normalize_uint8(episode.support))
-        prototypes = _class_means(features, episode.support_labels, len(episode.class_names))
-
-        @torch.no_grad()
-        def predict(images: Tensor) -> Tensor:
-            return -squared_distances(_eval_features(self.body, self.processor.normalize_uint8(images)), prototypes)
-
-        return predict
+        features, embed = _support_and_embed(self.body, self.processor, self.views, episode.support)
+        prototypes = _class_means(features.mean(1), episode.support_labels, len(episode.class_names))
+        return torch.no_grad()(lambda images: -squared_distances(embed(images), prototypes))
 
     def describe(self) -> dict[str, Any]:
-        return {"distance": "squared euclidean"}
+        return {"distance": "squared euclidean", **_views_facts(self.views, "averaged per image")}
 
 
 @dataclass
@@ -157,20 +163,21 @@ class NearestNeighbourMethod:
     scale: float = 10.0
     name: str = "Nearest neighbour"
     needs_images: bool = True
+    views: "TaskEmbedding | None" = None  # SGPS's support views (averaged per image) and task BatchNorm
 
-    def _embed(self, images: Tensor) -> Tensor:
-        features = _eval_features(self.body, self.processor.normalize_uint8(images))
+    def _normalize(self, features: Tensor) -> Tensor:
         return nn.functional.normalize(features, dim=-1) if self.metric == "cosine" else features
 
     @torch.no_grad()
     def adapt(self, episode: Episode) -> Predictor:
         if self.metric not in ("cosine", "euclidean"):
             raise ValueError(f"metric must be cosine or euclidean, got {self.metric!r}.")
-        support, labels, n = self._embed(episode.support), episode.support_labels, len(episode.class_names)
+        features, embed = _support_and_embed(self.body, self.processor, self.views, episode.support)
+        support, labels, n = self._normalize(features.mean(1)), episode.support_labels, len(episode.class_names)
 
         @torch.no_grad()
         def predict(images: Tensor) -> Tensor:
-            queries = self._embed(images)
+            queries = self._normalize(embed(images))
             similarity = queries @ support.T if self.metric == "cosine" else -torch.cdist(queries, support)
             per_class = torch.full((len(queries), n), -torch.inf)
             per_class = per_class.scatter_reduce(1, labels.expand(len(queries), -1), similarity, reduce="amax")
@@ -179,7 +186,21 @@ class NearestNeighbourMethod:
         return predict
 
     def describe(self) -> dict[str, Any]:
-        return {"metric": self.metric, "k": 1}
+        return {"metric": self.metric, "k": 1, **_views_facts(self.views, "averaged per image")}
+
+
+def _support_and_embed(
+    body: nn.Module, processor: SGPSImageProcessor, views: "TaskEmbedding | None", support: Tensor
+) -> tuple[Tensor, Predictor]:
+    """(support features [S, V, D], query embedding): one view under the body's statistics, or ``views``'s own."""
+    if views is not None:
+        return views(support)
+    features = _eval_features(body, processor.normalize_uint8(support)).unsqueeze(1)
+    return features, lambda images: _eval_features(body, processor.normalize_uint8(images))
+
+
+def _views_facts(views: "TaskEmbedding | None", how: str) -> dict[str, Any]:
+    return {} if views is None else {**views.describe(), "views used": how}
 
 
 def squared_distances(a: Tensor, b: Tensor) -> Tensor:
@@ -218,19 +239,16 @@ class LinearProbeMethod:
     weight_decay: float = 1e-4
     name: str = "Fine-tune head (linear probe)"
     needs_images: bool = True
+    views: "TaskEmbedding | None" = None  # SGPS's support views (every view a training row) and task BatchNorm
 
     def adapt(self, episode: Episode) -> Predictor:
         with torch.no_grad():
-            features = _eval_features(self.body, self.processor.normalize_uint8(episode.support))
+            features, embed = _support_and_embed(self.body, self.processor, self.views, episode.support)
+        labels = episode.support_labels.repeat_interleave(features.shape[1])
         head = fit_linear_head(
-            features, episode.support_labels, len(episode.class_names), self.steps, self.lr, self.weight_decay
+            features.flatten(0, 1), labels, len(episode.class_names), self.steps, self.lr, self.weight_decay
         )
-
-        @torch.no_grad()
-        def predict(images: Tensor) -> Tensor:
-            return head(_eval_features(self.body, self.processor.normalize_uint8(images)))
-
-        return predict
+        return torch.no_grad()(lambda images: head(embed(images)))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -239,6 +257,7 @@ class LinearProbeMethod:
             "weight_decay": self.weight_decay,
             "optimizer": "Adam, full batch",
             "BatchNorm statistics": "body's running statistics",
+            **_views_facts(self.views, "every view a training row"),
         }
 
 
@@ -250,8 +269,11 @@ class FineTuneMethod:
     with the frozen stages below memoised per image (the same method at a fraction of the CPU cost). The head
     starts as the linear probe of :class:`LinearProbeMethod` (``probe_lr``/``probe_steps``), so fine-tuning
     starts from a sensible classifier instead of destroying features with the gradients of a random head.
-    Support batches get random flips. ``trace`` (optional) is called after every ``trace_every`` steps with
-    ``(step, predictor)``: the benchmark uses it to find how long fine-tuning takes to reach its best accuracy.
+    Support batches get random flips, or with ``support_views`` each support image under one of those views drawn per
+    step (SGPS's views as augmentation); ``task_batchnorm_images`` starts the trained part from BatchNorm statistics
+    moved towards the support images' (all views), as SGPS's task BatchNorm. ``trace`` (optional) is called after
+    every ``trace_every`` steps with ``(step, predictor)``: the benchmark uses it to find how long fine-tuning
+    takes to reach its best accuracy.
     """
 
     body: nn.Module
@@ -267,15 +289,28 @@ class FineTuneMethod:
     needs_images: bool = True
     trace: Callable[[int, Predictor], None] | None = field(default=None, repr=False)
     trace_every: int = 5
+    support_views: tuple[str, ...] | None = None
+    task_batchnorm_images: float | None = None
 
     def __post_init__(self) -> None:
         bottom, self._top = split_body(self.body, self.top_blocks)
         self._bottom = FeatureMemo(bottom) if bottom is not None else None
 
     def adapt(self, episode: Episode) -> Predictor:
-        support = self._below(self.processor.normalize_uint8(episode.support))
+        pixels = self.processor.normalize_uint8(episode.support)
         top = copy.deepcopy(self._top).eval()
         labels, n = episode.support_labels, len(episode.class_names)
+        viewed = None
+        if self.support_views:  # [V, S, ...]: each support image under every view, below the trained part
+            viewed = torch.stack([self._below(apply_view(pixels, view)) for view in self.support_views])
+        if self.task_batchnorm_images is not None:
+            batch = viewed.flatten(0, 1) if viewed is not None else self._below(pixels)
+            tensors = {**dict(top.named_parameters()), **dict(top.named_buffers())}
+            weight = len(pixels) / (len(pixels) + self.task_batchnorm_images)
+            adapted, _ = task_batchnorm(top, tensors, batch, weight)
+            statistics = {k: v for k, v in adapted.items() if k.endswith(("running_mean", "running_var"))}
+            top.load_state_dict(statistics, strict=False)
+        support = self._below(pixels)
         with torch.no_grad():
             features = _eval_features(top, support)
         model = nn.Sequential(
@@ -289,11 +324,18 @@ class FineTuneMethod:
                 self.trace(step, predict)
             optimizer.zero_grad()
             # Flips of the frozen stages' feature maps stand in for flipped images when only the top is trained.
-            nn.functional.cross_entropy(model(random_flips(support, generator)), labels).backward()
+            nn.functional.cross_entropy(model(self._augment(support, viewed, generator)), labels).backward()
             optimizer.step()
         if self.trace is not None:
             self.trace(self.steps, predict)
         return predict
+
+    @staticmethod
+    def _augment(support: Tensor, viewed: Tensor | None, generator: torch.Generator) -> Tensor:
+        if viewed is None:
+            return random_flips(support, generator)
+        pick = torch.randint(len(viewed), (support.shape[0],), generator=generator)
+        return viewed[pick, torch.arange(support.shape[0])]
 
     def _below(self, images: Tensor) -> Tensor:
         return self._bottom(images) if self._bottom is not None else images
@@ -309,7 +351,14 @@ class FineTuneMethod:
             "trained": trained,
             "optimizer": "Adam, full support batch, flips",
             "head init": f"linear probe ({self.probe_steps} steps, lr {self.probe_lr})",
-            "BatchNorm statistics": "body's running statistics",
+            "BatchNorm statistics": "body's running statistics"
+            if self.task_batchnorm_images is None
+            else f"task-adaptive in the trained part (the body's count as {self.task_batchnorm_images:g} images)",
+            **(
+                {"support augmentation": f"one of SGPS's {len(self.support_views)} views per image and step"}
+                if self.support_views
+                else {}
+            ),
         }
 
 

@@ -30,6 +30,7 @@ from .protocol import (
     MethodRun,
     Methods,
     clip_shot,
+    is_finetune_all,
     make_episodes,
     max_feasible_shot,
     run_method,
@@ -54,7 +55,7 @@ def main_table(
         for name, method in chosen.items():
             logger.info("main: %s, %d-shot", name, shot)
             shift = bench.shift_episodes if shot == bench.focus_shot else 0
-            chosen_episodes = episodes[: bench.finetune_all_episodes] if name == FINETUNE_ALL else episodes
+            chosen_episodes = episodes[: bench.finetune_all_episodes] if is_finetune_all(name) else episodes
             runs[name, shot] = run_method(
                 method, chosen_episodes, shift_episodes=shift, severity=bench.severity, seed=bench.seed
             )

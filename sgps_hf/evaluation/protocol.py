@@ -29,6 +29,7 @@ from .baselines import (
     SGPSMethod,
 )
 from .corruptions import CORRUPTIONS, corrupt
+from .views import TaskEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class BenchmarkConfig:
     probe_lrs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
     finetune_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     nn_metrics: tuple[str, ...] = ("cosine", "euclidean")
+    # Every baseline again with SGPS's support views and (where the synthesizer uses it) task-adaptive BatchNorm.
+    view_baselines: bool = True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,15 +125,18 @@ class MethodRun:
 
     def pooled(self, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Softmax probabilities (at ``temperature``) and labels of every query; episodes may differ in N."""
-        width = max(l.shape[1] for l in self.logits)
-        probs = [nn.functional.pad(torch.softmax(l / temperature, -1), (0, width - l.shape[1])) for l in self.logits]
+        width = max(x.shape[1] for x in self.logits)
+        probs = [nn.functional.pad(torch.softmax(x / temperature, -1), (0, width - x.shape[1])) for x in self.logits]
         return torch.cat(probs).numpy(), torch.cat(self.labels).numpy()
 
 
 def run_method(
     method: FewShotMethod, episodes: Sequence[Episode], *, shift_episodes: int = 0, severity: int = 3, seed: int = 0
 ) -> MethodRun:
-    """Adapt ``method`` to each episode and score its queries; the first ``shift_episodes`` also get corrupted queries."""
+    """Adapt ``method`` to each episode and score its queries.
+
+    The first ``shift_episodes`` episodes also get corrupted queries.
+    """
     run = MethodRun()
     for i, episode in enumerate(episodes):
         started = time.perf_counter()
@@ -160,9 +166,8 @@ def fit_temperature(logits: Sequence[Tensor], labels: Sequence[Tensor], low: flo
     bounds keep a perfectly separated validation set (NLL falling forever as T -> 0) from giving a
     degenerate temperature.
     """
-    stacked = torch.cat(
-        [nn.functional.pad(l, (0, max(x.shape[1] for x in logits) - l.shape[1]), value=-torch.inf) for l in logits]
-    )
+    width = max(x.shape[1] for x in logits)
+    stacked = torch.cat([nn.functional.pad(x, (0, width - x.shape[1]), value=-torch.inf) for x in logits])
     targets = torch.cat(list(labels))
 
     def nll(log_t: Tensor) -> Tensor:  # [G] -> [G]
@@ -195,11 +200,37 @@ class Methods:
         return {name: m for name, m in self.methods.items() if m.needs_images}
 
     def cheap_image_methods(self) -> dict[str, FewShotMethod]:
-        """Image methods without all-layer fine-tuning, which the curve and gap criteria cannot afford on a CPU."""
-        return {name: m for name, m in self.image_methods().items() if name != FINETUNE_ALL}
+        """Image methods without all-layer fine-tuning, which the curve and gap criteria cannot afford on a CPU, and
+        without the baselines' SGPS-view variants (in the main table, calibration and domain shift only: CPU cost)."""
+        return {
+            name: m
+            for name, m in self.image_methods().items()
+            if not is_finetune_all(name) and not name.endswith(VIEWS_SUFFIXES)
+        }
 
 
 FINETUNE_ALL, FINETUNE_TOP, PROBE = "Fine-tune all layers", "Fine-tune top layers", "Fine-tune head (linear probe)"
+NEAREST = "Nearest neighbour"
+BASELINES = ("ProtoNet", FINETUNE_ALL, FINETUNE_TOP, PROBE, NEAREST)
+VIEWS_SUFFIXES = (" + SGPS views", " + SGPS views + task BN")
+
+
+def with_views(name: str, task_batchnorm: bool) -> str:
+    """The name of a baseline's variant with SGPS's support views (and task-adaptive BatchNorm)."""
+    return name + VIEWS_SUFFIXES[int(task_batchnorm)]
+
+
+def is_finetune_all(name: str) -> bool:
+    """All-layer fine-tuning, with or without SGPS's views: run on the first ``finetune_all_episodes`` only."""
+    return name == FINETUNE_ALL or name.startswith(FINETUNE_ALL + " + ")
+
+
+def base_name(name: str) -> str:
+    """A baseline's name without its SGPS-view suffix."""
+    for suffix in reversed(VIEWS_SUFFIXES):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def build_methods(synthesizer: SGPSSynthesizer, texts: TextBank, bench: BenchmarkConfig) -> Methods:
@@ -226,22 +257,62 @@ def build_methods(synthesizer: SGPSSynthesizer, texts: TextBank, bench: Benchmar
             name=FINETUNE_TOP,
         ),
         PROBE: LinearProbeMethod(shared, processor),
-        "Nearest neighbour": NearestNeighbourMethod(shared, processor),
+        NEAREST: NearestNeighbourMethod(shared, processor),
     }
+    if bench.view_baselines:
+        methods.update(view_baselines(synthesizer, body, shared, processor, bench))
     body_facts = (
         f"the synthesizer's body ({synthesizer.config.target_architecture}, {synthesizer.config.image_size} px)"
     )
     training = {
         "shared body": body_facts
         + ", identical for every method; no method is trained on the meta-train tasks beyond it",
-        "ProtoNet": "nearest-prototype rule on the shared body (its episodic training would change the body: with one shared "
-        "body, ProtoNet is its rule)",
-        FINETUNE_ALL: f"all layers from the shared body, on the first {bench.finetune_all_episodes} episodes of each shot (CPU cost)",
+        "ProtoNet": "nearest-prototype rule on the shared body (its episodic training would change the body: with "
+        "one shared body, ProtoNet is its rule)",
+        FINETUNE_ALL: f"all layers from the shared body, on the first {bench.finetune_all_episodes} episodes of each "
+        "shot (CPU cost)",
         FINETUNE_TOP: f"last {bench.finetune_top_blocks} block stages + conv_head + head from the shared body",
         PROBE: "frozen shared body",
-        "Nearest neighbour": "frozen shared body",
+        NEAREST: "frozen shared body",
     }
+    if bench.view_baselines:
+        training["SGPS-view variants"] = (
+            "each baseline again on the same body with the synthesizer's support views ("
+            + ", ".join(synthesizer.config.support_views)
+            + ") and, when the synthesizer uses it, its task-adaptive BatchNorm; ProtoNet and nearest neighbour "
+            "average a support image's views, the linear probe trains on every view, fine-tuning draws one view per "
+            "image and step and starts the trained layers from the task's statistics"
+        )
     return Methods(methods, training)
+
+
+def view_baselines(
+    synthesizer: SGPSSynthesizer,
+    body: nn.Module,
+    shared: FeatureMemo,
+    processor: SGPSImageProcessor,
+    bench: BenchmarkConfig,
+) -> dict[str, FewShotMethod]:
+    """Every baseline with the synthesizer's support views and task-adaptive BatchNorm (when it has it)."""
+    import copy
+
+    views = tuple(synthesizer.config.support_views)
+    prior = synthesizer.config.task_batchnorm_images
+    embedding = TaskEmbedding(body, processor, views, prior, memo=shared if prior is None else None)
+    finetune = {"steps": bench.finetune_steps, "seed": bench.seed, "support_views": views}
+    finetune["task_batchnorm_images"] = prior
+    named = {
+        "ProtoNet": ProtoNetMethod(body, processor, views=embedding),
+        FINETUNE_ALL: FineTuneMethod(copy.deepcopy(body), processor, **finetune),
+        FINETUNE_TOP: FineTuneMethod(copy.deepcopy(body), processor, top_blocks=bench.finetune_top_blocks, **finetune),
+        PROBE: LinearProbeMethod(body, processor, views=embedding),
+        NEAREST: NearestNeighbourMethod(body, processor, views=embedding),
+    }
+    out: dict[str, FewShotMethod] = {}
+    for name, method in named.items():
+        method.name = with_views(name, prior is not None)
+        out[method.name] = method
+    return out
 
 
 def tune(methods: Methods, val_episodes: list[Episode], bench: BenchmarkConfig) -> None:
@@ -251,12 +322,18 @@ def tune(methods: Methods, val_episodes: list[Episode], bench: BenchmarkConfig) 
         return
     m = methods.methods
     grids: dict[str, tuple[str, list[Any]]] = {
-        PROBE: ("lr", list(bench.probe_lrs)),
-        FINETUNE_TOP: ("lr", list(bench.finetune_lrs)),
-        "Nearest neighbour": ("metric", list(bench.nn_metrics)),
+        name: grid
+        for name in m
+        for base, grid in (
+            (PROBE, ("lr", list(bench.probe_lrs))),
+            (FINETUNE_TOP, ("lr", list(bench.finetune_lrs))),
+            (NEAREST, ("metric", list(bench.nn_metrics))),
+        )
+        if base_name(name) == base
     }
     runs: dict[str, MethodRun] = {}
     for name, (attribute, values) in grids.items():
+        suffix = name[len(base_name(name)) :]  # the view variants tune and borrow among themselves
         scores = {}
         for value in values:
             setattr(m[name], attribute, value)
@@ -264,10 +341,11 @@ def tune(methods: Methods, val_episodes: list[Episode], bench: BenchmarkConfig) 
             scores[value] = accuracy_of(runs[f"{name}={value}"])
         best = max(scores, key=scores.get)
         setattr(m[name], attribute, best)
-        if name == PROBE:  # both fine-tuning baselines start from the tuned probe
-            m[FINETUNE_TOP].probe_lr = m[FINETUNE_ALL].probe_lr = best
-        if name == FINETUNE_TOP:  # all-layer fine-tuning is too costly to tune separately: it takes the same lr
-            m[FINETUNE_ALL].lr = best
+        for finetune in (FINETUNE_TOP + suffix, FINETUNE_ALL + suffix):
+            if base_name(name) == PROBE and finetune in m:  # both fine-tuning baselines start from the tuned probe
+                m[finetune].probe_lr = best
+        if base_name(name) == FINETUNE_TOP and FINETUNE_ALL + suffix in m:  # too costly to tune apart: same lr
+            m[FINETUNE_ALL + suffix].lr = best
         methods.tuning[name] = {
             "parameter": attribute,
             "scores": {str(k): v for k, v in scores.items()},
@@ -275,13 +353,13 @@ def tune(methods: Methods, val_episodes: list[Episode], bench: BenchmarkConfig) 
         }
         runs[name] = runs[f"{name}={best}"]
     for name, method in m.items():
-        if name == FINETUNE_ALL:  # too costly to run on meta-val as well: it borrows the top-layer variant's settings
+        if is_finetune_all(name):  # too costly to run on meta-val as well: it borrows the top-layer variant's settings
             continue
         run = runs.get(name) or run_method(method, val_episodes)
         methods.temperatures[name] = fit_temperature(run.logits, run.labels)
         methods.tuning.setdefault(name, {})["meta_val_accuracy"] = accuracy_of(run)
-    methods.temperatures[FINETUNE_ALL] = methods.temperatures[FINETUNE_TOP]
-    methods.tuning[FINETUNE_ALL] = {
-        "note": f"lr, probe lr and temperature of {FINETUNE_TOP} (not tuned separately: CPU cost)"
-    }
+    for name in filter(is_finetune_all, m):
+        top = FINETUNE_TOP + name[len(FINETUNE_ALL) :]
+        methods.temperatures[name] = methods.temperatures.get(top, 1.0)
+        methods.tuning[name] = {"note": f"lr, probe lr and temperature of {top} (not tuned separately: CPU cost)"}
     methods.tuning["episodes"] = len(val_episodes)

@@ -3,7 +3,8 @@
 Every method sees the same seeded episodes (K examples + queries per held-out binary task and K):
 
 * ``synthesizer``: the meta-trained synthesizer (its configured head), one forward pass;
-* ``synthesizer-prototype`` / ``synthesizer-ridge``: the same decoder with one closed-form head forced at every K (ablation);
+* ``synthesizer-prototype`` / ``synthesizer-ridge``: the same decoder with one closed-form head forced at every K
+  (ablation);
 * ``mean-mask``: the mean of the K example masks, thresholded at 0.5 (no image information);
 * ``panet-imagenet``: PANet-style masked-average-pooling prototypes with cosine similarity on the same frozen
   ImageNet Lite0 body (encoder stages upsampled to 1/4 resolution and concatenated), no meta-training, on the
@@ -202,7 +203,9 @@ def run_seg_benchmark(
                     per_image=True,
                 )
                 sizes = np.cumsum([0] + [len(b) for b in predictions])
-                per_episode = [float(np.mean(scores["dice_per_image"][a:b])) for a, b in zip(sizes[:-1], sizes[1:], strict=False)]
+                per_episode = [
+                    float(np.mean(scores["dice_per_image"][a:b])) for a, b in zip(sizes[:-1], sizes[1:], strict=False)
+                ]
                 per_task[task][names.get(method, method)][str(k)] = {
                     "dice": scores["dice"],
                     "iou": scores["iou"],

@@ -1,4 +1,5 @@
-"""Whether evaluated data carries per-image subgroup metadata (sex, age, site, skin type...) for the subgroup criterion."""
+"""Whether evaluated data carries per-image subgroup metadata (sex, age, site, skin type...) for the subgroup
+criterion."""
 
 from __future__ import annotations
 

@@ -45,7 +45,9 @@ def test_episode_helpers_clip_and_repeat():
     pools = _pools(per_class=6)
     assert max_feasible_shot(pools) == 5 and clip_shot(20, pools) == 5 and clip_shot(0, pools) == 0
     first, again = make_episodes(pools, 3, 2, 3, 2, seed=4), make_episodes(pools, 3, 2, 3, 2, seed=4)
-    assert all(torch.equal(a.support, b.support) and torch.equal(a.query, b.query) for a, b in zip(first, again, strict=False))
+    assert all(
+        torch.equal(a.support, b.support) and torch.equal(a.query, b.query) for a, b in zip(first, again, strict=False)
+    )
     with pytest.raises(ValueError, match="two classes"):
         max_feasible_shot([ClassPool("t", "a", np.zeros((1, 8, 8, 3), np.uint8), "a")])
 
@@ -117,7 +119,7 @@ def test_sgps_modes(setup):
         mode: B.SGPSMethod(synthesizer, texts, *mode).adapt(episode)(episode.query)
         for mode in [(True, True), (False, True), (True, False)]
     }
-    assert all(l.shape == (6, 3) and torch.isfinite(l).all() for l in logits.values())
+    assert all(x.shape == (6, 3) and torch.isfinite(x).all() for x in logits.values())
     assert not torch.equal(logits[True, True], logits[False, True])
     with pytest.raises(ValueError):
         B.SGPSMethod(synthesizer, texts, False, False)

@@ -80,6 +80,10 @@ def test_results_json_has_every_method_shot_and_criterion(quick_run):
         for metric in ("accuracy", "macro_f1", "auroc"):
             assert 0.0 <= row[metric]["mean"] <= 1.0 and row[metric]["n"] == episodes
         assert 0.0 <= row["ece"] <= 1.0 and row["adapt_seconds"]["mean"] > 0
+    # every baseline again with SGPS's support views (the tiny synthesizer has no task BatchNorm)
+    for name in image_methods[2:]:
+        assert set(main[f"{name} + SGPS views"]) == {"1", "5"}, name
+    assert main["Fine-tune all layers + SGPS views"]["5"]["accuracy"]["n"] == 2
     assert set(results["data_efficiency"]["points"]["ProtoNet"]) == {"1", "2"}
     assert set(results["generalization_gap"]["methods"]) == set(image_methods) - {"Fine-tune all layers"}
     assert all(r["temperature"] > 0 for r in results["calibration"]["methods"].values())
@@ -100,6 +104,7 @@ def test_results_json_has_every_method_shot_and_criterion(quick_run):
 def test_markdown_and_plots(quick_run):
     markdown = (quick_run / "out" / "results.md").read_text()
     for section in (
+        "## Headline: SGPS against the best baseline of either kind",
         "## Main results",
         "## Data efficiency",
         "## Generalization gap",
