@@ -211,7 +211,8 @@ def _speed_section(speed: dict[str, Any]) -> list[str]:
         f"full budget {_fmt(speed['finetune_seconds_full_budget'], 3)} s.",
         f"- Ratio fine-tuning-to-best / synthesis: **{_fmt(speed['ratio_finetune_to_synthesis'], 1)}x**.",
         f"- Inference: synthesized classifier {speed['synthesized_images_per_s']:.0f} images/s vs plain timm model "
-        f"of the same architecture {speed['plain_timm_images_per_s']:.0f} images/s: ratio **{speed['inference_ratio']:.2f}**.",
+        f"of the same architecture {speed['plain_timm_images_per_s']:.0f} images/s: "
+        f"ratio **{speed['inference_ratio']:.2f}**.",
         "",
     ]
 
