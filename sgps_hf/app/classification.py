@@ -11,13 +11,14 @@ import html
 import logging
 import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import SGPSError
+from ..errors import AccuracyWarning, SGPSError
 from ..hub.model_card import md_code, md_escape
-from ..trust.advice import task_advice
+from ..trust.advice import collect, task_advice
 from .examples import stage_files
 from .export import ExportArea, export_zip, push_from_app
 from .inputs import ClassRow, build_task
@@ -245,11 +246,16 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
         # (Gradio injects `progress` at its position among the parameters, so it must precede *values.)
         progress(0.05, desc="Checking images and texts")
         class_rows = [ClassRow(*values[i : i + 3]) for i in range(0, len(values), 3)]
-        task = build_task(class_rows, task_name, modality, ctx.limits, ctx.roots)
+        with warnings.catch_warnings(record=True) as caught:  # e.g. which frame of a multi-frame DICOM is used
+            warnings.simplefilter("always")
+            task = build_task(class_rows, task_name, modality, ctx.limits, ctx.roots)
         progress(0.3, desc="Synthesizing weights (one forward pass)")
-        classifier = ctx.runner.run("Synthesis", _locked(ctx.synth.model.synthesize), task, ctx.synth.processor)
+        with warnings.catch_warnings():  # the same image warnings again, unnamed: already collected above
+            warnings.simplefilter("ignore", AccuracyWarning)
+            classifier = ctx.runner.run("Synthesis", _locked(ctx.synth.model.synthesize), task, ctx.synth.processor)
         progress(0.9, desc="Writing the model card")
-        advice = "".join(f"\n\n**Warning:** {md_escape(m)}" for m in task_advice(task))  # where accuracy will be poor
+        messages = collect(caught) + task_advice(task)  # where accuracy will be poor
+        advice = "".join(f"\n\n**Warning:** {md_escape(m)}" for m in messages)
         return _classifier_outputs(
             classifier,
             f"Synthesized **{len(task.classes)}-class** classifier for {md_code(task.name)} "
@@ -278,6 +284,7 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
         failed = [r for r in shown_results if r.error is not None]
         if failed:
             headline += f" {len(failed)} file(s) could not be read (see below); the others were classified."
+        headline += "".join(f"\n\n**Warning:** {md_escape(w)}" for r in shown_results for w in r.warnings)
         table = predictions_markdown(results)
         return headline, first.probabilities, table, results_html(shown_results)
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from PIL import Image
 
-from ..errors import ImageLoadError
+from ..errors import AccuracyWarning, ImageLoadError
 from ..imaging import load_image
 from ..task import ClassSpec, TaskSpec
+from ..trust.advice import collect
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
 
 # --------------------------------------------------------------------------------------------------
@@ -83,6 +85,18 @@ def read_upload(
             "limit; downscale it."
         )
     return data, image
+
+
+def read_with_warnings(
+    item: Any, limits: AppLimits = DEFAULT_LIMITS, roots: Sequence[Path] = ()
+) -> tuple[bytes, Image.Image, list[str]]:
+    """:func:`read_upload` plus the accuracy warnings raised while decoding (e.g. which frame of a multi-frame
+    DICOM is used), with the file's display name in place of the loader's ``<bytes>``."""
+    name = display_name(upload_path(item)).strip("'\"")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data, image = read_upload(item, limits, roots)
+    return data, image, [m.replace("<bytes>", name) for m in collect(caught)]
 
 
 def display_name(path: Path) -> str:
@@ -173,7 +187,12 @@ def _class_spec(index: int, row: ClassRow, limits: AppLimits, roots: Sequence[Pa
         raise AppInputError(
             f"Class {name!r} has {len(files)} images; the app takes at most {limits.max_images_per_class} per class."
         )
-    images = [read_upload(item, limits, roots)[0] for item in files]
+    images = []
+    for item in files:
+        data, _, advice = read_with_warnings(item, limits, roots)
+        images.append(data)
+        for message in advice:  # named by file, for the synthesize handler to show
+            warnings.warn(message, AccuracyWarning, stacklevel=2)
     return ClassSpec(name=name, description=row.description or "", images=images)
 
 

@@ -30,6 +30,8 @@ class Prediction:
     top_label: str
     top_probability: float
     threshold: float
+    prediction_set: list[str] | None = None  # with a conformal calibration: holds the true class w.p. >= coverage
+    coverage: float | None = None
 
     @property
     def abstained(self) -> bool:

@@ -269,3 +269,9 @@ def test_sgps_demo_command_serves_the_app(tiny_synth_dir, monkeypatch):
         assert str(tiny_synth_dir) not in body  # the server's path is never shown
     finally:
         built[0].close()
+
+
+def test_multi_frame_dicom_warning_is_shown_next_to_classify(client, image_files):
+    outcome, _, _, cards = client.predict([handle_file(str(image_files["dicom_frames"]))], 0.0, api_name="/predict")
+    assert "**Warning:** DICOM volume.dcm holds 3 frames; only frame 2 of 3 (the middle one) is used." in outcome
+    assert 'class="sgps-warning"' in cards
