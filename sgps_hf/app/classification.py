@@ -19,6 +19,7 @@ from typing import Any, Callable
 from ..errors import AccuracyWarning, SGPSError
 from ..hub.model_card import md_code, md_escape
 from ..trust.advice import collect, task_advice
+from .calibration import calibration_layout, wire_calibration
 from .examples import stage_files
 from .export import ExportArea, export_zip, push_from_app
 from .inputs import ClassRow, build_task
@@ -167,6 +168,7 @@ def _layout(examples: list, limits: AppLimits) -> _UI:
     w["label"] = gr.Label(label="Per-class probabilities (first image)", elem_id="probabilities")
     w["table"] = gr.Markdown(elem_id="prediction-table")
     w["results"] = gr.HTML(elem_id="results")
+    w.update(calibration_layout(gr))
     gr.Markdown("## 4. Add verified cases and re-synthesize")
     with gr.Row():
         w["update_class"] = gr.Dropdown([], label="Class of the new cases", elem_id="update-class")
@@ -262,7 +264,7 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
             f"from {sum(len(c.images) for c in task.classes)} image(s).{advice}",
         )
 
-    outputs = [ui.classifier, ui.status, ui.card, ui.update_class, ui.support]
+    outputs = [ui.classifier, ui.status, ui.card, ui.update_class, ui.support, ui.cal_class]
     clear = {"fn": lambda: "", "inputs": None, "api_visibility": "private", "queue": False}  # no stale message
     ui.synthesize.click(outputs=ui.status, **clear).then(
         synthesize, [ui.task_name, ui.modality, *rows], outputs, api_name="synthesize"
@@ -301,7 +303,7 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
         summary = updated.info["history"][-1]["summary"]
         return [*_classifier_outputs(updated, f"Version {updated.version}: {summary}"), gr.update(value=None)]
 
-    updated = [ui.classifier, ui.update_status, ui.card, ui.update_class, ui.support, ui.update_files]
+    updated = [ui.classifier, ui.update_status, ui.card, ui.update_class, ui.support, ui.cal_class, ui.update_files]
     ui.update.click(outputs=ui.update_status, **clear).then(
         update, [ui.classifier, ui.update_class, ui.update_files], updated, api_name="update"
     )
@@ -324,6 +326,7 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
         api_name="push",
     )
 
+    wire_calibration(gr, ui, ctx, shown)
     if examples:
         _wire_examples(ui, ctx, examples, shown, visibility)
 
@@ -368,7 +371,8 @@ def _classifier_outputs(classifier: Any, message: str) -> list:
 
     card = classifier_card(classifier).text
     # no default class for new cases: the user must choose (a default once added cases to the wrong class)
-    return [classifier, message, card, gr.update(choices=classifier.label_names, value=None), support_html(classifier)]
+    choices = gr.update(choices=classifier.label_names, value=None)
+    return [classifier, message, card, choices, support_html(classifier), choices]
 
 
 def _locked(fn: Callable) -> Callable:
