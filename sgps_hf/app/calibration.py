@@ -8,13 +8,12 @@ with the app's checks, when the user calibrates.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..hub.model_card import md_code, md_escape
-from ..trust.advice import collect
+from ..imaging import image_fingerprint
 from ..trust.conformal import min_cases
 from .inputs import as_list, read_upload, read_with_warnings, upload_path
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
@@ -94,10 +93,15 @@ def calibrate_from_app(
         content, _, advice = read_with_warnings(path, limits, roots)
         data.setdefault(label, []).append(content)
         messages += advice
-    with warnings.catch_warnings(record=True) as caught:  # e.g. cases that are support images of the classifier
-        warnings.simplefilter("always")
-        calibration = classifier.calibrate_conformal(data, coverage=value)
-    messages = list(dict.fromkeys(messages + [m for m in collect(caught) if "<bytes>" not in m]))
+    support = {h for c in classifier.info["task"]["classes"] for h in c.get("image_sha256", [])}
+    overlap = sum(image_fingerprint(content) in support for contents in data.values() for content in contents)
+    if overlap:  # (calibrate_conformal warns too, but process-wide warnings are not per user on a server)
+        messages.append(
+            f"{overlap} of the {len(cases)} labelled cases are support images of this classifier: the guarantee "
+            "is optimistic; leave them out and calibrate again."
+        )
+    calibration = classifier.calibrate_conformal(data, coverage=value)
+    messages = list(dict.fromkeys(messages))
     summary = (
         f"Calibrated on {calibration['num_cases']} labelled case(s): from now on each result shows a prediction set "
         f"that holds the true class with probability at least {calibration['coverage']:.0%} (for cases like these; "

@@ -11,14 +11,13 @@ import html
 import logging
 import os
 import threading
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import AccuracyWarning, SGPSError
+from ..errors import SGPSError
 from ..hub.model_card import md_code, md_escape
-from ..trust.advice import collect, task_advice
+from ..trust.advice import task_advice
 from .calibration import calibration_layout, wire_calibration
 from .examples import stage_files
 from .export import ExportArea, export_zip, push_from_app
@@ -248,15 +247,12 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
         # (Gradio injects `progress` at its position among the parameters, so it must precede *values.)
         progress(0.05, desc="Checking images and texts")
         class_rows = [ClassRow(*values[i : i + 3]) for i in range(0, len(values), 3)]
-        with warnings.catch_warnings(record=True) as caught:  # e.g. which frame of a multi-frame DICOM is used
-            warnings.simplefilter("always")
-            task = build_task(class_rows, task_name, modality, ctx.limits, ctx.roots)
+        notes: list[str] = []  # e.g. which frame of a multi-frame DICOM is used
+        task = build_task(class_rows, task_name, modality, ctx.limits, ctx.roots, notes)
         progress(0.3, desc="Synthesizing weights (one forward pass)")
-        with warnings.catch_warnings():  # the same image warnings again, unnamed: already collected above
-            warnings.simplefilter("ignore", AccuracyWarning)
-            classifier = ctx.runner.run("Synthesis", _locked(ctx.synth.model.synthesize), task, ctx.synth.processor)
+        classifier = ctx.runner.run("Synthesis", _locked(ctx.synth.model.synthesize), task, ctx.synth.processor)
         progress(0.9, desc="Writing the model card")
-        messages = collect(caught) + task_advice(task)  # where accuracy will be poor
+        messages = notes + task_advice(task)  # where accuracy will be poor
         advice = "".join(f"\n\n**Warning:** {md_escape(m)}" for m in messages)
         return _classifier_outputs(
             classifier,

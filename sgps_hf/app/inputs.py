@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from PIL import Image
 
-from ..errors import AccuracyWarning, ImageLoadError
-from ..imaging import load_image
+from ..errors import ImageLoadError
+from ..imaging import collected_notes, load_image
 from ..task import ClassSpec, TaskSpec
-from ..trust.advice import collect
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
 
 # --------------------------------------------------------------------------------------------------
@@ -90,13 +88,13 @@ def read_upload(
 def read_with_warnings(
     item: Any, limits: AppLimits = DEFAULT_LIMITS, roots: Sequence[Path] = ()
 ) -> tuple[bytes, Image.Image, list[str]]:
-    """:func:`read_upload` plus the accuracy warnings raised while decoding (e.g. which frame of a multi-frame
-    DICOM is used), with the file's display name in place of the loader's ``<bytes>``."""
+    """:func:`read_upload` plus the loader's accuracy notes (e.g. which frame of a multi-frame DICOM is used),
+    with the file's display name in place of the loader's ``<bytes>``. Collected per thread, not through the
+    process-wide ``warnings`` state, so concurrent users never see each other's notes."""
     name = display_name(upload_path(item)).strip("'\"")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with collected_notes() as notes:
         data, image = read_upload(item, limits, roots)
-    return data, image, [m.replace("<bytes>", name) for m in collect(caught)]
+    return data, image, [m.replace("<bytes>", name) for m in dict.fromkeys(notes)]
 
 
 def display_name(path: Path) -> str:
@@ -157,8 +155,12 @@ def build_task(
     modality: str | None = "",
     limits: AppLimits = DEFAULT_LIMITS,
     roots: Sequence[Path] = (),
+    notes: list[str] | None = None,
 ) -> TaskSpec:
-    """The TaskSpec of the form; blank rows are skipped. Raises AppInputError / InvalidTaskError with the fix."""
+    """The TaskSpec of the form; blank rows are skipped. Raises AppInputError / InvalidTaskError with the fix.
+
+    ``notes``: gets the images' accuracy notes (e.g. which frame of a multi-frame DICOM is used), named by file.
+    """
     for what, text, limit in (
         ("Task name", task_name, limits.max_name_chars),
         ("Modality", modality, limits.max_name_chars),
@@ -172,11 +174,13 @@ def build_task(
             f"{len(filled)} class(es) filled in: a task needs at least 2 classes, each with a name and an image or "
             "clinical text."
         )
-    classes = [_class_spec(index, row, limits, roots) for index, row in filled]
+    classes = [_class_spec(index, row, limits, roots, notes) for index, row in filled]
     return TaskSpec(classes=classes, name=task_name or "custom-task", modality=modality or "")
 
 
-def _class_spec(index: int, row: ClassRow, limits: AppLimits, roots: Sequence[Path]) -> ClassSpec:
+def _class_spec(
+    index: int, row: ClassRow, limits: AppLimits, roots: Sequence[Path], notes: list[str] | None
+) -> ClassSpec:
     _check_text(row.name, f"Name of class {index}", limits.max_name_chars)
     _check_text(row.description, f"Clinical text of class {index}", limits.max_text_chars)
     name = (row.name or "").strip()
@@ -191,8 +195,8 @@ def _class_spec(index: int, row: ClassRow, limits: AppLimits, roots: Sequence[Pa
     for item in files:
         data, _, advice = read_with_warnings(item, limits, roots)
         images.append(data)
-        for message in advice:  # named by file, for the synthesize handler to show
-            warnings.warn(message, AccuracyWarning, stacklevel=2)
+        if notes is not None:
+            notes += advice
     return ClassSpec(name=name, description=row.description or "", images=images)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,7 +14,6 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import NoCoverageGuaranteeWarning
 from .inputs import as_list, display_name, read_with_warnings, upload_path
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
 from .prediction import Prediction, check_threshold
@@ -67,8 +65,9 @@ def classify_uploads(
     good = [r for r in results if r.error is None]
     if not good:
         raise AppInputError(results[0].error if len(results) == 1 else "; ".join(r.error for r in results))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NoCoverageGuaranteeWarning)  # the page says so under the results
+    if classifier.info.get("conformal") is None:  # no guarantee: the page says so under the results
+        outputs = [{"probabilities": p, "prediction_set": None, "coverage": None} for p in classifier.predict(images)]
+    else:
         outputs = classifier.predict_sets(images)
     explanations = classifier.explain(images) if explain else [None] * len(images)
     for result, image, output, explanation in zip(good, images, outputs, explanations, strict=True):

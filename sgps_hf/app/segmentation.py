@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +17,6 @@ from PIL import Image
 
 from ..errors import InvalidTaskError, SGPSError
 from ..hub.model_card import md_escape
-from ..trust.advice import collect
 
 MAX_EXAMPLES = 16
 MAX_PREDICT_IMAGES = 16
@@ -101,7 +99,7 @@ def overlay(image: Image.Image, mask: np.ndarray, alpha: float = 0.45) -> Image.
 
 def predict(segmenter: Any, files: Any):
     """-> (list of (overlay image, caption), status markdown)."""
-    from ..imaging import load_image
+    from ..imaging import collected_notes, load_image
 
     if segmenter is None:
         return [], "**Error:** synthesize a segmenter first."
@@ -111,8 +109,7 @@ def predict(segmenter: Any, files: Any):
     if len(paths) > MAX_PREDICT_IMAGES:
         return [], f"**Error:** at most {MAX_PREDICT_IMAGES} images at a time."
     try:
-        with warnings.catch_warnings(record=True) as caught:  # e.g. which frame of a multi-frame DICOM is used
-            warnings.simplefilter("always")
+        with collected_notes() as notes:  # e.g. which frame of a multi-frame DICOM is used (per thread)
             images = [load_image(p) for p in paths]
         masks = segmenter.predict(images)
     except SGPSError as exc:
@@ -121,7 +118,7 @@ def predict(segmenter: Any, files: Any):
         (overlay(img, m), f"{Path(p).name}: {100 * m.mean():.1f}% {segmenter.label}")
         for p, img, m in zip(paths, images, masks, strict=False)
     ]
-    notes = "".join(f"\n\n**Warning:** {md_escape(_names_only(m, paths))}" for m in collect(caught))
+    notes = "".join(f"\n\n**Warning:** {md_escape(_names_only(m, paths))}" for m in dict.fromkeys(notes))
     return gallery, f"Segmented {len(paths)} image(s). " + DISCLAIMER + notes
 
 

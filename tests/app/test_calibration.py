@@ -41,7 +41,7 @@ def test_calibrate_in_batches_then_cards_show_the_set(classifier, image_files):
     calibrated, summary = calibrate_from_app(classifier, cases, 0.8)
     assert calibrated is classifier and classifier.info["conformal"]["num_cases"] == 6
     assert "at least 80%" in summary
-    assert "1 of the 6 labelled cases are support images" in summary  # rgb.png is a support image: warned
+    assert "1 of the 6 labelled cases are support images of this classifier" in summary  # rgb.png: warned
 
     (after,) = classify_uploads(classifier, [image_files["png2"]], 0.0, explain=False)
     probs = [after.prediction.probabilities[c] for c in classifier.label_names]
