@@ -294,9 +294,9 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
     @shown
     def update(classifier: Any, class_name: str, files: Any, progress: gr.Progress = gr.Progress()):
         progress(0.1, desc="Checking the new cases")
-        fn = _locked(functools.partial(update_from_app, ctx.synth.model))
-        updated = ctx.runner.run("Re-synthesis", fn, classifier, class_name, files, ctx.limits, ctx.roots)
-        summary = updated.info["history"][-1]["summary"]
+        fn, notes = _locked(functools.partial(update_from_app, ctx.synth.model)), []
+        updated = ctx.runner.run("Re-synthesis", fn, classifier, class_name, files, ctx.limits, ctx.roots, notes)
+        summary = updated.info["history"][-1]["summary"] + "".join(f"\n\n**Warning:** {md_escape(m)}" for m in notes)
         return [*_classifier_outputs(updated, f"Version {updated.version}: {summary}"), gr.update(value=None)]
 
     updated = [ui.classifier, ui.update_status, ui.card, ui.update_class, ui.support, ui.cal_class, ui.update_files]
