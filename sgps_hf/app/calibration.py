@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from ..hub.model_card import md_code, md_escape
 from ..imaging import image_fingerprint
 from ..trust.conformal import min_cases
-from .inputs import as_list, read_upload, read_with_warnings, upload_path
+from .inputs import as_list, display_name, read_upload, read_with_warnings, upload_path
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
 
 #: The most labelled cases one session may add (each is read again when calibrating, on a shared 2-core server).
@@ -47,8 +47,15 @@ def add_cases(
             f"{len(cases) + len(items)} labelled cases: the app takes at most {MAX_CALIBRATION_CASES}; "
             "calibrate larger sets with `sgps calibrate`."
         )
+    known = {path for path, _ in cases}
     for item in items:
         read_upload(item, limits, roots)  # a bad file is refused now, named, not at calibration time
+        path = str(upload_path(item))
+        if path in known:  # Gradio keeps one cached file per content: the same case uploaded again
+            raise AppInputError(
+                f"{display_name(Path(path))}: already among the labelled cases; each case counts once."
+            )
+        known.add(path)
     return cases + [(str(upload_path(item)), class_name) for item in items]
 
 

@@ -58,6 +58,10 @@ def test_calibration_input_errors(classifier, image_files):
         add_cases(classifier, [], "nevus", [image_files["png2"], image_files["text"]])
     with pytest.raises(AppInputError, match="synthesize one first"):
         add_cases(None, [], "nevus", [image_files["png2"]])
+    with pytest.raises(AppInputError, match="'second.png': already among the labelled cases"):
+        add_cases(
+            classifier, add_cases(classifier, [], "nevus", [image_files["png2"]]), "melanoma", [image_files["png2"]]
+        )
     with pytest.raises(AppInputError, match="Add labelled cases first"):
         calibrate_from_app(classifier, [], 0.9)
     cases = add_cases(classifier, [], "nevus", [image_files["png2"], image_files["png3"]])
