@@ -7,6 +7,7 @@ plain 8-bit RGB image or raise :class:`~sgps_hf.errors.ImageLoadError` saying wh
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import io
@@ -14,7 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -46,6 +47,27 @@ _CHUNK_VALUES = (
 _PIL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 # The pixel limit of the load_image call in progress (load_image's ``max_pixels``).
 _LIMIT: contextvars.ContextVar[int] = contextvars.ContextVar("sgps_max_pixels", default=MAX_IMAGE_PIXELS)
+_NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("sgps_image_notes", default=None)
+
+
+@contextlib.contextmanager
+def collected_notes() -> Iterator[list[str]]:
+    """Collect the loader's accuracy notes (e.g. which frame of a multi-frame DICOM is used) in this thread or
+    context instead of warning: for a server, where ``warnings.catch_warnings`` is process-wide and not safe."""
+    sink: list[str] = []
+    token = _NOTES.set(sink)
+    try:
+        yield sink
+    finally:
+        _NOTES.reset(token)
+
+
+def _note(message: str) -> None:
+    sink = _NOTES.get()
+    if sink is None:
+        warnings.warn(message, AccuracyWarning, stacklevel=3)
+    else:
+        sink.append(message)
 
 
 def load_image(source: ImageInput, max_pixels: int | None = None) -> Image.Image:
@@ -214,11 +236,9 @@ def _open_dicom(data: bytes, name: str) -> Image.Image:
     if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):
         frames = pixels.shape[0]
         pixels = pixels[frames // 2]  # a multi-frame volume: take the middle slice
-        warnings.warn(
+        _note(
             f"DICOM {name} holds {frames} frames; only frame {frames // 2 + 1} of {frames} (the middle one) is used. "
-            "Export the frame you mean as its own image to choose another.",
-            AccuracyWarning,
-            stacklevel=2,
+            "Export the frame you mean as its own image to choose another."
         )
     if pixels.ndim == 2:
         what = f"DICOM {name}"

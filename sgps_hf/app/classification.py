@@ -18,6 +18,7 @@ from typing import Any, Callable
 from ..errors import SGPSError
 from ..hub.model_card import md_code, md_escape
 from ..trust.advice import task_advice
+from .calibration import calibration_layout, wire_calibration
 from .examples import stage_files
 from .export import ExportArea, export_zip, push_from_app
 from .inputs import ClassRow, build_task
@@ -166,6 +167,7 @@ def _layout(examples: list, limits: AppLimits) -> _UI:
     w["label"] = gr.Label(label="Per-class probabilities (first image)", elem_id="probabilities")
     w["table"] = gr.Markdown(elem_id="prediction-table")
     w["results"] = gr.HTML(elem_id="results")
+    w.update(calibration_layout(gr))
     gr.Markdown("## 4. Add verified cases and re-synthesize")
     with gr.Row():
         w["update_class"] = gr.Dropdown([], label="Class of the new cases", elem_id="update-class")
@@ -245,18 +247,20 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
         # (Gradio injects `progress` at its position among the parameters, so it must precede *values.)
         progress(0.05, desc="Checking images and texts")
         class_rows = [ClassRow(*values[i : i + 3]) for i in range(0, len(values), 3)]
-        task = build_task(class_rows, task_name, modality, ctx.limits, ctx.roots)
+        notes: list[str] = []  # e.g. which frame of a multi-frame DICOM is used
+        task = build_task(class_rows, task_name, modality, ctx.limits, ctx.roots, notes)
         progress(0.3, desc="Synthesizing weights (one forward pass)")
         classifier = ctx.runner.run("Synthesis", _locked(ctx.synth.model.synthesize), task, ctx.synth.processor)
         progress(0.9, desc="Writing the model card")
-        advice = "".join(f"\n\n**Warning:** {md_escape(m)}" for m in task_advice(task))  # where accuracy will be poor
+        messages = notes + task_advice(task)  # where accuracy will be poor
+        advice = "".join(f"\n\n**Warning:** {md_escape(m)}" for m in messages)
         return _classifier_outputs(
             classifier,
             f"Synthesized **{len(task.classes)}-class** classifier for {md_code(task.name)} "
             f"from {sum(len(c.images) for c in task.classes)} image(s).{advice}",
         )
 
-    outputs = [ui.classifier, ui.status, ui.card, ui.update_class, ui.support]
+    outputs = [ui.classifier, ui.status, ui.card, ui.update_class, ui.support, ui.cal_class]
     clear = {"fn": lambda: "", "inputs": None, "api_visibility": "private", "queue": False}  # no stale message
     ui.synthesize.click(outputs=ui.status, **clear).then(
         synthesize, [ui.task_name, ui.modality, *rows], outputs, api_name="synthesize"
@@ -278,6 +282,7 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
         failed = [r for r in shown_results if r.error is not None]
         if failed:
             headline += f" {len(failed)} file(s) could not be read (see below); the others were classified."
+        headline += "".join(f"\n\n**Warning:** {md_escape(w)}" for r in shown_results for w in r.warnings)
         table = predictions_markdown(results)
         return headline, first.probabilities, table, results_html(shown_results)
 
@@ -289,12 +294,12 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
     @shown
     def update(classifier: Any, class_name: str, files: Any, progress: gr.Progress = gr.Progress()):
         progress(0.1, desc="Checking the new cases")
-        fn = _locked(functools.partial(update_from_app, ctx.synth.model))
-        updated = ctx.runner.run("Re-synthesis", fn, classifier, class_name, files, ctx.limits, ctx.roots)
-        summary = updated.info["history"][-1]["summary"]
+        fn, notes = _locked(functools.partial(update_from_app, ctx.synth.model)), []
+        updated = ctx.runner.run("Re-synthesis", fn, classifier, class_name, files, ctx.limits, ctx.roots, notes)
+        summary = updated.info["history"][-1]["summary"] + "".join(f"\n\n**Warning:** {md_escape(m)}" for m in notes)
         return [*_classifier_outputs(updated, f"Version {updated.version}: {summary}"), gr.update(value=None)]
 
-    updated = [ui.classifier, ui.update_status, ui.card, ui.update_class, ui.support, ui.update_files]
+    updated = [ui.classifier, ui.update_status, ui.card, ui.update_class, ui.support, ui.cal_class, ui.update_files]
     ui.update.click(outputs=ui.update_status, **clear).then(
         update, [ui.classifier, ui.update_class, ui.update_files], updated, api_name="update"
     )
@@ -317,6 +322,7 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
         api_name="push",
     )
 
+    wire_calibration(gr, ui, ctx, shown)
     if examples:
         _wire_examples(ui, ctx, examples, shown, visibility)
 
@@ -361,7 +367,8 @@ def _classifier_outputs(classifier: Any, message: str) -> list:
 
     card = classifier_card(classifier).text
     # no default class for new cases: the user must choose (a default once added cases to the wrong class)
-    return [classifier, message, card, gr.update(choices=classifier.label_names, value=None), support_html(classifier)]
+    choices = gr.update(choices=classifier.label_names, value=None)
+    return [classifier, message, card, choices, support_html(classifier), choices]
 
 
 def _locked(fn: Callable) -> Callable:

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from ..errors import ImageLoadError
-from ..imaging import load_image
+from ..imaging import collected_notes, load_image
 from ..task import ClassSpec, TaskSpec
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
 
@@ -85,6 +85,18 @@ def read_upload(
     return data, image
 
 
+def read_with_warnings(
+    item: Any, limits: AppLimits = DEFAULT_LIMITS, roots: Sequence[Path] = ()
+) -> tuple[bytes, Image.Image, list[str]]:
+    """:func:`read_upload` plus the loader's accuracy notes (e.g. which frame of a multi-frame DICOM is used),
+    with the file's display name in place of the loader's ``<bytes>``. Collected per thread, not through the
+    process-wide ``warnings`` state, so concurrent users never see each other's notes."""
+    name = display_name(upload_path(item)).strip("'\"")
+    with collected_notes() as notes:
+        data, image = read_upload(item, limits, roots)
+    return data, image, [m.replace("<bytes>", name) for m in dict.fromkeys(notes)]
+
+
 def display_name(path: Path) -> str:
     """The file's base name, printable and short, for messages (server paths are never echoed)."""
     name = "".join(ch if ch.isprintable() else "?" for ch in path.name)[:80]
@@ -143,8 +155,12 @@ def build_task(
     modality: str | None = "",
     limits: AppLimits = DEFAULT_LIMITS,
     roots: Sequence[Path] = (),
+    notes: list[str] | None = None,
 ) -> TaskSpec:
-    """The TaskSpec of the form; blank rows are skipped. Raises AppInputError / InvalidTaskError with the fix."""
+    """The TaskSpec of the form; blank rows are skipped. Raises AppInputError / InvalidTaskError with the fix.
+
+    ``notes``: gets the images' accuracy notes (e.g. which frame of a multi-frame DICOM is used), named by file.
+    """
     for what, text, limit in (
         ("Task name", task_name, limits.max_name_chars),
         ("Modality", modality, limits.max_name_chars),
@@ -158,11 +174,13 @@ def build_task(
             f"{len(filled)} class(es) filled in: a task needs at least 2 classes, each with a name and an image or "
             "clinical text."
         )
-    classes = [_class_spec(index, row, limits, roots) for index, row in filled]
+    classes = [_class_spec(index, row, limits, roots, notes) for index, row in filled]
     return TaskSpec(classes=classes, name=task_name or "custom-task", modality=modality or "")
 
 
-def _class_spec(index: int, row: ClassRow, limits: AppLimits, roots: Sequence[Path]) -> ClassSpec:
+def _class_spec(
+    index: int, row: ClassRow, limits: AppLimits, roots: Sequence[Path], notes: list[str] | None
+) -> ClassSpec:
     _check_text(row.name, f"Name of class {index}", limits.max_name_chars)
     _check_text(row.description, f"Clinical text of class {index}", limits.max_text_chars)
     name = (row.name or "").strip()
@@ -173,7 +191,12 @@ def _class_spec(index: int, row: ClassRow, limits: AppLimits, roots: Sequence[Pa
         raise AppInputError(
             f"Class {name!r} has {len(files)} images; the app takes at most {limits.max_images_per_class} per class."
         )
-    images = [read_upload(item, limits, roots)[0] for item in files]
+    images = []
+    for item in files:
+        data, _, advice = read_with_warnings(item, limits, roots)
+        images.append(data)
+        if notes is not None:
+            notes += advice
     return ClassSpec(name=name, description=row.description or "", images=images)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .inputs import as_list, display_name, read_upload, upload_path
+from .inputs import as_list, display_name, read_upload, read_with_warnings, upload_path
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ class Prediction:
     top_label: str
     top_probability: float
     threshold: float
+    prediction_set: list[str] | None = None  # with a conformal calibration: holds the true class w.p. >= coverage
+    coverage: float | None = None
 
     @property
     def abstained(self) -> bool:
@@ -103,8 +105,10 @@ def update_from_app(
     files: Any,
     limits: AppLimits = DEFAULT_LIMITS,
     roots: Sequence[Path] = (),
+    notes: list[str] | None = None,
 ) -> "SynthesizedClassifier":
-    """Add uploaded verified cases to one class and re-synthesize (see :mod:`sgps_hf.synthesis`)."""
+    """Add uploaded verified cases to one class and re-synthesize (see :mod:`sgps_hf.synthesis`); ``notes`` gets
+    the images' accuracy notes (e.g. which frame of a multi-frame DICOM is used), named by file."""
     if classifier is None:
         raise AppInputError("No classifier yet: synthesize one first.")
     if not isinstance(class_name, str) or class_name not in classifier.label_names:
@@ -116,5 +120,10 @@ def update_from_app(
     room = limits.max_support_per_class - len(support.get(class_name, []))
     if len(items) > max(room, 0):
         raise AppInputError(f"Class {class_name!r} can take {max(room, 0)} more image(s) in the app; add fewer cases.")
-    images = [read_upload(item, limits, roots)[0] for item in items]
+    images = []
+    for item in items:
+        data, _, advice = read_with_warnings(item, limits, roots)
+        images.append(data)
+        if notes is not None:
+            notes += advice
     return synthesizer.update(classifier, {class_name: images})

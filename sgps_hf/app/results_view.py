@@ -7,14 +7,14 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from .inputs import as_list, display_name, read_upload, upload_path
+from .inputs import as_list, display_name, read_with_warnings, upload_path
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
 from .prediction import Prediction, check_threshold
 
@@ -29,6 +29,7 @@ class AppResult:
     prediction: Prediction | None = None
     overlay: Image.Image | None = None
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def classify_uploads(
@@ -56,18 +57,25 @@ def classify_uploads(
     for item in items:
         name = display_name(upload_path(item)).strip("'\"")
         try:
-            images.append(read_upload(item, limits, roots)[1])
-            results.append(AppResult(name))
+            _, image, advice = read_with_warnings(item, limits, roots)
+            images.append(image)
+            results.append(AppResult(name, warnings=advice))
         except AppInputError as exc:
             results.append(AppResult(name, error=str(exc)))
     good = [r for r in results if r.error is None]
     if not good:
         raise AppInputError(results[0].error if len(results) == 1 else "; ".join(r.error for r in results))
-    probabilities = classifier.predict(images)
+    if classifier.info.get("conformal") is None:  # no guarantee: the page says so under the results
+        outputs = [{"probabilities": p, "prediction_set": None, "coverage": None} for p in classifier.predict(images)]
+    else:
+        outputs = classifier.predict_sets(images)
     explanations = classifier.explain(images) if explain else [None] * len(images)
-    for result, image, probs, explanation in zip(good, images, probabilities, explanations, strict=True):
+    for result, image, output, explanation in zip(good, images, outputs, explanations, strict=True):
+        probs = output["probabilities"]
         top = max(probs, key=probs.get)
-        result.prediction = Prediction(result.name, probs, top, probs[top], value)
+        result.prediction = Prediction(
+            result.name, probs, top, probs[top], value, output["prediction_set"], output["coverage"]
+        )
         result.overlay = explanation.overlay(image, size=OVERLAY_SIZE) if explanation is not None else None
     return results
 
@@ -103,14 +111,32 @@ def results_html(results: Sequence[AppResult], top_k: int = 3) -> str:
                 f'<span style="{_BAR};width:{max(prob * 60, 1):.0f}%"></span><span>{100 * prob:.0f}%</span></div>'
             )
         picture = _thumbnail(r.overlay) if r.overlay is not None else ""
-        body = f'<div style="flex:1">{headline}{"".join(bars)}</div>'
+        notes = "".join(f'<div class="sgps-warning">Warning: {html.escape(w)}</div>' for w in r.warnings)
+        extra = _set_line(p) + notes
+        body = f'<div style="flex:1">{headline}{"".join(bars)}{extra}</div>'
         cards.append(f'<div class="sgps-card" style="{_CARD};display:flex;gap:10px">{picture}{body}</div>')
+    calibrated = any(r.prediction is not None and r.prediction.coverage is not None for r in results)
+    guarantee = (
+        "Prediction sets: each holds the true class with the stated probability, for cases like the labelled "
+        "cases it was calibrated on (a marginal guarantee, not per class)."
+        if calibrated
+        else "No prediction set: this classifier has no conformal calibration, so no coverage guarantee holds "
+        "(calibrate it on labelled cases of your own below, or with <code>sgps calibrate</code>)."
+    )
     note = (
-        '<p style="font-size:0.85em">Overlays: where the evidence for the top class lies (Grad-CAM). No prediction '
-        "set: this classifier has no conformal calibration, so no coverage guarantee holds "
-        "(<code>sgps calibrate</code> adds one).</p>"
+        f'<p style="font-size:0.85em">Overlays: where the evidence for the top class lies (Grad-CAM). {guarantee}</p>'
     )
     return f'<div class="sgps-results">{"".join(cards)}{note}</div>'
+
+
+def _set_line(p: Prediction) -> str:
+    if p.coverage is None or p.prediction_set is None:
+        return ""
+    members = ", ".join(html.escape(c) for c in p.prediction_set) or "empty: no class is plausible enough"
+    return (
+        f'<div class="sgps-set">Prediction set ({100 * p.coverage:.0f}% coverage guarantee): '
+        f"<b>{{{members}}}</b></div>"
+    )
 
 
 def _thumbnail(image: Image.Image, size: int = 128, alt: str = "saliency overlay") -> str:

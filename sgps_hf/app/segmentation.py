@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InvalidTaskError, SGPSError
+from ..hub.model_card import md_escape
 
 MAX_EXAMPLES = 16
 MAX_PREDICT_IMAGES = 16
@@ -98,7 +99,7 @@ def overlay(image: Image.Image, mask: np.ndarray, alpha: float = 0.45) -> Image.
 
 def predict(segmenter: Any, files: Any):
     """-> (list of (overlay image, caption), status markdown)."""
-    from ..imaging import load_image
+    from ..imaging import collected_notes, load_image
 
     if segmenter is None:
         return [], "**Error:** synthesize a segmenter first."
@@ -108,15 +109,24 @@ def predict(segmenter: Any, files: Any):
     if len(paths) > MAX_PREDICT_IMAGES:
         return [], f"**Error:** at most {MAX_PREDICT_IMAGES} images at a time."
     try:
-        images = [load_image(p) for p in paths]
+        with collected_notes() as notes:  # e.g. which frame of a multi-frame DICOM is used (per thread)
+            images = [load_image(p) for p in paths]
         masks = segmenter.predict(images)
     except SGPSError as exc:
-        return [], f"**Error:** {exc}"
+        return [], f"**Error:** {_names_only(str(exc), paths)}"
     gallery = [
         (overlay(img, m), f"{Path(p).name}: {100 * m.mean():.1f}% {segmenter.label}")
         for p, img, m in zip(paths, images, masks, strict=False)
     ]
-    return gallery, f"Segmented {len(paths)} image(s). " + DISCLAIMER
+    notes = "".join(f"\n\n**Warning:** {md_escape(_names_only(m, paths))}" for m in dict.fromkeys(notes))
+    return gallery, f"Segmented {len(paths)} image(s). " + DISCLAIMER + notes
+
+
+def _names_only(message: str, paths: Sequence[str]) -> str:
+    """``message`` with each uploaded file's server path replaced by its base name (no server paths shown)."""
+    for path in sorted(paths, key=len, reverse=True):
+        message = message.replace(path, Path(path).name)
+    return message
 
 
 def download(segmenter: Any) -> tuple[str | None, str]:

@@ -35,6 +35,7 @@ def register(subparsers: Any) -> None:
     predict.add_argument("--out-dir", required=True, help="folder for the <image stem>_mask.png files")
     predict.add_argument("images", nargs="+", help="image files, folders or quoted glob patterns")
     predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png (mask tinted red)")
+    predict.add_argument("--batch-size", type=int, default=8, help="images segmented at once (default 8)")
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser(
@@ -71,15 +72,18 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
     from ..evaluation.seg_own_cases import segment_files
     from ..models.sgps_seg.segmenter import SynthesizedSegmenter
     from ..trust.batch import expand_inputs
 
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1.")
     segmenter = SynthesizedSegmenter.from_pretrained(args.segmenter)
     files = expand_inputs(args.images)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = segment_files(segmenter, files, out, overlay=args.overlay, progress=len(files) > 20)
+    rows = segment_files(segmenter, files, out, args.overlay, progress=len(files) > 20, batch_size=args.batch_size)
     for row in rows:
         if row["error"]:
             print(f"{row['file']}\tERROR: {row['error']}")

@@ -111,38 +111,59 @@ def write_seg_report(result: dict[str, Any], out_dir: str | Path, worst: int = 5
 
 
 def segment_files(
-    segmenter: Any, files: Sequence[Path], out_dir: Path, overlay: bool = False, progress: bool = False
+    segmenter: Any,
+    files: Sequence[Path],
+    out_dir: Path,
+    overlay: bool = False,
+    progress: bool = False,
+    batch_size: int = 8,
 ) -> list[dict[str, Any]]:
-    """Segment each file into ``out_dir/<stem>_mask.png`` (0/255) and, with ``overlay``, ``<stem>_overlay.png``."""
+    """Segment each file into ``out_dir/<stem>_mask.png`` (0/255) and, with ``overlay``, ``<stem>_overlay.png``.
+
+    Files are read one by one (a bad file gets an error row, the others go on) and segmented ``batch_size`` at a
+    time; the masks are those of one-by-one prediction.
+    """
     from tqdm.auto import tqdm
 
     from ..imaging import load_image
 
-    rows, used = [], set()
-    for path in tqdm(files, desc="Segmenting", unit="img", disable=not progress):
-        stem = path.stem
-        while stem in used:  # the same name in two folders: never overwrite this run's own masks
-            stem += "_2"
-        used.add(stem)
-        try:
-            image = load_image(path)
-            (mask,) = segmenter.predict([image])
-        except FILE_ERRORS as exc:
-            rows.append({"file": str(path), "foreground": None, "mask": None, "overlay": None, "error": str(exc)})
-            continue
-        target = out_dir / f"{stem}_mask.png"
-        Image.fromarray(mask.astype(np.uint8) * 255).save(target)
-        shown = None
-        if overlay:
-            shown = out_dir / f"{stem}_overlay.png"
-            mask_overlay(image, mask).save(shown)
-        rows.append(
-            {
-                "file": str(path),
-                "foreground": float(mask.mean()),
-                "mask": str(target),
-                "overlay": None if shown is None else str(shown),
-                "error": None,
-            }
-        )
-    return rows
+    rows: list[dict[str, Any]] = []
+    used: set[str] = set()
+    with tqdm(total=len(files), desc="Segmenting", unit="img", disable=not progress) as bar:
+        for start in range(0, len(files), batch_size):
+            loaded = []
+            for path in files[start : start + batch_size]:
+                try:
+                    loaded.append((path, load_image(path)))
+                except FILE_ERRORS as exc:
+                    rows.append(
+                        {"file": str(path), "foreground": None, "mask": None, "overlay": None, "error": str(exc)}
+                    )
+            masks = segmenter.predict([image for _, image in loaded], batch_size=batch_size) if loaded else []
+            for (path, image), mask in zip(loaded, masks, strict=True):
+                rows.append(_write_mask(path, image, mask, out_dir, overlay, used))
+            bar.update(len(files[start : start + batch_size]))
+    order = {str(path): i for i, path in enumerate(files)}
+    return sorted(rows, key=lambda row: order[row["file"]])  # input order, error rows included
+
+
+def _write_mask(
+    path: Path, image: Image.Image, mask: np.ndarray, out_dir: Path, overlay: bool, used: set[str]
+) -> dict[str, Any]:
+    stem = path.stem
+    while stem in used:  # the same name in two folders: never overwrite this run's own masks
+        stem += "_2"
+    used.add(stem)
+    target = out_dir / f"{stem}_mask.png"
+    Image.fromarray(mask.astype(np.uint8) * 255).save(target)
+    shown = None
+    if overlay:
+        shown = out_dir / f"{stem}_overlay.png"
+        mask_overlay(image, mask).save(shown)
+    return {
+        "file": str(path),
+        "foreground": float(mask.mean()),
+        "mask": str(target),
+        "overlay": None if shown is None else str(shown),
+        "error": None,
+    }

@@ -29,7 +29,9 @@ def write_dicom(path: Path, pixels: np.ndarray) -> Path:
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.PatientName = "Test^Patient"  # must never reach a stored support image
-    ds.Rows, ds.Columns = pixels.shape
+    if pixels.ndim == 3:  # a multi-frame volume: frames x rows x columns
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit, ds.PixelRepresentation = 15, 0
@@ -50,6 +52,7 @@ def make_image_files(folder: Path) -> dict[str, Path]:
     rng = np.random.default_rng(6)
     files["dicom"] = write_dicom(folder / "scan.dcm", rng.integers(0, 4096, size=(50, 42)))
     files["dicom_noext"] = write_dicom(folder / "IM0001", rng.integers(0, 4096, size=(36, 36)))
+    files["dicom_frames"] = write_dicom(folder / "volume.dcm", rng.integers(0, 4096, size=(3, 32, 30)))
     noise_image(7, (40, 40)).save(files.setdefault("png2", folder / "second.png"))
     noise_image(8, (40, 40)).save(files.setdefault("png3", folder / "third.png"))
     # rejected ones

@@ -269,3 +269,26 @@ def test_sgps_demo_command_serves_the_app(tiny_synth_dir, monkeypatch):
         assert str(tiny_synth_dir) not in body  # the server's path is never shown
     finally:
         built[0].close()
+
+
+def test_multi_frame_dicom_warning_is_shown_next_to_classify(client, image_files):
+    outcome, _, _, cards = client.predict([handle_file(str(image_files["dicom_frames"]))], 0.0, api_name="/predict")
+    assert "**Warning:** DICOM volume.dcm holds 3 frames; only frame 2 of 3 (the middle one) is used." in outcome
+    assert 'class="sgps-warning"' in cards
+
+
+def test_calibrate_prediction_sets_then_cards_show_them(app_server, image_files):
+    session = synthesized_session(app_server[1], image_files)
+    batches = {"nevus": ["png2", "png3"], "melanoma": ["tiff", "png_gray"], "keratosis": ["dicom_noext"]}
+    for label, kinds in batches.items():
+        files = [handle_file(str(image_files[k])) for k in kinds]
+        listing, _ = session.predict(label, files, 0.8, api_name="/calibration_cases")
+    assert listing.startswith("5 labelled case(s): `nevus` 2, `melanoma` 2, `keratosis` 1.")
+    status, card = session.predict(0.8, api_name="/calibrate")
+    assert "Calibrated on 5 labelled case(s)" in status and "at least 80%" in status
+    _, _, _, cards = session.predict([handle_file(str(image_files["png2"]))], 0.0, api_name="/predict")
+    assert "Prediction set (80% coverage guarantee)" in cards and "no coverage guarantee" not in cards
+    error = app_error(
+        lambda: session.predict(None, [handle_file(str(image_files["png2"]))], 0.8, api_name="/calibration_cases")
+    )
+    assert "Pick the class these labelled cases belong to" in error

@@ -188,6 +188,9 @@ def test_update_from_app(synth, classifier, image_files):
         update_from_app(synth, classifier, "melanoma", None)
     with pytest.raises(AppInputError, match="can take 1 more"):
         update_from_app(synth, classifier, "melanoma", [image_files["png2"]] * 2, AppLimits(max_support_per_class=3))
+    notes: list[str] = []  # shown under the update button
+    update_from_app(synth, classifier, "melanoma", [image_files["png2"], image_files["dicom_frames"]], notes=notes)
+    assert len(notes) == 1 and notes[0].startswith("DICOM volume.dcm holds 3 frames; only frame 2 of 3")
 
 
 # -- export and push -----------------------------------------------------------------------------------------------

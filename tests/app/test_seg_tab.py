@@ -50,3 +50,15 @@ def test_tab_builds_inside_blocks(tiny_synth):
         build_segmentation_tab(tiny_synth)
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
     assert {"seg-tab", "seg-images", "seg-masks", "seg-synthesize", "seg-gallery", "seg-push"} <= ids
+
+
+def test_multi_frame_dicom_says_which_frame_and_no_server_path(tiny_synth, image_files, tmp_path):
+    from sgps_hf.app import segmentation as app_tab
+
+    folder = write_task_folder(tmp_path / "t", 2)
+    images = sorted(str(p) for p in (folder / "images").iterdir())
+    masks = sorted(str(p) for p in (folder / "masks" / "lesion").iterdir())
+    segmenter, _, _ = app_tab.synthesize(images, masks, "blob", "", synthesizer=tiny_synth)
+    gallery, outcome = app_tab.predict(segmenter, [str(image_files["dicom_frames"])])
+    assert len(gallery) == 1 and "**Warning:** DICOM volume.dcm holds 3 frames; only frame 2 of 3" in outcome
+    assert str(image_files["dicom_frames"].parent) not in outcome

@@ -70,6 +70,8 @@ def test_batch_predict_folder_with_overlays_and_a_bad_file(saved_segmenter, tmp_
                 str(out),
                 str(folder),
                 "--overlay",
+                "--batch-size",
+                "2",
             ]
         )
         == 0
@@ -78,3 +80,6 @@ def test_batch_predict_folder_with_overlays_and_a_bad_file(saved_segmenter, tmp_
     assert captured.out.count("foreground") == 3 and "broken.png\tERROR: " in captured.out
     assert "1 of 4 file(s) could not be segmented" in captured.err
     assert len(list(out.glob("*_mask.png"))) == 3 and len(list(out.glob("*_overlay.png"))) == 3
+    argv = ["segment", "predict", "--segmenter", str(saved_segmenter), "--out-dir", str(out), str(folder)]
+    assert main([*argv, "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err

@@ -5,14 +5,14 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...errors import InvalidTaskError
+from ...errors import InvalidTaskError, UsageError
 from ...hub.checkpoints import state_dict_sha256, synthesizer_reference
 from ...hub.segmenter_folder import LABELS, TASK_FILE, load_segmenter_folder, save_segmenter_folder  # noqa: F401
 from ...imaging import ImageInput
@@ -63,35 +63,37 @@ class SynthesizedSegmenter:
 
     # -- inference ------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_proba(self, images: ImageInput | Sequence[ImageInput]) -> list[np.ndarray]:
+    def predict_proba(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 8) -> list[np.ndarray]:
         """Per image, the foreground probability (softmax over the 2 labels) at the image's own height x width."""
         out = []
-        for image in _as_list(images):
-            rgb = load_rgb(image)
-            logits = self._logits(rgb)
-            resized = F.interpolate(logits, size=(rgb.height, rgb.width), mode="bilinear", align_corners=False)
-            out.append(resized.softmax(1)[0, 1].numpy())
+        for rgbs in _batches(images, batch_size):
+            logits = self._logits(rgbs)
+            for rgb, row in zip(rgbs, logits, strict=True):
+                resized = F.interpolate(row[None], size=(rgb.height, rgb.width), mode="bilinear", align_corners=False)
+                out.append(resized.softmax(1)[0, 1].numpy())
         return out
 
     @torch.no_grad()
-    def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[np.ndarray]:
+    def predict(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 8) -> list[np.ndarray]:
         """Per image, a bool mask (True = foreground) of that image's own height x width.
 
-        Images are processed one at a time through the saved image processor and transformers'
-        ``post_process_semantic_segmentation``, exactly as ``pipeline("image-segmentation")`` does.
+        Images go through the saved image processor ``batch_size`` at a time (the processor resizes each to the
+        model's input size; the model is in eval mode, so a mask does not depend on the batch it was in) and
+        through transformers' ``post_process_semantic_segmentation``, as ``pipeline("image-segmentation")`` does.
         """
         masks = []
-        for image in _as_list(images):
-            rgb = load_rgb(image)
-            outputs = self.model(pixel_values=self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"])
-            segmentation = self.image_processor.post_process_semantic_segmentation(
-                outputs, target_sizes=[(rgb.height, rgb.width)]
-            )[0]
-            masks.append(segmentation.numpy() == 1)
+        for rgbs in _batches(images, batch_size):
+            outputs = self.model(pixel_values=self._pixels(rgbs))
+            sizes = [(rgb.height, rgb.width) for rgb in rgbs]
+            segmentations = self.image_processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
+            masks += [segmentation.numpy() == 1 for segmentation in segmentations]
         return masks
 
-    def _logits(self, rgb: Image.Image) -> torch.Tensor:
-        return self.model(pixel_values=self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]).logits
+    def _pixels(self, rgbs: Sequence[Image.Image]) -> torch.Tensor:
+        return self.image_processor(images=list(rgbs), return_tensors="pt")["pixel_values"]
+
+    def _logits(self, rgbs: Sequence[Image.Image]) -> torch.Tensor:
+        return self.model(pixel_values=self._pixels(rgbs)).logits
 
     def evaluate(self, labelled: Sequence[tuple[ImageInput, Any]]) -> dict[str, float]:
         """Mean per-image Dice and IoU on user-supplied (image, mask) pairs; kept for the model card."""
@@ -161,3 +163,12 @@ def _as_list(images: Any) -> list:
     if isinstance(images, (list, tuple)):
         return list(images)
     return [images]
+
+
+def _batches(images: Any, batch_size: int) -> Iterator[list[Image.Image]]:
+    """The images as RGB, ``batch_size`` at a time (each batch decoded only when it is reached)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be a positive integer (e.g. 8), got {batch_size!r}.")
+    items = _as_list(images)
+    for start in range(0, len(items), batch_size):
+        yield [load_rgb(image) for image in items[start : start + batch_size]]
