@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .inputs import as_list, display_name, read_upload, read_with_warnings, upload_path
+from .inputs import as_list, read_with_warnings
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
 
 if TYPE_CHECKING:
@@ -52,31 +52,6 @@ def check_threshold(threshold: Any) -> float:
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise AppInputError(f"Confidence threshold {value} is outside 0-1; pick a value between 0 and 1.")
     return value
-
-
-def predict_files(
-    classifier: "SynthesizedClassifier | None",
-    files: Any,
-    threshold: Any,
-    limits: AppLimits = DEFAULT_LIMITS,
-    roots: Sequence[Path] = (),
-) -> list[Prediction]:
-    """Classify uploaded images; every input problem is an AppInputError, checked before the model runs."""
-    if classifier is None:
-        raise AppInputError("No classifier yet: synthesize one first (step 2).")
-    value = check_threshold(threshold)
-    items = as_list(files)
-    if not items:
-        raise AppInputError(f"Upload at least one image ({ACCEPTED_FORMATS}) to classify.")
-    if len(items) > limits.max_predict_images:
-        raise AppInputError(f"{len(items)} images: classify at most {limits.max_predict_images} at a time.")
-    images = [read_upload(item, limits, roots)[1] for item in items]
-    names = [display_name(upload_path(item)).strip("'\"") for item in items]
-    results = []
-    for name, probs in zip(names, classifier.predict(images), strict=False):
-        top = max(probs, key=probs.get)
-        results.append(Prediction(name, probs, top, probs[top], value))
-    return results
 
 
 def predictions_markdown(predictions: Sequence[Prediction]) -> str:

@@ -22,10 +22,10 @@ from sgps_hf.app.prediction import (
     UNCERTAIN,
     Prediction,
     check_threshold,
-    predict_files,
     predictions_markdown,
     update_from_app,
 )
+from sgps_hf.app.results_view import classify_uploads
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -160,23 +160,22 @@ def test_abstains_below_the_threshold():
     assert r"| b\|c.png | **uncertain** (below 0.60) | x | 0.550 |" in table  # a pipe in a name cannot break the table
 
 
-def test_predict_files_end_to_end(classifier, image_files):
-    results = predict_files(classifier, [image_files["png_gray"], image_files["dicom_noext"]], 0.0)
+def test_classify_uploads_end_to_end(classifier, image_files):
+    def predictions(files, threshold):
+        return [r.prediction for r in classify_uploads(classifier, files, threshold, explain=False)]
+
+    results = predictions([image_files["png_gray"], image_files["dicom_noext"]], 0.0)
     assert [r.file for r in results] == ["gray.png", "IM0001"]
     for r in results:
         assert set(r.probabilities) == {"nevus", "melanoma"} and r.outcome == r.top_label
         assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-    assert all(
-        r.outcome == UNCERTAIN
-        for r in predict_files(classifier, [image_files["png_gray"]], 1.0)
-        if r.top_probability < 1.0
-    )
+    assert all(r.outcome == UNCERTAIN for r in predictions([image_files["png_gray"]], 1.0) if r.top_probability < 1.0)
     with pytest.raises(AppInputError, match="synthesize one first"):
-        predict_files(None, [image_files["png"]], 0.5)
+        classify_uploads(None, [image_files["png"]], 0.5)
     with pytest.raises(AppInputError, match="at least one image"):
-        predict_files(classifier, [], 0.5)
+        classify_uploads(classifier, [], 0.5)
     with pytest.raises(AppInputError, match="at most 16"):
-        predict_files(classifier, [image_files["png"]] * 17, 0.5)
+        classify_uploads(classifier, [image_files["png"]] * 17, 0.5)
 
 
 def test_update_from_app(synth, classifier, image_files):
