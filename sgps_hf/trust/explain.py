@@ -72,8 +72,9 @@ def colormap(values: np.ndarray) -> np.ndarray:
 def gradcam(
     model: nn.Module, pixel_values: torch.Tensor, targets: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(heatmaps [B, H, W] in [0, 1] at the input resolution, probabilities [B, C]) for ``targets`` (default: the
-    top class of each image). ``model``: a timm classifier with ``forward_features`` and ``forward_head``."""
+    """(heatmaps [B, H, W] in [0, 1] at the input resolution, probabilities [B, C]) for ``targets`` (default, and
+    wherever a target is negative: the top class of that image). ``model``: a timm classifier with
+    ``forward_features`` and ``forward_head``."""
     if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
         raise TypeError(f"Grad-CAM needs a timm model with forward_features/forward_head, got {type(model).__name__}.")
     with torch.no_grad():
@@ -81,7 +82,8 @@ def gradcam(
     features = features.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model.forward_head(features)
-        chosen = logits.argmax(-1) if targets is None else targets.to(logits.device)
+        top = logits.argmax(-1)
+        chosen = top if targets is None else torch.where(targets.to(logits.device) < 0, top, targets.to(logits.device))
         (gradients,) = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), features)
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     cams = torch.relu((weights * features.detach()).sum(1, keepdim=True))
@@ -105,15 +107,12 @@ def explain(
         chunk = images[start : start + batch_size]
         pixels = classifier.image_processor(chunk)["pixel_values"]
         wanted = None
-        if labels is not None:
+        if labels is not None:  # -1: the predicted class, resolved inside the one Grad-CAM pass
             names = labels[start : start + batch_size]
-            with torch.no_grad():
-                top = classifier.model(pixels).argmax(-1).tolist()
-            wanted = torch.tensor(
-                [top[i] if n is None else classifier.label_names.index(n) for i, n in enumerate(names)]
-            )
+            wanted = torch.tensor([-1 if n is None else classifier.label_names.index(n) for n in names])
         cams, probs = gradcam(classifier.model, pixels, wanted)
-        chosen = probs.argmax(-1) if wanted is None else wanted
+        top = probs.argmax(-1)
+        chosen = top if wanted is None else torch.where(wanted < 0, top, wanted)
         for cam, row, index in zip(cams, probs, chosen.tolist(), strict=True):
             out.append(Explanation(classifier.label_names[index], float(row[index]), cam.numpy()))
     return out

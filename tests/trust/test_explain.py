@@ -52,6 +52,10 @@ def test_overlay_and_defaults(lesion_classifier):
     assert explanation.label in lesion_classifier.label_names and 0 < explanation.probability <= 1
     overlay = explanation.overlay(image, size=200)
     assert overlay.size == (200, 200) and overlay.mode == "RGB"
+    # a None label is the predicted class, the same map as with no labels at all; a named one is that class
+    mixed = lesion_classifier.explain([image, image], labels=[None, "clear"])
+    assert mixed[0].label == explanation.label and np.allclose(mixed[0].heatmap, explanation.heatmap, atol=1e-6)
+    assert mixed[1].label == "clear"
     with pytest.raises(ValueError, match="Unknown classes"):
         lesion_classifier.explain([image], labels=["tumour"])
     with pytest.raises(TypeError, match="forward_features"):
