@@ -11,7 +11,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import timm
 import torch
@@ -127,8 +127,18 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_metrics(metrics: Any, keys: Sequence[str], fail: Callable[[str, str], None]) -> None:
+    """A task file's ``metrics``: null, or an object with a finite number per key and an integer num_images."""
+    if metrics is not None and (
+        not isinstance(metrics, dict)
+        or not all(is_number(metrics.get(k)) for k in keys)
+        or not is_int(metrics.get("num_images"))
+    ):
+        fail("metrics", f"must be null or an object with {', '.join(keys)} and num_images")
 
 
 def short(value: Any, limit: int = 60) -> str:
@@ -240,10 +250,10 @@ def check_task_file(info: Any, folder: Path) -> None:
             and 8 <= size[2] <= MAX_INPUT_SIZE
             and isinstance(mean, list)
             and len(mean) == 3
-            and all(_is_number(v) for v in mean)
+            and all(is_number(v) for v in mean)
             and isinstance(std, list)
             and len(std) == 3
-            and all(_is_number(v) and v > 0 for v in std)
+            and all(is_number(v) and v > 0 for v in std)
             and data.get("interpolation") in ("bilinear", "bicubic")
             and data.get("crop_pct", 1.0) == 1.0
             and data.get("crop_mode", "center") == "center"
@@ -316,13 +326,7 @@ def check_task_file(info: Any, folder: Path) -> None:
     for key in ("created", "sgps_hf_version"):
         if not isinstance(info.get(key, ""), str):
             fail(key, "must be text")
-    metrics = info.get("metrics")
-    if metrics is not None and (
-        not isinstance(metrics, dict)
-        or not all(_is_number(metrics.get(k)) for k in ("accuracy", "macro_f1"))
-        or not is_int(metrics.get("num_images"))
-    ):
-        fail("metrics", "must be null or an object with accuracy, macro_f1 and num_images")
+    check_metrics(info.get("metrics"), ("accuracy", "macro_f1"), fail)
     history = info.get("history", [])
     if not isinstance(history, list):
         fail("history", "must be a list of changelog entries")

@@ -14,7 +14,6 @@ network is built from the verified config by sgps_hf itself; anything wrong is a
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, Callable
 from ..errors import CheckpointError
 from . import saved_folder
 from .checkpoints import state_dict_sha256
-from .classifier_checks import _plain_timm_name, is_int, read_json, short
+from .classifier_checks import _plain_timm_name, check_metrics, is_int, is_number, read_json, short
 from .safetensors_checks import WEIGHTS_FILE, check_tensors, expected_tensors, pickle_files, read_header
 
 TASK_FILE = "sgps_seg_task.json"
@@ -117,10 +116,6 @@ def _failer(where: Path, what: str) -> Callable[[str, str], None]:
     return fail
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_segmenter_info(info: Any, folder: Path) -> None:
     """Every key of ``sgps_seg_task.json`` the segmenter, its card and the app read; CheckpointError naming it."""
     fail = _failer(folder / TASK_FILE, "segmenter")
@@ -147,7 +142,7 @@ def check_segmenter_info(info: Any, folder: Path) -> None:
     negatives = task.get("num_negative", 0)
     if not is_int(negatives) or not 0 <= negatives < len(examples):
         fail("task.num_negative", "must be a whole number below the number of examples")
-    if not _number(task.get("mean_foreground")) or not 0 <= task["mean_foreground"] <= 1:
+    if not is_number(task.get("mean_foreground")) or not 0 <= task["mean_foreground"] <= 1:
         fail("task.mean_foreground", "must be a number between 0 and 1")
     if not isinstance(info.get("head"), str):
         fail("head", "must be text")
@@ -174,13 +169,7 @@ def check_segmenter_info(info: Any, folder: Path) -> None:
     for key in ("created", "sgps_hf_version"):
         if not isinstance(info.get(key, ""), str):
             fail(key, "must be text")
-    metrics = info.get("metrics")
-    if metrics is not None and (
-        not isinstance(metrics, dict)
-        or not all(_number(metrics.get(k)) for k in ("dice", "iou"))
-        or not is_int(metrics.get("num_images"))
-    ):
-        fail("metrics", "must be null or an object with dice, iou and num_images")
+    check_metrics(info.get("metrics"), ("dice", "iou"), fail)
 
 
 def _allowed_keys() -> tuple[set[str], set[str]]:
@@ -273,12 +262,12 @@ def check_processor_config(processor: Any, info: dict[str, Any], folder: Path) -
     if processor.get("do_reduce_labels", False) is not False:
         fail("do_reduce_labels", "must be false")
     mean, std = processor.get("image_mean"), processor.get("image_std")
-    if not isinstance(mean, list) or len(mean) != 3 or not all(_number(v) for v in mean):
+    if not isinstance(mean, list) or len(mean) != 3 or not all(is_number(v) for v in mean):
         fail("image_mean", "must be 3 finite numbers")
-    if not isinstance(std, list) or len(std) != 3 or not all(_number(v) and v > 0 for v in std):
+    if not isinstance(std, list) or len(std) != 3 or not all(is_number(v) and v > 0 for v in std):
         fail("image_std", "must be 3 positive finite numbers")
     factor = processor.get("rescale_factor")
-    if not _number(factor) or not 0 < factor <= 1:
+    if not is_number(factor) or not 0 < factor <= 1:
         fail("rescale_factor", "must be a number in (0, 1]")
     if processor.get("resample", 2) not in (0, 1, 2, 3, 4, 5):
         fail("resample", "must be a PIL resampling filter number (0 to 5)")
