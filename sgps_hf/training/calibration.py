@@ -1,17 +1,18 @@
-"""Post-hoc calibration of a meta-trained synthesizer on meta-validation tasks (whole tasks never trained on).
+"""Fitting a synthesizer's head and text prior on meta-validation tasks (whole tasks never trained on).
 
-What transfers from meta-train episodes to a new task is decided here, where the model is selected, not learned on
-the training episodes, whose classes and texts the synthesizer has already seen:
+Nothing of the synthesizer but its body is trained: every other setting is chosen here, on whole tasks that the body
+adaptation never saw, in this order:
 
-1. the class memory of the text generator: built from the meta-train classes, its
-   temperature chosen on text-only meta-val episodes;
-2. the ridge regulariser at 1 and 5 shots, under the synthesizer's own support views (meta-training may cache fewer);
-3. the strength of the text prior beside images;
-4. task-adaptive BatchNorm: how many images the body's own statistics count as beside a task's support images
+1. the class memory of the text generator, built from the meta-train classes;
+2. the closed-form head: its per-feature scale and its ridge regulariser at 1 and 5 shots, under the synthesizer's own
+   support views (:func:`calibrate_head`);
+3. the class memory's temperature, on text-only meta-val episodes;
+4. the strength of the text prior beside images;
+5. task-adaptive BatchNorm: how many images the body's own statistics count as beside a task's support images
    (or none of it), on the pixels of the first ``TASK_BATCHNORM_EPISODES`` episodes (cached features are those of
    the unadapted body, and each candidate costs a body pass per episode);
-5. the temperature of the head (least NLL; on those episodes' pixels when task BatchNorm is on), then of the zero-shot
-head.
+6. the temperature of the head (least NLL; on those episodes' pixels when task BatchNorm is on), then of the zero-shot
+   head.
 
 Every step but the temperatures is chosen by meta-val accuracy on a small grid; temperatures never change an argmax.
 """
@@ -27,80 +28,29 @@ import torch
 from torch import nn
 
 from ..data.episodes import ClassPool, Episode
-from ..metrics import episode_accuracy
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
-from ..models.sgps.modeling_sgps import FROM_CONFIG, SGPSSynthesizer
+from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from .checkpointing import TrainerState
-from .episode_inputs import TextBank, episode_inputs
+from .episode_inputs import TextBank
 from .feature_cache import PoolKey, pool_features
+from .meta_val import evaluate_episodes, mean_accuracy, query_logits, shot_buckets, text_only
 
-#: Candidate multipliers of the logit scale (a log-spaced grid from 1/4 to 4).
-LOGIT_SCALE_MULTIPLIERS = tuple(float(v) for v in np.exp(np.linspace(np.log(0.25), np.log(4.0), 41)))
+#: Candidate multipliers of the logit scale (a log-spaced grid from 1/16 to 16: it starts at ``logit_scale_init``).
+LOGIT_SCALE_MULTIPLIERS = tuple(float(v) for v in np.exp(np.linspace(np.log(1 / 16), np.log(16.0), 81)))
 #: The zero-shot scale starts far from its fit when the text generator is not meta-trained: a wider grid.
 ZERO_SHOT_SCALE_MULTIPLIERS = tuple(float(v) for v in np.exp(np.linspace(np.log(1 / 64), np.log(64.0), 61)))
 #: Candidate strengths of the text prior beside 1 and 5 support images (0 = ignore the texts when images exist).
 PRIOR_STRENGTHS = (0.0, 0.25, 0.5, 1.0, 2.0)
-#: Candidate multipliers of the meta-learned ridge regulariser at 1 and at 5 shots.
-RIDGE_MULTIPLIERS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+#: Candidate powers of the inverse per-feature standard deviation as the head's feature scale (0: the body's units).
+FEATURE_SCALES = (0.0, 0.5, 1.0)
+#: Candidate ridge regularisers at 1 and at 5 shots, relative to the mean squared standardised meta-train feature.
+RIDGE_GRID = tuple(2.0**k for k in range(-6, 7))
 #: Candidate values of ``SGPSConfig.task_batchnorm_images`` (None: the body's BatchNorm statistics kept as they are).
 TASK_BATCHNORM_IMAGES: tuple[int | None, ...] = (None, 25, 50, 100)
 #: Meta-val episodes that choose it: every candidate runs the body on their pixels (about 2.5 s an episode on 2 cores).
 TASK_BATCHNORM_EPISODES = 100
 #: Candidate softmax temperatures of the class memory's attention over the meta-train texts (cosine similarities).
 TEXT_TEMPERATURES = (0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5)
-
-
-def evaluate_episodes(
-    model: SGPSSynthesizer,
-    episodes: list[Episode],
-    processor: SGPSImageProcessor,
-    texts: TextBank,
-    features: dict[PoolKey, torch.Tensor] | None = None,
-) -> float:
-    """Mean query accuracy over fixed episodes (eval mode: no dropout)."""
-    return mean_accuracy(query_logits(model, episodes, processor, texts, features))
-
-
-def mean_accuracy(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Mean over episodes of the query accuracy of their (logits, labels); NaN for none."""
-    return float(np.mean([episode_accuracy(logits, labels) for logits, labels in pairs])) if pairs else float("nan")
-
-
-def episode_accuracies(
-    model: SGPSSynthesizer,
-    episodes: list[Episode],
-    processor: SGPSImageProcessor,
-    texts: TextBank,
-    features: dict[PoolKey, torch.Tensor] | None = None,
-) -> list[float]:
-    """The query accuracy of each episode (eval mode: no dropout)."""
-    return [
-        episode_accuracy(logits, labels)
-        for logits, labels in query_logits(model, episodes, processor, texts, features)
-    ]
-
-
-@torch.no_grad()
-def query_logits(
-    model: SGPSSynthesizer,
-    episodes: list[Episode],
-    processor: SGPSImageProcessor,
-    texts: TextBank,
-    features: dict[PoolKey, torch.Tensor] | None = None,
-    task_batchnorm_images: int | None | str = FROM_CONFIG,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(query logits, query labels) of each episode through the model's one inference path (its ``forward``), in
-    eval mode (no dropout); the model's mode is restored. ``task_batchnorm_images``: a candidate to try instead of
-    the config's."""
-    was_training = model.training
-    model.eval()
-    pairs = []
-    for episode in episodes:
-        inputs = episode_inputs(episode, processor, texts, augment_seed=None, features=features)
-        output = model(**inputs, return_weights=False, task_batchnorm_images=task_batchnorm_images)
-        pairs.append((output.logits, inputs["query_labels"]))
-    model.train(was_training)
-    return pairs
 
 
 def calibrate(
@@ -114,8 +64,10 @@ def calibrate(
 ) -> None:
     """Every post-hoc step of the module docstring, in order, on the meta-val ``episodes``; reports go to ``state``."""
     build_text_memory(model, train_pools, processor, texts, features)
+    state.feature_scale_calibration, state.ridge_calibration = calibrate_head(
+        model, episodes, processor, texts, features, train_pools
+    )
     state.text_calibration = calibrate_text_temperature(model, episodes, processor, texts, features)
-    state.ridge_calibration = calibrate_ridge(model, episodes, processor, texts, features)
     state.prior_calibration = calibrate_prior_strength(model, episodes, processor, texts, features)
     state.batchnorm_calibration, chosen_logits = calibrate_task_batchnorm(
         model, episodes[:TASK_BATCHNORM_EPISODES], processor, texts
@@ -157,59 +109,108 @@ def calibrate_text_temperature(
 ) -> dict[str, Any]:
     """The class memory's attention temperature of best text-only accuracy on the meta-val episodes (their images
     withheld); ties go to the smoother (larger) temperature."""
-    text_only = _text_only(episodes)
-    if not text_only:
+    withheld = text_only(episodes)
+    if not withheld:
         return {"note": "no meta-val episodes with texts: text temperature left at its initial value"}
     scores = {}
     for temperature in TEXT_TEMPERATURES:
         model.log_text_temperature.fill_(math.log(temperature))
-        scores[temperature] = evaluate_episodes(model, text_only, processor, texts, features)
+        scores[temperature] = evaluate_episodes(model, withheld, processor, texts, features)
     best = max(TEXT_TEMPERATURES, key=lambda t: (round(scores[t], 6), t))
     model.log_text_temperature.fill_(math.log(best))
     return {"memory classes": int(model.text_memory_keys.shape[0]), "text-only accuracy": scores, "chosen": best}
 
 
-# -- ridge and prior ----------------------------------------------------------------------------------------------
-def calibrate_ridge(
+# -- the head's meta-parameters: feature scale and ridge ----------------------------------------------------------
+def calibrate_head(
     model: SGPSSynthesizer,
     episodes: list[Episode],
     processor: SGPSImageProcessor,
     texts: TextBank,
     features: dict[PoolKey, torch.Tensor] | None = None,
-) -> dict[str, Any]:
-    """Multiply the meta-learned ridge regulariser by the grid value of best meta-val accuracy at 1 and at 5 shots.
+    train_pools: Sequence[ClassPool] = (),
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the closed-form head's per-feature scale and its ridge regulariser at 1 and 5 shots on meta-val episodes
+    (image only, so that the text prior does not enter); set them on ``model``. Returns the two reports.
 
-    The regulariser is meta-learned under the training support views; more views per image enlarge the support
-    set, so its best value under the synthesizer's own views is refitted where the model is selected. Between and
-    beyond the two shot counts the multiplier is log-linear in ``log(1 + shots)``, as the regulariser itself.
-    Ties go to the multiplier nearest 1.
+    The scale candidates (:data:`FEATURE_SCALES`) are powers of the inverse per-feature standard deviation of the
+    meta-train images' features (identity view): 0 keeps the body's units, 1 standardises every feature. For each,
+    the ridge grid (:data:`RIDGE_GRID`) is relative to the mean squared standardised feature, the units of the head's
+    Gram matrix, so one grid serves every scale. The scale of best mean accuracy over the shot buckets wins (ties go
+    to the smaller power), with its best ridge per bucket. These were meta-trained by gradient descent before; that
+    left the meta-val curve flat (``benchmarks/head_meta_training.md``), so they are chosen where the model is
+    selected.
     """
-    buckets = _shot_buckets([e for e in episodes if e.use_images])
+    image_only = [dataclasses.replace(e, use_text=False) for e in episodes if e.use_images]
+    buckets = shot_buckets(image_only)
     if not buckets:
-        return {"note": "no meta-val episodes with images: ridge left as meta-trained"}
-    original = model.ridge_coefficients.detach().clone()
-    scores: dict[str, dict[float, float]] = {}
-    for shots, chosen in buckets.items():
-        for multiplier in RIDGE_MULTIPLIERS:
-            _set_ridge(model, original, multiplier, multiplier)
-            scores.setdefault(shots, {})[multiplier] = evaluate_episodes(model, chosen, processor, texts, features)
-    best = {
-        shots: max(RIDGE_MULTIPLIERS, key=lambda m: (round(by[m], 6), -abs(math.log(m))))
-        for shots, by in scores.items()
+        note = "no meta-val episodes with images: the head's scale and ridge left as they are"
+        return {"note": note}, {"note": note}
+    log_std = _log_feature_std(model, train_pools, processor, features)
+    scores: dict[str, dict[str, dict[float, float]]] = {}
+    best_ridges: dict[str, dict[str, float]] = {}
+    for power in FEATURE_SCALES:
+        _set_feature_scale(model, -power * log_std)
+        unit = _mean_squared_feature(model, train_pools, processor, features)
+        by_shots = scores.setdefault(str(power), {})
+        for shots, chosen in buckets.items():
+            for relative in RIDGE_GRID:
+                model.set_ridge(unit * relative, unit * relative)
+                by_shots.setdefault(shots, {})[relative] = evaluate_episodes(model, chosen, processor, texts, features)
+        best_ridges[str(power)] = {
+            shots: unit * max(RIDGE_GRID, key=lambda r, by=by: (round(by[r], 6), -abs(math.log(r))))
+            for shots, by in by_shots.items()
+        }
+
+    def accuracy(power: float) -> float:
+        by_shots = scores[str(power)]
+        weights = {shots: len(chosen) for shots, chosen in buckets.items()}
+        return sum(max(by_shots[s].values()) * n for s, n in weights.items()) / sum(weights.values())
+
+    power = max(FEATURE_SCALES, key=lambda p: (round(accuracy(p), 6), -p))
+    _set_feature_scale(model, -power * log_std)
+    ridges = best_ridges[str(power)]
+    model.set_ridge(ridges.get("1", ridges.get("5")), ridges.get("5", ridges.get("1")))
+    scale_report = {"accuracy": {str(p): round(accuracy(p), 4) for p in FEATURE_SCALES}, "chosen": power}
+    ridge_report = {
+        "scores (relative ridge)": scores[str(power)],
+        "chosen": {shots: float(f"{value:.6g}") for shots, value in ridges.items()},
     }
-    _set_ridge(model, original, best.get("1", 1.0), best.get("5", 1.0))
-    return {"scores": scores, "chosen": best}
+    return scale_report, ridge_report
 
 
-def _set_ridge(model: SGPSSynthesizer, original: torch.Tensor, at_one_shot: float, at_five_shots: float) -> None:
-    low, high = math.log(at_one_shot), math.log(at_five_shots)
-    slope = (high - low) / (math.log(6.0) - math.log(2.0))  # the regulariser is affine in log(1 + shots)
+def _train_rows(
+    model: SGPSSynthesizer,
+    pools: Sequence[ClassPool],
+    processor: SGPSImageProcessor,
+    features: dict[PoolKey, torch.Tensor] | None,
+) -> torch.Tensor:
+    """Body features (identity view) of every meta-train image minus the synthesizer's ``feature_mean``."""
+    if not pools:
+        raise ValueError("The head's feature scale is fitted on the meta-train class pools (none were given).")
+    missing = [p for p in pools if features is None or (p.task, p.class_name) not in features]
+    if missing:
+        features = {**(features or {}), **pool_features(model, list(missing), processor, views=["identity"])}
+    rows = torch.cat([features[(p.task, p.class_name)][:, 0].float() for p in pools])
+    return rows - model.feature_mean.float().cpu()
+
+
+def _log_feature_std(model, pools, processor, features) -> torch.Tensor:
+    return _train_rows(model, pools, processor, features).std(0).clamp_min(1e-6).log()
+
+
+def _mean_squared_feature(model, pools, processor, features) -> float:
+    """Mean over meta-train images of the squared standardised feature, averaged over features (the Gram diagonal)."""
+    rows = _train_rows(model, pools, processor, features) * model.log_feature_scale.detach().exp().cpu()
+    return float(rows.pow(2).mean())
+
+
+def _set_feature_scale(model: SGPSSynthesizer, log_scale: torch.Tensor) -> None:
     with torch.no_grad():
-        model.ridge_coefficients.copy_(
-            original + torch.tensor([low - slope * math.log(2.0), slope], dtype=original.dtype)
-        )
+        model.log_feature_scale.copy_(log_scale.to(model.log_feature_scale))
 
 
+# -- text prior --------------------------------------------------------------------------------------------------
 def calibrate_prior_strength(
     model: SGPSSynthesizer,
     episodes: list[Episode],
@@ -226,7 +227,7 @@ def calibrate_prior_strength(
     """
     if not episodes:
         return {"note": "no meta-val episodes: prior strength left at its initial value"}
-    buckets = _shot_buckets([e for e in episodes if e.use_images and e.use_text])
+    buckets = shot_buckets([e for e in episodes if e.use_images and e.use_text])
     scores: dict[str, dict[float, float]] = {}
     for shots in ("1", "5"):
         for strength in PRIOR_STRENGTHS:
@@ -261,18 +262,6 @@ def calibrate_task_batchnorm(
     best = max(TASK_BATCHNORM_IMAGES, key=lambda c: (round(scores[str(c)], 6), math.inf if c is None else c))
     model.config = model.config.with_changes(task_batchnorm_images=best)
     return {"episodes": len(chosen), "scores": scores, "chosen": best}, logits[best]
-
-
-def _shot_buckets(episodes: list[Episode]) -> dict[str, list[Episode]]:
-    """Episodes of 1-2 shots under "1", of 3 or more under "5" (empty buckets left out)."""
-    buckets: dict[str, list[Episode]] = {}
-    for episode in episodes:
-        buckets.setdefault("1" if episode.k_shot <= 2 else "5", []).append(episode)
-    return buckets
-
-
-def _text_only(episodes: list[Episode]) -> list[Episode]:
-    return [dataclasses.replace(e, use_images=False) for e in episodes if e.use_text]
 
 
 # -- temperatures -------------------------------------------------------------------------------------------------
@@ -318,11 +307,11 @@ def calibrate_zero_shot_scale(
 
     Zero-shot logits are linear in the zero-shot scale, so the same one-pass fit as :func:`calibrate_logit_scale`
     applies, on a wider grid. Accuracy is unchanged."""
-    text_only = _text_only(episodes)
-    if not text_only:
+    withheld = text_only(episodes)
+    if not withheld:
         return {"note": "no meta-val episodes with texts: zero-shot scale left as it was"}
     best, nll = nll_best_multiplier(
-        query_logits(model, text_only, processor, texts, features), ZERO_SHOT_SCALE_MULTIPLIERS
+        query_logits(model, withheld, processor, texts, features), ZERO_SHOT_SCALE_MULTIPLIERS
     )
     model.log_zero_shot_scale.add_(math.log(best))
     return {

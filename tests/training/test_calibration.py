@@ -18,13 +18,11 @@ from sgps_hf.training import calibration
 from sgps_hf.training.calibration import (
     LOGIT_SCALE_MULTIPLIERS,
     PRIOR_STRENGTHS,
-    RIDGE_MULTIPLIERS,
     TASK_BATCHNORM_IMAGES,
     TEXT_TEMPERATURES,
     build_text_memory,
     calibrate_logit_scale,
     calibrate_prior_strength,
-    calibrate_ridge,
     calibrate_task_batchnorm,
     calibrate_text_temperature,
     calibrate_zero_shot_scale,
@@ -210,6 +208,7 @@ def test_calibrate_builds_the_memory_before_the_prior_is_chosen(processor):
     calibration.calibrate(synth, state, calibration_episodes(), processor, texts, train_pools=pools())
     assert synth.config.text_memory_size == 4 and state.text_calibration["chosen"] in TEXT_TEMPERATURES
     for report in (
+        state.feature_scale_calibration,
         state.ridge_calibration,
         state.prior_calibration,
         state.batchnorm_calibration,
@@ -274,35 +273,76 @@ def pairs_scoring(accuracy: float, queries: int = 100) -> list[tuple[torch.Tenso
     return [(logits, torch.zeros(queries, dtype=torch.long))]
 
 
-# -- ridge --------------------------------------------------------------------------------------------------------
+# -- the head: feature scale and ridge ----------------------------------------------------------------------------
 def ridge(model, shots):
     low, slope = model.ridge_coefficients.tolist()
     return math.exp(low + slope * math.log1p(shots))
 
 
-def test_ridge_calibration_chooses_a_multiplier_per_shot_count_and_interpolates(processor, monkeypatch):
+def test_set_ridge_is_exact_at_one_and_five_shots_and_log_linear_between():
     synth = tiny_synthesizer(seed=0)
-    original = {shots: ridge(synth, shots) for shots in (1, 3, 5)}
-    best = {1: 2.0, 5: 0.25}
+    synth.set_ridge(2.0, 0.125)
+    assert ridge(synth, 1) == pytest.approx(2.0) and ridge(synth, 5) == pytest.approx(0.125)
+    assert 0.125 < ridge(synth, 3) < 2.0
+
+
+def test_head_calibration_chooses_a_scale_and_a_ridge_per_shot_count_and_sets_them(processor, monkeypatch):
+    synth = tiny_synthesizer(seed=0)
+    train = pools()
+    log_std = calibration._log_feature_std(synth, train, processor, None)
+    wanted = {"power": 0.5, 1: 4.0, 5: 0.25}  # ridge relative to the mean squared standardised feature
+    seen_text = []
+
+    def power_of(model):
+        return float((-model.log_feature_scale.detach() / log_std).mean())
 
     def fake_evaluate(model, episodes, processor, texts, features=None):
+        seen_text.extend(e.use_text for e in episodes)
         shots = 1 if episodes[0].k_shot <= 2 else 5
-        return 1.0 - abs(math.log(ridge(model, shots) / (original[shots] * best[shots])))
+        unit = calibration._mean_squared_feature(model, train, processor, None)
+        relative = ridge(model, shots) / unit
+        return 0.9 - abs(math.log(relative / wanted[shots])) / 100 - abs(power_of(model) - wanted["power"])
 
     monkeypatch.setattr(calibration, "evaluate_episodes", fake_evaluate)
-    result = calibrate_ridge(synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim))
-    assert result["chosen"] == {"1": 2.0, "5": 0.25} and set(result["scores"]["1"]) == set(RIDGE_MULTIPLIERS)
-    assert ridge(synth, 1) == pytest.approx(2.0 * original[1], rel=1e-5)
-    assert ridge(synth, 5) == pytest.approx(0.25 * original[5], rel=1e-5)
-    assert 0.25 * original[3] < ridge(synth, 3) < 2.0 * original[3]  # log-linear in between
+    scale, fitted = calibration.calibrate_head(
+        synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim), train_pools=train
+    )
+    assert not any(seen_text), "the head is fitted on image-only episodes"
+    assert scale["chosen"] == 0.5 and set(scale["accuracy"]) == {str(p) for p in calibration.FEATURE_SCALES}
+    torch.testing.assert_close(synth.log_feature_scale.detach(), -0.5 * log_std)
+    unit = calibration._mean_squared_feature(synth, train, processor, None)
+    assert ridge(synth, 1) == pytest.approx(4.0 * unit, rel=1e-5)
+    assert ridge(synth, 5) == pytest.approx(0.25 * unit, rel=1e-5)
+    assert fitted["chosen"] == pytest.approx({"1": 4.0 * unit, "5": 0.25 * unit}, rel=1e-4)
+    assert set(fitted["scores (relative ridge)"]["1"]) == set(calibration.RIDGE_GRID)
 
 
-def test_ridge_calibration_without_image_episodes_leaves_the_ridge_alone(processor):
+def test_head_calibration_on_a_real_synthesizer_sets_what_scored_best(processor):
     synth = tiny_synthesizer(seed=0)
-    before = synth.ridge_coefficients.detach().clone()
+    texts, episodes = FakeTexts(synth.config.text_embed_dim), calibration_episodes()
+    scale, fitted = calibration.calibrate_head(synth, episodes, processor, texts, train_pools=pools())
+    image_only = [type(e)(**{**e.__dict__, "use_text": False}) for e in episodes]
+    best = scale["accuracy"][str(scale["chosen"])]
+    assert best == max(scale["accuracy"].values())
+    assert calibration.evaluate_episodes(synth, image_only, processor, texts) == pytest.approx(best, abs=1e-4)
+    assert all(math.isfinite(v) and v > 0 for v in fitted["chosen"].values())
+
+
+def test_head_calibration_without_image_episodes_leaves_the_head_alone(processor):
+    synth = tiny_synthesizer(seed=0)
+    before = (synth.ridge_coefficients.detach().clone(), synth.log_feature_scale.detach().clone())
     text_only = [type(e)(**{**e.__dict__, "use_images": False}) for e in calibration_episodes()]
-    assert "note" in calibrate_ridge(synth, text_only, processor, FakeTexts(synth.config.text_embed_dim))
-    assert torch.equal(synth.ridge_coefficients, before)
+    reports = calibration.calibrate_head(
+        synth, text_only, processor, FakeTexts(synth.config.text_embed_dim), train_pools=pools()
+    )
+    assert all("note" in report for report in reports)
+    assert torch.equal(synth.ridge_coefficients, before[0]) and torch.equal(synth.log_feature_scale, before[1])
+
+
+def test_head_calibration_needs_the_meta_train_pools(processor):
+    synth = tiny_synthesizer(seed=0)
+    with pytest.raises(ValueError, match="meta-train class pools"):
+        calibration.calibrate_head(synth, calibration_episodes(), processor, FakeTexts(16))
 
 
 # -- zero-shot temperature ----------------------------------------------------------------------------------------

@@ -3,9 +3,9 @@
 Given support features, the head is solved inside the forward pass (no gradient step):
 
 1. Features are standardised, ``z = (f - mu) * gamma``: ``mu`` the mean support feature of the task
-   (task centering; a meta-learned mean for text-only tasks), ``gamma`` a meta-learned per-feature scale.
+   (task centering; the meta-train mean for text-only tasks), ``gamma`` a per-feature scale fitted on meta-val tasks.
 2. Kernel ridge regression onto centred one-hot targets, around a prior mean ``W0`` (the class weights
-   generated from the clinical texts, scaled by a meta-learned, shot-dependent strength):
+   generated from the clinical texts, scaled by a shot-dependent strength fitted on meta-val tasks):
    ``W = W0 + Z^T (Z Z^T / D + lambda I)^-1 (Y - Z W0 / D) / D``. The dual form costs one S x S solve
    (S support rows), and as ``lambda`` grows the image part tends to the class sums of ``z``: the
    nearest-prototype rule is its limit (R2D2, Bertinetto et al. 2019).

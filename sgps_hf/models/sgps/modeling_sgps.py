@@ -3,7 +3,7 @@
 ``w = H(c; theta)``: the task context ``c`` (support images + clinical texts of each class) becomes the
 full state dict of a timm classifier, with no gradient step:
 
-1. The body is the meta-learned base (by default ImageNet EfficientNet-Lite0 at 128 px, adapted on the meta-train
+1. The body is the trained base (by default ImageNet EfficientNet-Lite0 at 128 px, adapted on the meta-train
    classes); it is copied into every classifier. With ``task_batchnorm_images`` set, its BatchNorm statistics move
    towards those of the task's support images (task-adaptive BatchNorm, in the same single pass that computes
    the support features); otherwise it is copied unchanged.
@@ -13,8 +13,9 @@ full state dict of a timm classifier, with no gradient step:
    meta-training classes returning their mean features), used as the prior mean of the head with a shot-dependent
    strength calibrated on meta-validation tasks.
 4. The head is solved in closed form from the support features (:mod:`sgps_hf.models.sgps.heads`: standardised
-   features, kernel ridge regression around the text prior, a shot-dependent regulariser) and folded
-   into the timm model's ordinary ``classifier`` layer. With no images the head is the text prior alone.
+   features, kernel ridge regression around the text prior, a shot-dependent regulariser, all fitted on meta-val
+   tasks by :mod:`sgps_hf.training.calibration`) and folded into the timm model's ordinary ``classifier`` layer.
+   With no images the head is the text prior alone.
 
 :mod:`sgps_hf.body.timm_network` runs the result functionally (meta-training) or materialises it as a plain timm
 model (the shipped classifier).
@@ -77,7 +78,7 @@ class SGPSSynthesizer(PreTrainedModel):
         super().__init__(config)
         self.target = create_target(config, num_classes=0)
         features, text_dim = self.target.num_features, config.text_embed_dim
-        # Mean body feature of the meta-training images: the centre of text-only tasks (set by meta-training).
+        # Mean body feature of the meta-training images: the centre of text-only tasks (set by the training command).
         self.register_buffer("feature_mean", torch.zeros(features))
         self.log_feature_scale = nn.Parameter(torch.zeros(features))
         # The class memory of the text generator: filled by sgps_hf.training.calibration.build_text_memory.
@@ -86,7 +87,7 @@ class SGPSSynthesizer(PreTrainedModel):
             self._register_text_memory(
                 torch.zeros(config.text_memory_size, text_dim), torch.zeros(config.text_memory_size, features)
             )
-        # log(ridge) is affine in log(1 + shots): meta-learned, shot-dependent.
+        # log(ridge) is affine in log(1 + shots); fitted on meta-val tasks (training.calibration.calibrate_head).
         self.ridge_coefficients = nn.Parameter(torch.tensor([math.log(config.ridge_init), 0.0]))
         # The strength of the text prior beside images, log(strength) affine in log(shots), is calibrated on
         # meta-validation tasks (calibrate_prior_strength), not learned on meta-train episodes: on those the text
@@ -288,6 +289,14 @@ class SGPSSynthesizer(PreTrainedModel):
     @staticmethod
     def _coefficient(coefficients: Tensor, shots: Tensor) -> Tensor:
         return torch.exp(coefficients[0] + coefficients[1] * torch.log1p(shots))
+
+    def set_ridge(self, at_one_shot: float, at_five_shots: float) -> None:
+        """The ridge regulariser at 1 and at 5 shots; ``log(ridge)`` is affine in ``log(1 + shots)`` in between and
+        beyond."""
+        low, high = math.log(at_one_shot), math.log(at_five_shots)
+        slope = (high - low) / (math.log(6.0) - math.log(2.0))
+        with torch.no_grad():
+            self.ridge_coefficients.copy_(torch.tensor([low - slope * math.log(2.0), slope]))
 
     def set_prior_strength(self, at_one_shot: float, at_five_shots: float) -> None:
         """Strength of the text prior beside images, interpolated log-linearly in the number of shots."""
