@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""The fair comparison on its own: chosen baselines with SGPS's support views and task-adaptive BatchNorm, on the
-seeded episodes of a previous full benchmark run, beside that run's SGPS and published-baseline rows.
+"""The fair comparison on its own: chosen rows of the main table (SGPS's modes, baselines, the baselines with SGPS's
+support views and task-adaptive BatchNorm) rerun on the seeded episodes of a previous full benchmark run, beside that
+run's other rows.
 
 The full benchmark (`scripts/run_benchmark.py`) runs every baseline both ways; on 2 CPU cores that is several hours.
-This script runs only the SGPS-view variants it is told to (tuned on the same meta-val episodes as the full run),
-on the same episodes (same split, seed, ways, queries and episode count), and writes the headline table of
-`sgps_hf.evaluation.report.headline` against the previous run's results.json. It is valid only while the previous
-run's synthesizer is the one given here (the script checks the synthesizer path).
+This script runs only the methods it is told to (tuned on the same meta-val episodes as the full run), on the same
+episodes (same split, seed, ways, queries and episode count), and writes the headline table of
+`sgps_hf.evaluation.report.headline` against the previous run's results.json. Rows it reuses are valid only on the
+same body: the script refuses to reuse them unless the synthesizer given here has the previous run's body tensors
+bit for bit and its task-adaptive BatchNorm setting (``--previous-synthesizer`` names the previous run's synthesizer
+when it has been replaced since).
 
     python scripts/fair_baselines.py --previous benchmarks/results/results.json --out benchmarks/fair_baselines.md
 """
@@ -25,6 +28,9 @@ from sgps_hf.data.episodes import build_pools
 from sgps_hf.evaluation.criteria import main_table
 from sgps_hf.evaluation.protocol import (
     BASELINES,
+    SGPS_FULL,
+    SGPS_IMAGE,
+    SGPS_TEXT,
     BenchmarkConfig,
     Methods,
     build_methods,
@@ -46,14 +52,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--methods",
         nargs="+",
         default=["ProtoNet", "Nearest neighbour", "Fine-tune head (linear probe)"],
-        choices=BASELINES,
-        help="baselines to run with SGPS's views (default: the three that share one body pass per episode)",
+        choices=[*BASELINES, SGPS_FULL, SGPS_IMAGE, SGPS_TEXT],
+        help="methods to rerun: SGPS modes as named, baselines with SGPS's views (default: the three baselines that "
+        "share one body pass per episode)",
+    )
+    parser.add_argument(
+        "--previous-synthesizer",
+        default=None,
+        help="the previous run's synthesizer, to check the body is the same (default: its results.json's)",
     )
     parser.add_argument("--episodes", type=int, default=None, help="default: the previous run's episodes per shot")
     parser.add_argument("--tune-episodes", type=int, default=None, help="default: the previous run's")
     parser.add_argument("--out", default="benchmarks/fair_baselines.md")
     parser.add_argument("--num-threads", type=int, default=2)
     return parser.parse_args(argv)
+
+
+def check_same_body(previous: SGPSSynthesizer, synthesizer: SGPSSynthesizer) -> None:
+    """Refuse to mix rows of two bodies: every baseline row depends on the body tensors and the task BatchNorm."""
+    old, new = previous.target.state_dict(), synthesizer.target.state_dict()
+    same = old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+    if not same or previous.config.task_batchnorm_images != synthesizer.config.task_batchnorm_images:
+        raise SystemExit(
+            "The synthesizer's body (or task-adaptive BatchNorm) differs from the previous run's: its rows cannot be "
+            "reused. Run the full benchmark (scripts/run_benchmark.py) instead."
+        )
 
 
 def main(argv=None) -> None:
@@ -69,20 +92,21 @@ def main(argv=None) -> None:
         tune_episodes=args.tune_episodes or cfg["tune_episodes"],
         focus_shot=cfg["focus_shot_used"],
     )
-    if Path(previous["run"]["synthesizer"]).resolve() != Path(args.synthesizer).resolve():
-        raise SystemExit(f"{args.previous} was run with {previous['run']['synthesizer']}, not {args.synthesizer}.")
     synthesizer = SGPSSynthesizer.from_pretrained(args.synthesizer).eval()
+    check_same_body(
+        SGPSSynthesizer.from_pretrained(args.previous_synthesizer or previous["run"]["synthesizer"]), synthesizer
+    )
     size = synthesizer.config.image_size
     eval_pools, val_pools = build_pools("held_out", size), build_pools("meta_val", size)
     texts = TextBank(synthesizer.config, [p.text for p in eval_pools + val_pools])
     everything = build_methods(synthesizer, texts, bench)
     with_tbn = synthesizer.config.task_batchnorm_images is not None
-    names = [with_views(name, with_tbn) for name in args.methods]
+    names = [name if name.startswith("SGPS") else with_views(name, with_tbn) for name in args.methods]
     methods = Methods({name: everything.methods[name] for name in names}, everything.training)
     val_shot = min(bench.focus_shot, max_feasible_shot(val_pools))
     val_episodes = make_episodes(val_pools, bench.ways, val_shot, bench.queries, bench.tune_episodes, bench.seed + 1)
     tune(methods, val_episodes, bench)
-    shots = [int(s) for s in cfg["shots_used"] if int(s) > 0]
+    shots = [int(s) for s in cfg["shots_used"] if int(s) > 0 or SGPS_TEXT in names]
     subset = bench.episodes < cfg["episodes"]
     table, _ = main_table(methods, eval_pools, bench, shots)
     main = {**previous["main"], **table}
