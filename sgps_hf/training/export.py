@@ -42,10 +42,6 @@ def training_summary(
             f"seed {config.seed}; last train accuracy {history[-1]['accuracy']:.3f}), WiSE-FT weight "
             f"{config.body_interpolation}"
         )
-    calibration = {
-        "scores": state.batchnorm_calibration.get("scores", {}),
-        "chosen": state.batchnorm_calibration.get("chosen"),
-    }
     summary = {
         "data": data_summary.get("description", ""),
         "meta-train classes": data_summary.get("num_train_classes"),
@@ -60,7 +56,6 @@ def training_summary(
             f"not trained: fitted on {config.eval_episodes} meta-val episodes ({config.n_way}-way, "
             f"{config.k_shot[0]}-{config.k_shot[1]}-shot, {config.q_query} queries/class) by calibration"
         ),
-        "feature scale (chosen on meta-val)": json.dumps(state.feature_scale_calibration.get("chosen")),
         "ridge at 1 / 5 shots (chosen on meta-val)": json.dumps(state.ridge_calibration.get("chosen", {})),
         "text prior strength at 1 / 5 shots (chosen on meta-val)": json.dumps(
             state.prior_calibration.get("chosen", {})
@@ -75,9 +70,12 @@ def training_summary(
         ),
         "zero-shot scale multiplier (fitted on meta-val)": json.dumps(state.zero_shot_calibration.get("chosen")),
     }
-    accuracy = calibration["scores"].get(str(calibration["chosen"]))
+    if "chosen" in state.feature_scale_calibration:  # the report of calibration's feature-scale fit
+        summary["feature scale (chosen on meta-val)"] = json.dumps(state.feature_scale_calibration["chosen"])
+    batchnorm = state.batchnorm_calibration  # its scores are of the final head on the first meta-val episodes' pixels
+    accuracy = batchnorm.get("scores", {}).get(str(batchnorm.get("chosen")))
     if accuracy is not None:
-        episodes = state.batchnorm_calibration.get("episodes", "the")
+        episodes = batchnorm.get("episodes", "the")
         summary["meta-val accuracy after calibration (image episodes, pixels)"] = (
             f"{accuracy:.4f} on {episodes} episode(s) (chosen by it, so optimistic)"
         )
