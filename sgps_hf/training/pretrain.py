@@ -131,6 +131,11 @@ def _train_on_pools(
     first_epoch, history = 0, []
     if checkpoints is not None:  # after prepare: load_state restores the prepared objects
         first_epoch, history = checkpoints.start(accelerator, generator), checkpoints.state.pretrain_history
+        if first_epoch > config.pretrain_epochs:
+            raise ValueError(
+                f"The checkpoint to resume has {first_epoch} epochs of body adaptation, more than pretrain_epochs "
+                f"({config.pretrain_epochs}): resume with the run's own training_config.json."
+            )
     momenta = [(bn, bn.momentum) for _, bn in batchnorm_layers(body)]
     for bn, _ in momenta:
         bn.momentum = 0.1  # ordinary running statistics while training the body
