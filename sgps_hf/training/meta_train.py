@@ -14,7 +14,6 @@ its last epoch (while caching or calibrating) resumes without adapting the body 
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -43,8 +42,6 @@ from .feature_cache import pool_features
 from .pools import training_pools
 from .pretrain import interpolate_bodies, pretrain_body
 from .training_log import CsvLog, plot_learning_curve
-
-logger = logging.getLogger(__name__)
 
 
 def build_model(config: TrainingConfig) -> SGPSSynthesizer:
@@ -93,6 +90,7 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
         log.truncate_after(newest_epoch(output) if resume else 0)  # rows of epochs after the checkpoint are redone
         start = {name: tensor.clone() for name, tensor in model.target.state_dict().items()}
         pretrain_body(accelerator, model.target, train_pools, image_processor, config, checkpoints)
+        model.cpu()  # from here on the body is frozen; caching and calibration run on CPU tensors
         if config.body_interpolation < 1:
             model.target.load_state_dict(
                 interpolate_bodies(model.target.state_dict(), start, config.body_interpolation)
@@ -102,9 +100,7 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
     accelerator.wait_for_everyone()
     final = output / "final"
     if accelerator.is_main_process:
-        # The body is frozen from here on; caching and calibration run on CPU tensors, in the main process only.
-        model = model.cpu()
-        model.target.requires_grad_(False)
+        model.target.requires_grad_(False)  # caching and calibration run in the main process only
         features = {
             **pool_features(model, train_pools, image_processor, views=["identity"]),
             **pool_features(model, val_pools, image_processor),
