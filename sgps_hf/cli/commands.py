@@ -128,7 +128,7 @@ def _push(args: argparse.Namespace) -> int:
 def register_train(subparsers: argparse._SubParsersAction) -> None:
     from ..training.config import add_arguments
 
-    train = subparsers.add_parser("train", help="meta-train a synthesizer (same as scripts/train.py)")
+    train = subparsers.add_parser("train", help="train a synthesizer (same as scripts/train.py)")
     add_arguments(train)
     train.set_defaults(handler=_train)
 

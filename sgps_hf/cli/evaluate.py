@@ -133,7 +133,7 @@ def _training_config(args: argparse.Namespace, synthesizer_path: str) -> Any:
 
     path = Path(args.train_config) if args.train_config else Path(synthesizer_path) / "training_config.json"
     if path.is_file():
-        config = TrainingConfig.from_file(path)
+        config = TrainingConfig.from_file(path, drop_removed=True)  # only its data sources are used
     else:
         logger.warning("No training config at %s: meta-train/meta-val data from TrainingConfig defaults.", path)
         config = TrainingConfig()

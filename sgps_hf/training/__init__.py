@@ -1,4 +1,4 @@
-"""Accelerate meta-training of the SGPS synthesizer."""
+"""Training of the SGPS synthesizer: body adaptation with Accelerate, then calibration of the head on meta-val."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Meta-training configuration: a YAML/JSON file plus ``--key value`` overrides on the command line."""
+"""Training configuration: a YAML/JSON file plus ``--key value`` overrides on the command line."""
 
 from __future__ import annotations
 
@@ -11,12 +11,37 @@ from typing import Any, Sequence
 
 import yaml
 
-from ..models.sgps.configuration_sgps import SUPPORT_VIEWS
+#: Keys of earlier training configs that no longer define anything: the episodic meta-training of the head they
+#: configured is gone (its meta-parameters are fitted on meta-val in calibration), and the body is always frozen
+#: after its adaptation.
+REMOVED_KEYS = frozenset(
+    {
+        "steps",
+        "freeze_body",
+        "train_support_views",
+        "text_dropout",
+        "image_dropout",
+        "augment",
+        "learning_rate",
+        "base_learning_rate",
+        "warmup_steps",
+        "schedule",
+        "gradient_accumulation_steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "max_minutes",
+    }
+)
 
 
 @dataclass
 class TrainingConfig:
-    """Everything that defines a meta-training run (saved next to its checkpoints).
+    """Everything that defines a training run (saved next to its checkpoints).
+
+    The run adapts the body on the meta-train classes for ``pretrain_epochs`` epochs (Accelerate, a checkpoint per
+    epoch), mixes it with its starting weights (``body_interpolation``, WiSE-FT), freezes it, and fits the closed-form
+    head's meta-parameters on ``eval_episodes`` meta-val episodes (``n_way``, ``k_shot``, ``q_query``) in calibration.
 
     Data: by default the classes of ``../shared/data`` in the ``meta_train`` split (held-out tasks are
     never loaded); ``train_sources`` instead names imagefolder directories or Hub datasets (an image
@@ -32,39 +57,21 @@ class TrainingConfig:
 
     pretrain_epochs: int = 0
     pretrain_samples_per_epoch: int | None = None  # None: as many draws as there are meta-train images
-    body_interpolation: float = 1.0
-    freeze_body: bool = True
-    # Support views of meta-training episodes (None: the model's support_views). The head's meta-parameters do not
-    # depend on how many views a support image has, so caching two views of every meta-train image instead of all
-    # of them keeps meta-training cheap; meta-val selection and calibration always use the model's own views.
-    train_support_views: list[str] | None = None
     pretrain_batch_size: int = 128
     pretrain_learning_rate: float = 3e-3
-    steps: int = 3000
+    body_interpolation: float = 1.0
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    seed: int = 0
+    keep_checkpoints: int = 2
+    num_threads: int | None = None
+
+    # The meta-val episodes calibration fits the head on.
     n_way: int = 5
     k_shot: list[int] = field(default_factory=lambda: [1, 5])
     q_query: int = 5
-    text_dropout: float = 0.2
-    image_dropout: float = 0.15
-    augment: bool = True
-
-    learning_rate: float = 1e-3
-    base_learning_rate: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    schedule: str = "cosine"
-    max_grad_norm: float = 1.0
-    gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"
-    seed: int = 0
-
-    log_every: int = 10
-    eval_every: int = 250
     eval_episodes: int = 60
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    max_minutes: float | None = None
-    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         k_shot = self.k_shot
@@ -80,38 +87,25 @@ class TrainingConfig:
         ):
             raise ValueError(f"k_shot must be [min, max] with 1 <= min <= max, got {self.k_shot!r}.")
         self.k_shot = list(k_shot)
-        for name in (
-            "q_query",
-            "log_every",
-            "eval_every",
-            "checkpoint_every",
-            "keep_checkpoints",
-            "gradient_accumulation_steps",
-        ):
+        for name in ("q_query", "keep_checkpoints", "eval_episodes", "pretrain_batch_size"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if self.train_support_views is not None:
-            views = self.train_support_views
-            if not (isinstance(views, list) and views and views[0] == "identity" and set(views) <= set(SUPPORT_VIEWS)):
-                raise ValueError(
-                    "train_support_views must be a list that starts with 'identity' and uses only "
-                    f"{', '.join(SUPPORT_VIEWS)}; got {views!r}."
-                )
+        if not _is_int(self.pretrain_epochs) or self.pretrain_epochs < 0:
+            raise ValueError(f"pretrain_epochs must be a non-negative integer, got {self.pretrain_epochs!r}.")
         if not 0 <= self.body_interpolation <= 1:
             raise ValueError(f"body_interpolation must be in [0, 1], got {self.body_interpolation!r}.")
         if self.n_way < 2:
             raise ValueError("n_way must be at least 2.")
-        if not 0 <= self.text_dropout + self.image_dropout < 1:
-            raise ValueError("text_dropout + image_dropout must be in [0, 1).")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TrainingConfig":
-        return cls(**read_config_file(cls, path))
+    def from_file(cls, path: str | Path, drop_removed: bool = False) -> "TrainingConfig":
+        """The config of a YAML/JSON file. ``drop_removed``: ignore the ``REMOVED_KEYS`` of an older run's file
+        (to read its data sources); otherwise they are refused by name."""
+        data = read_config_file(cls, path, ignore=REMOVED_KEYS if drop_removed else frozenset())
+        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,10 +117,19 @@ class TrainingConfig:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
-def read_config_file(config_class: type, path: str | Path) -> dict[str, Any]:
-    """The keys of a YAML/JSON training config file, checked against the fields of ``config_class``."""
+def read_config_file(config_class: type, path: str | Path, ignore: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The keys of a YAML/JSON training config file, checked against the fields of ``config_class`` (keys in
+    ``ignore`` are dropped)."""
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    data = {key: value for key, value in data.items() if key not in ignore}
     unknown = set(data) - {f.name for f in dataclasses.fields(config_class)}
+    removed = unknown & REMOVED_KEYS if config_class is TrainingConfig else set()
+    if removed:
+        raise ValueError(
+            f"Training config keys of the removed head meta-training in {path}: {sorted(removed)}. Delete them: "
+            "the head's meta-parameters are now fitted on meta-val in calibration, and the body's adaptation is set "
+            "by the pretrain_* keys (see scripts/configs/default.yaml)."
+        )
     if unknown:
         raise ValueError(f"Unknown training config keys in {path}: {sorted(unknown)}.")
     return data
@@ -139,7 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser, config_class: type = Training
     for f in dataclasses.fields(config_class):
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
-        # SUPPRESS: a flag not given leaves no attribute, so `--max-minutes none` can override a file's value.
+        # SUPPRESS: a flag not given leaves no attribute, so `--data-dir none` can override a file's value.
         if kind.startswith("dict"):
             parser.add_argument(
                 flag, metavar="JSON", type=json.loads, default=argparse.SUPPRESS, help=f"{f.name} as JSON"
@@ -180,7 +183,9 @@ def config_from_args(args: argparse.Namespace, config_class: type = TrainingConf
 
 
 def parse_training_args(argv: Sequence[str] | None = None) -> tuple[TrainingConfig, bool]:
-    parser = argparse.ArgumentParser(description="Meta-train an SGPS synthesizer with Accelerate.")
+    parser = argparse.ArgumentParser(
+        description="Train an SGPS synthesizer: adapt its body with Accelerate, then fit its head on meta-val."
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     return config_from_args(args), args.resume

@@ -22,49 +22,61 @@ def export_synthesizer(
     with atomic_directory(folder) as staging:
         model.save_pretrained(staging)
         SGPSProcessor.from_sgps_config(model.config).save_pretrained(staging)
-        training = {
-            "episodes": f"{state.step} optimizer steps x {config.gradient_accumulation_steps} episode(s)",
-            "episode shape": (
-                f"{config.n_way}-way, {config.k_shot[0]}-{config.k_shot[1]}-shot, {config.q_query} queries/class; "
-                f"text-only {config.image_dropout:.0%}, image-only {config.text_dropout:.0%} of episodes"
-            ),
-            "data": data_summary.get("description", ""),
-            "meta-train classes": data_summary.get("num_train_classes"),
-            "meta-val classes": data_summary.get("num_val_classes"),
-            "held-out tasks (never seen)": ", ".join(data_summary.get("held_out_tasks", [])) or "n/a",
-            "best meta-val accuracy": f"{state.best_val_accuracy:.4f}",
-            "validation curve": ", ".join(f"{h['step']}: {h['val_accuracy']:.3f}" for h in state.history[-10:]),
-            "body": (
-                f"{model.config.target_architecture} from {model.config.body_init!r} weights"
-                + (
-                    f", adapted {config.pretrain_epochs} epoch(s) on the meta-train classes (last train accuracy "
-                    f"{state.pretrain_history[-1]['accuracy']:.3f}), WiSE-FT weight {config.body_interpolation}"
-                    if state.pretrain_history
-                    else ""
-                )
-                + (
-                    "; frozen, head meta-trained on cached features"
-                    if config.freeze_body
-                    else "; meta-trained end to end"
-                )
-            ),
-            "text generator": f"class memory ({model.config.text_memory_size} meta-train classes, attention "
-            f"temperature {state.text_calibration.get('chosen')} chosen on meta-val)",
-            "ridge multiplier at 1 / 5 shots (chosen on meta-val)": json.dumps(
-                state.ridge_calibration.get("chosen", {})
-            ),
-            "text prior strength (chosen on meta-val)": json.dumps(state.prior_calibration.get("chosen", {})),
-            (
-                "task-adaptive BatchNorm, images the body's statistics count as (chosen on meta-val; null: off)"
-            ): json.dumps(model.config.task_batchnorm_images),
-            "logit-scale multiplier (temperature, fitted on meta-val)": json.dumps(
-                state.temperature_calibration.get("chosen")
-            ),
-            "zero-shot scale multiplier (fitted on meta-val)": json.dumps(state.zero_shot_calibration.get("chosen")),
-            "optimizer": (
-                f"AdamW lr {config.learning_rate} (base {config.base_learning_rate}), {config.schedule} schedule, "
-                f"seed {config.seed}"
-            ),
-        }
-        synthesizer_card(Path(config.output_dir).name, model.config, training).save(staging / "README.md")
+        synthesizer_card(
+            Path(config.output_dir).name, model.config, training_summary(model, config, state, data_summary)
+        ).save(staging / "README.md")
         (staging / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2), encoding="utf-8")
+
+
+def training_summary(
+    model: SGPSSynthesizer, config: TrainingConfig, state: TrainerState, data_summary: dict[str, Any]
+) -> dict[str, Any]:
+    """The card's training section: the data, the body's adaptation, and what calibration fitted on meta-val."""
+    history = state.pretrain_history
+    body = f"{model.config.target_architecture} from {model.config.body_init!r} weights"
+    if history:
+        draws = config.pretrain_samples_per_epoch or "all meta-train images"
+        body += (
+            f", adapted {len(history)} epoch(s) x {draws} task- and class-balanced augmented draws on the meta-train "
+            f"classes (Accelerate; AdamW lr {config.pretrain_learning_rate}, batch {config.pretrain_batch_size}, "
+            f"seed {config.seed}; last train accuracy {history[-1]['accuracy']:.3f}), WiSE-FT weight "
+            f"{config.body_interpolation}"
+        )
+    summary = {
+        "data": data_summary.get("description", ""),
+        "meta-train classes": data_summary.get("num_train_classes"),
+        "meta-val classes": data_summary.get("num_val_classes"),
+        "held-out tasks (never seen)": ", ".join(data_summary.get("held_out_tasks", [])) or "n/a",
+        "body": body + "; then frozen",
+        "body adaptation per epoch (loss / train accuracy)": ", ".join(
+            f"{int(row['epoch'])}: {row['loss']:.3f} / {row['accuracy']:.3f}" for row in history
+        )
+        or "none",
+        "head meta-parameters": (
+            f"not trained: fitted on {config.eval_episodes} meta-val episodes ({config.n_way}-way, "
+            f"{config.k_shot[0]}-{config.k_shot[1]}-shot, {config.q_query} queries/class) by calibration"
+        ),
+        "ridge at 1 / 5 shots (chosen on meta-val)": json.dumps(state.ridge_calibration.get("chosen", {})),
+        "text prior strength at 1 / 5 shots (chosen on meta-val)": json.dumps(
+            state.prior_calibration.get("chosen", {})
+        ),
+        "text generator": f"class memory ({model.config.text_memory_size} meta-train classes, attention "
+        f"temperature {state.text_calibration.get('chosen')} chosen on meta-val)",
+        ("task-adaptive BatchNorm, images the body's statistics count as (chosen on meta-val; null: off)"): json.dumps(
+            model.config.task_batchnorm_images
+        ),
+        "logit-scale multiplier (temperature, fitted on meta-val)": json.dumps(
+            state.temperature_calibration.get("chosen")
+        ),
+        "zero-shot scale multiplier (fitted on meta-val)": json.dumps(state.zero_shot_calibration.get("chosen")),
+    }
+    if "chosen" in state.feature_scale_calibration:  # the report of calibration's feature-scale fit
+        summary["feature scale (chosen on meta-val)"] = json.dumps(state.feature_scale_calibration["chosen"])
+    batchnorm = state.batchnorm_calibration  # its scores are of the final head on the first meta-val episodes' pixels
+    accuracy = batchnorm.get("scores", {}).get(str(batchnorm.get("chosen")))
+    if accuracy is not None:
+        episodes = batchnorm.get("episodes", "the")
+        summary["meta-val accuracy after calibration (image episodes, pixels)"] = (
+            f"{accuracy:.4f} on {episodes} episode(s) (chosen by it, so optimistic)"
+        )
+    return summary

@@ -1,9 +1,9 @@
-"""Body features of every image of the class pools, computed once per run when the body is frozen.
+"""Body features of every image of the class pools, computed once per run after the body is frozen.
 
 With a frozen body, an episode's support and query features are the same whichever episode draws the
-image, so meta-training the head on cached features is exact and costs matrix products instead of
-CNN passes (thousands of episodes a minute on a CPU). The cache file is keyed by the body's tensors,
-the support views and the pools' pixels, so a changed body or dataset never reads stale features.
+image, so fitting the head on meta-val episodes of cached features (calibration) is exact and costs matrix
+products instead of CNN passes. The cache file is keyed by the body's tensors, the support views and the
+pools' pixels, so a changed body or dataset never reads stale features.
 """
 
 from __future__ import annotations

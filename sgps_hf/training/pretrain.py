@@ -1,4 +1,4 @@
-"""Optional first stage: medical multi-domain adaptation of the body on all meta-train classes.
+"""The training stage: medical multi-domain adaptation of the body on all meta-train classes (Accelerate).
 
 The body (ImageNet-initialised by default) is trained as an ordinary many-way classifier: every
 meta-train class is one label, with a throwaway linear head. Sampling is task- and class-balanced
@@ -25,6 +25,7 @@ from ..body.timm_network import batchnorm_layers
 from ..data.episodes import ClassPool
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from .augment import medical_augment
+from .checkpointing import EpochCheckpoints
 from .config import TrainingConfig
 
 
@@ -34,8 +35,12 @@ def pretrain_body(
     pools: list[ClassPool],
     processor: SGPSImageProcessor,
     config: TrainingConfig,
+    checkpoints: EpochCheckpoints | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``body`` in place for ``config.pretrain_epochs`` epochs; returns per-epoch loss/accuracy."""
+    """Train ``body`` in place for ``config.pretrain_epochs`` epochs; returns per-epoch loss/accuracy/lr.
+
+    ``checkpoints``: save an Accelerate checkpoint after every epoch (and resume from the newest, if it says so).
+    """
     classifier = nn.Sequential(body, nn.Linear(body.num_features, len(pools)))
 
     def step(module: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -44,7 +49,7 @@ def pretrain_body(
         return loss, (logits.argmax(-1) == labels).float().mean().item()
 
     return _train_on_pools(
-        accelerator, classifier, body, step, pools, processor, config, "pre-training body", "accuracy"
+        accelerator, classifier, body, step, pools, processor, config, "adapting body", "accuracy", checkpoints
     )
 
 
@@ -90,11 +95,13 @@ def _train_on_pools(
     config: TrainingConfig,
     description: str,
     metric: str,
+    checkpoints: EpochCheckpoints | None = None,
 ) -> list[dict[str, float]]:
     """The loop body adaptation and distillation share: balanced augmented draws, AdamW, one-cycle schedule.
 
     ``step(trainable, pixels, labels)`` returns the batch loss and a per-batch metric (averaged over
-    the batches of an epoch, weighted by batch size, as ``metric``).
+    the batches of an epoch, weighted by batch size, as ``metric``). One generator draws the samples and their
+    augmentations; with ``checkpoints`` its state is saved with every epoch's checkpoint.
     """
     images = np.concatenate([pool.images for pool in pools])
     labels = np.concatenate([np.full(len(pool.images), i) for i, pool in enumerate(pools)])
@@ -121,13 +128,20 @@ def _train_on_pools(
         pct_start=0.15,
     )
     trainable, optimizer, loader, scheduler = accelerator.prepare(trainable, optimizer, loader, scheduler)
+    first_epoch, history = 0, []
+    if checkpoints is not None:  # after prepare: load_state restores the prepared objects
+        first_epoch, history = checkpoints.start(accelerator, generator), checkpoints.state.pretrain_history
+        if first_epoch > config.pretrain_epochs:
+            raise ValueError(
+                f"The checkpoint to resume has {first_epoch} epochs of body adaptation, more than pretrain_epochs "
+                f"({config.pretrain_epochs}): resume with the run's own training_config.json."
+            )
     momenta = [(bn, bn.momentum) for _, bn in batchnorm_layers(body)]
     for bn, _ in momenta:
         bn.momentum = 0.1  # ordinary running statistics while training the body
-    history = []
     trainable.train()
     try:
-        for epoch in range(config.pretrain_epochs):
+        for epoch in range(first_epoch, config.pretrain_epochs):
             losses, total, seen = [], 0.0, 0
             for batch_images, batch_labels in tqdm(
                 loader,
@@ -144,10 +158,17 @@ def _train_on_pools(
                 losses.append(loss.item())
                 total += value * len(batch_labels)
                 seen += len(batch_labels)
-            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), metric: total / max(seen, 1)})
-            accelerator.print(
-                f"{description} epoch {epoch + 1}: loss {history[-1]['loss']:.3f}, {metric} {history[-1][metric]:.3f}"
-            )
+            row = {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                metric: total / max(seen, 1),
+                "lr": float(scheduler.get_last_lr()[0]),
+            }
+            accelerator.print(f"{description} epoch {epoch + 1}: loss {row['loss']:.3f}, {metric} {row[metric]:.3f}")
+            if checkpoints is not None:
+                checkpoints.end_epoch(accelerator, row)  # appends the row to its state's history (``history``)
+            else:
+                history.append(row)
     finally:
         for bn, momentum in momenta:
             bn.momentum = momentum

@@ -1,5 +1,5 @@
-"""The training log: ``training_log.csv`` (one row per logged step, appended across resumes) and its learning-curve
-plot."""
+"""The training log: ``log.csv`` (one row per logged epoch or step, appended across resumes) and the learning-curve
+plot of the body adaptation."""
 
 from __future__ import annotations
 
@@ -7,28 +7,29 @@ import csv
 import io
 from pathlib import Path
 
-import numpy as np
-
 from ..hub.atomic import atomic_write_text
 
 
 class CsvLog:
-    """Append-only CSV of training rows (machine-readable; survives restarts)."""
+    """Append-only CSV of training rows (machine-readable; survives restarts). The first column counts progress (an
+    epoch or a step)."""
 
-    FIELDS = ["step", "loss", "episode_accuracy", "lr", "episodes_per_s", "val_accuracy"]
+    #: The body adaptation's columns: one row per epoch (``seconds``: its wall time).
+    FIELDS = ["epoch", "loss", "accuracy", "lr", "seconds"]
 
     def __init__(self, path: Path, enabled: bool, fields: list[str] | None = None) -> None:
-        """``fields``: the columns (default: the classification meta-training's ``FIELDS``)."""
+        """``fields``: the columns (default: the body adaptation's ``FIELDS``)."""
         self.path, self.enabled = path, enabled
         self.fields = list(fields or self.FIELDS)
 
-    def truncate_after(self, step: int) -> None:
-        """Drop the rows of steps after ``step``."""
+    def truncate_after(self, progress: int) -> None:
+        """Drop the rows whose first column (epoch or step) is after ``progress``."""
         if not self.enabled or not self.path.exists():
             return
         with self.path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
-        kept = [row for row in rows if (row.get("step") or "").isdigit() and int(row["step"]) <= step]
+        key = self.fields[0]
+        kept = [row for row in rows if (row.get(key) or "").isdigit() and int(row[key]) <= progress]
         if len(kept) < len(rows):
             # Atomically: a kill during the rewrite must not lose the rows that are kept.
             buffer = io.StringIO(newline="")
@@ -49,26 +50,23 @@ class CsvLog:
 
 
 def plot_learning_curve(output: Path) -> None:
+    """``learning_curve.png`` beside ``log.csv``: the body adaptation's training accuracy and loss per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(csv.DictReader((output / "log.csv").open()))
-    train = [(int(r["step"]), float(r["episode_accuracy"]), float(r["loss"])) for r in rows if r["loss"]]
-    val = [(int(r["step"]), float(r["val_accuracy"])) for r in rows if r["val_accuracy"]]
+    with (output / "log.csv").open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("loss")]
+    epochs = [int(row["epoch"]) for row in rows]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    if train:
-        steps, accs, losses = zip(*train, strict=False)
-        window = max(1, len(accs) // 20)
-        smooth = np.convolve(accs, np.ones(window) / window, mode="valid")
-        ax_acc.plot(steps[window - 1 :], smooth, label="train episodes (smoothed)")
-        ax_loss.plot(steps, losses)
-    if val:
-        ax_acc.plot(*zip(*val, strict=False), "o-", label="meta-val episodes")
-    ax_acc.set(xlabel="step", ylabel="query accuracy", title="SGPS meta-training")
+    ax_acc.plot(epochs, [float(row["accuracy"]) for row in rows], "o-", label="meta-train classes (augmented)")
+    ax_loss.plot(epochs, [float(row["loss"]) for row in rows], "o-")
+    ax_acc.set(xlabel="epoch", ylabel="training accuracy", title="SGPS body adaptation")
     ax_acc.legend()
-    ax_loss.set(xlabel="step", ylabel="query cross-entropy")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy (label smoothing 0.1)")
+    for axis in (ax_acc, ax_loss):
+        axis.set_xticks(epochs)
     fig.tight_layout()
     fig.savefig(output / "learning_curve.png", dpi=100)
     plt.close(fig)

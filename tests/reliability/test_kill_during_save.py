@@ -130,7 +130,7 @@ def test_truncating_the_training_log_is_atomic(tmp_path, monkeypatch):
     """On resume, log.csv is cut back to the checkpoint's step; a kill during that rewrite must not lose the rows."""
     from sgps_hf.training.training_log import CsvLog
 
-    log = CsvLog(tmp_path / "log.csv", enabled=True)
+    log = CsvLog(tmp_path / "log.csv", enabled=True, fields=["step", "loss"])
     for step in range(1, 5):
         log.write({"step": step, "loss": 1.0 / step})
     before = (tmp_path / "log.csv").read_text()

@@ -1,10 +1,10 @@
-"""End-to-end meta-training through ``scripts/train.py`` on tiny synthetic imagefolders.
+"""End-to-end training through ``scripts/train.py`` on tiny synthetic imagefolders.
 
 Every run is a real subprocess (``accelerate launch`` or ``python scripts/train.py``) of a tiny synthesizer
-(about 0.2 M parameters, 32 px) for a dozen steps with one torch thread: start-up (imports, text encoder)
-dominates the ~30 s each run takes. One uninterrupted run (``reference_run``) is shared: its artifacts are
-checked, its exported synthesizer is loaded back, and the interrupted runs must reproduce its weights bit for
-bit.
+(about 0.2 M parameters, 32 px): EPOCHS epochs of body adaptation on a few dozen draws, then feature caching,
+calibration on meta-val episodes and the export, with one torch thread; start-up (imports, text encoder) dominates
+the ~30 s each run takes. One uninterrupted run (``reference_run``) is shared: its artifacts are checked, its exported
+synthesizer is loaded back, and the interrupted runs must reproduce its weights bit for bit.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,13 +29,11 @@ from PIL import Image
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = PROJECT_ROOT / "scripts" / "train.py"
 
-STEPS = 12
-CHECKPOINT_EVERY = 3
+EPOCHS = 3
+SAMPLES = 24  # draws per epoch: 4 batches of BATCH
+BATCH = 6
 KEEP = 2
-EVAL_EVERY = 4
-LOG_EVERY = 2
 LEARNING_RATE = 0.003
-WARMUP = 8  # longer than STEPS / 2, so the learning rate still changes across the resume point
 CLASSES = ("stripes_h", "stripes_v", "checker", "disc")
 
 
@@ -106,19 +103,16 @@ def train_args(output: Path, sources: dict, **overrides) -> list[str]:
     options = {
         "output-dir": str(output),
         "model": json.dumps(sgps_testing.TINY),
-        "steps": STEPS,
+        "pretrain-epochs": EPOCHS,
+        "pretrain-samples-per-epoch": SAMPLES,
+        "pretrain-batch-size": BATCH,
+        "pretrain-learning-rate": LEARNING_RATE,
+        "body-interpolation": 0.5,
         "n-way": 3,
         "k-shot": "1 3",
         "q-query": 2,
-        "log-every": LOG_EVERY,
-        "eval-every": EVAL_EVERY,
-        "eval-episodes": 3,
-        "checkpoint-every": CHECKPOINT_EVERY,
+        "eval-episodes": 4,
         "keep-checkpoints": KEEP,
-        "schedule": "constant",
-        "warmup-steps": WARMUP,
-        "learning-rate": LEARNING_RATE,
-        "base-learning-rate": 0.001,
         "seed": 7,
         "num-threads": 1,
         **overrides,
@@ -189,23 +183,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def read_log(output: Path) -> tuple[list[dict], list[dict]]:
-    """(training rows, validation rows) of log.csv, numbers parsed."""
+def read_log(output: Path) -> list[dict]:
+    """The rows of log.csv (one per adaptation epoch), numbers parsed."""
     with (output / "log.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    train = [{k: float(v) for k, v in row.items() if v} for row in rows if row["loss"]]
-    val = [{k: float(v) for k, v in row.items() if v} for row in rows if row["val_accuracy"]]
-    assert len(train) + len(val) == len(rows), "every row is either a training row or a validation row"
-    return train, val
-
-
-def _last_logged_step(output: Path) -> int:
-    try:
-        lines = (output / "log.csv").read_text().splitlines()
-    except FileNotFoundError:
-        return -1
-    steps = [int(line.split(",")[0]) for line in lines[1:] if line.split(",")[0].isdigit()]
-    return max(steps, default=-1)
+        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(handle)]
 
 
 def checkpoint_steps(output: Path) -> list[int]:
@@ -234,7 +215,7 @@ def assert_same_tensors(
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, sources, train_env) -> tuple[Path, subprocess.CompletedProcess]:
-    """One uninterrupted STEPS-step run through ``accelerate launch --num_processes 1 --cpu``."""
+    """One uninterrupted run through ``accelerate launch --num_processes 1 --cpu``."""
     output = tmp_path_factory.mktemp("reference") / "run"
     result = run_training(train_args(output, sources), train_env, launcher=accelerate_cmd(1))
     return output, result
@@ -244,24 +225,29 @@ def reference_run(tmp_path_factory, sources, train_env) -> tuple[Path, subproces
 
 
 def test_single_process_run_writes_log_curve_checkpoints_and_exports(reference_run, sources):
+    import torch
+    from accelerate.utils import set_seed
+    from safetensors.torch import load_file
+
+    from sgps_hf import SGPSSynthesizer
+    from sgps_hf.models.sgps.configuration_sgps import SGPSConfig
+
     output, result = reference_run
-    train, val = read_log(output)
-    assert [int(r["step"]) for r in train] == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
-    assert [int(r["step"]) for r in val] == list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
-    for row in train:
-        assert math.isfinite(row["loss"]) and row["loss"] > 0
-        assert 0 <= row["episode_accuracy"] <= 1 and row["episodes_per_s"] > 0
-    assert all(0 <= r["val_accuracy"] <= 1 for r in val)
-    # constant schedule with linear warm-up over WARMUP optimizer steps (the logged lr is the generators' group)
-    assert [r["lr"] for r in train] == pytest.approx([LEARNING_RATE * min(1.0, r["step"] / WARMUP) for r in train])
+    rows = read_log(output)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
+    for row in rows:
+        assert math.isfinite(row["loss"]) and row["loss"] > 0 and row["seconds"] >= 0
+        assert 0 <= row["accuracy"] <= 1 and 0 < row["lr"] <= LEARNING_RATE
+    assert rows[-1]["lr"] < rows[0]["lr"], "the one-cycle schedule anneals"
+    assert "adapting body epoch 3" in result.stdout
 
     assert (output / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(output / "learning_curve.png") as image:
         assert image.size[0] > 300 and image.size[1] > 200
 
-    assert checkpoint_steps(output) == [STEPS - CHECKPOINT_EVERY, STEPS]  # rotated down to keep_checkpoints
+    assert checkpoint_steps(output) == [EPOCHS - 1, EPOCHS]  # one per epoch, rotated down to keep_checkpoints
     assert not list(output.glob(".*")), "no staging folders left behind"
-    newest = output / f"checkpoint-{STEPS}"
+    newest = output / f"checkpoint-{EPOCHS}"
     for name in (
         "model.safetensors",
         "optimizer.bin",
@@ -270,71 +256,49 @@ def test_single_process_run_writes_log_curve_checkpoints_and_exports(reference_r
         "custom_checkpoint_0.pkl",
     ):
         assert (newest / name).is_file(), name
+    trainer_state = torch.load(newest / "custom_checkpoint_0.pkl", weights_only=True)
+    assert trainer_state["epoch"] == EPOCHS and trainer_state["generator"].dtype == torch.uint8
+    assert [h["accuracy"] for h in trainer_state["pretrain_history"]] == [r["accuracy"] for r in rows]
 
     saved = json.loads((output / "training_config.json").read_text())
-    assert saved["steps"] == STEPS and saved["train_sources"] == [str(p) for p in sources["train"]]
+    assert saved["pretrain_epochs"] == EPOCHS and saved["train_sources"] == [str(p) for p in sources["train"]]
+    assert "steps" not in saved and "learning_rate" not in saved
 
-    best_val = max(r["val_accuracy"] for r in val)
-    for name in ("best", "final"):
-        folder = output / name
-        for file in (
-            "model.safetensors",
-            "config.json",
-            "processor_config.json",
-            "tokenizer.json",
-            "README.md",
-            "training_config.json",
-        ):
-            assert (folder / file).is_file(), f"{name}/{file}"
-        assert json.loads((folder / "config.json").read_text())["model_type"] == "sgps"
-        card = (folder / "README.md").read_text()
-        assert card.startswith("---\n") and "library_name: transformers" in card
-        for source in sources["train"]:
-            assert str(source) in card, "the card names the training data"
-        assert "meta-val classes**: 4" in card and "meta-train classes**: 8" in card
-        assert f"best meta-val accuracy**: {best_val:.4f}" in card
-        assert "validation curve" in card
-        assert f"# SGPS synthesizer: `{output.name}`" in card, "the card is named after the run, not the export folder"
-    final_card = (output / "final" / "README.md").read_text()
-    assert f"{STEPS} optimizer steps" in final_card
-    assert ", ".join(f"{int(r['step'])}: {r['val_accuracy']:.3f}" for r in val) in final_card
-    # the exported synthesizer is the state of the last step, with the class memory built from the meta-train classes
-    # and the ridge, the text prior's strength and the temperatures calibrated on meta-val
-    calibrated = (
-        "ridge_coefficients",
-        "prior_coefficients",
-        "log_logit_scale",
-        "log_zero_shot_scale",
-        "log_text_temperature",
-    )
-    memory = ("text_memory_keys", "text_memory_features")
-    assert_same_tensors(
-        output / "final" / "model.safetensors", newest / "model.safetensors", ignore=calibrated, only_in_a=memory
-    )
-    from safetensors.torch import load_file
+    final = output / "final"
+    assert not (output / "best").exists(), "one export: final"
+    for file in ("model.safetensors", "config.json", "processor_config.json", "tokenizer.json", "README.md"):
+        assert (final / file).is_file(), file
+    assert json.loads((final / "training_config.json").read_text()) == saved
+    config = json.loads((final / "config.json").read_text())
+    assert config["model_type"] == "sgps" and config["text_memory_size"] == 8  # the 8 meta-train classes
+    card = (final / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: transformers" in card
+    for source in sources["train"]:
+        assert str(source) in card, "the card names the training data"
+    assert "meta-val classes**: 4" in card and "meta-train classes**: 8" in card
+    assert f"# SGPS synthesizer: `{output.name}`" in card, "the card is named after the run, not the export folder"
+    assert f"adapted {EPOCHS} epoch(s) x {SAMPLES} task- and class-balanced" in card
+    assert f"last train accuracy {rows[-1]['accuracy']:.3f}), WiSE-FT weight 0.5; then frozen" in card
+    assert ", ".join(f"{int(r['epoch'])}: {r['loss']:.3f} / {r['accuracy']:.3f}" for r in rows) in card
+    assert "not trained: fitted on 4 meta-val episodes (3-way, 1-3-shot, 2 queries/class) by calibration" in card
+    assert re.search(r"ridge at 1 / 5 shots \(chosen on meta-val\)\*\*: \{.+\}", card)
+    assert re.search(r"text prior strength at 1 / 5 shots \(chosen on meta-val\)\*\*: \{.+\}", card)
+    assert re.search(r"class memory \(8 meta-train classes, attention temperature [0-9.]+ chosen on meta-val\)", card)
+    assert "optimizer steps" not in card and "best meta-val" not in card and "validation curve" not in card
+    assert f"Exported synthesizer: {final}" in result.stdout
 
-    match = re.search(r"ridge multiplier at 1 / 5 shots \(chosen on meta-val\)\*\*: (\{.*\})", final_card)
-    assert match, "the card records the calibrated ridge multipliers"
-    trained_ridge = load_file(newest / "model.safetensors")["ridge_coefficients"]
-    exported_ridge = load_file(output / "final" / "model.safetensors")["ridge_coefficients"]
-    for shots, multiplier in json.loads(match.group(1)).items():
-        log_ridge = lambda c, shots=shots: (c[0] + c[1] * math.log1p(int(shots))).item()  # noqa: E731
-        assert math.exp(log_ridge(exported_ridge) - log_ridge(trained_ridge)) == pytest.approx(multiplier, rel=1e-4)
-
-    match = re.search(r"logit-scale multiplier \(temperature, fitted on meta-val\)\*\*: ([0-9.]+)", final_card)
-    assert match, "the card records the fitted temperature"
-    trained = load_file(newest / "model.safetensors")["log_logit_scale"].item()
-    exported = load_file(output / "final" / "model.safetensors")["log_logit_scale"].item()
-    assert math.exp(exported - trained) == pytest.approx(float(match.group(1)), rel=1e-3)
-
-    match = re.search(r"text prior strength \(chosen on meta-val\)\*\*: (\{.*\})", final_card)
-    assert match, "the card records the calibrated prior strength"
-    chosen = json.loads(match.group(1))
-    assert set(chosen) == {"1", "5"}
-    low, slope = load_file(output / "final" / "model.safetensors")["prior_coefficients"].tolist()
-    for shots, strength in chosen.items():
-        assert math.exp(low + slope * math.log(int(shots))) == pytest.approx(max(strength, 1e-6), rel=1e-5)
-    assert f"Exported synthesizer: {output / 'final'}" in result.stdout
+    # The exported body is the WiSE-FT mix of the newest checkpoint's adapted body and the body the run started from.
+    set_seed(7)
+    start = SGPSSynthesizer(SGPSConfig(**sgps_testing.TINY)).target.state_dict()
+    adapted = {k[2:]: v for k, v in load_file(newest / "model.safetensors").items() if k.startswith("0.")}
+    exported = {
+        k[len("target.") :]: v for k, v in load_file(final / "model.safetensors").items() if k.startswith("target.")
+    }
+    assert sorted(adapted) == sorted(exported) == sorted(start)
+    for name, tensor in exported.items():
+        expected = torch.lerp(start[name], adapted[name], 0.5) if tensor.is_floating_point() else adapted[name]
+        assert torch.equal(tensor, expected), name
+    assert any(not torch.equal(adapted[k], start[k]) for k in start if start[k].is_floating_point()), "adapted"
 
 
 def test_exported_synthesizer_loads_and_synthesizes(reference_run, sources, tmp_path):
@@ -345,6 +309,7 @@ def test_exported_synthesizer_loads_and_synthesizes(reference_run, sources, tmp_
     final = reference_run[0] / "final"
     synthesizer, info = SGPSSynthesizer.from_pretrained(final, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert synthesizer.text_memory_keys.norm(dim=-1).allclose(torch.ones(8))
     processor = SGPSProcessor.from_pretrained(final)
     assert processor.image_processor.image_size == sgps_testing.TINY["image_size"]
 
@@ -374,166 +339,66 @@ def test_exported_synthesizer_loads_and_synthesizes(reference_run, sources, tmp_
     assert all(torch.equal(t, model.state_dict()[k]) for k, t in weights.items())
 
 
-def test_a_class_memory_run_builds_the_memory_from_the_meta_train_classes(sources, train_env, tmp_path):
-    import torch
-    from safetensors.torch import load_file
+def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
+    from sgps_hf.errors import OutputPathError
+    from sgps_hf.training import TrainingConfig, train
 
-    from sgps_hf import SGPSSynthesizer
-
-    output = tmp_path / "memory"
-    model = {**sgps_testing.TINY, "text_generator": "class_memory"}
-    run_training(train_args(output, sources, model=json.dumps(model), steps=4, **{"image-dropout": 0.0}), train_env)
-    checkpoint = output / "checkpoint-4" / "model.safetensors"
-    assert not any(key.startswith("text_memory") for key in load_file(checkpoint)), "no memory while meta-training"
-    for name in ("best", "final"):
-        config = json.loads((output / name / "config.json").read_text())
-        assert (
-            config["text_generator"] == "class_memory" and config["text_memory_size"] == 8
-        )  # the 8 meta-train classes
-        synthesizer, info = SGPSSynthesizer.from_pretrained(output / name, output_loading_info=True)
-        assert not info["missing_keys"] and not info["unexpected_keys"]
-        assert synthesizer.text_memory_keys.norm(dim=-1).allclose(torch.ones(8))
-        card = (output / name / "README.md").read_text()
-        assert re.search(
-            r"text generator\*\*: class memory \(8 meta-train classes, attention temperature [0-9.]+ chosen on "
-            r"meta-val\)",
-            card,
-        )
+    (tmp_path / "checkpoint-1").mkdir()
+    with pytest.raises(OutputPathError, match="already holds checkpoints.*--resume"):
+        train(TrainingConfig(output_dir=str(tmp_path), pretrain_epochs=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"], "nothing written"
 
 
 # -- resume ------------------------------------------------------------------------------------------------------
 
-
-def test_resume_from_the_middle_is_bit_exact(reference_run, sources, train_env, tmp_path):
-    """STEPS/2 steps, then ``--resume --steps STEPS`` in the same folder == STEPS uninterrupted steps, bit for bit.
-
-    The runs use a constant schedule with a warm-up of WARMUP > STEPS/2 steps: the learning rate does not depend
-    on ``steps`` (a cosine schedule's horizon is ``steps``, so a STEPS/2-step run legitimately decays faster),
-    but it does change across the resume point, so a lost scheduler state would show.
-    """
-    reference, _ = reference_run
-    output = tmp_path / "run"
-    half = STEPS // 2
-    run_training(train_args(output, sources, steps=half), train_env)
-    assert checkpoint_steps(output)[-1] == half
-    resumed = run_training(train_args(output, sources, steps=STEPS, resume=True), train_env)
-    assert f"Resumed from {output / f'checkpoint-{half}'} at step {half}." in resumed.stdout
-
-    assert_same_tensors(output / "final" / "model.safetensors", reference / "final" / "model.safetensors")
-    # The log after the resume point matches the reference (windows are reset at step `half` in both runs).
-    columns = ("step", "loss", "episode_accuracy", "lr")
-    ref_train, ref_val = read_log(reference)
-    train, val = read_log(output)
-    assert [[r[c] for c in columns] for r in train if r["step"] > half] == [
-        [r[c] for c in columns] for r in ref_train if r["step"] > half
-    ]
-    assert [r for r in val if r["step"] > half] == [r for r in ref_val if r["step"] > half]
-    assert [int(r["step"]) for r in train] == sorted({int(r["step"]) for r in train}), "no duplicated rows"
-    assert json.loads((output / "final" / "training_config.json").read_text())["steps"] == STEPS
-    assert f"{STEPS} optimizer steps" in (output / "final" / "README.md").read_text()
-
-
-@pytest.mark.e2e
-def test_sigkill_then_resume_continues_from_the_newest_complete_checkpoint(
-    reference_run, sources, train_env, tmp_path
-):
-    reference, _ = reference_run
-    output = tmp_path / "run"
-    every_step = {"log-every": 1}
-    command = [sys.executable, str(TRAIN_SCRIPT), *train_args(output, sources, **every_step)]
-    log_file = (tmp_path / "killed.log").open("w")
-    process = subprocess.Popen(command, env=train_env, cwd=PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        # Kill once a checkpoint exists and the run has gone past it (so that some steps are lost and redone).
-        deadline = time.monotonic() + 240
-        while not (checkpoint_steps(output) and _last_logged_step(output) > checkpoint_steps(output)[-1]):
-            assert process.poll() is None, (
-                f"training ended before it could be killed:\n{(tmp_path / 'killed.log').read_text()[-3000:]}"
-            )
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.01)
-        first_seen = checkpoint_steps(output)[-1]
-        os.kill(process.pid, signal.SIGKILL)
-        assert process.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if process.poll() is None:
-            process.kill()
-        log_file.close()
-    assert first_seen < STEPS, "killed before it finished"
-
-    newest = checkpoint_steps(output)[-1]
-    assert newest >= first_seen
-    killed_progress = int(read_log(output)[0][-1]["step"])  # log_every=1: the last step the killed run finished
-    assert newest <= killed_progress <= newest + CHECKPOINT_EVERY, "at most one checkpoint interval is lost"
-    # A save interrupted by the kill leaves a staging folder: simulate one for the next, never-finished checkpoint.
-    partial = output / f".checkpoint-{newest + CHECKPOINT_EVERY}.partial"
-    if not partial.exists():
-        shutil.copytree(output / f"checkpoint-{newest}", partial)
-        (partial / "model.safetensors").write_bytes(b"truncated")
-    (output / f".checkpoint-{STEPS + 1}.partial").mkdir()  # e.g. left by a run with another checkpoint interval
-
-    resumed = run_training(train_args(output, sources, resume=True, **every_step), train_env)
-    assert f"Resumed from {output / f'checkpoint-{newest}'} at step {newest}." in resumed.stdout
-    assert not list(output.glob(".checkpoint-*")), "the interrupted save is cleaned up"
-    assert checkpoint_steps(output) == [STEPS - CHECKPOINT_EVERY, STEPS]
-    train, val = read_log(output)
-    assert [int(r["step"]) for r in train] == list(range(1, STEPS + 1)), (
-        "rows after the checkpoint are redone, not duplicated"
-    )
-    assert [int(r["step"]) for r in val] == list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))
-    # The crash cost time, not correctness: same weights as the uninterrupted run.
-    assert_same_tensors(output / "final" / "model.safetensors", reference / "final" / "model.safetensors")
-
-
-# Runs scripts/train.py with Accelerator.save_state patched to pause once the staging folder of checkpoint PAUSE_AT is
-# fully written (before it is renamed into place): the kill lands inside a checkpoint save, every time.
-PAUSE_IN_SAVE = """
+# Runs scripts/train.py with a pause (the flag file is written, then it sleeps until killed) at WHERE:
+# "before-save:<folder>" / "inside-save:<folder>": as Accelerator.save_state starts / has fully written that staging
+# folder (before it is renamed into place); "calibration": instead of calibrating.
+PAUSE = """
 import runpy, sys, time
 from pathlib import Path
 import accelerate
 
-flag, pause_at, script, *args = sys.argv[1:]
-original = accelerate.Accelerator.save_state
+flag, where, script, *args = sys.argv[1:]
 
-def save_state(self, output_dir=None, **kwargs):
-    result = original(self, output_dir, **kwargs)
-    if Path(output_dir).name == f".checkpoint-{pause_at}.partial":
-        Path(flag).write_text("paused")
-        time.sleep(300)
-    return result
+def pause(*_, **__):
+    Path(flag).write_text("paused")
+    time.sleep(300)
 
-accelerate.Accelerator.save_state = save_state
+if where == "calibration":
+    import sgps_hf.training.meta_train as meta_train
+    meta_train.calibrate = pause
+else:
+    when, folder = where.split(":")
+    original = accelerate.Accelerator.save_state
+
+    def save_state(self, output_dir=None, **kwargs):
+        if when == "before-save" and Path(output_dir).name == folder:
+            pause()
+        result = original(self, output_dir, **kwargs)
+        if when == "inside-save" and Path(output_dir).name == folder:
+            pause()
+        return result
+
+    accelerate.Accelerator.save_state = save_state
 sys.argv = [script, *args]
 runpy.run_path(script, run_name="__main__")
 """
 
 
-@pytest.mark.e2e
-def test_sigkill_inside_a_checkpoint_save_then_resume(reference_run, sources, train_env, tmp_path):
-    """Killed while writing checkpoint 2*CHECKPOINT_EVERY: the previous checkpoint is intact, the resume loses at most
-    one checkpoint interval, cleans up the half-written checkpoint and still ends bit-identical to the reference."""
-    from safetensors.torch import load_file
-
-    reference, _ = reference_run
-    output, flag, pause_at = tmp_path / "run", tmp_path / "paused", 2 * CHECKPOINT_EVERY
-    command = [
-        sys.executable,
-        "-c",
-        PAUSE_IN_SAVE,
-        str(flag),
-        str(pause_at),
-        str(TRAIN_SCRIPT),
-        *train_args(output, sources, **{"log-every": 1}),
-    ]
+def run_and_kill_at(where: str, output: Path, sources: dict, env: dict, tmp_path: Path) -> None:
+    """Start a run that pauses at ``where`` (see PAUSE) and SIGKILL it there."""
+    flag = tmp_path / "paused"
+    command = [sys.executable, "-c", PAUSE, str(flag), where, str(TRAIN_SCRIPT), *train_args(output, sources)]
     log_file = (tmp_path / "killed.log").open("w")
-    process = subprocess.Popen(command, env=train_env, cwd=PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
         while not flag.exists():
             assert process.poll() is None, (
                 f"training ended before pausing:\n{(tmp_path / 'killed.log').read_text()[-3000:]}"
             )
-            assert time.monotonic() < deadline, "training never reached the checkpoint save"
+            assert time.monotonic() < deadline, f"training never reached {where}"
             time.sleep(0.05)
         os.kill(process.pid, signal.SIGKILL)
         assert process.wait(timeout=30) == -signal.SIGKILL
@@ -542,16 +407,75 @@ def test_sigkill_inside_a_checkpoint_save_then_resume(reference_run, sources, tr
             process.kill()
         log_file.close()
 
-    assert (output / f".checkpoint-{pause_at}.partial" / "model.safetensors").is_file(), "killed inside the save"
-    assert checkpoint_steps(output) == [CHECKPOINT_EVERY], "the interrupted checkpoint never appears as complete"
-    previous = output / f"checkpoint-{CHECKPOINT_EVERY}"
-    assert all(t.isfinite().all() for t in load_file(previous / "model.safetensors").values() if t.is_floating_point())
-    assert int(read_log(output)[0][-1]["step"]) - CHECKPOINT_EVERY <= CHECKPOINT_EVERY, "at most one interval is lost"
 
-    resumed = run_training(train_args(output, sources, resume=True, **{"log-every": 1}), train_env)
-    assert f"Resumed from {previous} at step {CHECKPOINT_EVERY}." in resumed.stdout
-    assert not list(output.glob(".checkpoint-*")), "the half-written checkpoint is removed"
+def assert_same_log(output: Path, reference: Path) -> None:
+    columns = ("epoch", "loss", "accuracy", "lr")
+    assert [[r[c] for c in columns] for r in read_log(output)] == [
+        [r[c] for c in columns] for r in read_log(reference)
+    ]
+
+
+@pytest.mark.e2e
+def test_sigkill_mid_adaptation_then_resume_is_bit_identical(reference_run, sources, train_env, tmp_path):
+    """Killed after epoch EPOCHS was logged but before its checkpoint: the resume redoes that epoch from the newest
+    checkpoint (model, optimizer, schedule, RNG states, sampling generator) and ends bit-identical to the reference."""
+    reference, _ = reference_run
+    output = tmp_path / "run"
+    run_and_kill_at(f"before-save:.checkpoint-{EPOCHS}.partial", output, sources, train_env, tmp_path)
+    assert checkpoint_steps(output) == [EPOCHS - 2, EPOCHS - 1]
+    assert [int(r["epoch"]) for r in read_log(output)] == list(range(1, EPOCHS + 1)), "the lost epoch was logged"
+    (output / ".checkpoint-7.partial").mkdir()  # e.g. left by a killed save of another run: never a checkpoint
+
+    resumed = run_training(train_args(output, sources, resume=True), train_env)
+    assert f"Resumed from {output / f'checkpoint-{EPOCHS - 1}'} at epoch {EPOCHS - 1}." in resumed.stdout
+    assert f"adapting body epoch {EPOCHS - 1}:" not in resumed.stdout and f"epoch {EPOCHS}:" in resumed.stdout
+    assert not list(output.glob(".checkpoint-*")), "staging folders are cleaned up"
+    assert checkpoint_steps(output) == [EPOCHS - 1, EPOCHS]
+    assert_same_log(output, reference)  # the lost epoch's row is redone, not duplicated, and the same
     assert_same_tensors(output / "final" / "model.safetensors", reference / "final" / "model.safetensors")
+    assert_same_tensors(
+        output / f"checkpoint-{EPOCHS}" / "model.safetensors", reference / f"checkpoint-{EPOCHS}" / "model.safetensors"
+    )
+
+
+@pytest.mark.e2e
+def test_sigkill_inside_a_checkpoint_save_then_resume(reference_run, sources, train_env, tmp_path):
+    """Killed while writing checkpoint 2: checkpoint 1 is intact, the half-written one never counts, and the resume
+    cleans it up and still ends bit-identical to the reference."""
+    from safetensors.torch import load_file
+
+    reference, _ = reference_run
+    output = tmp_path / "run"
+    run_and_kill_at("inside-save:.checkpoint-2.partial", output, sources, train_env, tmp_path)
+    assert (output / ".checkpoint-2.partial" / "model.safetensors").is_file(), "killed inside the save"
+    assert checkpoint_steps(output) == [1], "the interrupted checkpoint never appears as complete"
+    assert all(
+        t.isfinite().all()
+        for t in load_file(output / "checkpoint-1" / "model.safetensors").values()
+        if t.is_floating_point()
+    )
+
+    resumed = run_training(train_args(output, sources, resume=True), train_env)
+    assert f"Resumed from {output / 'checkpoint-1'} at epoch 1." in resumed.stdout
+    assert not list(output.glob(".checkpoint-*")), "the half-written checkpoint is removed"
+    assert_same_log(output, reference)
+    assert_same_tensors(output / "final" / "model.safetensors", reference / "final" / "model.safetensors")
+
+
+@pytest.mark.e2e
+def test_sigkill_during_calibration_resumes_without_adapting_again(reference_run, sources, train_env, tmp_path):
+    reference, _ = reference_run
+    output = tmp_path / "run"
+    run_and_kill_at("calibration", output, sources, train_env, tmp_path)
+    assert checkpoint_steps(output) == [EPOCHS - 1, EPOCHS] and not (output / "final").exists()
+
+    resumed = run_training(train_args(output, sources, resume=True), train_env)
+    assert f"Resumed from {output / f'checkpoint-{EPOCHS}'} at epoch {EPOCHS}." in resumed.stdout
+    assert "adapting body epoch" not in resumed.stdout, "the body is not adapted again"
+    assert_same_log(output, reference)
+    assert_same_tensors(output / "final" / "model.safetensors", reference / "final" / "model.safetensors")
+    card = (output / "final" / "README.md").read_text()
+    assert f"adapted {EPOCHS} epoch(s)" in card, "the restored history describes the adaptation"
 
 
 # -- DDP -------------------------------------------------------------------------------------------------------
@@ -559,41 +483,21 @@ def test_sigkill_inside_a_checkpoint_save_then_resume(reference_run, sources, tr
 
 @pytest.mark.e2e
 def test_two_process_ddp_run(sources, train_env, tmp_path):
-    """Two CPU processes (gloo): disjoint episodes per rank, one log, per-rank RNG states, and a schedule that is
-    stepped once per optimizer step (not once per process)."""
+    """Two CPU processes (gloo) adapt the body on disjoint batches; one log, per-rank RNG states; the main process
+    calibrates and exports."""
     import torch
-    from transformers import get_cosine_schedule_with_warmup
-
-    output = tmp_path / "run"
-    steps, warmup = 6, 2
-    args = train_args(output, sources, steps=steps, schedule="cosine", **{"warmup-steps": warmup, "max-minutes": 30})
-    result = run_training(args, train_env, launcher=accelerate_cmd(2), extra_env={"ACCELERATE_USE_CPU": "true"})
-
-    for rank in (0, 1):
-        assert (output / f"checkpoint-{steps}" / f"random_states_{rank}.pkl").is_file(), "two processes really ran"
-    train, val = read_log(output)
-    assert [int(r["step"]) for r in train] == list(range(LOG_EVERY, steps + 1, LOG_EVERY)), (
-        "only the main process logs"
-    )
-    assert [int(r["step"]) for r in val] == [EVAL_EVERY, steps]
-
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LEARNING_RATE)
-    schedule = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
-    expected = {}
-    for step in range(1, steps + 1):
-        optimizer.step()
-        schedule.step()
-        expected[step] = schedule.get_last_lr()[0]
-    assert [r["lr"] for r in train] == pytest.approx([expected[int(r["step"])] for r in train], abs=1e-12)
-    assert train[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
-
-    assert checkpoint_steps(output) == [3, 6]
-    for name in ("best", "final"):
-        assert (output / name / "model.safetensors").is_file() and (output / name / "README.md").is_file()
-    assert f"{steps} optimizer steps" in (output / "final" / "README.md").read_text()
-    assert "Exported synthesizer" in result.stdout
 
     from sgps_hf import SGPSSynthesizer
 
+    output = tmp_path / "run"
+    result = run_training(
+        train_args(output, sources), train_env, launcher=accelerate_cmd(2), extra_env={"ACCELERATE_USE_CPU": "true"}
+    )
+    for rank in (0, 1):
+        assert (output / f"checkpoint-{EPOCHS}" / f"random_states_{rank}.pkl").is_file(), "two processes really ran"
+    assert [int(r["epoch"]) for r in read_log(output)] == list(range(1, EPOCHS + 1)), "only the main process logs"
+    assert checkpoint_steps(output) == [EPOCHS - 1, EPOCHS]
+    assert "Exported synthesizer" in result.stdout
     synthesizer = SGPSSynthesizer.from_pretrained(output / "final")
     assert all(torch.isfinite(p).all() for p in synthesizer.parameters())
+    assert f"adapted {EPOCHS} epoch(s)" in (output / "final" / "README.md").read_text()

@@ -147,8 +147,8 @@ class SGPSSynthesizer(PreTrainedModel):
     ) -> Tensor:
         """Body features of every support image under every view transform: [S, V, D].
 
-        ``views`` defaults to the config's ``support_views`` (meta-training may cache fewer, see
-        ``TrainingConfig.train_support_views``). ``embed`` maps images to body features (default: this model's
+        ``views`` defaults to the config's ``support_views`` (the training command caches only the identity view of
+        the meta-train images). ``embed`` maps images to body features (default: this model's
         body; the benchmark passes a memo of it).
         """
         views = list(views or self.config.support_views)
