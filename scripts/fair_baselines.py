@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     tune(methods, val_episodes, bench)
     shots = [int(s) for s in cfg["shots_used"] if int(s) > 0 or SGPS_TEXT in names]
     subset = bench.episodes < cfg["episodes"]
-    table, _ = main_table(methods, eval_pools, bench, shots)
+    table, runs = main_table(methods, eval_pools, bench, shots)
     main = {**previous["main"], **table}
     rows = []
     for name, by_shot in table.items():
@@ -153,6 +153,11 @@ def main(argv=None) -> None:
         "",
     ]
     Path(args.out).write_text("\n".join(lines), encoding="utf-8")
+    # Per-episode accuracies beside the report: rows run on different episode counts compare on a common prefix.
+    per_episode = {f"{name} | {shot}": [s["accuracy"] for s in run.scores] for (name, shot), run in runs.items()}
+    Path(args.out).with_suffix(".json").write_text(
+        json.dumps({"rows": table, "episode_accuracy": per_episode}, indent=1), encoding="utf-8"
+    )
     print("\n".join(lines))
 
 

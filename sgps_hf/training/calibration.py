@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data.episodes import ClassPool, Episode
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
@@ -62,22 +64,44 @@ def calibrate(
     features: dict[PoolKey, torch.Tensor] | None = None,
     train_pools: Sequence[ClassPool] = (),
 ) -> None:
-    """Every post-hoc step of the module docstring, in order, on the meta-val ``episodes``; reports go to ``state``."""
-    build_text_memory(model, train_pools, processor, texts, features)
-    state.feature_scale_calibration, state.ridge_calibration = calibrate_head(
-        model, episodes, processor, texts, features, train_pools
-    )
-    state.text_calibration = calibrate_text_temperature(model, episodes, processor, texts, features)
-    state.prior_calibration = calibrate_prior_strength(model, episodes, processor, texts, features)
-    state.batchnorm_calibration, chosen_logits = calibrate_task_batchnorm(
-        model, episodes[:TASK_BATCHNORM_EPISODES], processor, texts
-    )
-    if model.config.task_batchnorm_images is None:
-        state.temperature_calibration = calibrate_logit_scale(model, episodes, processor, texts, features)
-    else:  # the cached features are no longer the classifier's: the logits, on pixels, of the episodes that chose it
-        state.temperature_calibration = fit_logit_scale(model, chosen_logits)
-    # Text-only synthesis keeps the body as it is, so the cached features still serve the zero-shot head.
-    state.zero_shot_calibration = calibrate_zero_shot_scale(model, episodes, processor, texts, features)
+    """Every post-hoc step of the module docstring, in order, on the meta-val ``episodes``; reports go to ``state``.
+
+    A progress bar names the step running (task-adaptive BatchNorm, a body pass per episode and candidate, takes most
+    of the time)."""
+    with tqdm(total=7, desc="calibrating on meta-val", unit="step") as bar:
+
+        def step(name: str, fit: Callable[[], Any]) -> Any:
+            bar.set_postfix_str(name)
+            result = fit()
+            bar.update(1)
+            return result
+
+        step("text memory", lambda: build_text_memory(model, train_pools, processor, texts, features))
+        state.feature_scale_calibration, state.ridge_calibration = step(
+            "head", lambda: calibrate_head(model, episodes, processor, texts, features, train_pools)
+        )
+        state.text_calibration = step(
+            "text temperature", lambda: calibrate_text_temperature(model, episodes, processor, texts, features)
+        )
+        state.prior_calibration = step(
+            "text prior", lambda: calibrate_prior_strength(model, episodes, processor, texts, features)
+        )
+        state.batchnorm_calibration, chosen_logits = step(
+            "task BatchNorm",
+            lambda: calibrate_task_batchnorm(model, episodes[:TASK_BATCHNORM_EPISODES], processor, texts),
+        )
+        # With task BatchNorm the cached features are no longer the classifier's: the temperature is fitted on the
+        # logits, on pixels, of the episodes that chose it.
+        fit = (
+            partial(calibrate_logit_scale, model, episodes, processor, texts, features)
+            if model.config.task_batchnorm_images is None
+            else partial(fit_logit_scale, model, chosen_logits)
+        )
+        state.temperature_calibration = step("temperature", fit)
+        # Text-only synthesis keeps the body as it is, so the cached features still serve the zero-shot head.
+        state.zero_shot_calibration = step(
+            "zero-shot temperature", lambda: calibrate_zero_shot_scale(model, episodes, processor, texts, features)
+        )
 
 
 # -- text memory --------------------------------------------------------------------------------------------------
