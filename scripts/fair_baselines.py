@@ -8,8 +8,7 @@ This script runs only the methods it is told to (tuned on the same meta-val epis
 episodes (same split, seed, ways, queries and episode count), and writes the headline table of
 `sgps_hf.evaluation.report.headline` against the previous run's results.json. Rows it reuses are valid only on the
 same body: the script refuses to reuse them unless the synthesizer given here has the previous run's body tensors
-bit for bit and its task-adaptive BatchNorm setting (``--previous-synthesizer`` names the previous run's synthesizer
-when it has been replaced since).
+bit for bit (``--previous-synthesizer`` names the previous run's synthesizer when it has been replaced since).
 
     python scripts/fair_baselines.py --previous benchmarks/results/results.json --out benchmarks/fair_baselines.md
 """
@@ -69,13 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_same_body(previous: SGPSSynthesizer, synthesizer: SGPSSynthesizer) -> None:
-    """Refuse to mix rows of two bodies: every baseline row depends on the body tensors and the task BatchNorm."""
+    """Refuse to mix rows of two bodies: every baseline row depends on the body tensors (a view row names its task
+    BatchNorm in its name, so it stays true whatever SGPS's own setting is)."""
     old, new = previous.target.state_dict(), synthesizer.target.state_dict()
-    same = old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
-    if not same or previous.config.task_batchnorm_images != synthesizer.config.task_batchnorm_images:
+    if old.keys() != new.keys() or not all(torch.equal(old[k], new[k]) for k in old):
         raise SystemExit(
-            "The synthesizer's body (or task-adaptive BatchNorm) differs from the previous run's: its rows cannot be "
-            "reused. Run the full benchmark (scripts/run_benchmark.py) instead."
+            "The synthesizer's body differs from the previous run's: its rows cannot be reused. Run the full "
+            "benchmark (scripts/run_benchmark.py) instead."
         )
 
 

@@ -9,8 +9,8 @@ adaptation never saw, in this order:
 3. the class memory's temperature, on text-only meta-val episodes;
 4. the strength of the text prior beside images;
 5. task-adaptive BatchNorm: how many images the body's own statistics count as beside a task's support images
-   (or none of it), on the pixels of the first ``TASK_BATCHNORM_EPISODES`` episodes (cached features are those of
-   the unadapted body, and each candidate costs a body pass per episode);
+   (or none of it), each candidate with the multiple of the ridge that suits it, on the pixels of the first
+   ``TASK_BATCHNORM_EPISODES`` episodes (:mod:`sgps_hf.training.batchnorm_calibration`);
 6. the temperature of the head (least NLL; on those episodes' pixels when task BatchNorm is on), then of the zero-shot
    head.
 
@@ -32,10 +32,11 @@ from tqdm.auto import tqdm
 from ..data.episodes import ClassPool, Episode
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
+from .batchnorm_calibration import TASK_BATCHNORM_EPISODES, calibrate_task_batchnorm
 from .checkpointing import TrainerState
 from .episode_inputs import TextBank
 from .feature_cache import PoolKey, pool_features
-from .meta_val import evaluate_episodes, mean_accuracy, query_logits, shot_buckets, text_only
+from .meta_val import evaluate_episodes, query_logits, shot_buckets, text_only
 
 #: Candidate multipliers of the logit scale (a log-spaced grid from 1/16 to 16: it starts at ``logit_scale_init``).
 LOGIT_SCALE_MULTIPLIERS = tuple(float(v) for v in np.exp(np.linspace(np.log(1 / 16), np.log(16.0), 81)))
@@ -47,10 +48,6 @@ PRIOR_STRENGTHS = (0.0, 0.25, 0.5, 1.0, 2.0)
 FEATURE_SCALES = (0.0, 0.5, 1.0)
 #: Candidate ridge regularisers at 1 and at 5 shots, relative to the mean squared standardised meta-train feature.
 RIDGE_GRID = tuple(2.0**k for k in range(-6, 7))
-#: Candidate values of ``SGPSConfig.task_batchnorm_images`` (None: the body's BatchNorm statistics kept as they are).
-TASK_BATCHNORM_IMAGES: tuple[int | None, ...] = (None, 25, 50, 100)
-#: Meta-val episodes that choose it: every candidate runs the body on their pixels (about 2.5 s an episode on 2 cores).
-TASK_BATCHNORM_EPISODES = 100
 #: Candidate softmax temperatures of the class memory's attention over the meta-train texts (cosine similarities).
 TEXT_TEMPERATURES = (0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.5)
 
@@ -263,29 +260,6 @@ def calibrate_prior_strength(
     best = {shots: max(PRIOR_STRENGTHS, key=lambda v: (round(by[v], 6), -v)) for shots, by in scores.items()}
     model.set_prior_strength(best["1"], best["5"])
     return {"scores": scores, "chosen": best}
-
-
-def calibrate_task_batchnorm(
-    model: SGPSSynthesizer, episodes: list[Episode], processor: SGPSImageProcessor, texts: TextBank
-) -> tuple[dict[str, Any], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Choose ``task_batchnorm_images`` (of ``TASK_BATCHNORM_IMAGES``) by meta-val accuracy on the episodes' pixels.
-
-    Whole unseen tasks are the test of whether a handful of support images estimate a new domain's BatchNorm
-    statistics better than the body's own. Ties go to no adaptation, then to the larger count (the smaller change).
-    Returns the report and the chosen value's (query logits, labels) per episode, so that the temperature is fitted
-    without another body pass over the same pixels.
-    """
-    chosen = [e for e in episodes if e.use_images]
-    if not chosen:
-        return {"note": "no meta-val episodes with images: the body's BatchNorm statistics kept"}, []
-    logits: dict[int | None, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    scores: dict[str, float] = {}
-    for count in TASK_BATCHNORM_IMAGES:
-        logits[count] = query_logits(model, chosen, processor, texts, task_batchnorm_images=count)
-        scores[str(count)] = mean_accuracy(logits[count])
-    best = max(TASK_BATCHNORM_IMAGES, key=lambda c: (round(scores[str(c)], 6), math.inf if c is None else c))
-    model.config = model.config.with_changes(task_batchnorm_images=best)
-    return {"episodes": len(chosen), "scores": scores, "chosen": best}, logits[best]
 
 
 # -- temperatures -------------------------------------------------------------------------------------------------

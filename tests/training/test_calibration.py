@@ -14,21 +14,21 @@ from sgps_testing import tiny_synthesizer, with_random_text_memory
 
 from sgps_hf.data.episodes import ClassPool, EpisodeSampler
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
-from sgps_hf.training import calibration
+from sgps_hf.training import batchnorm_calibration, calibration
+from sgps_hf.training.batchnorm_calibration import TASK_BATCHNORM_IMAGES, calibrate_task_batchnorm
 from sgps_hf.training.calibration import (
     LOGIT_SCALE_MULTIPLIERS,
     PRIOR_STRENGTHS,
-    TASK_BATCHNORM_IMAGES,
     TEXT_TEMPERATURES,
     build_text_memory,
     calibrate_logit_scale,
     calibrate_prior_strength,
-    calibrate_task_batchnorm,
     calibrate_text_temperature,
     calibrate_zero_shot_scale,
     fit_logit_scale,
 )
 from sgps_hf.training.feature_cache import pool_features
+from sgps_hf.training.meta_val import mean_accuracy, query_logits
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -220,34 +220,60 @@ def test_calibrate_builds_the_memory_before_the_prior_is_chosen(processor):
 
 
 # -- task-adaptive BatchNorm --------------------------------------------------------------------------------------
-def test_task_batchnorm_is_chosen_by_meta_val_accuracy_on_pixels_and_set(processor, monkeypatch):
+def test_task_batchnorm_is_chosen_with_its_ridge_by_meta_val_accuracy_and_set(processor, monkeypatch):
     synth = tiny_synthesizer(seed=0)
-    seen = []
+    synth.set_ridge(2.0, 0.5)
+    # accuracy by (count, ridge multiplier): 50 wins with a ridge 4x the fitted one; None is best at the fitted one
+    accuracy = {None: {1.0: 0.6}, 25: {1.0: 0.55}, 50: {1.0: 0.5, 4.0: 0.65}, 100: {1.0: 0.58}}
+    passes = []
 
-    produced = {}
+    def fake_features(model, inputs, count):
+        passes.append(count)
+        return count, None
 
-    def fake_query_logits(model, episodes, processor, texts, features=None, task_batchnorm_images="config"):
-        count = task_batchnorm_images
-        seen.append((count, features))
-        produced[count] = pairs_scoring({None: 0.5, 25: 0.55, 50: 0.6, 100: 0.58}[count])
-        return produced[count]
+    def fake_logits(model, inputs, count, _query):
+        multiplier = round(model.ridge_at(1) / 2.0, 6)
+        assert multiplier == pytest.approx(round(model.ridge_at(5) / 0.5, 6)), "one multiplier at both shot counts"
+        return pairs_scoring(accuracy[count].get(multiplier, 0.4))[0][0]
 
-    monkeypatch.setattr(calibration, "query_logits", fake_query_logits)
+    monkeypatch.setattr(batchnorm_calibration, "_task_features", fake_features)
+    monkeypatch.setattr(batchnorm_calibration, "_features_logits", fake_logits)
+    monkeypatch.setattr(
+        batchnorm_calibration, "episode_inputs", lambda *a, **k: {"query_labels": torch.zeros(100, dtype=torch.long)}
+    )
     result, logits = calibrate_task_batchnorm(
         synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim)
     )
     assert result["chosen"] == 50 and synth.config.task_batchnorm_images == 50
-    assert [count for count, _ in seen] == list(TASK_BATCHNORM_IMAGES) and all(f is None for _, f in seen)
+    assert result["ridge multipliers"]["50"] == {"1": 4.0, "5": 4.0}
+    assert synth.ridge_at(1) == pytest.approx(8.0) and synth.ridge_at(5) == pytest.approx(2.0)
+    assert passes == [c for c in TASK_BATCHNORM_IMAGES for _ in range(4)], "one body pass per episode and count"
     assert result["episodes"] == 4 and set(result["scores"]) == {str(c) for c in TASK_BATCHNORM_IMAGES}
-    assert logits is produced[50]  # the chosen value's logits, for the temperature fit
+    assert mean_accuracy(logits) == pytest.approx(0.65)
+
+
+def test_task_batchnorm_choice_gives_the_logits_of_the_one_inference_path(processor):
+    synth = tiny_synthesizer(seed=0)
+    texts, episodes = FakeTexts(synth.config.text_embed_dim), calibration_episodes()
+    report, logits = calibrate_task_batchnorm(synth, episodes, processor, texts)
+    assert report["chosen"] in TASK_BATCHNORM_IMAGES
+    again = query_logits(synth, episodes, processor, texts)  # the model as set: its config and ridge
+    for (chosen, labels), (expected, same_labels) in zip(logits, again, strict=True):
+        torch.testing.assert_close(chosen, expected, atol=1e-4, rtol=1e-4)
+        assert torch.equal(labels, same_labels)
 
 
 def test_task_batchnorm_ties_keep_the_body_and_text_only_episodes_leave_it_off(processor, monkeypatch):
     synth = tiny_synthesizer(seed=0)
-    monkeypatch.setattr(calibration, "query_logits", lambda *args, **kwargs: pairs_scoring(0.5))
+    monkeypatch.setattr(batchnorm_calibration, "_task_features", lambda model, inputs, count: (None, None))
+    monkeypatch.setattr(batchnorm_calibration, "_features_logits", lambda *a: pairs_scoring(0.5)[0][0])
+    monkeypatch.setattr(
+        batchnorm_calibration, "episode_inputs", lambda *a, **k: {"query_labels": torch.zeros(100, dtype=torch.long)}
+    )
     texts = FakeTexts(synth.config.text_embed_dim)
+    before = synth.ridge_at(1)
     assert calibrate_task_batchnorm(synth, calibration_episodes(), processor, texts)[0]["chosen"] is None
-    assert synth.config.task_batchnorm_images is None
+    assert synth.config.task_batchnorm_images is None and synth.ridge_at(1) == pytest.approx(before)
     text_only = [type(e)(**{**e.__dict__, "use_images": False}) for e in calibration_episodes()]
     report, logits = calibrate_task_batchnorm(synth, text_only, processor, texts)
     assert "note" in report and logits == []
@@ -257,11 +283,10 @@ def test_task_batchnorm_ties_keep_the_body_and_text_only_episodes_leave_it_off(p
 def test_temperature_after_task_batchnorm_is_the_one_a_pass_over_its_pixels_gives(processor):
     synth = tiny_synthesizer(seed=0)
     texts = FakeTexts(synth.config.text_embed_dim)
-    twin = copy.deepcopy(synth)
     _, logits = calibrate_task_batchnorm(synth, calibration_episodes(), processor, texts)
-    twin.config = twin.config.with_changes(task_batchnorm_images=synth.config.task_batchnorm_images)
+    twin = copy.deepcopy(synth)  # the chosen count and ridge, set
     assert fit_logit_scale(synth, logits) == calibrate_logit_scale(twin, calibration_episodes(), processor, texts)
-    assert synth.log_logit_scale.item() == twin.log_logit_scale.item()
+    assert synth.log_logit_scale.item() == pytest.approx(twin.log_logit_scale.item())
 
 
 def pairs_scoring(accuracy: float, queries: int = 100) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -290,6 +290,10 @@ class SGPSSynthesizer(PreTrainedModel):
     def _coefficient(coefficients: Tensor, shots: Tensor) -> Tensor:
         return torch.exp(coefficients[0] + coefficients[1] * torch.log1p(shots))
 
+    def ridge_at(self, shots: float) -> float:
+        """The ridge regulariser of the closed-form head for a task of ``shots`` support images per class."""
+        return float(self._coefficient(self.ridge_coefficients.detach(), torch.tensor(float(shots))))
+
     def set_ridge(self, at_one_shot: float, at_five_shots: float) -> None:
         """The ridge regulariser at 1 and at 5 shots; ``log(ridge)`` is affine in ``log(1 + shots)`` in between and
         beyond."""
