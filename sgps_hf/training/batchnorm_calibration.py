@@ -22,7 +22,7 @@ from .meta_val import mean_accuracy
 #: Candidate values of ``SGPSConfig.task_batchnorm_images`` (None: the body's BatchNorm statistics kept as they are).
 TASK_BATCHNORM_IMAGES: tuple[int | None, ...] = (None, 25, 50, 100)
 #: Multipliers of the fitted ridge tried beside each of them (task statistics change the features' scale).
-TASK_BATCHNORM_RIDGE_MULTIPLIERS = tuple(2.0**k for k in range(-3, 4))
+TASK_BATCHNORM_RIDGE_MULTIPLIERS = tuple(2.0**k for k in range(-3, 6))
 #: Meta-val episodes that choose it: every candidate runs the body on their pixels (about 2.5 s an episode on 2 cores).
 TASK_BATCHNORM_EPISODES = 100
 
@@ -35,8 +35,9 @@ def calibrate_task_batchnorm(
 
     Whole unseen tasks are the test of whether a handful of support images estimate a new domain's BatchNorm
     statistics better than the body's own. Task statistics change the features the head is solved on, so each
-    candidate is scored with its best multiple (:data:`TASK_BATCHNORM_RIDGE_MULTIPLIERS`) of the ridge fitted on the
-    unadapted body, at 1 and at 5 shots: the body runs once per episode and candidate, the ridge grid on its features.
+    candidate is scored with its best multiple (:data:`TASK_BATCHNORM_RIDGE_MULTIPLIERS`, 1/8 to 32) of the ridge
+    fitted on the unadapted body, at 1 and at 5 shots: the body runs once per episode and candidate, the ridge grid on
+    its features.
     Ties go to no adaptation, then to the larger count (the smaller change), and to the multiplier nearest 1.
     Returns the report and the chosen setting's (query logits, labels) per episode, so that the temperature is fitted
     without another body pass over the same pixels.

@@ -87,6 +87,9 @@ def calibrate(
             "task BatchNorm",
             lambda: calibrate_task_batchnorm(model, episodes[:TASK_BATCHNORM_EPISODES], processor, texts),
         )
+        # The task-BatchNorm step rescales the ridge: the report keeps the head's fit and gives the final values.
+        state.ridge_calibration["fitted before task BatchNorm"] = state.ridge_calibration.get("chosen")
+        state.ridge_calibration["chosen"] = {shots: float(f"{model.ridge_at(int(shots)):.6g}") for shots in ("1", "5")}
         # With task BatchNorm the cached features are no longer the classifier's: the temperature is fitted on the
         # logits, on pixels, of the episodes that chose it.
         fit = (

@@ -217,6 +217,10 @@ def test_calibrate_builds_the_memory_before_the_prior_is_chosen(processor):
     ):
         assert "chosen" in report
     assert synth.config.task_batchnorm_images in TASK_BATCHNORM_IMAGES
+    # the ridge the task-BatchNorm step settled on is the one reported, beside the head's own fit
+    assert state.ridge_calibration["chosen"]["1"] == pytest.approx(synth.ridge_at(1), rel=1e-5)
+    assert state.ridge_calibration["chosen"]["5"] == pytest.approx(synth.ridge_at(5), rel=1e-5)
+    assert set(state.ridge_calibration["fitted before task BatchNorm"]) == {"1", "5"}
 
 
 # -- task-adaptive BatchNorm --------------------------------------------------------------------------------------
