@@ -117,10 +117,7 @@ def build_text_memory(
     minus the synthesizer's ``feature_mean``. ``features`` are the cached ones when present (view 0 is identity)."""
     if not pools:
         raise ValueError("build_text_memory needs the meta-train class pools (none were given).")
-    missing = [p for p in pools if features is None or (p.task, p.class_name) not in features]
-    if missing:
-        features = {**(features or {}), **pool_features(model, list(missing), processor, views=["identity"])}
-    means = torch.stack([features[(p.task, p.class_name)][:, 0].float().mean(0) for p in pools])
+    means = torch.stack([rows.mean(0) for rows in identity_features(model, pools, processor, features)])
     model.set_text_memory(texts([p.text for p in pools]), means - model.feature_mean.float().cpu())
 
 
@@ -170,12 +167,13 @@ def calibrate_head(
     if not buckets:
         note = "no meta-val episodes with images: the head's scale and ridge left as they are"
         return {"note": note}, {"note": note}
-    log_std = _log_feature_std(model, train_pools, processor, features)
+    rows = _train_rows(model, train_pools, processor, features)
+    log_std = _log_feature_std(rows)
     scores: dict[str, dict[str, dict[float, float]]] = {}
     best_ridges: dict[str, dict[str, float]] = {}
     for power in FEATURE_SCALES:
         _set_feature_scale(model, -power * log_std)
-        unit = _mean_squared_feature(model, train_pools, processor, features)
+        unit = _mean_squared_feature(model, rows)
         by_shots = scores.setdefault(str(power), {})
         for shots, chosen in buckets.items():
             for relative in RIDGE_GRID:
@@ -203,6 +201,20 @@ def calibrate_head(
     return scale_report, ridge_report
 
 
+def identity_features(
+    model: SGPSSynthesizer,
+    pools: Sequence[ClassPool],
+    processor: SGPSImageProcessor,
+    features: dict[PoolKey, torch.Tensor] | None,
+) -> list[torch.Tensor]:
+    """Body features (identity view) of each pool's images: the cached ones when present (view 0 is identity), the
+    others computed."""
+    missing = [p for p in pools if features is None or (p.task, p.class_name) not in features]
+    if missing:
+        features = {**(features or {}), **pool_features(model, list(missing), processor, views=["identity"])}
+    return [features[(p.task, p.class_name)][:, 0].float() for p in pools]
+
+
 def _train_rows(
     model: SGPSSynthesizer,
     pools: Sequence[ClassPool],
@@ -212,21 +224,16 @@ def _train_rows(
     """Body features (identity view) of every meta-train image minus the synthesizer's ``feature_mean``."""
     if not pools:
         raise ValueError("The head's feature scale is fitted on the meta-train class pools (none were given).")
-    missing = [p for p in pools if features is None or (p.task, p.class_name) not in features]
-    if missing:
-        features = {**(features or {}), **pool_features(model, list(missing), processor, views=["identity"])}
-    rows = torch.cat([features[(p.task, p.class_name)][:, 0].float() for p in pools])
-    return rows - model.feature_mean.float().cpu()
+    return torch.cat(identity_features(model, pools, processor, features)) - model.feature_mean.float().cpu()
 
 
-def _log_feature_std(model, pools, processor, features) -> torch.Tensor:
-    return _train_rows(model, pools, processor, features).std(0).clamp_min(1e-6).log()
+def _log_feature_std(rows: torch.Tensor) -> torch.Tensor:
+    return rows.std(0).clamp_min(1e-6).log()
 
 
-def _mean_squared_feature(model, pools, processor, features) -> float:
+def _mean_squared_feature(model: SGPSSynthesizer, rows: torch.Tensor) -> float:
     """Mean over meta-train images of the squared standardised feature, averaged over features (the Gram diagonal)."""
-    rows = _train_rows(model, pools, processor, features) * model.log_feature_scale.detach().exp().cpu()
-    return float(rows.pow(2).mean())
+    return float((rows * model.log_feature_scale.detach().exp().cpu()).pow(2).mean())
 
 
 def _set_feature_scale(model: SGPSSynthesizer, log_scale: torch.Tensor) -> None:

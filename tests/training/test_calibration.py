@@ -318,7 +318,8 @@ def test_set_ridge_is_exact_at_one_and_five_shots_and_log_linear_between():
 def test_head_calibration_chooses_a_scale_and_a_ridge_per_shot_count_and_sets_them(processor, monkeypatch):
     synth = tiny_synthesizer(seed=0)
     train = pools()
-    log_std = calibration._log_feature_std(synth, train, processor, None)
+    rows = calibration._train_rows(synth, train, processor, None)
+    log_std = calibration._log_feature_std(rows)
     wanted = {"power": 0.5, 1: 4.0, 5: 0.25}  # ridge relative to the mean squared standardised feature
     seen_text = []
 
@@ -328,7 +329,7 @@ def test_head_calibration_chooses_a_scale_and_a_ridge_per_shot_count_and_sets_th
     def fake_evaluate(model, episodes, processor, texts, features=None):
         seen_text.extend(e.use_text for e in episodes)
         shots = 1 if episodes[0].k_shot <= 2 else 5
-        unit = calibration._mean_squared_feature(model, train, processor, None)
+        unit = calibration._mean_squared_feature(model, rows)
         relative = ridge(model, shots) / unit
         return 0.9 - abs(math.log(relative / wanted[shots])) / 100 - abs(power_of(model) - wanted["power"])
 
@@ -339,7 +340,7 @@ def test_head_calibration_chooses_a_scale_and_a_ridge_per_shot_count_and_sets_th
     assert not any(seen_text), "the head is fitted on image-only episodes"
     assert scale["chosen"] == 0.5 and set(scale["accuracy"]) == {str(p) for p in calibration.FEATURE_SCALES}
     torch.testing.assert_close(synth.log_feature_scale.detach(), -0.5 * log_std)
-    unit = calibration._mean_squared_feature(synth, train, processor, None)
+    unit = calibration._mean_squared_feature(synth, rows)
     assert ridge(synth, 1) == pytest.approx(4.0 * unit, rel=1e-5)
     assert ridge(synth, 5) == pytest.approx(0.25 * unit, rel=1e-5)
     assert fitted["chosen"] == pytest.approx({"1": 4.0 * unit, "5": 0.25 * unit}, rel=1e-4)
