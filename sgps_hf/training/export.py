@@ -72,6 +72,14 @@ def training_summary(
     }
     if "chosen" in state.feature_scale_calibration:  # the report of calibration's feature-scale fit
         summary["feature scale (chosen on meta-val)"] = json.dumps(state.feature_scale_calibration["chosen"])
+        summary["support rows normalised (chosen on meta-val; accuracy by candidate)"] = (
+            f"{json.dumps(model.config.normalize_support_rows)} "
+            f"({json.dumps(state.feature_scale_calibration.get('accuracy', {}))})"
+        )
+    if "shot exponent" in state.temperature_calibration:
+        summary["logit scale grows as shots ** (fitted on meta-val)"] = json.dumps(
+            model.config.logit_scale_shot_exponent
+        )
     batchnorm = state.batchnorm_calibration  # its scores are of the final head on the first meta-val episodes' pixels
     accuracy = batchnorm.get("scores", {}).get(str(batchnorm.get("chosen")))
     if accuracy is not None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from sgps_testing import tiny_synthesizer, with_random_text_memory
 
+from sgps_hf import SGPSConfig
 from sgps_hf.data.episodes import ClassPool, EpisodeSampler
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.training import batchnorm_calibration, calibration
@@ -115,6 +116,7 @@ class FixedMarginHead(torch.nn.Module):
     def __init__(self, scale):
         super().__init__()
         self.log_logit_scale = torch.nn.Parameter(torch.tensor(math.log(scale)))
+        self.config = SGPSConfig()
 
     def forward(self, num_classes, query_labels, return_weights=False, **inputs):
         picked = torch.where(torch.arange(len(query_labels)) % 3 == 0, (query_labels + 1) % num_classes, query_labels)
@@ -140,7 +142,7 @@ def test_temperature_calibration_keeps_the_accuracy_of_a_real_synthesizer(proces
     episodes = calibration_episodes()
     before = calibration.evaluate_episodes(synth, episodes, processor, texts)
     result = calibrate_logit_scale(synth, episodes, processor, texts)
-    assert min(LOGIT_SCALE_MULTIPLIERS) <= result["chosen"] <= max(LOGIT_SCALE_MULTIPLIERS)
+    assert round(min(LOGIT_SCALE_MULTIPLIERS), 4) <= result["chosen"] <= round(max(LOGIT_SCALE_MULTIPLIERS), 4)
     assert (
         calibration.evaluate_episodes(synth, episodes, processor, texts) == before
     )  # a temperature never changes argmax
@@ -152,6 +154,25 @@ def test_temperature_calibration_without_image_episodes_leaves_the_scale_alone(p
     text_only = [type(e)(**{**e.__dict__, "use_images": False}) for e in calibration_episodes()]
     assert "note" in calibrate_logit_scale(synth, text_only, processor, FakeTexts(synth.config.text_embed_dim))
     assert synth.log_logit_scale.item() == before
+
+
+def test_the_fitted_logit_scale_follows_the_shots_when_one_temperature_cannot_suit_both():
+    # 1-shot episodes are right 3 times in 5 at margin 1 (over-confident at scale 4), 5-shot ones 9 times in 10.
+    def episode(accuracy):
+        queries = 100
+        right = round(accuracy * queries)
+        logits = torch.zeros(queries, 2)
+        logits[:right, 0], logits[right:, 1] = 1.0, 1.0
+        return 4.0 * logits, torch.zeros(queries, dtype=torch.long)
+
+    pairs, shots = [episode(0.6), episode(0.9)], [1, 5]
+    multiplier, exponent, nll = calibration.nll_best_scale(pairs, shots)
+    # the NLL-optimal margin of a 2-way rule right a fraction p of the time is log(p / (1 - p))
+    for count, accuracy in zip(shots, (0.6, 0.9), strict=True):
+        assert 4.0 * multiplier * count**exponent == pytest.approx(math.log(accuracy / (1 - accuracy)), rel=0.1)
+    assert exponent > 0 and nll[multiplier] == pytest.approx(min(nll.values()))
+    same = calibration.nll_best_scale([episode(0.9), episode(0.9)], shots)
+    assert same[1] == 0.0, "equal confidence at both shot counts keeps one temperature"
 
 
 # -- class memory -------------------------------------------------------------------------------------------------
@@ -289,7 +310,11 @@ def test_temperature_after_task_batchnorm_is_the_one_a_pass_over_its_pixels_give
     texts = FakeTexts(synth.config.text_embed_dim)
     _, logits = calibrate_task_batchnorm(synth, calibration_episodes(), processor, texts)
     twin = copy.deepcopy(synth)  # the chosen count and ridge, set
-    assert fit_logit_scale(synth, logits) == calibrate_logit_scale(twin, calibration_episodes(), processor, texts)
+    shots = [e.k_shot for e in calibration_episodes() if e.use_images]
+    assert fit_logit_scale(synth, logits, shots) == calibrate_logit_scale(
+        twin, calibration_episodes(), processor, texts
+    )
+    assert synth.config.logit_scale_shot_exponent == twin.config.logit_scale_shot_exponent
     assert synth.log_logit_scale.item() == pytest.approx(twin.log_logit_scale.item())
 
 
@@ -338,7 +363,10 @@ def test_head_calibration_chooses_a_scale_and_a_ridge_per_shot_count_and_sets_th
         synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim), train_pools=train
     )
     assert not any(seen_text), "the head is fitted on image-only episodes"
-    assert scale["chosen"] == 0.5 and set(scale["accuracy"]) == {str(p) for p in calibration.FEATURE_SCALES}
+    assert scale["chosen"] == 0.5 and set(scale["accuracy"]) == {str(p) for p in calibration.FEATURE_SCALES} | {
+        "0.5, normalised rows"
+    }
+    assert scale["normalised support rows"] is False and not synth.config.normalize_support_rows  # a tie: left off
     torch.testing.assert_close(synth.log_feature_scale.detach(), -0.5 * log_std)
     unit = calibration._mean_squared_feature(synth, rows)
     assert ridge(synth, 1) == pytest.approx(4.0 * unit, rel=1e-5)
@@ -347,12 +375,29 @@ def test_head_calibration_chooses_a_scale_and_a_ridge_per_shot_count_and_sets_th
     assert set(fitted["scores (relative ridge)"]["1"]) == set(calibration.RIDGE_GRID)
 
 
+def test_head_calibration_keeps_normalised_rows_only_when_they_score_higher(processor, monkeypatch):
+    synth = tiny_synthesizer(seed=0)
+
+    def fake_evaluate(model, episodes, processor, texts, features=None):
+        return 0.5 + 0.01 * model.config.normalize_support_rows - 0.001 * float(model.log_feature_scale.abs().mean())
+
+    monkeypatch.setattr(calibration, "evaluate_episodes", fake_evaluate)
+    scale, _ = calibration.calibrate_head(
+        synth, calibration_episodes(), processor, FakeTexts(synth.config.text_embed_dim), train_pools=pools()
+    )
+    assert scale["chosen"] == 0.0 and scale["normalised support rows"] is True
+    assert synth.config.normalize_support_rows
+    assert scale["accuracy"]["0.0, normalised rows"] == pytest.approx(0.51)
+
+
 def test_head_calibration_on_a_real_synthesizer_sets_what_scored_best(processor):
     synth = tiny_synthesizer(seed=0)
     texts, episodes = FakeTexts(synth.config.text_embed_dim), calibration_episodes()
     scale, fitted = calibration.calibrate_head(synth, episodes, processor, texts, train_pools=pools())
     image_only = [type(e)(**{**e.__dict__, "use_text": False}) for e in episodes]
-    best = scale["accuracy"][str(scale["chosen"])]
+    chosen = f"{scale['chosen']}{', normalised rows' if scale['normalised support rows'] else ''}"
+    assert synth.config.normalize_support_rows == scale["normalised support rows"]
+    best = scale["accuracy"][chosen]
     assert best == max(scale["accuracy"].values())
     assert calibration.evaluate_episodes(synth, image_only, processor, texts) == pytest.approx(best, abs=1e-4)
     assert all(math.isfinite(v) and v > 0 for v in fitted["chosen"].values())

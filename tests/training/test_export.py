@@ -33,8 +33,15 @@ def test_the_summary_describes_the_adaptation_and_what_calibration_fitted():
         "0.6250 on 20 episode(s)"
     )
     assert "feature scale (chosen on meta-val)" not in summary, "only when calibration reports one"
-    state.feature_scale_calibration = {"chosen": "unit"}
-    assert training_summary(model, config, state, DATA)["feature scale (chosen on meta-val)"] == '"unit"'
+    state.feature_scale_calibration = {"chosen": "unit", "accuracy": {"0.0": 0.5, "0.0, normalised rows": 0.52}}
+    state.temperature_calibration = {"chosen": 0.5, "shot exponent": 0.4}
+    normalised = sgps_testing.tiny_synthesizer(normalize_support_rows=True, logit_scale_shot_exponent=0.4)
+    summary = training_summary(normalised, config, state, DATA)
+    assert summary["feature scale (chosen on meta-val)"] == '"unit"'
+    assert summary["support rows normalised (chosen on meta-val; accuracy by candidate)"] == (
+        'true ({"0.0": 0.5, "0.0, normalised rows": 0.52})'
+    )
+    assert summary["logit scale grows as shots ** (fitted on meta-val)"] == "0.4"
 
 
 def test_a_run_without_adaptation_or_calibration_reports_say_so():

@@ -36,8 +36,9 @@ class SGPSConfig(PretrainedConfig):
 
     The config is plain data: it names the target network the synthesizer writes weights for, the input pipeline,
     the frozen text encoder, the size of the text memory and the synthesis settings. ``SGPSConfig()`` is the
-    configuration of the bundled checkpoint ``sgps_hf/checkpoints/sgps-lite0-128`` (before its text memory is
-    built). Configs are never changed in place: build another one (:meth:`with_changes`) or pass an argument.
+    configuration the training command starts the bundled checkpoint ``sgps_hf/checkpoints/sgps-lite0-128`` from
+    (calibration then builds its text memory and chooses the settings marked "chosen on meta-validation tasks").
+    Configs are never changed in place: build another one (:meth:`with_changes`) or pass an argument.
 
     Args:
         target_architecture (`str`): timm EfficientNet-family architecture of the synthesized classifier.
@@ -74,6 +75,13 @@ class SGPSConfig(PretrainedConfig):
         prior_init (`float`): strength of the text-generated prior mean beside images until it is calibrated
             on meta-validation tasks.
         logit_scale_init (`float`): initial temperature of the head.
+        normalize_support_rows (`bool`): rescale every standardised support row to the rows' root-mean-square norm
+            before the ridge fit (a cosine kernel around the task centre; the classifier stays one linear layer with
+            the same argmax as the cosine rule). Chosen on meta-validation tasks; False keeps earlier synthesizers'
+            heads exactly.
+        logit_scale_shot_exponent (`float`): the head's logit scale grows as ``shots ** exponent`` (shots clamped to
+            1..5), so that 1-shot and 5-shot classifiers are both calibrated; fitted on meta-validation tasks (0: one
+            temperature for every shot count, as earlier synthesizers had).
     """
 
     model_type = "sgps"
@@ -98,6 +106,8 @@ class SGPSConfig(PretrainedConfig):
         ridge_init: float = 1.0,
         prior_init: float = 0.5,
         logit_scale_init: float = 10.0,
+        normalize_support_rows: bool = False,
+        logit_scale_shot_exponent: float = 0.0,
         **kwargs: Any,
     ) -> None:
         self.target_architecture = target_architecture
@@ -126,6 +136,10 @@ class SGPSConfig(PretrainedConfig):
         self.ridge_init = _coerce(float, "ridge_init", ridge_init)
         self.prior_init = _coerce(float, "prior_init", prior_init)
         self.logit_scale_init = _coerce(float, "logit_scale_init", logit_scale_init)
+        if not isinstance(normalize_support_rows, bool):
+            raise ValueError(f"normalize_support_rows must be true or false, got {normalize_support_rows!r}.")
+        self.normalize_support_rows = normalize_support_rows
+        self.logit_scale_shot_exponent = _coerce(float, "logit_scale_shot_exponent", logit_scale_shot_exponent)
         super().__init__(**kwargs)
         self._validate()
 

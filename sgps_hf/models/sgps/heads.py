@@ -4,13 +4,18 @@ Given support features, the head is solved inside the forward pass (no gradient 
 
 1. Features are standardised, ``z = (f - mu) * gamma``: ``mu`` the mean support feature of the task
    (task centering; the meta-train mean for text-only tasks), ``gamma`` a per-feature scale fitted on meta-val tasks.
+   Optionally (``SGPSConfig.normalize_support_rows``, chosen on meta-val tasks) every support row is then rescaled to
+   the rows' root-mean-square norm, a cosine kernel around the task centre (SimpleShot's "CL2N", Wang et al. 2019):
+   one image's bright or large views no longer outweigh the others in the fit.
 2. Kernel ridge regression onto centred one-hot targets, around a prior mean ``W0`` (the class weights
    generated from the clinical texts, scaled by a shot-dependent strength fitted on meta-val tasks):
    ``W = W0 + Z^T (Z Z^T / D + lambda I)^-1 (Y - Z W0 / D) / D``. The dual form costs one S x S solve
    (S support rows), and as ``lambda`` grows the image part tends to the class sums of ``z``: the
    nearest-prototype rule is its limit (R2D2, Bertinetto et al. 2019).
 3. The whole map is affine in ``f``, so it folds into one ordinary linear layer: centering goes into the
-   bias, the scale into the weight (:func:`fold_linear`).
+   bias, the scale into the weight (:func:`fold_linear`). Normalising a query's row as well would divide all its
+   logits by one positive number, which never changes its argmax, so the linear layer classifies every query exactly
+   as the cosine rule would (the temperature, fitted on meta-val, absorbs the typical norm).
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ from torch import Tensor
 def standardize(features: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
     """``(features - mean) * scale`` (the head's input space)."""
     return (features - mean) * scale
+
+
+def normalize_rows(z: Tensor) -> Tensor:
+    """Every row of ``z`` [S, D] rescaled to the rows' root-mean-square norm (the units of the ridge stay those of
+    ``z``)."""
+    norms = z.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+    return z / norms * norms.pow(2).mean().sqrt()
 
 
 def ridge_head(

@@ -13,8 +13,9 @@ full state dict of a timm classifier, with no gradient step:
    meta-training classes returning their mean features), used as the prior mean of the head with a shot-dependent
    strength calibrated on meta-validation tasks.
 4. The head is solved in closed form from the support features (:mod:`sgps_hf.models.sgps.heads`: standardised
-   features, kernel ridge regression around the text prior, a shot-dependent regulariser, all fitted on meta-val
-   tasks by :mod:`sgps_hf.training.calibration`) and folded into the timm model's ordinary ``classifier`` layer.
+   features, optionally rescaled to equal norms, kernel ridge regression around the text prior, a shot-dependent
+   regulariser and temperature, all fitted on meta-val tasks by :mod:`sgps_hf.training.calibration`) and folded
+   into the timm model's ordinary ``classifier`` layer.
    With no images the head is the text prior alone.
 
 :mod:`sgps_hf.body.timm_network` runs the result functionally (meta-training) or materialises it as a plain timm
@@ -39,7 +40,7 @@ from ...errors import SynthesisError
 from ...hub.atomic import save_pretrained_atomically
 from ...hub.checkpoints import checked_from_pretrained
 from .configuration_sgps import SGPSConfig
-from .heads import fold_linear, ridge_head, standardize, support_shots
+from .heads import fold_linear, normalize_rows, ridge_head, standardize, support_shots
 from .views import apply_view
 
 #: The default of the per-call settings: the value in the model's config.
@@ -278,17 +279,25 @@ class SGPSSynthesizer(PreTrainedModel):
             mean = rows.mean(0)
             labels = support_labels.repeat_interleave(views)
             ridge = self._coefficient(self.ridge_coefficients, shots)
-            weights = ridge_head(
-                standardize(rows, mean, scale), labels, num_classes, ridge, prior, has_images=image_mask
-            )
+            z = standardize(rows, mean, scale)
+            if self.config.normalize_support_rows:
+                z = normalize_rows(z)
+            weights = ridge_head(z, labels, num_classes, ridge, prior, has_images=image_mask)
         else:
             mean, weights = self.feature_mean, zero_shot
-        head_weight, head_bias = fold_linear(weights, mean, scale, self.log_logit_scale.exp())
+        head_weight, head_bias = fold_linear(weights, mean, scale, self.logit_scale_at(shots))
         return {**body, HEAD_WEIGHT: head_weight, HEAD_BIAS: head_bias}
 
     @staticmethod
     def _coefficient(coefficients: Tensor, shots: Tensor) -> Tensor:
         return torch.exp(coefficients[0] + coefficients[1] * torch.log1p(shots))
+
+    def logit_scale_at(self, shots: Tensor) -> Tensor:
+        """The head's logit scale for a task of ``shots`` support images per class (0: text only): the learned scale
+        times ``shots ** logit_scale_shot_exponent``, shots clamped to 1..5, the range calibration fits it on (fewer
+        support images leave a less tight fit, so one temperature cannot suit both ends)."""
+        exponent = self.config.logit_scale_shot_exponent
+        return self.log_logit_scale.exp() * shots.clamp(1.0, 5.0) ** exponent
 
     def ridge_at(self, shots: float) -> float:
         """The ridge regulariser of the closed-form head for a task of ``shots`` support images per class."""

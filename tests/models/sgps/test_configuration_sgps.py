@@ -135,8 +135,16 @@ def test_invalid_config_json_is_rejected_on_load(tmp_path):
 
 
 #: Entries of the shipped config.json that record how it was saved or what was learned, not a setting: the size of
-#: the class memory is 0 until calibration builds it (225 classes in the bundled checkpoint).
-SAVED_STATE = ("architectures", "dtype", "transformers_version", "text_memory_size")
+#: the class memory is 0 until calibration builds it (225 classes in the bundled checkpoint), and the head settings
+#: calibration fits default to the behaviour of synthesizers saved before they existed (so those load unchanged).
+SAVED_STATE = (
+    "architectures",
+    "dtype",
+    "transformers_version",
+    "text_memory_size",
+    "normalize_support_rows",
+    "logit_scale_shot_exponent",
+)
 
 
 def test_defaults_equal_the_shipped_checkpoint():
@@ -181,3 +189,13 @@ def test_with_changes_builds_a_new_validated_config():
     assert (changed.task_batchnorm_images, changed.support_views, changed.image_size) == (25, ["identity"], 32)
     with pytest.raises(ValueError, match="task_batchnorm_images must be positive"):
         config.with_changes(task_batchnorm_images=-1)
+
+
+def test_a_config_saved_before_the_fitted_head_settings_loads_with_the_old_behaviour(tmp_path):
+    tiny_config().save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    for key in ("normalize_support_rows", "logit_scale_shot_exponent"):
+        del data[key]
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.normalize_support_rows is False and loaded.logit_scale_shot_exponent == 0.0

@@ -88,3 +88,16 @@ def test_ridge_head_is_differentiable_in_the_ridge_and_the_features():
     ridge = torch.tensor(1.0, requires_grad=True)
     ridge_head(z, labels, 4, ridge, prior.float() / 16).pow(2).sum().backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0 and ridge.grad.abs() > 0
+
+
+def test_normalize_rows_equalises_the_norms_and_keeps_their_root_mean_square():
+    from sgps_hf.models.sgps.heads import normalize_rows
+
+    z, _, _ = data(shots=4)
+    z = z * torch.linspace(0.1, 5.0, z.shape[0], dtype=z.dtype).unsqueeze(1)  # very unequal rows
+    normalised = normalize_rows(z)
+    norms = normalised.norm(dim=1)
+    torch.testing.assert_close(norms, torch.full_like(norms, float(z.norm(dim=1).pow(2).mean().sqrt())))
+    cosine = torch.nn.functional.cosine_similarity(normalised, z, dim=1)
+    torch.testing.assert_close(cosine, torch.ones_like(cosine))  # directions unchanged
+    assert torch.equal(normalize_rows(torch.zeros(3, 4)), torch.zeros(3, 4))  # no NaN for a degenerate task

@@ -634,3 +634,58 @@ def test_a_feature_memo_gives_the_logits_of_the_pixels(synth, processor, tasks, 
         without = forward(synth, processor, tasks["mixed"], query_pixel_values=queries)
     assert calls == [6 * 2, len(queries)]  # the support views in one batch, then the queries
     torch.testing.assert_close(with_memo.logits, without.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_normalised_support_rows_give_the_cosine_rule_as_one_linear_layer(processor, tasks, queries):
+    # With normalize_support_rows the head is fitted on unit-direction rows around the task centre; the materialised
+    # linear layer omits the query's normalisation, which divides all of a query's logits by one positive number.
+    synth = tiny_synthesizer(seed=0, normalize_support_rows=True)
+    inputs = processor.prepare_task(tasks["image-only"])
+    with torch.no_grad():
+        support = synth.support_view_features(inputs["support_pixel_values"])
+        query = synth.support_view_features(queries)[:, 0]
+        output = synth(
+            support_features=support, support_labels=inputs["support_labels"], num_classes=3, query_features=query
+        )
+        rows = support.reshape(-1, support.shape[-1])
+        mean, scale = rows.mean(0), synth.log_feature_scale.exp()
+        z = standardize(rows, mean, scale)
+        rms = z.norm(dim=1).pow(2).mean().sqrt()
+        unit_rows = z / z.norm(dim=1, keepdim=True) * rms
+        shots = torch.tensor(5 / 3)
+        ridge = torch.exp(synth.ridge_coefficients[0] + synth.ridge_coefficients[1] * torch.log1p(shots))
+        weights = ridge_head(unit_rows, inputs["support_labels"].repeat_interleave(2), 3, ridge)
+        centred = standardize(query, mean, scale)
+        cosine_logits = centred / centred.norm(dim=1, keepdim=True) * rms @ weights * synth.log_logit_scale.exp()
+    norms = centred.norm(dim=1, keepdim=True) / rms
+    torch.testing.assert_close(output.logits, cosine_logits * norms, rtol=1e-4, atol=1e-5)
+    assert torch.equal(output.logits.argmax(1), cosine_logits.argmax(1))
+    unnormalised = tiny_synthesizer(seed=0)(
+        support_features=support, support_labels=inputs["support_labels"], num_classes=3, query_features=query
+    )
+    assert not torch.allclose(unnormalised.logits, output.logits)
+
+
+@pytest.mark.parametrize("exponent", [0.0, -0.4, 0.5])
+def test_the_logit_scale_follows_the_shots_between_one_and_five(exponent):
+    synth = tiny_synthesizer(seed=0, logit_scale_shot_exponent=exponent)
+    base = synth.log_logit_scale.exp()
+    for shots, factor in ((0.0, 1.0), (1.0, 1.0), (3.0, 3.0**exponent), (5.0, 5.0**exponent), (40.0, 5.0**exponent)):
+        torch.testing.assert_close(synth.logit_scale_at(torch.tensor(shots)), base * factor)
+
+
+def test_the_shot_exponent_scales_the_head_of_a_synthesized_classifier(processor, tasks):
+    plain = forward(tiny_synthesizer(seed=0), processor, tasks["image-only"]).weights
+    scaled = forward(tiny_synthesizer(seed=0, logit_scale_shot_exponent=0.5), processor, tasks["image-only"]).weights
+    factor = (5 / 3) ** 0.5  # images_per_class (2, 2, 1)
+    for name in ("classifier.weight", "classifier.bias"):
+        torch.testing.assert_close(scaled[name], plain[name] * factor, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("normalize_support_rows", "yes", "true or false"), ("logit_scale_shot_exponent", "big", "must be a float")],
+)
+def test_head_settings_are_validated(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SGPSConfig(**{field: value})
