@@ -27,10 +27,10 @@ from sgps_hf.evaluation.baselines import fit_linear_head
 from sgps_hf.metrics import calibration
 from sgps_hf.models.sgps.configuration_sgps import SUPPORT_VIEWS
 from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
-from sgps_hf.training.calibration import nll_best_multiplier
 from sgps_hf.training.config import TrainingConfig
 from sgps_hf.training.feature_cache import episode_features, pool_features
 from sgps_hf.training.pools import training_pools
+from sgps_hf.training.temperature import nll_best_multiplier
 
 CANDIDATES = {
     "identity": ["identity"],

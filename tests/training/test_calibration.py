@@ -18,18 +18,21 @@ from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
 from sgps_hf.training import batchnorm_calibration, calibration
 from sgps_hf.training.batchnorm_calibration import TASK_BATCHNORM_IMAGES, calibrate_task_batchnorm
 from sgps_hf.training.calibration import (
-    LOGIT_SCALE_MULTIPLIERS,
     PRIOR_STRENGTHS,
     TEXT_TEMPERATURES,
     build_text_memory,
-    calibrate_logit_scale,
     calibrate_prior_strength,
     calibrate_text_temperature,
-    calibrate_zero_shot_scale,
-    fit_logit_scale,
 )
 from sgps_hf.training.feature_cache import pool_features
 from sgps_hf.training.meta_val import mean_accuracy, query_logits
+from sgps_hf.training.temperature import (
+    LOGIT_SCALE_MULTIPLIERS,
+    calibrate_logit_scale,
+    calibrate_zero_shot_scale,
+    fit_logit_scale,
+    nll_best_scale,
+)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -166,12 +169,12 @@ def test_the_fitted_logit_scale_follows_the_shots_when_one_temperature_cannot_su
         return 4.0 * logits, torch.zeros(queries, dtype=torch.long)
 
     pairs, shots = [episode(0.6), episode(0.9)], [1, 5]
-    multiplier, exponent, nll = calibration.nll_best_scale(pairs, shots)
+    multiplier, exponent, nll = nll_best_scale(pairs, shots)
     # the NLL-optimal margin of a 2-way rule right a fraction p of the time is log(p / (1 - p))
     for count, accuracy in zip(shots, (0.6, 0.9), strict=True):
         assert 4.0 * multiplier * count**exponent == pytest.approx(math.log(accuracy / (1 - accuracy)), rel=0.1)
     assert exponent > 0 and nll[multiplier] == pytest.approx(min(nll.values()))
-    same = calibration.nll_best_scale([episode(0.9), episode(0.9)], shots)
+    same = nll_best_scale([episode(0.9), episode(0.9)], shots)
     assert same[1] == 0.0, "equal confidence at both shot counts keeps one temperature"
 
 
