@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..data.episodes import Episode
+from ..models.sgps.heads import temperature_shots
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from .episode_inputs import TextBank
@@ -79,7 +80,8 @@ def nll_best_scale(
     grid = torch.tensor([[m * 1.0 for m in multipliers]], dtype=torch.float64).T  # [M, 1]
     table = torch.zeros(len(multipliers), len(exponents), dtype=torch.float64)
     for (logits, labels), count in zip(pairs, shots, strict=True):
-        factors = grid * min(max(count, 1), 5) ** torch.tensor(exponents, dtype=torch.float64)  # [M, X]
+        shots_at = temperature_shots(torch.tensor(float(count), dtype=torch.float64))
+        factors = grid * shots_at ** torch.tensor(exponents, dtype=torch.float64)  # [M, X]
         scaled = factors.reshape(-1, 1, 1) * logits.double().unsqueeze(0)  # [M * X, Q, C]
         losses = nn.functional.cross_entropy(
             scaled.flatten(0, 1), labels.repeat(factors.numel()), reduction="none"

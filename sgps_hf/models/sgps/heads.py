@@ -72,6 +72,16 @@ def fold_linear(weights: Tensor, mean: Tensor, scale: Tensor, logit_scale: Tenso
     return scaled.T.contiguous(), -(mean @ scaled)
 
 
+#: The shot counts the head's temperature is fitted on (meta-val episodes of 1 to 5 shots); outside them it is held.
+TEMPERATURE_SHOTS = (1.0, 5.0)
+
+
+def temperature_shots(shots: Tensor) -> Tensor:
+    """``shots`` clamped to :data:`TEMPERATURE_SHOTS`, the number the logit scale's shot exponent applies to (the
+    synthesizer and its calibration both read it here, so the fitted exponent means what synthesis applies)."""
+    return shots.clamp(*TEMPERATURE_SHOTS)
+
+
 def support_shots(labels: Tensor, num_classes: int) -> Tensor:
     """Mean number of support images per class that has any (0 for a text-only task)."""
     if labels.numel() == 0:

@@ -40,7 +40,7 @@ from ...errors import SynthesisError
 from ...hub.atomic import save_pretrained_atomically
 from ...hub.checkpoints import checked_from_pretrained
 from .configuration_sgps import SGPSConfig
-from .heads import fold_linear, normalize_rows, ridge_head, standardize, support_shots
+from .heads import fold_linear, normalize_rows, ridge_head, standardize, support_shots, temperature_shots
 from .views import apply_view
 
 #: The default of the per-call settings: the value in the model's config.
@@ -297,7 +297,7 @@ class SGPSSynthesizer(PreTrainedModel):
         times ``shots ** logit_scale_shot_exponent``, shots clamped to 1..5, the range calibration fits it on (fewer
         support images leave a less tight fit, so one temperature cannot suit both ends)."""
         exponent = self.config.logit_scale_shot_exponent
-        return self.log_logit_scale.exp() * shots.clamp(1.0, 5.0) ** exponent
+        return self.log_logit_scale.exp() * temperature_shots(shots) ** exponent
 
     def ridge_at(self, shots: float) -> float:
         """The ridge regulariser of the closed-form head for a task of ``shots`` support images per class."""
