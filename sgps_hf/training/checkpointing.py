@@ -32,6 +32,7 @@ class TrainerState:
 
     epoch: int = 0
     pretrain_history: list[dict[str, float]] = field(default_factory=list)
+    episodic_history: list[dict[str, float]] = field(default_factory=list)
     generator: torch.Generator | None = None
     feature_scale_calibration: dict[str, Any] = field(default_factory=dict)
     prior_calibration: dict[str, Any] = field(default_factory=dict)

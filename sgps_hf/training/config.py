@@ -40,8 +40,11 @@ class TrainingConfig:
     """Everything that defines a training run (saved next to its checkpoints).
 
     The run adapts the body on the meta-train classes for ``pretrain_epochs`` epochs (Accelerate, a checkpoint per
-    epoch), mixes it with its starting weights (``body_interpolation``, WiSE-FT), freezes it, and fits the closed-form
-    head's meta-parameters on ``eval_episodes`` meta-val episodes (``n_way``, ``k_shot``, ``q_query``) in calibration.
+    epoch), mixes it with its starting weights (``body_interpolation``, WiSE-FT), then adapts it on ``episodic_epochs``
+    epochs of ``episodic_episodes_per_epoch`` meta-train episodes through the closed-form head
+    (:mod:`sgps_hf.training.episodic`), freezes it, and fits the closed-form head's meta-parameters on
+    ``eval_episodes`` meta-val episodes in calibration. Both episode kinds have the shape ``n_way``, ``k_shot``,
+    ``q_query``.
 
     Data: by default the classes of ``../shared/data`` in the ``meta_train`` split (held-out tasks are
     never loaded); ``train_sources`` instead names imagefolder directories or Hub datasets (an image
@@ -60,6 +63,9 @@ class TrainingConfig:
     pretrain_batch_size: int = 128
     pretrain_learning_rate: float = 3e-3
     body_interpolation: float = 1.0
+    episodic_epochs: int = 0
+    episodic_episodes_per_epoch: int = 500
+    episodic_learning_rate: float = 1e-4
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
@@ -67,7 +73,7 @@ class TrainingConfig:
     keep_checkpoints: int = 2
     num_threads: int | None = None
 
-    # The meta-val episodes calibration fits the head on.
+    # The shape of the episodic stage's meta-train episodes and of the meta-val episodes calibration fits the head on.
     n_way: int = 5
     k_shot: list[int] = field(default_factory=lambda: [1, 5])
     q_query: int = 5
@@ -87,12 +93,23 @@ class TrainingConfig:
         ):
             raise ValueError(f"k_shot must be [min, max] with 1 <= min <= max, got {self.k_shot!r}.")
         self.k_shot = list(k_shot)
-        for name in ("q_query", "keep_checkpoints", "eval_episodes", "pretrain_batch_size"):
+        for name in (
+            "q_query",
+            "keep_checkpoints",
+            "eval_episodes",
+            "pretrain_batch_size",
+            "episodic_episodes_per_epoch",
+        ):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not _is_int(self.pretrain_epochs) or self.pretrain_epochs < 0:
-            raise ValueError(f"pretrain_epochs must be a non-negative integer, got {self.pretrain_epochs!r}.")
+        for name in ("pretrain_epochs", "episodic_epochs"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+        for name in ("pretrain_learning_rate", "episodic_learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
         if not 0 <= self.body_interpolation <= 1:
             raise ValueError(f"body_interpolation must be in [0, 1], got {self.body_interpolation!r}.")
         if self.n_way < 2:

@@ -42,6 +42,14 @@ def training_summary(
             f"seed {config.seed}; last train accuracy {history[-1]['accuracy']:.3f}), WiSE-FT weight "
             f"{config.body_interpolation}"
         )
+    episodic = state.episodic_history
+    if episodic:
+        body += (
+            f"; then adapted {len(episodic)} epoch(s) x {config.episodic_episodes_per_epoch} meta-train episodes "
+            f"({config.n_way}-way, {config.k_shot[0]}-{config.k_shot[1]}-shot, {config.q_query} queries/class, "
+            f"augmented) through the closed-form head (AdamW lr {config.episodic_learning_rate}; last query "
+            f"accuracy {episodic[-1]['accuracy']:.3f})"
+        )
     summary = {
         "data": data_summary.get("description", ""),
         "meta-train classes": data_summary.get("num_train_classes"),
@@ -50,6 +58,10 @@ def training_summary(
         "body": body + "; then frozen",
         "body adaptation per epoch (loss / train accuracy)": ", ".join(
             f"{int(row['epoch'])}: {row['loss']:.3f} / {row['accuracy']:.3f}" for row in history
+        )
+        or "none",
+        "episodic adaptation per epoch (loss / query accuracy)": ", ".join(
+            f"{int(row['epoch'])}: {row['loss']:.3f} / {row['accuracy']:.3f}" for row in episodic
         )
         or "none",
         "head meta-parameters": (

@@ -2,7 +2,9 @@
 
 1. The body is adapted on the meta-train classes (``pretrain_epochs`` epochs of balanced, augmented draws;
    :func:`~sgps_hf.training.pretrain.pretrain_body`, DDP through ``accelerate launch``), with an Accelerate checkpoint
-   after every epoch, and mixed with its starting weights (WiSE-FT, ``body_interpolation``).
+   after every epoch, and mixed with its starting weights (WiSE-FT, ``body_interpolation``). Then it is adapted on
+   ``episodic_epochs`` epochs of meta-train episodes through the closed-form head
+   (:func:`~sgps_hf.training.episodic.episodic_adapt`), with its own checkpoints under ``<output_dir>/episodic``.
 2. The body is frozen and its features cached: the identity view of every meta-train image (the text memory's class
    means, ``feature_mean``) and the synthesizer's own support views of every meta-val image.
 3. Calibration (:func:`~sgps_hf.training.calibration.calibrate`) fits the closed-form head's meta-parameters and the
@@ -37,11 +39,15 @@ from .checkpointing import (
 )
 from .config import TrainingConfig
 from .episode_inputs import TextBank
+from .episodic import episodic_adapt
 from .export import export_synthesizer
 from .feature_cache import pool_features
 from .pools import training_pools
 from .pretrain import interpolate_bodies, pretrain_body
 from .training_log import CsvLog, plot_learning_curve
+
+#: The episodic stage's checkpoints and log, inside the run's ``output_dir``.
+EPISODIC_DIR = "episodic"
 
 
 def build_model(config: TrainingConfig) -> SGPSSynthesizer:
@@ -60,7 +66,7 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
         torch.set_num_threads(config.num_threads)
     output = Path(config.output_dir)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    if not resume and list_checkpoints(output):
+    if not resume and (list_checkpoints(output) or list_checkpoints(output / EPISODIC_DIR)):
         raise OutputPathError(
             f"{output} already holds checkpoints of a run: pass --resume to continue it, or choose another output_dir."
         )
@@ -74,6 +80,7 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         remove_partial_checkpoints(output)
+        remove_partial_checkpoints(output / EPISODIC_DIR)
         config.save(output / "training_config.json")
     accelerator.wait_for_everyone()
 
@@ -97,6 +104,8 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
             )
     elif resume:
         accelerator.print("--resume: no body adaptation (pretrain_epochs 0) to resume; caching and calibrating.")
+    if config.episodic_epochs:
+        adapt_episodically(model, train_pools, image_processor, config, state, resume)
     accelerator.wait_for_everyone()
     final = output / "final"
     if accelerator.is_main_process:
@@ -113,6 +122,35 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
             plot_learning_curve(output)
     accelerator.end_training()
     return final
+
+
+def adapt_episodically(
+    model: SGPSSynthesizer,
+    pools: list,
+    processor: SGPSImageProcessor,
+    config: TrainingConfig,
+    state: TrainerState,
+    resume: bool,
+) -> None:
+    """The episodic stage (:mod:`sgps_hf.training.episodic`) with its own Accelerator, checkpoints and
+    ``log.csv`` under ``<output_dir>/episodic``; its history goes to ``state.episodic_history``."""
+    folder = Path(config.output_dir) / EPISODIC_DIR
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)  # its own registry of checkpointed objects
+    log = CsvLog(folder / "log.csv", enabled=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+    log.truncate_after(newest_epoch(folder) if resume else 0)
+    started = time.monotonic()
+
+    def log_epoch(row: dict[str, float]) -> None:
+        nonlocal started
+        log.write({**row, "seconds": time.monotonic() - started})
+        started = time.monotonic()
+
+    stage = TrainerState()
+    checkpoints = EpochCheckpoints(folder, stage, config.keep_checkpoints, resume=resume, on_epoch=log_epoch)
+    state.episodic_history = episodic_adapt(accelerator, model, pools, processor, config, checkpoints)
+    model.cpu()
 
 
 def validation_episodes(pools: list, config: TrainingConfig) -> list[Episode]:

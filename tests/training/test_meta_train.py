@@ -352,8 +352,8 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path):
 # -- resume ------------------------------------------------------------------------------------------------------
 
 # Runs scripts/train.py with a pause (the flag file is written, then it sleeps until killed) at WHERE:
-# "before-save:<folder>" / "inside-save:<folder>": as Accelerator.save_state starts / has fully written that staging
-# folder (before it is renamed into place); "calibration": instead of calibrating.
+# "before-save:<folder>" / "inside-save:<folder>": as Accelerator.save_state starts / has fully written the staging
+# folder whose path ends with <folder> (before it is renamed into place); "calibration": instead of calibrating.
 PAUSE = """
 import runpy, sys, time
 from pathlib import Path
@@ -373,10 +373,10 @@ else:
     original = accelerate.Accelerator.save_state
 
     def save_state(self, output_dir=None, **kwargs):
-        if when == "before-save" and Path(output_dir).name == folder:
+        if when == "before-save" and Path(output_dir).as_posix().endswith(folder):
             pause()
         result = original(self, output_dir, **kwargs)
-        if when == "inside-save" and Path(output_dir).name == folder:
+        if when == "inside-save" and Path(output_dir).as_posix().endswith(folder):
             pause()
         return result
 
@@ -386,10 +386,13 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-def run_and_kill_at(where: str, output: Path, sources: dict, env: dict, tmp_path: Path) -> None:
-    """Start a run that pauses at ``where`` (see PAUSE) and SIGKILL it there."""
+def run_and_kill_at(
+    where: str, output: Path, sources: dict, env: dict, tmp_path: Path, args: list[str] | None = None
+) -> None:
+    """Start a run (``args``, default ``train_args``) that pauses at ``where`` (see PAUSE) and SIGKILL it there."""
     flag = tmp_path / "paused"
-    command = [sys.executable, "-c", PAUSE, str(flag), where, str(TRAIN_SCRIPT), *train_args(output, sources)]
+    args = args if args is not None else train_args(output, sources)
+    command = [sys.executable, "-c", PAUSE, str(flag), where, str(TRAIN_SCRIPT), *args]
     log_file = (tmp_path / "killed.log").open("w")
     process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
     try:
@@ -478,23 +481,61 @@ def test_sigkill_during_calibration_resumes_without_adapting_again(reference_run
     assert f"adapted {EPOCHS} epoch(s)" in card, "the restored history describes the adaptation"
 
 
+EPISODIC = {"episodic-epochs": 2, "episodic-episodes-per-epoch": 3, "episodic-learning-rate": 0.003}
+
+
+@pytest.mark.e2e
+def test_the_episodic_stage_runs_checkpoints_and_resumes_bit_identically(reference_run, sources, train_env, tmp_path):
+    """With ``episodic_epochs``, the WiSE-mixed body is then adapted on meta-train episodes through the closed-form
+    head: its own checkpoints and log under episodic/, its history on the card; killed before its second checkpoint,
+    the resume redoes only that epoch and ends bit-identical to an uninterrupted run."""
+    plain, _ = reference_run
+    reference = tmp_path / "reference"
+    run_training(train_args(reference, sources, **EPISODIC), train_env)
+    rows = read_log(reference / "episodic")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert checkpoint_steps(reference / "episodic") == [1, 2] and checkpoint_steps(reference) == [EPOCHS - 1, EPOCHS]
+    assert_same_log(reference, plain)  # the supervised stage is the same as without the episodic one
+    with pytest.raises(AssertionError, match="tensors differ"):  # the episodic stage moved the exported body
+        assert_same_tensors(reference / "final" / "model.safetensors", plain / "final" / "model.safetensors")
+    card = (reference / "final" / "README.md").read_text()
+    assert "adapted 2 epoch(s) x 3 meta-train episodes (3-way, 1-3-shot, 2 queries/class, augmented)" in card
+    assert ", ".join(f"{int(r['epoch'])}: {r['loss']:.3f} / {r['accuracy']:.3f}" for r in rows) in card
+
+    output = tmp_path / "run"
+    args = train_args(output, sources, **EPISODIC)
+    run_and_kill_at("before-save:episodic/.checkpoint-2.partial", output, sources, train_env, tmp_path, args)
+    assert checkpoint_steps(output / "episodic") == [1] and not (output / "final").exists()
+    resumed = run_training(train_args(output, sources, resume=True, **EPISODIC), train_env)
+    assert f"Resumed from {output / 'episodic' / 'checkpoint-1'} at epoch 1." in resumed.stdout
+    assert "episodic adaptation epoch 1:" not in resumed.stdout and "episodic adaptation epoch 2:" in resumed.stdout
+    assert_same_log(output / "episodic", reference / "episodic")
+    assert_same_tensors(output / "final" / "model.safetensors", reference / "final" / "model.safetensors")
+
+
 # -- DDP -------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.e2e
 def test_two_process_ddp_run(sources, train_env, tmp_path):
-    """Two CPU processes (gloo) adapt the body on disjoint batches; one log, per-rank RNG states; the main process
-    calibrates and exports."""
+    """Two CPU processes (gloo) adapt the body on disjoint batches, then on disjoint episodes; one log per stage,
+    per-rank RNG states; the main process calibrates and exports."""
     import torch
 
     from sgps_hf import SGPSSynthesizer
 
     output = tmp_path / "run"
     result = run_training(
-        train_args(output, sources), train_env, launcher=accelerate_cmd(2), extra_env={"ACCELERATE_USE_CPU": "true"}
+        train_args(output, sources, **EPISODIC),
+        train_env,
+        launcher=accelerate_cmd(2),
+        extra_env={"ACCELERATE_USE_CPU": "true"},
     )
     for rank in (0, 1):
         assert (output / f"checkpoint-{EPOCHS}" / f"random_states_{rank}.pkl").is_file(), "two processes really ran"
+        assert (output / "episodic" / "checkpoint-2" / f"random_states_{rank}.pkl").is_file()
+    assert [int(r["epoch"]) for r in read_log(output / "episodic")] == [1, 2]
     assert [int(r["epoch"]) for r in read_log(output)] == list(range(1, EPOCHS + 1)), "only the main process logs"
     assert checkpoint_steps(output) == [EPOCHS - 1, EPOCHS]
     assert "Exported synthesizer" in result.stdout
