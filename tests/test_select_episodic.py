@@ -1,0 +1,69 @@
+"""scripts/select_episodic.py end to end on small real subsets: the episodic stage, paired rows, caching."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sgps_testing import load_script, tiny_synthesizer
+
+from sgps_hf.data import build_pools
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+# one small task per split, a dozen images per class: the script's plumbing on real images in seconds
+SUBSET = {"meta_train": "pathology-colon-lc25000", "meta_val": "endoscopy-larynx-contact"}
+
+
+@pytest.fixture()
+def script(monkeypatch, tmp_path):
+    module = load_script("select_episodic")
+
+    def small_pools(split, image_size):
+        pools = build_pools(split, image_size, tasks=[SUBSET[split]])
+        for pool in pools:
+            pool.images = pool.images[:12]
+        return pools
+
+    monkeypatch.setattr(module, "build_pools", small_pools)
+    monkeypatch.setenv("SGPS_CACHE_DIR", str(tmp_path / "cache"))
+    return module
+
+
+def test_report_pairs_every_candidate_with_the_starting_body_and_a_rerun_trains_nothing(script, tmp_path, monkeypatch):
+    synthesizer = tmp_path / "synthesizer"
+    tiny_synthesizer().save_pretrained(synthesizer)
+    args = [
+        "--synthesizer", str(synthesizer),
+        "--candidates", "4:1e-3",
+        "--alphas", "1",
+        "--episodes", "4",
+        "--n-way", "2",
+        "--k-shot", "1", "2",
+        "--q-query", "2",
+        "--num-threads", "1",
+        "--work-dir", str(tmp_path / "work"),
+        "--out", str(tmp_path / "report.md"),
+    ]  # fmt: skip
+    assert script.main(args) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "--candidates 4:0.001 --alphas 1" in report
+    overall = report.split("Per family")[0]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in overall.splitlines() if line.startswith("| ")}
+    assert re.fullmatch(r"\| starting body \| 0\.\d{3} \| 0\.\d{3} \|", rows["starting body"].strip())
+    candidate = rows["4 episodes, lr 0.001, alpha 1"]
+    assert len(re.findall(r"0\.\d{3} \([+-]\d+\.\d ± \d+\.\d\)", candidate)) == 2, candidate
+    assert "- 4 episodes, lr 0.001:" in report and '"accuracy"' in report
+    assert [p.name for p in (tmp_path / "work").glob("*.safetensors")] == ["episodic-4-lr0.001-seed0.safetensors"]
+
+    def no_training(*_, **__):
+        raise AssertionError("the cached body should have been reused")
+
+    monkeypatch.setattr(script, "episodic_adapt", no_training)
+    assert script.main(args) == 0
+    assert (tmp_path / "report.md").read_text() == report
+
+
+def test_a_malformed_candidate_is_refused_with_the_expected_form(script):
+    with pytest.raises(SystemExit, match="EPISODES:LEARNING_RATE"):
+        script.main(["--synthesizer", "x", "--candidates", "150"])
