@@ -9,6 +9,8 @@ episodes (same split, seed, ways, queries and episode count), and writes the hea
 `sgps_hf.evaluation.report.headline` against the previous run's results.json. Rows it reuses are valid only on the
 same body: the script refuses to reuse them unless the synthesizer given here has the previous run's body tensors
 bit for bit (``--previous-synthesizer`` names the previous run's synthesizer when it has been replaced since).
+With ``--new-body`` (a synthesizer whose body changed) it reuses none of them, only the previous run's protocol
+(episodes, seeds, tuning grids): the headline then compares the rows run here.
 
     python scripts/fair_baselines.py --previous benchmarks/results/results.json --out benchmarks/fair_baselines.md
 """
@@ -60,6 +62,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="the previous run's synthesizer, to check the body is the same (default: its results.json's)",
     )
+    parser.add_argument(
+        "--new-body",
+        action="store_true",
+        help="the synthesizer's body differs from the previous run's: reuse none of its rows, only its protocol",
+    )
     parser.add_argument("--episodes", type=int, default=None, help="default: the previous run's episodes per shot")
     parser.add_argument("--tune-episodes", type=int, default=None, help="default: the previous run's")
     parser.add_argument("--out", default="benchmarks/fair_baselines.md")
@@ -92,9 +99,10 @@ def main(argv=None) -> None:
         focus_shot=cfg["focus_shot_used"],
     )
     synthesizer = SGPSSynthesizer.from_pretrained(args.synthesizer).eval()
-    check_same_body(
-        SGPSSynthesizer.from_pretrained(args.previous_synthesizer or previous["run"]["synthesizer"]), synthesizer
-    )
+    if not args.new_body:
+        check_same_body(
+            SGPSSynthesizer.from_pretrained(args.previous_synthesizer or previous["run"]["synthesizer"]), synthesizer
+        )
     size = synthesizer.config.image_size
     eval_pools, val_pools = build_pools("held_out", size), build_pools("meta_val", size)
     texts = TextBank(synthesizer.config, [p.text for p in eval_pools + val_pools])
@@ -108,7 +116,7 @@ def main(argv=None) -> None:
     shots = [int(s) for s in cfg["shots_used"] if int(s) > 0 or SGPS_TEXT in names]
     subset = bench.episodes < cfg["episodes"]
     table, runs = main_table(methods, eval_pools, bench, shots)
-    main = {**previous["main"], **table}
+    main = table if args.new_body else {**previous["main"], **table}
     rows = []
     for name, by_shot in table.items():
         for shot, r in by_shot.items():
@@ -127,14 +135,20 @@ def main(argv=None) -> None:
     lines = [
         "# The fair comparison: baselines with SGPS's support views and task-adaptive BatchNorm",
         "",
-        f"Command: `python scripts/fair_baselines.py --previous {args.previous} --episodes {bench.episodes} --methods "
+        f"Command: `python scripts/fair_baselines.py --previous {args.previous}"
+        + (" --new-body" if args.new_body else "")
+        + f" --episodes {bench.episodes} --methods "
         + " ".join(f"'{m}'" for m in args.methods)
         + f" --out {args.out}`",
         "",
         f"Synthesizer `{Path(args.synthesizer).name}`; held-out split; seed {bench.seed}, {bench.ways}-way, "
         f"{bench.queries} queries per class: the seeded episodes of the previous full run (`{args.previous}`), "
-        f"whose SGPS and published-baseline rows ({cfg['episodes']} episodes per shot) are reused; the new rows ran "
-        f"on the first {bench.episodes} of them"
+        + (
+            "whose rows are not reused (a new body: every row below ran here)"
+            if args.new_body
+            else f"whose SGPS and published-baseline rows ({cfg['episodes']} episodes per shot) are reused"
+        )
+        + f"; the new rows ran on the first {bench.episodes} of them"
         + (" (a subset: their means carry the subset's sampling noise beside the full run's)" if subset else "")
         + f". The new rows' hyperparameters were tuned on {bench.tune_episodes} meta-val episodes ({val_shot}-shot) "
         f"as in the full run. {time.time() - started:.0f} s on {args.num_threads} threads.",
