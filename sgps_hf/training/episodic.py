@@ -16,8 +16,6 @@ classes only, deterministically by index, and the stage is checkpointed per epoc
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -25,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data.episodes import ClassPool, EpisodeSampler
-from ..models.sgps.heads import normalize_rows, ridge_head, standardize
+from ..models.sgps.heads import normalize_rows, ridge_head, standardize, support_shots
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from .augment import medical_augment
@@ -43,10 +41,10 @@ class EpisodicLearner(nn.Module):
     def __init__(self, model: SGPSSynthesizer) -> None:
         super().__init__()
         self.body = model.target
-        self.ridge = float(model.ridge_at(1.0))
+        self.ridge_at = model.ridge_at  # the synthesizer's ridge for a number of shots (not trained here)
         self.normalize = bool(model.config.normalize_support_rows)
         self.register_buffer("feature_scale", model.log_feature_scale.detach().exp().clone())
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(model.config.logit_scale_init)))
+        self.log_logit_scale = nn.Parameter(model.log_logit_scale.detach().clone())
 
     def train(self, mode: bool = True) -> "EpisodicLearner":
         super().train(mode)
@@ -63,7 +61,8 @@ class EpisodicLearner(nn.Module):
         z = standardize(support_features, mean, self.feature_scale)
         if self.normalize:
             z = normalize_rows(z)
-        weights = ridge_head(z, support_labels, num_classes, torch.tensor(self.ridge, device=z.device))
+        ridge = self.ridge_at(float(support_shots(support_labels, num_classes)))
+        weights = ridge_head(z, support_labels, num_classes, torch.tensor(ridge, device=z.device))
         logits = self.log_logit_scale.exp() * standardize(query_features, mean, self.feature_scale) @ weights
         loss = nn.functional.cross_entropy(logits, query_labels)
         return loss, (logits.argmax(-1) == query_labels).float().mean()

@@ -58,10 +58,13 @@ def adapt(output=None, epochs: int = 2, resume: bool = False, keep: int = 2):
     return synth, history
 
 
-def test_the_learner_classifies_with_the_head_synthesis_uses():
+@pytest.mark.parametrize("ridge", [None, (0.05, 2.0)], ids=["config", "shot-dependent"])
+def test_the_learner_classifies_with_the_head_synthesis_uses(ridge):
     """The loss the body is trained on is the cross-entropy of the synthesized classifier's own logits (identity view,
-    the body as it is, the config's ridge and temperature)."""
+    the body as it is, the synthesizer's ridge for the episode's shots and its temperature)."""
     synth = tiny_synthesizer()
+    if ridge is not None:
+        synth.set_ridge(*ridge)
     processor = SGPSImageProcessor.from_sgps_config(synth.config)
     episode = EpisodeSampler(pools(), n_way=3, k_shot=2, q_query=2, seed=3).episode(0)
     support, query = processor.normalize_uint8(episode.support), processor.normalize_uint8(episode.query)
