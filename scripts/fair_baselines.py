@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from sgps_hf import SGPSSynthesizer
+from sgps_hf.body.timm_network import tensors_fingerprint
 from sgps_hf.data.episodes import build_pools
 from sgps_hf.evaluation.criteria import main_table
 from sgps_hf.evaluation.protocol import (
@@ -60,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--previous-synthesizer",
         default=None,
-        help="the previous run's synthesizer, to check the body is the same (default: its results.json's)",
+        help="the previous run's synthesizer, to check the body is the same (default: the body fingerprint its "
+        "results.json records, else the synthesizer path it records)",
     )
     parser.add_argument(
         "--new-body",
@@ -74,14 +76,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_same_body(previous: SGPSSynthesizer, synthesizer: SGPSSynthesizer) -> None:
+def check_same_body(previous: dict, synthesizer: SGPSSynthesizer, previous_synthesizer: str | None) -> None:
     """Refuse to mix rows of two bodies: every baseline row depends on the body tensors (a view row names its task
-    BatchNorm in its name, so it stays true whatever SGPS's own setting is)."""
-    old, new = previous.target.state_dict(), synthesizer.target.state_dict()
-    if old.keys() != new.keys() or not all(torch.equal(old[k], new[k]) for k in old):
+    BatchNorm in its name, so it stays true whatever SGPS's own setting is). The previous run's body is its recorded
+    fingerprint; for a run that recorded none, ``previous_synthesizer`` or the path it recorded (whose checkpoint may
+    have been replaced since: name the old one with --previous-synthesizer)."""
+    recorded = previous["run"].get("body_sha256")
+    if recorded is not None and previous_synthesizer is None:
+        same = recorded == tensors_fingerprint(synthesizer.body_tensors())
+    else:
+        old = SGPSSynthesizer.from_pretrained(previous_synthesizer or previous["run"]["synthesizer"]).body_tensors()
+        new = synthesizer.body_tensors()
+        same = old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+    if not same:
         raise SystemExit(
-            "The synthesizer's body differs from the previous run's: its rows cannot be reused. Run the full "
-            "benchmark (scripts/run_benchmark.py) instead."
+            "The synthesizer's body differs from the previous run's: its rows cannot be reused. Pass --new-body to "
+            "rerun every compared row on this body, or run the full benchmark (scripts/run_benchmark.py)."
         )
 
 
@@ -100,9 +110,7 @@ def main(argv=None) -> None:
     )
     synthesizer = SGPSSynthesizer.from_pretrained(args.synthesizer).eval()
     if not args.new_body:
-        check_same_body(
-            SGPSSynthesizer.from_pretrained(args.previous_synthesizer or previous["run"]["synthesizer"]), synthesizer
-        )
+        check_same_body(previous, synthesizer, args.previous_synthesizer)
     size = synthesizer.config.image_size
     eval_pools, val_pools = build_pools("held_out", size), build_pools("meta_val", size)
     texts = TextBank(synthesizer.config, [p.text for p in eval_pools + val_pools])

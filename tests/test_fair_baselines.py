@@ -44,13 +44,11 @@ def run(monkeypatch, tmp_path):
     tiny_synthesizer(seed=1).save_pretrained(current)
     tiny_synthesizer(seed=2).save_pretrained(previous)  # another body
     results = tmp_path / "results.json"
-    results.write_text(
-        json.dumps(
-            {"config": PROTOCOL, "main": {"Stale baseline": {"1": STALE}}, "run": {"synthesizer": str(previous)}}
-        )
-    )
 
-    def main(*extra: str) -> str:
+    def main(*extra: str, run_record: dict | None = None) -> str:
+        """The script's report; the previous run recorded ``run_record`` (default: the other body's path only)."""
+        record = run_record if run_record is not None else {"synthesizer": str(previous)}
+        results.write_text(json.dumps({"config": PROTOCOL, "main": {"Stale baseline": {"1": STALE}}, "run": record}))
         out = tmp_path / "report.md"
         module.main(
             ["--previous", str(results), "--synthesizer", str(current), "--episodes", "2", "--num-threads", "1"]
@@ -58,12 +56,31 @@ def run(monkeypatch, tmp_path):
         )
         return out.read_text()
 
+    main.current, main.previous = current, previous
     return main
 
 
+def fingerprint(path) -> str:
+    from sgps_hf import SGPSSynthesizer
+    from sgps_hf.body.timm_network import tensors_fingerprint
+
+    return tensors_fingerprint(SGPSSynthesizer.from_pretrained(path).body_tensors())
+
+
 def test_rows_of_another_body_are_refused(run):
-    with pytest.raises(SystemExit, match="body differs from the previous run's"):
+    with pytest.raises(SystemExit, match="body differs from the previous run's.*--new-body"):
         run()
+
+
+def test_the_recorded_body_fingerprint_wins_over_a_path_whose_checkpoint_was_replaced(run):
+    """A run that recorded its body's fingerprint is checked against it, not against whatever its synthesizer path
+    holds now (a replaced bundled checkpoint would otherwise be compared with itself)."""
+    replaced = {"synthesizer": str(run.current), "body_sha256": fingerprint(run.previous)}
+    with pytest.raises(SystemExit, match="body differs from the previous run's"):
+        run(run_record=replaced)
+    same = {"synthesizer": str(run.previous), "body_sha256": fingerprint(run.current)}
+    report = run(run_record=same)
+    assert "whose SGPS and published-baseline rows" in report and "Stale baseline 0.990" in report
 
 
 def test_new_body_reruns_every_compared_row_and_reuses_none(run, tmp_path):

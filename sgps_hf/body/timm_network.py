@@ -8,6 +8,7 @@ timm architecture with a real head, materialised from those tensors: both paths 
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
@@ -44,6 +45,17 @@ def training_mode(model: nn.Module, training: bool) -> Iterator[None]:
         yield
     finally:
         model.train(previous)
+
+
+def tensors_fingerprint(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order): which body a result was measured on,
+    whatever path its checkpoint has since (a benchmark's rows are valid only on the body that produced them)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # bytes of any dtype, scalars too
+    return digest.hexdigest()
 
 
 def body_features(body: nn.Module, tensors: Mapping[str, Tensor], images: Tensor) -> Tensor:

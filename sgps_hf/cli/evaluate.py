@@ -179,6 +179,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
     """Run the benchmark described by ``args``; writes results.json, results.md and plots into ``--out``."""
     import torch
 
+    from ..body.timm_network import tensors_fingerprint
     from ..evaluation.benchmark import run_benchmark
     from ..evaluation.report import render_markdown, write_plots
     from ..evaluation.subgroups import subgroup_metadata
@@ -211,6 +212,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict[str, An
         "command": command,
         "environment": environment(args.num_threads),
         "synthesizer": _display_path(synthesizer_path),
+        "body_sha256": tensors_fingerprint(synthesizer.body_tensors()),
         "data": data_label,
         "quick": bool(args.quick),
         "wall_seconds": time.time() - started,

@@ -99,6 +99,12 @@ def test_results_json_has_every_method_shot_and_criterion(quick_run):
     assert speed["synthesis_seconds_per_task"] > 0 and speed["inference_ratio"] > 0.3
     assert "identical for every method" in results["training"]["shared body"]
     assert "Fine-tune all layers" in results["tuning"] and "--quick" in results["run"]["command"]
+    # the body every row stands on, whatever the synthesizer's path holds later (scripts/fair_baselines.py checks it)
+    from sgps_hf import SGPSSynthesizer
+    from sgps_hf.body.timm_network import tensors_fingerprint
+
+    synthesizer = SGPSSynthesizer.from_pretrained(results["run"]["synthesizer"])
+    assert results["run"]["body_sha256"] == tensors_fingerprint(synthesizer.body_tensors())
 
 
 def test_markdown_and_plots(quick_run):
