@@ -82,13 +82,10 @@ def check_same_body(previous: dict, synthesizer: SGPSSynthesizer, previous_synth
     fingerprint; for a run that recorded none, ``previous_synthesizer`` or the path it recorded (whose checkpoint may
     have been replaced since: name the old one with --previous-synthesizer)."""
     recorded = previous["run"].get("body_sha256")
-    if recorded is not None and previous_synthesizer is None:
-        same = recorded == tensors_fingerprint(synthesizer.body_tensors())
-    else:
-        old = SGPSSynthesizer.from_pretrained(previous_synthesizer or previous["run"]["synthesizer"]).body_tensors()
-        new = synthesizer.body_tensors()
-        same = old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
-    if not same:
+    if recorded is None or previous_synthesizer is not None:
+        path = previous_synthesizer or previous["run"]["synthesizer"]
+        recorded = tensors_fingerprint(SGPSSynthesizer.from_pretrained(path).body_tensors())
+    if recorded != tensors_fingerprint(synthesizer.body_tensors()):
         raise SystemExit(
             "The synthesizer's body differs from the previous run's: its rows cannot be reused. Pass --new-body to "
             "rerun every compared row on this body, or run the full benchmark (scripts/run_benchmark.py)."

@@ -32,6 +32,25 @@ def load_script(name: str):
     return module
 
 
+def script_on_small_pools(name: str, subset: dict[str, str], per_class: int, monkeypatch, cache_dir: Path):
+    """``scripts/<name>.py`` loaded with its ``build_pools`` cut down to one real task per split (``subset``: split ->
+    task) and ``per_class`` images per class, and sgps_hf's caches in ``cache_dir``: a script's plumbing on real
+    images in seconds."""
+    from sgps_hf.data import build_pools
+
+    module = load_script(name)
+
+    def small_pools(split, image_size):
+        pools = build_pools(split, image_size, tasks=[subset[split]])
+        for pool in pools:
+            pool.images = pool.images[:per_class]
+        return pools
+
+    monkeypatch.setattr(module, "build_pools", small_pools)
+    monkeypatch.setenv("SGPS_CACHE_DIR", str(cache_dir))
+    return module
+
+
 #: The shared real medical images (``../shared/data`` relative to the project root); override with SGPS_SHARED_DATA.
 SHARED_DATA = Path(os.environ.get("SGPS_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 DESCRIPTIONS = PROJECT_ROOT / "sgps_hf" / "data" / "descriptions"

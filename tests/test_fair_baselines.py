@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from sgps_testing import load_script, tiny_synthesizer
-
-from sgps_hf.data import build_pools
+from sgps_testing import script_on_small_pools, tiny_synthesizer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -30,16 +28,7 @@ STALE = {"accuracy": {"mean": 0.99, "ci95": 0.0, "n": 4}, "episodes": 4}
 
 @pytest.fixture()
 def run(monkeypatch, tmp_path):
-    module = load_script("fair_baselines")
-
-    def small_pools(split, image_size):
-        pools = build_pools(split, image_size, tasks=[SUBSET[split]])
-        for pool in pools:
-            pool.images = pool.images[:6]
-        return pools
-
-    monkeypatch.setattr(module, "build_pools", small_pools)
-    monkeypatch.setenv("SGPS_CACHE_DIR", str(tmp_path / "cache"))
+    module = script_on_small_pools("fair_baselines", SUBSET, 6, monkeypatch, tmp_path / "cache")
     current, previous = tmp_path / "current", tmp_path / "previous"
     tiny_synthesizer(seed=1).save_pretrained(current)
     tiny_synthesizer(seed=2).save_pretrained(previous)  # another body

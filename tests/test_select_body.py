@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from sgps_testing import load_script
-
-from sgps_hf.data import build_pools
+from sgps_testing import script_on_small_pools
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -17,17 +15,7 @@ SUBSET = {"meta_train": "pathology-colon-lc25000", "meta_val": "endoscopy-larynx
 
 @pytest.fixture()
 def script(monkeypatch, tmp_path):
-    module = load_script("select_body")
-
-    def small_pools(split, image_size):
-        pools = build_pools(split, image_size, tasks=[SUBSET[split]])
-        for pool in pools:
-            pool.images = pool.images[:12]
-        return pools
-
-    monkeypatch.setattr(module, "build_pools", small_pools)
-    monkeypatch.setenv("SGPS_CACHE_DIR", str(tmp_path / "cache"))
-    return module
+    return script_on_small_pools("select_body", SUBSET, 12, monkeypatch, tmp_path / "cache")
 
 
 def test_report_has_every_body_and_a_rerun_reuses_the_trained_bodies(script, tmp_path, monkeypatch):

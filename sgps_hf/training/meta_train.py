@@ -16,7 +16,6 @@ its last epoch (while caching or calibrating) resumes without adapting the body 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -86,14 +85,9 @@ def train(config: TrainingConfig, resume: bool = False) -> Path:
 
     state = TrainerState()
     if config.pretrain_epochs:
-        started = time.monotonic()
-
-        def log_epoch(row: dict[str, float]) -> None:
-            nonlocal started
-            log.write({**row, "seconds": time.monotonic() - started})
-            started = time.monotonic()
-
-        checkpoints = EpochCheckpoints(output, state, config.keep_checkpoints, resume=resume, on_epoch=log_epoch)
+        checkpoints = EpochCheckpoints(
+            output, state, config.keep_checkpoints, resume=resume, on_epoch=log.timed_writer()
+        )
         log.truncate_after(newest_epoch(output) if resume else 0)  # rows of epochs after the checkpoint are redone
         start = {name: tensor.clone() for name, tensor in model.target.state_dict().items()}
         pretrain_body(accelerator, model.target, train_pools, image_processor, config, checkpoints)
@@ -140,15 +134,8 @@ def adapt_episodically(
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
     log.truncate_after(newest_epoch(folder) if resume else 0)
-    started = time.monotonic()
-
-    def log_epoch(row: dict[str, float]) -> None:
-        nonlocal started
-        log.write({**row, "seconds": time.monotonic() - started})
-        started = time.monotonic()
-
     stage = TrainerState()
-    checkpoints = EpochCheckpoints(folder, stage, config.keep_checkpoints, resume=resume, on_epoch=log_epoch)
+    checkpoints = EpochCheckpoints(folder, stage, config.keep_checkpoints, resume=resume, on_epoch=log.timed_writer())
     state.episodic_history = episodic_adapt(accelerator, model, pools, processor, config, checkpoints)
     model.cpu()
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
+from typing import Callable
 
 from ..hub.atomic import atomic_write_text
 
@@ -37,6 +39,17 @@ class CsvLog:
             writer.writeheader()
             writer.writerows(kept)
             atomic_write_text(self.path, buffer.getvalue())
+
+    def timed_writer(self) -> Callable[[dict[str, float]], None]:
+        """A ``write`` that adds each row's ``seconds``: the wall time since the previous row (or since this call)."""
+        started = time.monotonic()
+
+        def write(row: dict[str, float]) -> None:
+            nonlocal started
+            self.write({**row, "seconds": time.monotonic() - started})
+            started = time.monotonic()
+
+        return write
 
     def write(self, row: dict[str, float]) -> None:
         if not self.enabled:
