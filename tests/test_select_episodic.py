@@ -23,26 +23,31 @@ def test_report_pairs_every_candidate_with_the_starting_body_and_a_rerun_trains_
     tiny_synthesizer().save_pretrained(synthesizer)
     args = [
         "--synthesizer", str(synthesizer),
-        "--candidates", "4:1e-3",
+        "--candidates", "4:1e-3", "4:1e-3:family:3way",
         "--alphas", "1",
         "--episodes", "4",
         "--n-way", "2",
         "--k-shot", "1", "2",
         "--q-query", "2",
         "--num-threads", "1",
+        "--seeds", "0", "1",
         "--work-dir", str(tmp_path / "work"),
         "--out", str(tmp_path / "report.md"),
     ]  # fmt: skip
     assert script.main(args) == 0
     report = (tmp_path / "report.md").read_text()
-    assert "--candidates 4:0.001 --alphas 1" in report
+    assert "--candidates 4:0.001 4:0.001:family:3way --alphas 1 --seeds 0 1" in report
     overall = report.split("Per family")[0]
     rows = {line.split(" | ")[0].lstrip("| "): line for line in overall.splitlines() if line.startswith("| ")}
     assert re.fullmatch(r"\| starting body \| 0\.\d{3} \| 0\.\d{3} \|", rows["starting body"].strip())
-    candidate = rows["4 episodes, lr 0.001, alpha 1"]
-    assert len(re.findall(r"0\.\d{3} \([+-]\d+\.\d ± \d+\.\d\)", candidate)) == 2, candidate
-    assert "- 4 episodes, lr 0.001:" in report and '"accuracy"' in report
-    assert [p.name for p in (tmp_path / "work").glob("*.safetensors")] == ["episodic-4-lr0.001-seed0.safetensors"]
+    for label in ("4 episodes, lr 0.001", "4 episodes, lr 0.001, 3-way, every family equally likely"):
+        candidate = rows[f"{label}, alpha 1"]
+        assert len(re.findall(r"0\.\d{3} \([+-]\d+\.\d ± \d+\.\d\)", candidate)) == 2, candidate
+        assert f"- {label}, seed 0:" in report and f"- {label}, seed 1:" in report
+    assert '"accuracy"' in report
+    assert sorted(p.name for p in (tmp_path / "work").glob("*.safetensors")) == [
+        f"episodic-4-lr0.001{options}-seed{seed}.safetensors" for options in ("-family-3way", "") for seed in (0, 1)
+    ]
 
     def no_training(*_, **__):
         raise AssertionError("the cached body should have been reused")
@@ -52,6 +57,35 @@ def test_report_pairs_every_candidate_with_the_starting_body_and_a_rerun_trains_
     assert (tmp_path / "report.md").read_text() == report
 
 
-def test_a_malformed_candidate_is_refused_with_the_expected_form(script):
-    with pytest.raises(SystemExit, match="EPISODES:LEARNING_RATE"):
-        script.main(["--synthesizer", "x", "--candidates", "150"])
+def test_with_two_seeds_a_candidate_scores_the_mean_of_its_seeds(script, tmp_path):
+    synthesizer = tmp_path / "synthesizer"
+    tiny_synthesizer().save_pretrained(synthesizer)
+
+    def candidate_row(*seeds: str) -> list[float]:
+        args = [
+            "--synthesizer", str(synthesizer),
+            "--candidates", "4:1e-3",
+            "--alphas", "1",
+            "--episodes", "4",
+            "--n-way", "2",
+            "--k-shot", "1", "2",
+            "--q-query", "2",
+            "--num-threads", "1",
+            "--seeds", *seeds,
+            "--work-dir", str(tmp_path / "work"),
+            "--out", str(tmp_path / "report.md"),
+        ]  # fmt: skip
+        assert script.main(args) == 0
+        row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| 4 "))
+        return [float(value) for value in re.findall(r"(0\.\d{3}) \(", row)]
+
+    first, second, both = candidate_row("0"), candidate_row("1"), candidate_row("0", "1")
+    assert first != second, "two seeds train different bodies"
+    for a, b, mean in zip(first, second, both, strict=True):
+        assert abs(mean - (a + b) / 2) <= 0.001  # rounding of the report's three decimals
+
+
+@pytest.mark.parametrize("candidate", ["150", "150:1e-4:site", "150:fast", "150:1e-4:1way"])
+def test_a_malformed_candidate_is_refused_with_the_expected_form(script, candidate):
+    with pytest.raises(SystemExit, match=r"EPISODES:LEARNING_RATE\[:family\]\[:<N>way\]"):
+        script.main(["--synthesizer", "x", "--candidates", candidate])

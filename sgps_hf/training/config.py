@@ -34,6 +34,9 @@ REMOVED_KEYS = frozenset(
     }
 )
 
+#: How the episodic stage may weight the meta-train tasks (``TrainingConfig.episodic_balance``).
+EPISODIC_BALANCES = ("task", "family")
+
 
 @dataclass
 class TrainingConfig:
@@ -41,10 +44,10 @@ class TrainingConfig:
 
     The run adapts the body on the meta-train classes for ``pretrain_epochs`` epochs (Accelerate, a checkpoint per
     epoch), mixes it with its starting weights (``body_interpolation``, WiSE-FT), then adapts it on ``episodic_epochs``
-    epochs of ``episodic_episodes_per_epoch`` meta-train episodes through the closed-form head
-    (:mod:`sgps_hf.training.episodic`), freezes it, and fits the closed-form head's meta-parameters on
-    ``eval_episodes`` meta-val episodes in calibration. Both episode kinds have the shape ``n_way``, ``k_shot``,
-    ``q_query``.
+    epochs of ``episodic_episodes_per_epoch`` meta-train episodes (their tasks drawn as ``episodic_balance`` says)
+    through the closed-form head (:mod:`sgps_hf.training.episodic`), freezes it, and fits the closed-form head's
+    meta-parameters on ``eval_episodes`` meta-val episodes in calibration. Both episode kinds have the shape
+    ``n_way``, ``k_shot``, ``q_query``, except that ``episodic_n_way`` may give the episodic stage more classes.
 
     Data: by default the classes of ``../shared/data`` in the ``meta_train`` split (held-out tasks are
     never loaded); ``train_sources`` instead names imagefolder directories or Hub datasets (an image
@@ -66,6 +69,11 @@ class TrainingConfig:
     episodic_epochs: int = 0
     episodic_episodes_per_epoch: int = 500
     episodic_learning_rate: float = 1e-4
+    # How the episodic stage picks an episode's task: "task" (every meta-train task equally likely) or "family"
+    # (every family equally likely, then every task within it; benchmarks/episodic_adaptation.md).
+    episodic_balance: str = "task"
+    # Classes per episode of the episodic stage (None: n_way, the shape of the meta-val episodes calibration uses).
+    episodic_n_way: int | None = None
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
@@ -112,10 +120,23 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
         if not 0 <= self.body_interpolation <= 1:
             raise ValueError(f"body_interpolation must be in [0, 1], got {self.body_interpolation!r}.")
+        if self.episodic_balance not in EPISODIC_BALANCES:
+            raise ValueError(
+                f"episodic_balance must be one of {', '.join(EPISODIC_BALANCES)}, got {self.episodic_balance!r}."
+            )
         if self.n_way < 2:
             raise ValueError("n_way must be at least 2.")
+        if self.episodic_n_way is not None and not (_is_int(self.episodic_n_way) and self.episodic_n_way >= 2):
+            raise ValueError(
+                f"episodic_n_way must be an integer of at least 2 (or null), got {self.episodic_n_way!r}."
+            )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
+
+    @property
+    def episodic_ways(self) -> int:
+        """Classes per episode of the episodic stage."""
+        return self.episodic_n_way or self.n_way
 
     @classmethod
     def from_file(cls, path: str | Path, drop_removed: bool = False) -> "TrainingConfig":

@@ -10,8 +10,9 @@ it to separate the classes of a task from a few examples, which is what a synthe
 The body keeps its BatchNorm statistics (eval mode, as every synthesized classifier computes its features) and its
 weights move; the head's own meta-parameters are not trained here (calibration fits them afterwards on meta-val),
 except a logit scale that keeps the loss well conditioned and is thrown away. Episodes are drawn from the meta-train
-classes only, deterministically by index, and the stage is checkpointed per epoch (``<output>/episodic``), so
-``--resume`` continues it bit for bit.
+classes only (with ``episodic_balance: family`` every family equally likely, so families with one meta-train task are
+not drowned by those with seven), deterministically by index, and the stage is checkpointed per epoch
+(``<output>/episodic``), so ``--resume`` continues it bit for bit.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..models.sgps.modeling_sgps import SGPSSynthesizer
 from .augment import medical_augment
 from .checkpointing import EpochCheckpoints
 from .config import TrainingConfig
+from .pools import episode_task_weights
 
 #: Offset of the episodic stage's episode seed from the run's seed (its episodes differ from calibration's).
 EPISODE_SEED_OFFSET = 4_242
@@ -77,14 +79,16 @@ def episodic_adapt(
     checkpoints: EpochCheckpoints | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model``'s body in place for ``config.episodic_epochs`` epochs of ``config.episodic_episodes_per_epoch``
-    meta-train episodes (``n_way``, ``k_shot``, ``q_query`` of the config); returns per-epoch loss/accuracy/lr."""
+    meta-train episodes (``episodic_ways`` classes, ``k_shot`` and ``q_query`` images per class, tasks drawn as
+    ``episodic_balance`` says); returns per-epoch loss/accuracy/lr."""
     learner = EpisodicLearner(model)
     sampler = EpisodeSampler(
         pools,
-        n_way=config.n_way,
+        n_way=config.episodic_ways,
         k_shot=tuple(config.k_shot),
         q_query=config.q_query,
         seed=config.seed + EPISODE_SEED_OFFSET,
+        task_weights=episode_task_weights(pools, config),
     )
     per_epoch = config.episodic_episodes_per_epoch
     optimizer = torch.optim.AdamW(

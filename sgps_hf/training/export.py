@@ -44,11 +44,12 @@ def training_summary(
         )
     episodic = state.episodic_history
     if episodic:
+        balance = ", every family equally likely" if config.episodic_balance == "family" else ""
         body += (
             f"; then adapted {len(episodic)} epoch(s) x {config.episodic_episodes_per_epoch} meta-train episodes "
-            f"({config.n_way}-way, {config.k_shot[0]}-{config.k_shot[1]}-shot, {config.q_query} queries/class, "
-            f"augmented) through the closed-form head (AdamW lr {config.episodic_learning_rate}; last query "
-            f"accuracy {episodic[-1]['accuracy']:.3f})"
+            f"({config.episodic_ways}-way, {config.k_shot[0]}-{config.k_shot[1]}-shot, {config.q_query} "
+            f"queries/class, augmented{balance}) through the closed-form head (AdamW lr "
+            f"{config.episodic_learning_rate}; last query accuracy {episodic[-1]['accuracy']:.3f})"
         )
     summary = {
         "data": data_summary.get("description", ""),

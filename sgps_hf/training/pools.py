@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from ..data.episodes import ClassPool, build_pools
+from ..data.registry import list_tasks
 from ..data.sources import dataset_pools
 from ..data.splits import load_splits
 from .config import TrainingConfig
@@ -29,3 +31,16 @@ def training_pools(config: TrainingConfig, image_size: int) -> tuple[list[ClassP
         }
     summary.update(num_train_classes=len(train), num_val_classes=len(val))
     return train, val, summary
+
+
+def episode_task_weights(pools: list[ClassPool], config: TrainingConfig) -> dict[str, float] | None:
+    """How likely the episodic stage draws each task of ``pools`` (``config.episodic_balance``): None for every task
+    equally likely; for ``"family"``, every family of the data directory's registry equally likely and every task
+    equally likely within its family. A task the registry does not know (a ``train_sources`` dataset) counts as a
+    family of its own."""
+    if config.episodic_balance == "task":
+        return None
+    registry = {} if config.train_sources else {info.name: info.family for info in list_tasks(config.data_dir)}
+    family = {pool.task: registry.get(pool.task, f"task:{pool.task}") for pool in pools}
+    tasks_per_family = Counter(family.values())
+    return {task: 1.0 / tasks_per_family[name] for task, name in family.items()}

@@ -186,6 +186,8 @@ def test_unknown_flags_are_refused(capsys):
         ("pretrain_epochs", -1, "pretrain_epochs"),
         ("body_interpolation", 1.5, "body_interpolation"),
         ("q_query", 0, "q_query"),
+        ("episodic_balance", "site", "episodic_balance must be one of task, family"),
+        ("episodic_n_way", 1, "episodic_n_way must be an integer of at least 2"),
     ],
 )
 def test_other_invalid_values_are_refused(field, value, message):
@@ -201,6 +203,8 @@ def test_every_field_has_a_flag():
         value = {"bool": "false", "str": "x"}.get(str(f.type), "3")
         if f.name == "mixed_precision":
             value = "bf16"
+        elif f.name == "episodic_balance":
+            value = "family"
         elif "float" in str(f.type):
             value = "0.25"
         config, _ = parse_training_args(["--" + f.name.replace("_", "-"), value])

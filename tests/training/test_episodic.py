@@ -97,6 +97,24 @@ def test_episodic_adapt_trains_the_weights_and_keeps_the_batchnorm_statistics():
     assert set(after) == set(before), "the throwaway logit scale is not left in the body"
 
 
+@pytest.mark.parametrize("ways, expected", [(None, 2), (3, 3)], ids=["n_way", "episodic_n_way"])
+def test_the_stage_draws_episodic_n_way_classes_per_episode(monkeypatch, ways, expected):
+    """The stage's episodes may have more classes than the meta-val episodes calibration fits the head on."""
+    seen = []
+
+    def recording(self, *args, **kwargs):
+        loss, accuracy = forward(self, *args, **kwargs)
+        seen.append(args[-1])
+        return loss, accuracy
+
+    forward = EpisodicLearner.forward
+    monkeypatch.setattr(EpisodicLearner, "forward", recording)
+    synth = tiny_synthesizer()
+    processor = SGPSImageProcessor.from_sgps_config(synth.config)
+    episodic_adapt(Accelerator(cpu=True), synth, pools(), processor, config(n_way=2, episodic_n_way=ways))
+    assert seen == [expected] * 6
+
+
 def test_resuming_the_episodic_stage_gives_the_uninterrupted_weights(tmp_path):
     reference, reference_history = adapt(tmp_path / "reference", epochs=3)
     assert [p.name for p in list_checkpoints(tmp_path / "reference")] == ["checkpoint-2", "checkpoint-3"]
@@ -114,6 +132,8 @@ def test_resuming_the_episodic_stage_gives_the_uninterrupted_weights(tmp_path):
         ({"episodic_epochs": -1}, "episodic_epochs must be a non-negative integer"),
         ({"episodic_episodes_per_epoch": 0}, "episodic_episodes_per_epoch must be a positive integer"),
         ({"episodic_learning_rate": 0.0}, "episodic_learning_rate must be positive"),
+        ({"episodic_n_way": 1}, "episodic_n_way must be an integer of at least 2"),
+        ({"episodic_balance": "site"}, "episodic_balance must be one of task, family, got 'site'"),
     ],
 )
 def test_bad_episodic_settings_are_refused(overrides, message):
