@@ -10,6 +10,10 @@ scores WiSE-FT mixes of the adapted body with the starting one. With several ``-
 once per seed (its episodes and augmentations differ) and scored by its per-episode accuracy averaged over the seeds:
 two seeds of one recipe differ by about a point on these episodes. Trained bodies are cached in ``--work-dir``.
 
+The scores are a proxy: one fixed head for every body, two views, no task BatchNorm. A gain here need not survive
+each body's own calibration (benchmarks/wide_episodes_metaval_comparison.md: +1.1 / +0.8 points here, level through
+the product's path); confirm a winner with ``scripts/compare_checkpoints_metaval.py`` on the trained checkpoint.
+
     python scripts/select_episodic.py --synthesizer <synthesizer trained without the stage> \\
         --candidates 150:1e-4 300:1e-4 300:3e-5 150:1e-4:family --out benchmarks/episodic_adaptation.md
 
