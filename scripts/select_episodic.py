@@ -79,10 +79,14 @@ class Candidate(NamedTuple):
     ways: int | None = None
 
     @property
+    def options(self) -> list[str]:
+        """The settings that differ from the defaults, as written after ``EPISODES:LEARNING_RATE``."""
+        return ([self.balance] if self.balance != "task" else []) + ([f"{self.ways}way"] if self.ways else [])
+
+    @property
     def spec(self) -> str:
         """The ``--candidates`` text that gives this candidate."""
-        options = ([self.balance] if self.balance != "task" else []) + ([f"{self.ways}way"] if self.ways else [])
-        return ":".join([str(self.episodes), f"{self.rate:g}", *options])
+        return ":".join([str(self.episodes), f"{self.rate:g}", *self.options])
 
     @property
     def label(self) -> str:
@@ -114,7 +118,7 @@ def parse_candidate(text: str) -> Candidate:
 
 def adapted_body(synthesizer: str, start: dict, candidate: Candidate, seed: int, args) -> tuple[dict, list, float]:
     """The starting body after the episodic stage (trained once, cached in --work-dir): weights, history, minutes."""
-    options = "".join(f"-{option}" for option in candidate.spec.split(":")[2:])
+    options = "".join(f"-{option}" for option in candidate.options)
     name = f"episodic-{candidate.episodes}-lr{candidate.rate:g}{options}-seed{seed}.safetensors"
     path = Path(args.work_dir) / name
     if not path.is_file():

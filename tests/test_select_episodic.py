@@ -18,22 +18,29 @@ def script(monkeypatch, tmp_path):
     return script_on_small_pools("select_episodic", SUBSET, 12, monkeypatch, tmp_path / "cache")
 
 
-def test_report_pairs_every_candidate_with_the_starting_body_and_a_rerun_trains_nothing(script, tmp_path, monkeypatch):
+def small_run(tmp_path, candidates: list[str], seeds: list[str]) -> list[str]:
+    """Arguments of a run of seconds: a tiny synthesizer, 4 episodes of 2-way 1-2-shot, bodies and report in
+    ``tmp_path``."""
     synthesizer = tmp_path / "synthesizer"
-    tiny_synthesizer().save_pretrained(synthesizer)
-    args = [
+    if not synthesizer.exists():
+        tiny_synthesizer().save_pretrained(synthesizer)
+    return [
         "--synthesizer", str(synthesizer),
-        "--candidates", "4:1e-3", "4:1e-3:family:3way",
+        "--candidates", *candidates,
         "--alphas", "1",
         "--episodes", "4",
         "--n-way", "2",
         "--k-shot", "1", "2",
         "--q-query", "2",
         "--num-threads", "1",
-        "--seeds", "0", "1",
+        "--seeds", *seeds,
         "--work-dir", str(tmp_path / "work"),
         "--out", str(tmp_path / "report.md"),
     ]  # fmt: skip
+
+
+def test_report_pairs_every_candidate_with_the_starting_body_and_a_rerun_trains_nothing(script, tmp_path, monkeypatch):
+    args = small_run(tmp_path, ["4:1e-3", "4:1e-3:family:3way"], ["0", "1"])
     assert script.main(args) == 0
     report = (tmp_path / "report.md").read_text()
     assert "--candidates 4:0.001 4:0.001:family:3way --alphas 1 --seeds 0 1" in report
@@ -58,24 +65,8 @@ def test_report_pairs_every_candidate_with_the_starting_body_and_a_rerun_trains_
 
 
 def test_with_two_seeds_a_candidate_scores_the_mean_of_its_seeds(script, tmp_path):
-    synthesizer = tmp_path / "synthesizer"
-    tiny_synthesizer().save_pretrained(synthesizer)
-
     def candidate_row(*seeds: str) -> list[float]:
-        args = [
-            "--synthesizer", str(synthesizer),
-            "--candidates", "4:1e-3",
-            "--alphas", "1",
-            "--episodes", "4",
-            "--n-way", "2",
-            "--k-shot", "1", "2",
-            "--q-query", "2",
-            "--num-threads", "1",
-            "--seeds", *seeds,
-            "--work-dir", str(tmp_path / "work"),
-            "--out", str(tmp_path / "report.md"),
-        ]  # fmt: skip
-        assert script.main(args) == 0
+        assert script.main(small_run(tmp_path, ["4:1e-3"], list(seeds))) == 0
         row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| 4 "))
         return [float(value) for value in re.findall(r"(0\.\d{3}) \(", row)]
 
