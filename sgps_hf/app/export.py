@@ -8,7 +8,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .limits import DEFAULT_LIMITS, AppInputError, AppLimits
 
@@ -48,20 +48,33 @@ class ExportArea:
                 continue
 
 
-def export_zip(classifier: "SynthesizedClassifier | None", area: ExportArea, include_support: bool) -> Path:
-    """Save the classifier and zip it; the archive holds only relative paths under one top folder."""
-    if classifier is None:
-        raise AppInputError("No classifier yet: synthesize one first.")
+def zip_saved(save: Callable[[Path], Path], area: ExportArea, stem: str) -> Path:
+    """``save(folder)`` into a fresh folder of ``area``, zipped; only the zip is kept (the area prunes old ones).
+
+    The archive holds only relative paths under one top folder ``stem/``, so unzipping makes one folder.
+    """
     folder = area.new_folder()
-    stem = safe_filename(classifier.info["task"]["name"])
-    saved = classifier.save_pretrained(folder / stem, include_support=include_support)
+    saved = save(folder / stem)
     archive = folder / f"{stem}.zip"
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(saved.rglob("*")):
             if path.is_file() and not path.is_symlink():
                 zf.write(path, arcname=f"{stem}/{path.relative_to(saved).as_posix()}")
-    shutil.rmtree(saved, ignore_errors=True)
+    # Remove the saved folder and its save lock: a Space that serves many zips must not fill its disk.
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry != archive:
+            entry.unlink(missing_ok=True)
     return archive
+
+
+def export_zip(classifier: "SynthesizedClassifier | None", area: ExportArea, include_support: bool) -> Path:
+    """Save the classifier and zip it (see :func:`zip_saved`)."""
+    if classifier is None:
+        raise AppInputError("No classifier yet: synthesize one first.")
+    stem = safe_filename(classifier.info["task"]["name"])
+    return zip_saved(lambda target: classifier.save_pretrained(target, include_support=include_support), area, stem)
 
 
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")

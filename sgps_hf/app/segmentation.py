@@ -6,8 +6,6 @@ without a browser; :func:`build_segmentation_tab` lays them out inside the app's
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +15,7 @@ from PIL import Image
 
 from ..errors import InvalidTaskError, SGPSError
 from ..hub.model_card import md_escape
+from .export import ExportArea, safe_filename, zip_saved
 
 MAX_EXAMPLES = 16
 MAX_PREDICT_IMAGES = 16
@@ -129,18 +128,15 @@ def _names_only(message: str, paths: Sequence[str]) -> str:
     return message
 
 
-def download(segmenter: Any) -> tuple[str | None, str]:
+def download(segmenter: Any, area: ExportArea) -> tuple[str | None, str]:
     """-> (path of a zip of the saved segmenter folder, status)."""
     if segmenter is None:
         return None, "**Error:** synthesize a segmenter first."
-    root = Path(tempfile.mkdtemp(prefix="sgps-seg-"))
-    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in segmenter.info["task"]["name"]) or "segmenter"
-    folder = segmenter.save_pretrained(root / f"{name}-segmenter")
-    archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
+    stem = safe_filename(segmenter.info["task"]["name"], default="task") + "-segmenter"
+    archive = zip_saved(segmenter.save_pretrained, area, stem)
     return (
-        archive,
-        f"Built `{Path(archive).name}` (plain transformers folder: loads with `pipeline('image-segmentation', "
-        "model=...)`).",
+        str(archive),
+        f"Built `{archive.name}` (plain transformers folder: loads with `pipeline('image-segmentation', model=...)`).",
     )
 
 
@@ -156,8 +152,8 @@ def push(segmenter: Any, repo_id: str, token: str, private: bool) -> str:
     return f"Pushed to `{repo_id}`: {url}"
 
 
-def build_segmentation_tab(synthesizer: Any = None) -> None:
-    """Add the segmentation tab to the enclosing ``gr.Blocks``."""
+def build_segmentation_tab(synthesizer: Any = None, exports: ExportArea | None = None) -> None:
+    """Add the segmentation tab to the enclosing ``gr.Blocks``; zips go to ``exports`` (a new area if None)."""
     import gradio as gr
 
     with gr.Tab("Segmentation", elem_id="seg-tab"):
@@ -204,5 +200,8 @@ def build_segmentation_tab(synthesizer: Any = None) -> None:
             api_name="seg_synthesize",
         )
         segment.click(predict, [state, query], [gallery, outcome], api_name="seg_predict")
-        build_zip.click(download, [state], [archive, push_status], api_name="seg_download")
+        exports = exports or ExportArea()
+        build_zip.click(
+            lambda segmenter: download(segmenter, exports), [state], [archive, push_status], api_name="seg_download"
+        )
         upload.click(push, [state, repo_id, token, private], [push_status], api_name="seg_push")

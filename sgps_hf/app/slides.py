@@ -7,12 +7,11 @@ browser; :func:`build_slides_tab` lays them out inside the app's ``gr.Blocks``. 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import SGPSError
+from .export import ExportArea, safe_filename, zip_saved
 from .limits import SYNTHESIS_LOCK
 
 CLASS_ROWS = 3
@@ -89,19 +88,20 @@ def screen_slide(classifier: Any, file: Any):
     return "\n".join(lines), result.heatmap(), result.contact_sheet(), tile_overlay(result.tiles)
 
 
-def download_slides(classifier: Any) -> tuple[str | None, str]:
+def download_slides(classifier: Any, area: ExportArea) -> tuple[str | None, str]:
     """-> (zip of the saved slide classifier folder, status)."""
     if classifier is None:
         return None, "**Error:** synthesize a slide classifier first."
-    root = Path(tempfile.mkdtemp(prefix="sgps-slides-"))
-    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in classifier.tile_classifier.info["task"]["name"])
-    folder = classifier.save_pretrained(root / f"{name or 'slide'}-classifier")
-    archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
-    return archive, f"Built `{Path(archive).name}` (timm tile classifier + `slide_rule.json` + card)."
+    stem = safe_filename(classifier.tile_classifier.info["task"]["name"], default="slide") + "-classifier"
+    archive = zip_saved(classifier.save_pretrained, area, stem)
+    return str(archive), f"Built `{archive.name}` (timm tile classifier + `slide_rule.json` + card)."
 
 
-def build_slides_tab(handle: Any) -> None:
-    """Add the Slides tab to the enclosing ``gr.Blocks``; ``handle`` holds the app's synthesizer and processor."""
+def build_slides_tab(handle: Any, exports: ExportArea) -> None:
+    """Add the Slides tab to the enclosing ``gr.Blocks``.
+
+    ``handle`` holds the app's synthesizer and processor; zips go to ``exports``, the app's one export area.
+    """
     import gradio as gr
 
     with gr.Tab("Slides", elem_id="slides-tab"):
@@ -143,4 +143,9 @@ def build_slides_tab(handle: Any) -> None:
 
         run.click(run_synthesis, [task_name, *inputs], [state, status, card], api_name="slides_synthesize")
         screen.click(screen_slide, [state, query], [outcome, heat, sheet, overlay], api_name="slides_screen")
-        build_zip.click(download_slides, [state], [archive, zip_status], api_name="slides_download")
+        build_zip.click(
+            lambda classifier: download_slides(classifier, exports),
+            [state],
+            [archive, zip_status],
+            api_name="slides_download",
+        )

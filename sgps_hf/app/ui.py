@@ -78,8 +78,8 @@ def build_demo(
             build_classification_tab(ctx, examples)
         from .segmentation import build_segmentation_tab
 
-        build_segmentation_tab()
-        build_slides_tab(handle)
+        build_segmentation_tab(exports=ctx.exports)
+        build_slides_tab(handle, ctx.exports)
     demo.queue(default_concurrency_limit=limits.concurrency_limit, max_size=limits.queue_size)
     demo.sgps_stats = ctx.stats
     demo.sgps_synthesizer_path = handle.name  # for tests: the page must never show it

@@ -7,6 +7,8 @@ import pytest
 from PIL import Image
 from seg_testing import write_task_folder
 
+from sgps_hf.app.export import ExportArea
+
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
@@ -30,10 +32,13 @@ def test_app_tab_functions(tiny_synth, tmp_path):
     expected = segmenter.predict(images[0])[0]
     tinted = np.asarray(gallery[0][0]).astype(int) != np.asarray(Image.open(images[0]).convert("RGB")).astype(int)
     np.testing.assert_array_equal(tinted.any(-1), expected & tinted.any(-1))  # only predicted pixels are tinted
-    archive, message = app_tab.download(segmenter)
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(
+    area = ExportArea(tmp_path / "exports")
+    archive, message = app_tab.download(segmenter, area)
+    assert {f"blob-segmenter/{name}" for name in ("config.json", "model.safetensors", "README.md")} <= set(
         zipfile.ZipFile(archive).namelist()
     )
+    assert [p.name for p in area.root.rglob("*") if p.is_file()] == ["blob-segmenter.zip"]  # no folder left behind
+    assert app_tab.download(None, area)[1] == "**Error:** synthesize a segmenter first."
 
     none, error, _ = app_tab.synthesize(images, renamed[:2], "blob", "", synthesizer=tiny_synth)
     assert none is None and "3 images but 2 masks" in error

@@ -10,6 +10,7 @@ import pytest
 from sgps_testing import tiny_synthesizer
 
 from sgps_hf import SGPSProcessor
+from sgps_hf.app.export import ExportArea
 from sgps_hf.app.slides import download_slides, screen_slide, synthesize_slides
 from sgps_hf.slides.arrange import arrange_slide, write_pyramidal_tiff
 
@@ -44,8 +45,10 @@ def test_slides_tab_functions(tmp_path):
     text, heat, sheet, overlay = screen_slide(classifier, str(slides["purple"][1]))
     assert "purple-1.tiff" in text and "tissue tiles" in text and "not for clinical use" in text
     assert heat.size[0] == overlay.size[0] and sheet.size[0] > 0
-    archive, message = download_slides(classifier)
-    assert "slide_rule.json" in zipfile.ZipFile(archive).namelist() and "Built" in message
+    area = ExportArea(tmp_path / "exports")
+    archive, message = download_slides(classifier, area)
+    assert "toy-classifier/slide_rule.json" in zipfile.ZipFile(archive).namelist() and "Built" in message
+    assert [p.name for p in area.root.rglob("*") if p.is_file()] == ["toy-classifier.zip"]  # no folder left behind
     # mistakes become messages
     assert synthesize_slides(rows[:1], synth, processor)[1].startswith("**Error:** A slide task needs at least two")
     assert "has no slide" in synthesize_slides([("a", "", None), *rows[:2]], synth, processor)[1]
