@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..body.timm_network import tensors_fingerprint
 from ..data.episodes import ClassPool, Episode
 from ..models.sgps.image_processing_sgps import SGPSImageProcessor
 from ..models.sgps.modeling_sgps import SGPSSynthesizer
@@ -81,12 +82,9 @@ def episode_features(
 
 def _cache_key(model: SGPSSynthesizer, pools: list[ClassPool], views: list[str]) -> str:
     digest = hashlib.sha256()
-    digest.update(
-        repr((model.config.target_architecture, views, model.config.image_mean, model.config.image_std)).encode()
-    )
-    for name, tensor in sorted(model.body_tensors().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    config = model.config
+    body = tensors_fingerprint(model.body_tensors())
+    digest.update(repr((config.target_architecture, views, config.image_mean, config.image_std, body)).encode())
     for pool in pools:
         digest.update(f"{pool.task}/{pool.class_name}/{pool.images.shape}".encode())
         digest.update(pool.images.tobytes())
