@@ -35,7 +35,7 @@ from .models.sgps.classifier import SynthesizedClassifier
 from .models.sgps.image_processing_sgps import SGPSImageProcessor
 from .models.sgps.processing_sgps import SGPSProcessor
 from .task import ClassSpec, TaskSpec
-from .trust.advice import warn_about_task
+from .trust.advice import label_conflicts, warn, warn_about_task
 from .version import __version__
 
 Additions = Mapping[str, "ImageInput | Sequence[ImageInput]"]
@@ -56,6 +56,8 @@ def synthesize(
         for cls, images in zip(task.classes, decoded, strict=False)
     }
     fingerprints = [[image.fingerprint for image in images] for images in decoded]
+    for message in label_conflicts(task.class_names, fingerprints):
+        warn(message, stacklevel=4)
     info = classifier_info(synthesizer, weights, task, processor.image_processor, support, fingerprints)
     return SynthesizedClassifier(materialize(synthesizer.config, weights), task.class_names, info, support=support)
 

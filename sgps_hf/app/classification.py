@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from ..errors import SGPSError
 from ..hub.model_card import md_code, md_escape
-from ..trust.advice import task_advice
+from ..trust.advice import label_conflicts, task_advice
 from .calibration import calibration_layout, wire_calibration
 from .examples import stage_files
 from .export import ExportArea, export_zip, push_from_app
@@ -252,7 +252,8 @@ def _wire(ui: _UI, ctx: Context, examples: list) -> None:
         progress(0.3, desc="Synthesizing weights (one forward pass)")
         classifier = ctx.runner.run("Synthesis", _locked(ctx.synth.model.synthesize), task, ctx.synth.processor)
         progress(0.9, desc="Writing the model card")
-        messages = notes + task_advice(task)  # where accuracy will be poor
+        fingerprints = [c["image_sha256"] for c in classifier.info["task"]["classes"]]
+        messages = notes + task_advice(task) + label_conflicts(task.class_names, fingerprints)  # poor accuracy ahead
         advice = "".join(f"\n\n**Warning:** {md_escape(m)}" for m in messages)
         return _classifier_outputs(
             classifier,

@@ -7,14 +7,15 @@ What is warned about, and why:
 - a class with no image (text only): text-only classes score near chance in ``benchmarks/`` (text alone rarely
   separates look-alike findings);
 - a clinical text that is not English: the text encoder (all-MiniLM-L6-v2) was trained on English only;
-- more than 10 classes with one image each: probabilities become flat and the top class unreliable.
+- more than 10 classes with one image each: probabilities become flat and the top class unreliable;
+- one image given for two classes (:func:`label_conflicts`): at least one of its labels is wrong.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from ..errors import AccuracyWarning, NoCoverageGuaranteeWarning
 
@@ -72,6 +73,27 @@ def task_advice(task: Any) -> list[str]:
             f"class unreliable; use at most {MAX_ONE_SHOT_CLASSES} classes or add images to every class."
         )
     return messages
+
+
+def label_conflicts(class_names: Sequence[str], fingerprints: Sequence[Sequence[str]]) -> list[str]:
+    """One message when an image (same fingerprint) is a support image of two or more classes, else none.
+
+    Such a twin is a labelling mistake at least once (a data set can hold it too: PAD-UFES-20 has two images filed
+    under both basal and squamous cell carcinoma), and it teaches the classifier that the two classes look the same.
+    """
+    owners: dict[str, list[str]] = {}
+    for name, hashes in zip(class_names, fingerprints, strict=True):
+        for digest in dict.fromkeys(hashes):
+            owners.setdefault(digest, []).append(name)
+    shared = {digest: names for digest, names in owners.items() if len(names) > 1}
+    if not shared:
+        return []
+    digest, names = next(iter(shared.items()))
+    return [
+        f"{len(shared)} image(s) are support images of more than one class, e.g. one of "
+        f"{' and '.join(map(repr, names))} (sha256 {digest[:12]}...): an image can have only one label, so check "
+        "which is right and remove it from the other class(es)."
+    ]
 
 
 def warn_about_task(task: Any) -> list[str]:

@@ -292,3 +292,11 @@ def test_calibrate_prediction_sets_then_cards_show_them(app_server, image_files)
         lambda: session.predict(None, [handle_file(str(image_files["png2"]))], 0.8, api_name="/calibration_cases")
     )
     assert "Pick the class these labelled cases belong to" in error
+
+
+def test_one_image_uploaded_for_two_classes_is_warned_about(app_server, image_files):
+    session = Client(app_server[1], verbose=False)
+    classes = [("nevus", "", [image_files["png"]]), ("melanoma", "", [image_files["png"], image_files["jpeg"]])]
+    status = session.predict(*synth_args(classes), api_name="/synthesize")
+    assert status[0].startswith("Synthesized **2-class** classifier")
+    assert "**Warning:** 1 image(s) are support images of more than one class, e.g. one of 'nevus' and" in status[0]

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from sgps_testing import write_images
+from sgps_testing import REAL_TASK, SHARED_DATA, skip_without_real_data, write_images
 
 from sgps_hf import ClassSpec, TaskSpec
 from sgps_hf.cli import main
 from sgps_hf.errors import AccuracyWarning
 from sgps_hf.imaging import load_image
-from sgps_hf.trust.advice import looks_non_english, task_advice
+from sgps_hf.trust.advice import label_conflicts, looks_non_english, task_advice
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -71,6 +71,42 @@ def test_synthesis_warns_and_the_cli_prints_each_warning_once(tmp_path, capsys):
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert err.count("sgps: warning: class(es) 'b' have no image (text only)") == 1
+
+
+def test_label_conflicts_names_an_image_given_for_two_classes():
+    assert label_conflicts(["a", "b"], [["h1", "h2", "h2"], ["h3"]]) == []  # twice in one class is no conflict
+    (message,) = label_conflicts(["a", "b", "c"], [["h1", "h2"], ["h2", "h4"], ["h1"]])
+    assert message.startswith("2 image(s) are support images of more than one class, e.g. one of 'a' and 'c'")
+
+
+def test_synthesis_warns_when_one_file_is_support_of_two_classes(tmp_path):
+    from sgps_testing import tiny_synthesizer
+
+    images = write_images(tmp_path, "x", 2, seed=4)
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(images[0].read_bytes())
+    task = TaskSpec([ClassSpec("a", "", images), ClassSpec("b", "", [copy])])
+    with pytest.warns(AccuracyWarning, match="one of 'a' and 'b'"):
+        tiny_synthesizer().synthesize(task)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AccuracyWarning)
+        tiny_synthesizer().synthesize(TaskSpec([ClassSpec("a", "", images[:1]), ClassSpec("b", "", images[1:])]))
+
+
+@pytest.mark.integration
+@skip_without_real_data()
+def test_the_pad_ufes_twin_filed_under_two_carcinomas_is_flagged():
+    from sgps_testing import tiny_synthesizer
+
+    folder = SHARED_DATA / REAL_TASK
+    task = TaskSpec(
+        [
+            ClassSpec("basal_cell_carcinoma", "", [folder / "basal_cell_carcinoma" / "0020.jpg"]),
+            ClassSpec("squamous_cell_carcinoma", "", [folder / "squamous_cell_carcinoma" / "0031.jpg"]),
+        ]
+    )
+    with pytest.warns(AccuracyWarning, match="'basal_cell_carcinoma' and 'squamous_cell_carcinoma'"):
+        tiny_synthesizer().synthesize(task)
 
 
 def test_a_multi_frame_dicom_says_which_frame_is_used(tmp_path):
