@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from ..hub.model_card import md_code, md_escape
 from ..imaging import image_fingerprint
+from ..trust.advice import label_conflicts
 from ..trust.conformal import min_cases
 from .inputs import as_list, display_name, read_upload, read_with_warnings, upload_path
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
@@ -107,6 +108,11 @@ def calibrate_from_app(
             f"{overlap} of the {len(cases)} labelled cases are support images of this classifier: the guarantee "
             "is optimistic; leave them out and calibrate again."
         )
+    by_label = [[image_fingerprint(content) for content in contents] for contents in data.values()]
+    messages += [
+        f"{message} One of them is a wrong label in the calibration."
+        for message in label_conflicts(list(data), by_label, what="labelled cases")
+    ]
     calibration = classifier.calibrate_conformal(data, coverage=value)
     messages = list(dict.fromkeys(messages))
     summary = (

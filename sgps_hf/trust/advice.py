@@ -75,8 +75,10 @@ def task_advice(task: Any) -> list[str]:
     return messages
 
 
-def label_conflicts(class_names: Sequence[str], fingerprints: Sequence[Sequence[str]]) -> list[str]:
-    """One message when an image (same fingerprint) is a support image of two or more classes, else none.
+def label_conflicts(
+    class_names: Sequence[str], fingerprints: Sequence[Sequence[str]], what: str = "support images"
+) -> list[str]:
+    """One message when an image (same fingerprint) is among the ``what`` of two or more classes, else none.
 
     Such a twin is a labelling mistake at least once (a data set can hold it too: PAD-UFES-20 has two images filed
     under both basal and squamous cell carcinoma), and it teaches the classifier that the two classes look the same.
@@ -90,7 +92,7 @@ def label_conflicts(class_names: Sequence[str], fingerprints: Sequence[Sequence[
         return []
     digest, names = next(iter(shared.items()))
     return [
-        f"{len(shared)} image(s) are support images of more than one class, e.g. one of "
+        f"{len(shared)} image(s) are {what} of more than one class, e.g. one of "
         f"{' and '.join(map(repr, names))} (sha256 {digest[:12]}...): an image can have only one label, so check "
         "which is right and remove it from the other class(es)."
     ]

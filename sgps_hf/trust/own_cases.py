@@ -114,24 +114,33 @@ def _relative(path: Path, root: Path | None) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name  # e.g. <class>/<image>
 
 
-def support_overlap(classifier: Any, cases: LabelledCases, purpose: str) -> list[str]:
-    """The cases that are support images of ``classifier`` (same file sha256), with an AccuracyWarning if any:
-    the classifier was synthesized from them, so an {purpose} that includes them is optimistic."""
-    from ..imaging import image_fingerprint
-    from .advice import warn
+def check_cases(classifier: Any, cases: LabelledCases, purpose: str) -> list[str]:
+    """Warn (AccuracyWarning) about cases that make an {purpose} of ``classifier`` misleading; return the names of
+    those that are its support images.
 
-    support = {h for c in classifier.info["task"]["classes"] for h in c.get("image_sha256", [])}
-    found = [
-        name
-        for name, image in zip(cases.names, cases.images, strict=True)
-        if support and isinstance(image, (str, os.PathLike, bytes)) and image_fingerprint(image) in support
+    - Support images (same file sha256): the classifier was synthesized from them, so the {purpose} is optimistic.
+    - One image under two labels: whatever the classifier predicts, one of them counts as wrong.
+    """
+    from ..imaging import image_fingerprint
+    from .advice import label_conflicts, warn
+
+    fingerprints = [
+        image_fingerprint(image) if isinstance(image, (str, os.PathLike, bytes)) else None for image in cases.images
     ]
+    support = {h for c in classifier.info["task"]["classes"] for h in c.get("image_sha256", [])}
+    found = [name for name, digest in zip(cases.names, fingerprints, strict=True) if digest in support]
     if found:
         warn(
             f"{len(found)} of the {len(cases)} labelled cases are support images of this classifier (e.g. "
             f"{found[0]}): the {purpose} is optimistic; leave them out for an independent check.",
             stacklevel=4,
         )
+    by_label = [
+        [d for d, y in zip(fingerprints, cases.labels, strict=True) if d and y == k]
+        for k in range(len(classifier.label_names))
+    ]
+    for message in label_conflicts(classifier.label_names, by_label, what="labelled cases"):
+        warn(f"{message} In the {purpose} one of them counts as wrong whatever the classifier says.", stacklevel=4)
     return found
 
 
@@ -273,7 +282,7 @@ def evaluate_classifier(
     if missing:  # before classifying anything
         available = ", ".join(sorted(cases.metadata)) or "none"
         raise DataError(f"No metadata column(s) {missing}; the data's metadata columns are: {available}.")
-    overlap = support_overlap(classifier, cases, "evaluation")
+    overlap = check_cases(classifier, cases, "evaluation")
     probs = predict_cases(classifier, cases.images, batch_size=batch_size, progress=progress)
     scores = classification_scores(probs, cases.labels, classifier.label_names)
     scores["support_cases"] = overlap

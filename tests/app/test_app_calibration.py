@@ -42,6 +42,7 @@ def test_calibrate_in_batches_then_cards_show_the_set(classifier, image_files):
     assert calibrated is classifier and classifier.info["conformal"]["num_cases"] == 6
     assert "at least 80%" in summary
     assert "1 of the 6 labelled cases are support images of this classifier" in summary  # rgb.png: warned
+    assert "more than one class" not in summary
 
     (after,) = classify_uploads(classifier, [image_files["png2"]], 0.0, explain=False)
     probs = [after.prediction.probabilities[c] for c in classifier.label_names]
@@ -70,3 +71,15 @@ def test_calibration_input_errors(classifier, image_files):
     with pytest.raises(DataError, match="too few for a 0.9 coverage guarantee: at least 9"):
         calibrate_from_app(classifier, cases, 0.9)
     assert "conformal" not in classifier.info
+
+
+def test_a_copy_of_one_case_under_another_class_is_warned_about(classifier, image_files, tmp_path):
+    copy = tmp_path / "copy-of-second.png"
+    copy.write_bytes(image_files["png2"].read_bytes())
+    cases = add_cases(classifier, [], "nevus", [image_files[k] for k in ("png2", "png3", "tiff_gray")])
+    cases = add_cases(classifier, cases, "melanoma", [copy, image_files["tiff"], image_files["png_gray"]])
+    _, summary = calibrate_from_app(classifier, cases, 0.8)
+    assert (
+        "**Warning:** 1 image(s) are labelled cases of more than one class, e.g. one of 'nevus' and 'melanoma'"
+        in summary
+    )

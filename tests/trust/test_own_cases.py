@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -85,6 +86,21 @@ def test_unknown_classes_missing_columns_and_support_images(tiny_classifier, lab
     with pytest.warns(AccuracyWarning, match="support images of this classifier"):
         evaluation = evaluate_classifier(tiny_classifier, {"class_1": support_copy})
     assert len(evaluation.scores["support_cases"]) == 1 and evaluation.summary()["support_images_included"] == 1
+
+
+def test_one_image_under_two_labels_is_warned_about_in_evaluation_and_calibration(tiny_classifier, tmp_path):
+    images = write_images(tmp_path / "cases", "case", 4, seed=40)
+    copy = tmp_path / "cases" / "copy.png"
+    copy.write_bytes(images[0].read_bytes())
+    cases = {"class_0": [images[0], images[1]], "class_1": [copy, images[2]], "class_2": [images[3]]}
+    expected = "1 image\\(s\\) are labelled cases of more than one class, e.g. one of 'class_0' and 'class_1'"
+    with pytest.warns(AccuracyWarning, match=expected + ".*In the evaluation one of them counts as wrong"):
+        evaluate_classifier(tiny_classifier, cases)
+    with pytest.warns(AccuracyWarning, match=expected + ".*In the calibration"):
+        tiny_classifier.calibrate_conformal(cases, coverage=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AccuracyWarning)
+        evaluate_classifier(tiny_classifier, {"class_0": images[:2], "class_1": images[2:]})
 
 
 def test_evaluate_stores_the_numbers_in_the_card_model_index(tiny_classifier, labelled_folder, tmp_path):

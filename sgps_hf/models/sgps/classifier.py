@@ -155,10 +155,10 @@ class SynthesizedClassifier:
         :meth:`predict_sets` then returns sets that hold the true class with probability >= ``coverage``.
         """
         from ...trust.conformal import fit_conformal
-        from ...trust.own_cases import USER_DATA, load_cases, predict_cases, support_overlap
+        from ...trust.own_cases import USER_DATA, check_cases, load_cases, predict_cases
 
         cases = load_cases(data, self.label_names)
-        support_overlap(self, cases, "calibration")
+        check_cases(self, cases, "calibration")
         probs = predict_cases(self, cases.images, batch_size=batch_size, progress=progress)
         calibration = {**fit_conformal(probs, cases.labels, coverage, method), "data": USER_DATA}
         self.info["conformal"] = calibration
