@@ -16,6 +16,7 @@ from ..hub.model_card import md_code, md_escape
 from ..imaging import image_fingerprint
 from ..trust.advice import label_conflicts
 from ..trust.conformal import min_cases
+from ..trust.own_cases import support_fingerprints
 from .inputs import as_list, display_name, read_upload, read_with_warnings, upload_path
 from .limits import ACCEPTED_FORMATS, DEFAULT_LIMITS, AppInputError, AppLimits
 
@@ -101,14 +102,14 @@ def calibrate_from_app(
         content, _, advice = read_with_warnings(path, limits, roots)
         data.setdefault(label, []).append(content)
         messages += advice
-    support = {h for c in classifier.info["task"]["classes"] for h in c.get("image_sha256", [])}
-    overlap = sum(image_fingerprint(content) in support for contents in data.values() for content in contents)
+    by_label = [[image_fingerprint(content) for content in contents] for contents in data.values()]
+    support = support_fingerprints(classifier)
+    overlap = sum(digest in support for digests in by_label for digest in digests)
     if overlap:  # (calibrate_conformal warns too, but process-wide warnings are not per user on a server)
         messages.append(
             f"{overlap} of the {len(cases)} labelled cases are support images of this classifier: the guarantee "
             "is optimistic; leave them out and calibrate again."
         )
-    by_label = [[image_fingerprint(content) for content in contents] for contents in data.values()]
     messages += [
         f"{message} One of them is a wrong label in the calibration."
         for message in label_conflicts(list(data), by_label, what="labelled cases")

@@ -22,7 +22,7 @@ from ..data.folders import task_from_folder
 from ..data.registry import task_dir
 from ..imaging import image_fingerprint, load_image
 from ..trust.conformal import BENCHMARK_COVERAGES, coverage_and_size, fit_conformal, set_membership
-from ..trust.own_cases import evaluate_classifier, predict_cases
+from ..trust.own_cases import evaluate_classifier, predict_cases, support_fingerprints
 
 SUBGROUP_TASK = "derm-smartphone-pad-ufes-20"
 SUBGROUP_COLUMNS = ("sex", "fitzpatrick", "age")
@@ -34,7 +34,7 @@ def not_support(classifier: Any) -> Callable[[str | Path], bool]:
     PAD-UFES-20 holds byte-identical images under two classes (basal_cell_carcinoma/0020.jpg is
     squamous_cell_carcinoma/0031.jpg): a support image's twin among the test cases would make a measure optimistic.
     """
-    support = {h for c in classifier.info["task"]["classes"] for h in c["image_sha256"]}
+    support = support_fingerprints(classifier)
     return lambda path: image_fingerprint(path) not in support
 
 

@@ -114,6 +114,11 @@ def _relative(path: Path, root: Path | None) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name  # e.g. <class>/<image>
 
 
+def support_fingerprints(classifier: Any) -> set[str]:
+    """The fingerprints (file sha256) of ``classifier``'s support images, as its provenance records them."""
+    return {h for c in classifier.info["task"]["classes"] for h in c.get("image_sha256", [])}
+
+
 def check_cases(classifier: Any, cases: LabelledCases, purpose: str) -> list[str]:
     """Warn (AccuracyWarning) about cases that make an {purpose} of ``classifier`` misleading; return the names of
     those that are its support images.
@@ -127,7 +132,7 @@ def check_cases(classifier: Any, cases: LabelledCases, purpose: str) -> list[str
     fingerprints = [
         image_fingerprint(image) if isinstance(image, (str, os.PathLike, bytes)) else None for image in cases.images
     ]
-    support = {h for c in classifier.info["task"]["classes"] for h in c.get("image_sha256", [])}
+    support = support_fingerprints(classifier)
     found = [name for name, digest in zip(cases.names, fingerprints, strict=True) if digest in support]
     if found:
         warn(
