@@ -43,6 +43,7 @@ from sgps_hf.evaluation.protocol import (
 )
 from sgps_hf.evaluation.report import HEADLINE_COLUMNS, _fmt, _table, headline
 from sgps_hf.hub.checkpoints import DEFAULT_CHECKPOINT
+from sgps_hf.training.config import TrainingConfig
 from sgps_hf.training.episode_inputs import TextBank
 
 
@@ -92,6 +93,12 @@ def check_same_body(previous: dict, synthesizer: SGPSSynthesizer, previous_synth
         )
 
 
+def synthesizer_training_config(path: str) -> TrainingConfig:
+    """The training config saved beside a synthesizer (defaults when it has none)."""
+    saved = Path(path) / "training_config.json"
+    return TrainingConfig.from_file(saved, drop_removed=True) if saved.is_file() else TrainingConfig()
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.num_threads)
@@ -109,7 +116,10 @@ def main(argv=None) -> None:
     if not args.new_body:
         check_same_body(previous, synthesizer, args.previous_synthesizer)
     size = synthesizer.config.image_size
-    eval_pools, val_pools = build_pools("held_out", size), build_pools("meta_val", size)
+    # Tuned on the meta-val tasks the synthesizer was calibrated on, as the full benchmark tunes them.
+    moved = set(synthesizer_training_config(args.synthesizer).meta_val_into_train)
+    eval_pools = build_pools("held_out", size)
+    val_pools = [pool for pool in build_pools("meta_val", size) if pool.task not in moved]
     texts = TextBank(synthesizer.config, [p.text for p in eval_pools + val_pools])
     everything = build_methods(synthesizer, texts, bench)
     with_tbn = synthesizer.config.task_batchnorm_images is not None

@@ -49,15 +49,19 @@ class TrainingConfig:
     meta-parameters on ``eval_episodes`` meta-val episodes in calibration. Both episode kinds have the shape
     ``n_way``, ``k_shot``, ``q_query``, except that ``episodic_n_way`` may give the episodic stage more classes.
 
-    Data: by default the classes of ``../shared/data`` in the ``meta_train`` split (held-out tasks are
-    never loaded); ``train_sources`` instead names imagefolder directories or Hub datasets (an image
-    column and a ClassLabel column), every class of which is used for meta-training.
+    Data: by default the classes of ``../shared/data`` in the ``meta_train`` split, plus those of the meta-val
+    tasks named in ``meta_val_into_train`` (held-out tasks are never loaded); ``train_sources`` instead names
+    imagefolder directories or Hub datasets (an image column and a ClassLabel column), every class of which is used
+    for meta-training.
     """
 
     output_dir: str = "runs/sgps"
     data_dir: str | None = None
     train_sources: list[str] = field(default_factory=list)
     val_sources: list[str] = field(default_factory=list)
+    # Meta-val tasks of the shared data whose classes join meta-training (body adaptation, the text memory);
+    # calibration then fits the head on the other meta-val tasks only (benchmarks/accuracy_round_three.md).
+    meta_val_into_train: list[str] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
 
@@ -129,6 +133,11 @@ class TrainingConfig:
         if self.episodic_n_way is not None and not (_is_int(self.episodic_n_way) and self.episodic_n_way >= 2):
             raise ValueError(
                 f"episodic_n_way must be an integer of at least 2 (or null), got {self.episodic_n_way!r}."
+            )
+        if self.meta_val_into_train and self.train_sources:
+            raise ValueError(
+                "meta_val_into_train moves tasks of the shared data's meta-val split; it cannot be combined with "
+                "train_sources (name the datasets in train_sources and val_sources instead)."
             )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")

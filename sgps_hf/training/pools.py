@@ -19,18 +19,33 @@ def training_pools(config: TrainingConfig, image_size: int) -> tuple[list[ClassP
         val = [pool for source in config.val_sources for pool in dataset_pools(source, image_size)]
         summary = {"description": "datasets " + ", ".join(config.train_sources), "held_out_tasks": []}
     else:
-        train = build_pools("meta_train", image_size, data_dir=config.data_dir)
-        val = build_pools("meta_val", image_size, data_dir=config.data_dir)
         splits = load_splits()
+        moved = _checked_moves(config.meta_val_into_train, splits.meta_val_tasks)
+        val = build_pools("meta_val", image_size, data_dir=config.data_dir)
+        train = build_pools("meta_train", image_size, data_dir=config.data_dir) + [p for p in val if p.task in moved]
+        val = [pool for pool in val if pool.task not in moved]
+        also = f" and the meta-val tasks {', '.join(sorted(moved))}" if moved else ""
         summary = {
             "description": (
-                f"meta_train split of the sgps-hf shared medical data ({len({p.task for p in train})} public tasks; "
-                f"meta-val: {len(splits.meta_val_tasks)} whole tasks; see SOURCES.md)"
+                f"meta_train split of the sgps-hf shared medical data{also} ({len({p.task for p in train})} public "
+                f"tasks; meta-val: {len({p.task for p in val})} whole tasks; see SOURCES.md)"
             ),
             "held_out_tasks": list(splits.held_out_tasks),
         }
     summary.update(num_train_classes=len(train), num_val_classes=len(val))
     return train, val, summary
+
+
+def _checked_moves(moved: list[str], meta_val_tasks: list[str]) -> set[str]:
+    unknown = sorted(set(moved) - set(meta_val_tasks))
+    if unknown:
+        raise ValueError(
+            f"meta_val_into_train names {unknown}, which are not meta-val tasks; the meta-val tasks are "
+            f"{', '.join(meta_val_tasks)}."
+        )
+    if set(moved) >= set(meta_val_tasks):
+        raise ValueError("meta_val_into_train must leave at least one meta-val task for calibration.")
+    return set(moved)
 
 
 def episode_task_weights(pools: list[ClassPool], config: TrainingConfig) -> dict[str, float] | None:

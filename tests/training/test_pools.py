@@ -1,4 +1,5 @@
-"""How the episodic stage weights the meta-train tasks (``episodic_balance``): the real registry and a manifest."""
+"""Which classes a run trains and calibrates on (``meta_val_into_train``, on the real shared data) and how the episodic
+stage weights the meta-train tasks (``episodic_balance``): the real registry and a manifest."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sgps_hf.data import list_tasks
 from sgps_hf.data.episodes import ClassPool, EpisodeSampler
 from sgps_hf.data.splits import load_splits
 from sgps_hf.training.config import TrainingConfig
-from sgps_hf.training.pools import episode_task_weights
+from sgps_hf.training.pools import episode_task_weights, training_pools
 
 
 def pool(task: str, index: int = 0) -> ClassPool:
@@ -65,3 +66,32 @@ def test_the_sampler_draws_families_equally_and_unknown_tasks_count_as_families(
 def test_train_sources_datasets_are_each_a_family_of_their_own():
     config = TrainingConfig(train_sources=["some/dataset"], episodic_balance="family")
     assert episode_task_weights([pool("x"), pool("y"), pool("y", 1)], config) == {"x": 1.0, "y": 1.0}
+
+
+def test_meta_val_tasks_moved_into_training_leave_calibration_for_the_other_tasks():
+    splits = load_splits()
+    moved = splits.meta_val_tasks[:2]
+    train, val, summary = training_pools(TrainingConfig(meta_val_into_train=moved), image_size=32)
+    plain_train, plain_val, _ = training_pools(TrainingConfig(), image_size=32)
+    train_tasks, val_tasks = {p.task for p in train}, {p.task for p in val}
+    assert train_tasks == {p.task for p in plain_train} | set(moved)
+    assert val_tasks == set(splits.meta_val_tasks) - set(moved)
+    assert len(train) + len(val) == len(plain_train) + len(plain_val)  # every class once, none lost or doubled
+    assert not (train_tasks | val_tasks) & set(splits.held_out_tasks)
+    assert all(task in summary["description"] for task in moved)
+    assert summary["num_train_classes"] == len(train) and summary["num_val_classes"] == len(val)
+
+
+@pytest.mark.parametrize(
+    ("moved", "message"),
+    [(["radiology-brain-tumor-mri"], "not meta-val tasks"), (None, "at least one meta-val task")],
+)
+def test_meta_val_into_train_refuses_held_out_tasks_and_an_empty_calibration(moved, message):
+    config = TrainingConfig(meta_val_into_train=moved or load_splits().meta_val_tasks)
+    with pytest.raises(ValueError, match=message):
+        training_pools(config, image_size=32)
+
+
+def test_meta_val_into_train_is_refused_beside_train_sources():
+    with pytest.raises(ValueError, match="train_sources"):
+        TrainingConfig(train_sources=["some/dataset"], meta_val_into_train=["dental-oral-lesions-teeth"])
