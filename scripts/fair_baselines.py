@@ -45,6 +45,7 @@ from sgps_hf.evaluation.report import HEADLINE_COLUMNS, _fmt, _table, headline
 from sgps_hf.hub.checkpoints import DEFAULT_CHECKPOINT
 from sgps_hf.training.config import TrainingConfig
 from sgps_hf.training.episode_inputs import TextBank
+from sgps_hf.training.pools import split_meta_val
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -93,12 +94,6 @@ def check_same_body(previous: dict, synthesizer: SGPSSynthesizer, previous_synth
         )
 
 
-def synthesizer_training_config(path: str) -> TrainingConfig:
-    """The training config saved beside a synthesizer (defaults when it has none)."""
-    saved = Path(path) / "training_config.json"
-    return TrainingConfig.from_file(saved, drop_removed=True) if saved.is_file() else TrainingConfig()
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.num_threads)
@@ -117,9 +112,8 @@ def main(argv=None) -> None:
         check_same_body(previous, synthesizer, args.previous_synthesizer)
     size = synthesizer.config.image_size
     # Tuned on the meta-val tasks the synthesizer was calibrated on, as the full benchmark tunes them.
-    moved = set(synthesizer_training_config(args.synthesizer).meta_val_into_train)
-    eval_pools = build_pools("held_out", size)
-    val_pools = [pool for pool in build_pools("meta_val", size) if pool.task not in moved]
+    config = TrainingConfig.saved_or_default(Path(args.synthesizer) / "training_config.json")
+    eval_pools, (_, val_pools) = build_pools("held_out", size), split_meta_val(build_pools("meta_val", size), config)
     texts = TextBank(synthesizer.config, [p.text for p in eval_pools + val_pools])
     everything = build_methods(synthesizer, texts, bench)
     with_tbn = synthesizer.config.task_batchnorm_images is not None

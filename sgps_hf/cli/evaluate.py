@@ -26,8 +26,6 @@ from typing import Any
 
 from ..data.splits import SPLIT_NAMES
 
-logger = logging.getLogger(__name__)
-
 #: Settings of ``--quick``: every criterion exercised on a handful of episodes (for tests and smoke runs).
 QUICK = dict(
     episodes=3,
@@ -132,11 +130,7 @@ def _training_config(args: argparse.Namespace, synthesizer_path: str) -> Any:
     from ..training.config import TrainingConfig
 
     path = Path(args.train_config) if args.train_config else Path(synthesizer_path) / "training_config.json"
-    if path.is_file():
-        config = TrainingConfig.from_file(path, drop_removed=True)  # only its data sources are used
-    else:
-        logger.warning("No training config at %s: meta-train/meta-val data from TrainingConfig defaults.", path)
-        config = TrainingConfig()
+    config = TrainingConfig.saved_or_default(path)  # only its data sources are used
     if args.train_sources is not None:
         config = replace(config, train_sources=list(args.train_sources), val_sources=list(args.val_sources or []))
     return config

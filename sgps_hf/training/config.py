@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+
+logger = logging.getLogger(__name__)
 
 #: Keys of earlier training configs that no longer define anything: the episodic meta-training of the head they
 #: configured is gone (its meta-parameters are fitted on meta-val in calibration), and the body is always frozen
@@ -153,6 +156,15 @@ class TrainingConfig:
         (to read its data sources); otherwise they are refused by name."""
         data = read_config_file(cls, path, ignore=REMOVED_KEYS if drop_removed else frozenset())
         return cls(**data)
+
+    @classmethod
+    def saved_or_default(cls, path: str | Path) -> "TrainingConfig":
+        """The config a run saved at ``path`` (e.g. the ``training_config.json`` beside a synthesizer; an older run's
+        file is read for its data sources), or the defaults, with a logged warning, when there is none."""
+        if Path(path).is_file():
+            return cls.from_file(path, drop_removed=True)
+        logger.warning("No training config at %s: meta-train/meta-val data from TrainingConfig defaults.", path)
+        return cls()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,11 +20,9 @@ def training_pools(config: TrainingConfig, image_size: int) -> tuple[list[ClassP
         summary = {"description": "datasets " + ", ".join(config.train_sources), "held_out_tasks": []}
     else:
         splits = load_splits()
-        moved = _checked_moves(config.meta_val_into_train, splits.meta_val_tasks)
-        val = build_pools("meta_val", image_size, data_dir=config.data_dir)
-        train = build_pools("meta_train", image_size, data_dir=config.data_dir) + [p for p in val if p.task in moved]
-        val = [pool for pool in val if pool.task not in moved]
-        also = f" and the meta-val tasks {', '.join(sorted(moved))}" if moved else ""
+        moved, val = split_meta_val(build_pools("meta_val", image_size, data_dir=config.data_dir), config)
+        train = build_pools("meta_train", image_size, data_dir=config.data_dir) + moved
+        also = f" and the meta-val tasks {', '.join(sorted(config.meta_val_into_train))}" if moved else ""
         summary = {
             "description": (
                 f"meta_train split of the sgps-hf shared medical data{also} ({len({p.task for p in train})} public "
@@ -36,16 +34,19 @@ def training_pools(config: TrainingConfig, image_size: int) -> tuple[list[ClassP
     return train, val, summary
 
 
-def _checked_moves(moved: list[str], meta_val_tasks: list[str]) -> set[str]:
-    unknown = sorted(set(moved) - set(meta_val_tasks))
+def split_meta_val(meta_val: list[ClassPool], config: TrainingConfig) -> tuple[list[ClassPool], list[ClassPool]]:
+    """(the pools of the meta-val tasks ``config.meta_val_into_train`` moves into training, the pools left for
+    calibration); the names are checked against the meta-val split."""
+    moved, meta_val_tasks = set(config.meta_val_into_train), load_splits().meta_val_tasks
+    unknown = sorted(moved - set(meta_val_tasks))
     if unknown:
         raise ValueError(
             f"meta_val_into_train names {unknown}, which are not meta-val tasks; the meta-val tasks are "
             f"{', '.join(meta_val_tasks)}."
         )
-    if set(moved) >= set(meta_val_tasks):
+    if moved >= set(meta_val_tasks):
         raise ValueError("meta_val_into_train must leave at least one meta-val task for calibration.")
-    return set(moved)
+    return [p for p in meta_val if p.task in moved], [p for p in meta_val if p.task not in moved]
 
 
 def episode_task_weights(pools: list[ClassPool], config: TrainingConfig) -> dict[str, float] | None:
