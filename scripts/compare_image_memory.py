@@ -23,25 +23,24 @@ import argparse
 import math
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from compare_text_priors import SEEDS, STRENGTHS, TextPriors, accuracies, choose, unit
+from compare_text_priors import (
+    STRENGTHS,
+    EpisodePrior,
+    Scorer,
+    TextPriors,
+    accuracies,
+    choose,
+    load_meta_val,
+    unit,
+)
 from torch import Tensor
 
-from sgps_hf import SGPSSynthesizer
-from sgps_hf.data.episodes import EpisodeSampler
 from sgps_hf.hub.checkpoints import DEFAULT_CHECKPOINT
 from sgps_hf.metrics import mean_ci
-from sgps_hf.models.sgps.image_processing_sgps import SGPSImageProcessor
-from sgps_hf.training.config import TrainingConfig
-from sgps_hf.training.episode_inputs import TextBank, episode_inputs
-from sgps_hf.training.feature_cache import pool_features
-from sgps_hf.training.pools import training_pools
-
-Prior = Callable[[dict, list[str]], Tensor]  # (an episode's feature inputs, its class texts) -> prototypes [C, D]
 
 
 def class_means(inputs: dict, num_classes: int) -> Tensor:
@@ -49,7 +48,7 @@ def class_means(inputs: dict, num_classes: int) -> Tensor:
     return torch.stack([support[labels == c].mean(0) for c in range(num_classes)])
 
 
-def image_memory(priors: TextPriors, temperature: float | None = None, top_k: int | None = None) -> Prior:
+def image_memory(priors: TextPriors, temperature: float | None = None, top_k: int | None = None) -> EpisodePrior:
     """Each class's centred mean support feature attends over the meta-train classes' task-centred means."""
     keys = unit(priors.centred_values)
     values = priors.centred_values * priors.scale
@@ -64,33 +63,14 @@ def image_memory(priors: TextPriors, temperature: float | None = None, top_k: in
     return prior
 
 
-class Scorer:
-    """Query logits of the synthesizer's head on cached features, with a variant's prototypes as the prior."""
-
-    def __init__(self, model: SGPSSynthesizer, processor, texts: TextBank, features) -> None:
-        self.model, self.processor, self.texts, self.features = model, processor, texts, features
-
-    @torch.no_grad()
-    def logits(self, prior: Prior, episodes, strength: float) -> list[tuple[Tensor, Tensor]]:
-        original = self.model.text_prototypes
-        self.model.set_prior_strength(strength, strength)
-        pairs = []
-        try:
-            for episode in episodes:
-                inputs = episode_inputs(episode, self.processor, self.texts, augment_seed=None, features=self.features)
-                self.model.text_prototypes = lambda _embeds, i=inputs, t=episode.class_texts: prior(i, t)
-                pairs.append((self.model(**inputs, return_weights=False).logits, inputs["query_labels"]))
-        finally:
-            self.model.text_prototypes = original
-        return pairs
-
-
-def evaluate(scorer: Scorer, prior: Prior, episodes, image_only: dict[int, list[float]]) -> dict[str, object]:
+def evaluate(scorer: Scorer, prior: EpisodePrior, episodes, image_only: dict[int, list[float]]) -> dict[str, object]:
     out: dict[str, object] = {}
     for shot in (1, 5):
-        on_a = {s: float(np.mean(accuracies(scorer.logits(prior, episodes[shot, "A"], s)))) for s in STRENGTHS}
+        on_a = {
+            s: float(np.mean(accuracies(scorer.logits_of(prior, episodes[shot, "A"], True, s)))) for s in STRENGTHS
+        }
         strength = choose(on_a)
-        scores = accuracies(scorer.logits(prior, episodes[shot, "B"], strength))
+        scores = accuracies(scorer.logits_of(prior, episodes[shot, "B"], True, strength))
         out[shot] = mean_ci(scores)
         out[f"gain {shot}"] = mean_ci(np.subtract(scores, image_only[shot]))
         out[f"strength {shot}"] = strength
@@ -107,30 +87,16 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.num_threads)
     started = time.time()
-    config = TrainingConfig.from_file(args.config)
-    model = SGPSSynthesizer.from_pretrained(args.synthesizer).eval()
-    processor = SGPSImageProcessor.from_sgps_config(model.config)
-    train, val, _ = training_pools(config, model.config.image_size)
-    train_features = pool_features(model, train, processor, views=["identity"])
-    val_features = pool_features(model, val, processor, views=["identity"])
-    texts = TextBank(model.config, [p.text for p in train + val])
-    priors = TextPriors(model, train, train_features, texts)
-    scorer = Scorer(model, processor, texts, val_features)
-    episodes = {
-        (shot, key): [
-            EpisodeSampler(val, n_way=5, k_shot=shot, q_query=10, seed=seed).episode(i) for i in range(args.episodes)
-        ]
-        for shot in (1, 5)
-        for key, seed in SEEDS.items()
-    }
+    meta_val = load_meta_val(args.synthesizer, args.config, args.episodes)
+    priors, scorer, episodes = meta_val.priors, meta_val.scorer, meta_val.episodes
     no_prior = torch.zeros(1, priors.values.shape[1])
     image_only = {
-        shot: accuracies(scorer.logits(lambda _inputs, t: no_prior.expand(len(t), -1), episodes[shot, "B"], 0.0))
+        shot: accuracies(scorer.logits(lambda t: no_prior.expand(len(t), -1), episodes[shot, "B"], True))
         for shot in (1, 5)
     }
-    text_memory = priors.memory(math.exp(float(model.log_text_temperature)), False, False, False)
+    text_memory = priors.memory(math.exp(float(meta_val.model.log_text_temperature)), False, False, False)
     memory_01 = image_memory(priors, temperature=0.1)
-    variants: dict[str, Prior] = {
+    variants: dict[str, EpisodePrior] = {
         "text memory (today)": lambda inputs, class_texts: text_memory(class_texts),
         "image memory, temperature 0.05": image_memory(priors, temperature=0.05),
         "image memory, temperature 0.1": memory_01,
@@ -151,7 +117,7 @@ def main(argv=None) -> None:
     def gain(value: dict) -> str:
         return f"{100 * value['mean']:+.1f} ± {100 * value['ci95']:.1f}"
 
-    tasks = ", ".join(sorted({pool.task for pool in val}))
+    tasks = ", ".join(sorted({pool.task for pool in meta_val.val}))
     lines = [
         "# An image-keyed class memory as the head's prior (meta-val)",
         "",

@@ -51,6 +51,7 @@ from sgps_hf.training.feature_cache import pool_features
 from sgps_hf.training.pools import training_pools
 
 Prototypes = Callable[[list[str]], Tensor]  # an episode's class texts -> pseudo-prototypes [C, D]
+EpisodePrior = Callable[[dict, list[str]], Tensor]  # (an episode's inputs, its class texts) -> prototypes [C, D]
 STRENGTHS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 BETAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 SEEDS = {"A": 101, "B": 202}
@@ -146,8 +147,12 @@ class Scorer:
     def __init__(self, model: SGPSSynthesizer, processor, texts: TextBank, features) -> None:
         self.model, self.processor, self.texts, self.features = model, processor, texts, features
 
-    @torch.no_grad()
     def logits(self, prototypes: Prototypes, episodes, use_images: bool, strength: float = 0.0):
+        return self.logits_of(lambda _inputs, class_texts: prototypes(class_texts), episodes, use_images, strength)
+
+    @torch.no_grad()
+    def logits_of(self, prior: EpisodePrior, episodes, use_images: bool, strength: float):
+        """Like :meth:`logits`, for a prior that also reads the episode's inputs (e.g. its support features)."""
         original = self.model.text_prototypes
         self.model.set_prior_strength(strength, strength)
         pairs = []
@@ -155,11 +160,42 @@ class Scorer:
             for episode in episodes:
                 episode = dataclasses.replace(episode, use_images=use_images)
                 inputs = episode_inputs(episode, self.processor, self.texts, augment_seed=None, features=self.features)
-                self.model.text_prototypes = lambda _embeds, ct=episode.class_texts: prototypes(ct)
+                self.model.text_prototypes = lambda _embeds, i=inputs, t=episode.class_texts: prior(i, t)
                 pairs.append((self.model(**inputs, return_weights=False).logits, inputs["query_labels"]))
         finally:
             self.model.text_prototypes = original
         return pairs
+
+
+@dataclasses.dataclass
+class MetaVal:
+    """Everything both comparison scripts score on: the synthesizer, its meta-train memory, the meta-val tasks'
+    cached features and the seeded episodes (``episodes[shot, "A" | "B"]``)."""
+
+    model: SGPSSynthesizer
+    val: list
+    priors: TextPriors
+    scorer: Scorer
+    episodes: dict[tuple[int, str], list]
+
+
+def load_meta_val(synthesizer: str, config_path: str, num_episodes: int) -> MetaVal:
+    config = TrainingConfig.from_file(config_path)
+    model = SGPSSynthesizer.from_pretrained(synthesizer).eval()
+    processor = SGPSImageProcessor.from_sgps_config(model.config)
+    train, val, _ = training_pools(config, model.config.image_size)
+    train_features = pool_features(model, train, processor, views=["identity"])
+    val_features = pool_features(model, val, processor, views=["identity"])
+    texts = TextBank(model.config, [p.text for p in train + val])
+    episodes = {
+        (shot, key): [
+            EpisodeSampler(val, n_way=5, k_shot=shot, q_query=10, seed=seed).episode(i) for i in range(num_episodes)
+        ]
+        for shot in (1, 5)
+        for key, seed in SEEDS.items()
+    }
+    priors = TextPriors(model, train, train_features, texts)
+    return MetaVal(model, val, priors, Scorer(model, processor, texts, val_features), episodes)
 
 
 def accuracies(pairs) -> list[float]:
@@ -200,28 +236,13 @@ def main(argv=None) -> None:
     parser.add_argument("--synthesizer", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--config", default="scripts/configs/default.yaml", help="training config (meta-val tasks)")
     parser.add_argument("--episodes", type=int, default=300)
-    parser.add_argument("--cache-dir", default=None, help="feature cache root (default: sgps_hf's cache)")
     parser.add_argument("--out", default="benchmarks/text_priors.md")
     parser.add_argument("--num-threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.num_threads)
     started = time.time()
-    config = TrainingConfig.from_file(args.config)
-    model = SGPSSynthesizer.from_pretrained(args.synthesizer).eval()
-    processor = SGPSImageProcessor.from_sgps_config(model.config)
-    train, val, _ = training_pools(config, model.config.image_size)
-    train_features = pool_features(model, train, processor, cache_dir=args.cache_dir, views=["identity"])
-    val_features = pool_features(model, val, processor, cache_dir=args.cache_dir, views=["identity"])
-    texts = TextBank(model.config, [p.text for p in train + val])
-    priors = TextPriors(model, train, train_features, texts)
-    scorer = Scorer(model, processor, texts, val_features)
-    episodes = {
-        (shot, key): [
-            EpisodeSampler(val, n_way=5, k_shot=shot, q_query=10, seed=seed).episode(i) for i in range(args.episodes)
-        ]
-        for shot in (1, 5)
-        for key, seed in SEEDS.items()
-    }
+    meta_val = load_meta_val(args.synthesizer, args.config, args.episodes)
+    model, priors, scorer, episodes = meta_val.model, meta_val.priors, meta_val.scorer, meta_val.episodes
     chance = float(np.mean([1 / len(e.class_names) for e in episodes[1, "B"]]))
     today = math.exp(float(model.log_text_temperature))
     memory_centred = priors.memory(0.2, True, True, True)
