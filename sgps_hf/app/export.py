@@ -6,6 +6,7 @@ import re
 import shutil
 import tempfile
 import time
+import weakref
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -27,12 +28,24 @@ def safe_filename(name: str, default: str = "classifier") -> str:
 
 
 class ExportArea:
-    """A private temp folder for zips; exports older than ``max_age_s`` are removed as new ones are made."""
+    """A private temp folder for zips; exports older than ``max_age_s`` are removed as new ones are made.
 
-    def __init__(self, root: Path | None = None, max_age_s: float = 3600.0) -> None:
+    A folder it created itself (``root`` None) is removed with everything in it by :meth:`close`, when the area is
+    garbage-collected, or when the process exits: a server restarted many times must not leave its zips behind. A
+    ``root`` the caller gave is never removed.
+    """
+
+    def __init__(self, root: Path | None = None, max_age_s: float = DEFAULT_LIMITS.file_max_age_s) -> None:
+        owned = root is None
         self.root = Path(root or tempfile.mkdtemp(prefix="sgps-app-exports-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_age_s = max_age_s
+        self._remove = weakref.finalize(self, shutil.rmtree, self.root, ignore_errors=True) if owned else None
+
+    def close(self) -> None:
+        """Remove the area's own folder now (nothing when the caller gave the folder)."""
+        if self._remove is not None:
+            self._remove()
 
     def new_folder(self) -> Path:
         self._prune()

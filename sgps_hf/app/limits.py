@@ -41,6 +41,7 @@ class AppLimits:
     max_text_chars: int = 2_000
     max_repo_id_chars: int = 96
     request_timeout_s: float = 120.0
+    file_max_age_s: int = 3600  # the server deletes the files it made for users (downloads, uploads) after this
     concurrency_limit: int = 2
     queue_size: int = 256
 

@@ -32,10 +32,15 @@ import gradio as gr  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-DISCLAIMER = (
-    "**Research use only.** A synthesized classifier is not a medical device; validate it on your own cases "
-    "before relying on it. Uploaded images are processed in memory on this server and are not logged."
-)
+
+def disclaimer(limits: AppLimits) -> str:
+    """What the page promises about the classifiers and the visitor's files (``limits.file_max_age_s``)."""
+    minutes = round(limits.file_max_age_s / 60)
+    return (
+        "**Research use only.** A synthesized classifier is not a medical device; validate it on your own cases "
+        "before relying on it. Uploaded images are not logged; this server deletes them, and every file it made for "
+        f"you, once they are {minutes} minutes old (checked every {minutes} minutes) and when it stops."
+    )
 
 
 def load_synthesizer(source: Any = None) -> SynthesizerHandle:
@@ -68,11 +73,20 @@ def build_demo(
     """The app's Blocks (queue configured); ``demo.sgps_stats`` counts user and internal errors."""
     handle = load_synthesizer(synthesizer)
     ctx = Context(
-        handle, limits, RequestRunner(2 * limits.concurrency_limit, limits.request_timeout_s), ExportArea(), AppStats()
+        handle,
+        limits,
+        RequestRunner(2 * limits.concurrency_limit, limits.request_timeout_s),
+        ExportArea(max_age_s=limits.file_max_age_s),
+        AppStats(),
     )
     examples = example_tasks(data_dir) if show_examples else []
-    with gr.Blocks(title="SGPS: synthesize a medical image classifier", analytics_enabled=False) as demo:
-        gr.Markdown("# Synthesize a medical image classifier, no training\n" + DISCLAIMER)
+    # gradio's cache holds every upload and every file served (zips, overlays): swept like the export area, and
+    # emptied when the server stops.
+    delete_cache = (limits.file_max_age_s, limits.file_max_age_s)
+    with gr.Blocks(
+        title="SGPS: synthesize a medical image classifier", analytics_enabled=False, delete_cache=delete_cache
+    ) as demo:
+        gr.Markdown("# Synthesize a medical image classifier, no training\n" + disclaimer(limits))
         gr.Markdown(f"Synthesizer: {md_code(display_name(handle.name))}")  # never the server's path
         with gr.Tab("Classification", elem_id="cls-tab"):
             build_classification_tab(ctx, examples)
@@ -84,6 +98,7 @@ def build_demo(
     demo.sgps_stats = ctx.stats
     demo.sgps_synthesizer_path = handle.name  # for tests: the page must never show it
     demo.sgps_limits = limits
+    demo.sgps_exports = ctx.exports
     return demo
 
 

@@ -100,6 +100,7 @@ def app_server(tiny_synth_dir, torch_single_thread):
     url = launch(demo)
     yield demo, url
     demo.close()
+    demo.sgps_exports.close()
 
 
 @pytest.fixture(scope="module")

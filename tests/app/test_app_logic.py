@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import subprocess
+import sys
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -227,6 +231,37 @@ def test_export_area_prunes_old_exports(tmp_path):
     time.sleep(0.01)
     area.new_folder()
     assert not first.exists()
+
+
+def test_an_export_area_removes_the_folder_it_made_but_never_a_given_one(tmp_path):
+    closed = ExportArea()
+    (closed.new_folder() / "task.zip").write_bytes(b"zip")
+    closed.close()
+    assert not closed.root.exists()
+    collected = ExportArea()
+    root = collected.root
+    (collected.new_folder() / "task.zip").write_bytes(b"zip")
+    del collected
+    gc.collect()
+    assert not root.exists()
+    given = ExportArea(tmp_path / "mine")
+    (given.new_folder() / "task.zip").write_bytes(b"zip")
+    given.close()
+    del given
+    gc.collect()
+    assert [p.name for p in (tmp_path / "mine").rglob("*.zip")] == ["task.zip"]
+
+
+def test_an_export_area_is_removed_when_the_process_exits():
+    code = (
+        "from sgps_hf.app.export import ExportArea\n"
+        "area = ExportArea()\n"
+        "(area.new_folder() / 'task.zip').write_bytes(b'zip')\n"
+        "print(area.root)"
+    )
+    root = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert root and "sgps-app-exports-" in root
+    assert not Path(root).exists()
 
 
 def test_push_validation_never_uses_a_server_token(classifier, monkeypatch):
