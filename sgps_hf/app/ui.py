@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +106,14 @@ def build_demo(
 
 
 def launch_demo(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, share: bool = False, **kwargs: Any):
-    """Launch with the app's limits (upload size) and without browser run history (it would keep the token)."""
+    """Launch with the app's limits (upload size) and without browser run history (it would keep the token).
+
+    In the main thread it blocks until Ctrl+C or SIGTERM (how a Space, a container or ``timeout`` stops a process),
+    then closes the app fully: only a full close deletes the visitors' files (:func:`build_demo`).
+    ``prevent_thread_lock=True`` returns at once, as in Gradio.
+    """
     limits: AppLimits = getattr(demo, "sgps_limits", DEFAULT_LIMITS)
-    return demo.launch(
+    settings = dict(
         server_name=host,
         server_port=port,
         share=share,
@@ -114,5 +122,27 @@ def launch_demo(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = Non
         footer_links=["api", "gradio"],
         show_error=False,
         mcp_server=False,
-        **kwargs,
     )
+    if kwargs.get("prevent_thread_lock") or threading.current_thread() is not threading.main_thread():
+        return demo.launch(**settings, **kwargs)
+    launched = demo.launch(**settings, **{**kwargs, "prevent_thread_lock": True})
+    _serve_until_stopped(demo)
+    return launched
+
+
+def _serve_until_stopped(demo: gr.Blocks) -> None:
+    """Block until Ctrl+C or SIGTERM, then ``demo.close()``. Gradio's own wait only stops the HTTP server, whose
+    open event streams can outlast its 5-second join, and the process then exits before the cache is emptied."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        while demo.is_running:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        demo.close()

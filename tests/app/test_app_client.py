@@ -248,11 +248,8 @@ def test_sgps_demo_command_serves_the_app(tiny_synth_dir, monkeypatch):
     built, launched = [], []
     real_build, real_launch = demo_app.build_demo, gr.Blocks.launch
     monkeypatch.setattr(demo_app, "build_demo", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
-    monkeypatch.setattr(
-        gr.Blocks,
-        "launch",
-        lambda self, **k: launched.append(k) or real_launch(self, **{**k, "prevent_thread_lock": True}),
-    )
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **k: launched.append(k) or real_launch(self, **k))
+    monkeypatch.setattr(demo_app, "_serve_until_stopped", lambda demo: None)  # the test keeps the main thread
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
