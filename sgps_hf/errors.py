@@ -38,9 +38,18 @@ class UsageError(SGPSError, ValueError):
     """A command-line argument or option value is invalid (the message names the option and the fix)."""
 
 
-class AccuracyWarning(UserWarning):
+class SGPSWarning(UserWarning):
+    """Base class of every sgps_hf warning; the command line shows each as one ``sgps: warning: ...`` line."""
+
+
+class AccuracyWarning(SGPSWarning):
     """The input is one where synthesized classifiers are known to do poorly (see :mod:`sgps_hf.trust.advice`)."""
 
 
-class NoCoverageGuaranteeWarning(UserWarning):
+class NoCoverageGuaranteeWarning(SGPSWarning):
     """Prediction sets were asked for, but the classifier has no conformal calibration: no coverage guarantee."""
+
+
+class InputWarning(SGPSWarning):
+    """Something the user gave was changed or assumed (a name normalised, a slide's resolution assumed, tiles
+    enlarged); the message says what and how to avoid it."""

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from .errors import InvalidTaskError
+from .errors import InputWarning, InvalidTaskError
 from .imaging import DecodedImage, ImageInput, check_path_text, decode_image, image_fingerprint, load_image
 from .task_file import MAX_TASK_NESTING, load_yaml, read_task_text, short, unique_keys
 
@@ -97,7 +97,7 @@ def _clean_name(text: str, what: str) -> str:
         warnings.warn(
             f"{what} {text[:40]!r} was normalised to {normalized[:40]!r} (NFKC: full-width, ligature and other "
             "compatibility characters take their plain form).",
-            UserWarning,
+            InputWarning,
             stacklevel=4,
         )
     return normalized

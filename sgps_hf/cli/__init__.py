@@ -9,11 +9,13 @@ Handlers import what they need lazily, so ``sgps --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..errors import SGPSError
+from ..errors import SGPSError, SGPSWarning
 from .commands import (
     register_demo,
     register_evaluate,
@@ -28,7 +30,6 @@ from .predict import register as register_predict
 from .segment import register as register_segment
 from .slides import register as register_slide
 from .trust import register as register_trust
-from .trust import warnings_as_lines
 
 # --------------------------------------------------------------------------------------------------
 # Entry point
@@ -94,6 +95,28 @@ def run_handler(handler: Callable[[argparse.Namespace], Any], args: argparse.Nam
         message, status = describe_error(exc)
         print(f"sgps: error: {message}", file=sys.stderr)
         return status
+
+
+@contextlib.contextmanager
+def warnings_as_lines(stream=None) -> Iterator[None]:
+    """Show sgps_hf's warnings (:class:`~sgps_hf.errors.SGPSWarning`) as ``sgps: warning: ...`` lines, each text
+    once; other warnings are left to Python's defaults."""
+    shown: set[str] = set()
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if issubclass(category, SGPSWarning):
+            text = " ".join(str(message).split())
+            if text not in shown:
+                shown.add(text)
+                print(f"sgps: warning: {text}", file=stream or sys.stderr)
+            return
+        previous(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SGPSWarning)
+        warnings.showwarning = show
+        yield
 
 
 _MAX_MESSAGE = 600

@@ -37,7 +37,12 @@ def register(subparsers: Any) -> None:
     predict.add_argument("--out-dir", required=True, help="folder for predictions.csv and the PNGs of each slide")
     predict.add_argument("--max-tiles", type=int, default=None, help="cap on tiles per slide (default: the folder's)")
     predict.add_argument("--top-tiles", type=int, default=8)
-    predict.add_argument("--fallback-mpp", type=float, default=0.5, help="um/px of slides that record none")
+    predict.add_argument(
+        "--fallback-mpp",
+        type=float,
+        default=None,
+        help="um/px at level 0 of slides that record none (default: assume 0.5, with a warning)",
+    )
     predict.add_argument("--progress", action="store_true", help="show a progress bar over each slide's tiles")
     predict.set_defaults(handler=_predict)
 
@@ -52,7 +57,12 @@ def _tiling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-mpp", type=float, default=1.0, help="tile resolution in um/px (default 1.0)")
     parser.add_argument("--tile-size", type=int, default=128)
     parser.add_argument("--min-tissue", type=float, default=0.5, help="fraction of a tile that must be tissue")
-    parser.add_argument("--fallback-mpp", type=float, default=0.5, help="um/px of slides that record none")
+    parser.add_argument(
+        "--fallback-mpp",
+        type=float,
+        default=None,
+        help="um/px at level 0 of slides that record none (default: assume 0.5, with a warning)",
+    )
 
 
 def slide_files(items: list[str]) -> list[Path]:
@@ -92,7 +102,7 @@ def _info(args: argparse.Namespace) -> int:
             d = tiles.describe()
             print(
                 f"{path}: {d['dimensions'][0]}x{d['dimensions'][1]} px, {d['levels']} levels, "
-                f"{d['mpp']:.4g} um/px{'' if d['mpp_recorded'] else ' (assumed)'}, {d['backend']}; "
+                f"{d['mpp']:.4g} um/px{_mpp_source(d['mpp_recorded'], args.fallback_mpp)}, {d['backend']}; "
                 f"{len(tiles)} tissue tiles of {args.tile_size} px at {args.target_mpp:g} um/px "
                 f"(level {d['read_level']})"
             )
@@ -181,3 +191,10 @@ def _update(args: argparse.Namespace) -> int:
     updated = update_slide_classifier(synth, classifier, additions, processor)
     print(f"Updated to version {updated.tile_classifier.version}: {updated.save_pretrained(args.classifier)}")
     return 0
+
+
+def _mpp_source(recorded: bool, fallback_mpp: float | None) -> str:
+    """How a slide's resolution was known, for ``sgps slide info``: recorded (nothing), given or assumed."""
+    if recorded:
+        return ""
+    return " (--fallback-mpp)" if fallback_mpp is not None else " (assumed)"

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
-import warnings
 from pathlib import Path
-from typing import Iterator
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -129,28 +125,3 @@ def _calibrate(args: argparse.Namespace) -> int:
         f"Saved to {folder}."
     )
     return 0
-
-
-@contextlib.contextmanager
-def warnings_as_lines(stream=None) -> Iterator[None]:
-    """Show sgps_hf's warnings (AccuracyWarning, NoCoverageGuaranteeWarning) as ``sgps: warning: ...`` lines,
-    each text once; other warnings are left to Python's defaults."""
-    from ..errors import AccuracyWarning, NoCoverageGuaranteeWarning
-
-    shown: set[str] = set()
-    previous = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
-        if issubclass(category, (AccuracyWarning, NoCoverageGuaranteeWarning)):
-            text = " ".join(str(message).split())
-            if text not in shown:
-                shown.add(text)
-                print(f"sgps: warning: {text}", file=stream or sys.stderr)
-            return
-        previous(message, category, filename, lineno, file, line)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", AccuracyWarning)
-        warnings.simplefilter("always", NoCoverageGuaranteeWarning)
-        warnings.showwarning = show
-        yield

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..models.sgps.classifier import SynthesizedClassifier
-from .reader import DEFAULT_FALLBACK_MPP, Slide, open_slide
+from .reader import Slide, open_slide
 from .render import contact_sheet, heatmap
 from .rules import SlideRule
 from .tiling import SlideTiles, iter_tiles, tile_slide
@@ -99,7 +99,7 @@ class SlideClassifier:
         batch_size: int = 16,
         progress: bool = False,
         backend: str = "auto",
-        fallback_mpp: float = DEFAULT_FALLBACK_MPP,
+        fallback_mpp: float | None = None,
         seed: int = 0,
     ) -> SlidePrediction:
         """Screen one slide: tiles streamed from the file in batches, never the whole slide in memory.

@@ -7,7 +7,8 @@ falls back to OpenSlide for a file tiffslide cannot read. Both expose the same `
 
 The resolution is the slide's microns per pixel (mpp) at level 0, read from the reader's ``mpp-x`` property. A value
 outside :data:`PLAUSIBLE_MPP` (e.g. 264.6 um/px, a 96-dpi placeholder some scanners write) counts as not recorded;
-then ``fallback_mpp`` is assumed and a warning says so.
+then ``fallback_mpp`` is used when given (the scanner's value, known to the user), else
+:data:`DEFAULT_FALLBACK_MPP` is assumed and a warning says so.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import ImageLoadError
+from ..errors import ImageLoadError, InputWarning
 
 Backend = Literal["auto", "tiffslide", "openslide"]
 BACKENDS = ("auto", "tiffslide", "openslide")
@@ -69,12 +70,20 @@ def _open_with(backend: str, path: Path) -> Any:
     return openslide.OpenSlide(path)
 
 
-def open_slide(
-    path: str | os.PathLike, backend: Backend = "auto", fallback_mpp: float = DEFAULT_FALLBACK_MPP
-) -> "Slide":
-    """Open a whole-slide image file; raises ImageLoadError (what is wrong, how to fix it) when it cannot be read."""
+def open_slide(path: str | os.PathLike, backend: Backend = "auto", fallback_mpp: float | None = None) -> "Slide":
+    """Open a whole-slide image file; raises ImageLoadError (what is wrong, how to fix it) when it cannot be read.
+
+    ``fallback_mpp``: the level-0 um/px to use if the file records none (default: assume
+    :data:`DEFAULT_FALLBACK_MPP`, with a warning when tiling).
+    """
     if backend not in BACKENDS:
         raise ImageLoadError(f"Unknown slide reader {backend!r}; use one of {', '.join(BACKENDS)}.")
+    low, high = PLAUSIBLE_MPP
+    if fallback_mpp is not None and not low <= fallback_mpp <= high:
+        raise ImageLoadError(
+            f"fallback_mpp {fallback_mpp:g} um/px is outside {low:g}-{high:g}; give the scanner's microns per pixel "
+            "at level 0 (about 0.25 at 40x, 0.5 at 20x)."
+        )
     path = Path(os.fspath(path)).expanduser()
     if not path.is_file():
         raise ImageLoadError(f"Slide file {path} does not exist or is not a file; check the path.")
@@ -106,7 +115,7 @@ def open_slide(
 class Slide:
     """An open slide: levels, resolution and RGB region reads. Use as a context manager or call :meth:`close`."""
 
-    def __init__(self, handle: Any, path: Path, backend: str, fallback_mpp: float = DEFAULT_FALLBACK_MPP) -> None:
+    def __init__(self, handle: Any, path: Path, backend: str, fallback_mpp: float | None = None) -> None:
         self._handle = handle
         self.path = path
         self.backend = backend
@@ -116,7 +125,11 @@ class Slide:
             raise ImageLoadError(f"{path.name} has no image level; it is not a usable slide.")
         self.recorded_mpp = _recorded_mpp(handle.properties)
         self.mpp_recorded = self.recorded_mpp is not None
-        self.mpp = self.recorded_mpp if self.recorded_mpp is not None else float(fallback_mpp)
+        self.mpp_given = not self.mpp_recorded and fallback_mpp is not None  # the user's value: nothing to warn of
+        if self.mpp_recorded:
+            self.mpp = self.recorded_mpp
+        else:
+            self.mpp = float(fallback_mpp if fallback_mpp is not None else DEFAULT_FALLBACK_MPP)
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -145,6 +158,7 @@ class Slide:
             warnings.warn(
                 f"{self.path.name} is scanned at {self.mpp:.3g} um/px, coarser than the {target_mpp:.3g} um/px asked "
                 "for; its tiles are enlarged, which adds no detail.",
+                InputWarning,
                 stacklevel=2,
             )
         return level, factor
@@ -258,11 +272,13 @@ def _recorded_mpp(properties: Any) -> float | None:
 
 
 def resolve_mpp(slide: Slide, warn: bool = True) -> float:
-    """The slide's level-0 mpp, warning once when it is the fallback because the file records none (or a bogus one)."""
-    if not slide.mpp_recorded and warn:
+    """The slide's level-0 mpp, warning when it is assumed: the file records none (or a bogus one) and the caller
+    gave no ``fallback_mpp``."""
+    if not slide.mpp_recorded and not slide.mpp_given and warn:
         warnings.warn(
             f"{slide.path.name} records no plausible resolution (microns per pixel); assuming {slide.mpp:g} um/px "
             "at level 0. Pass fallback_mpp= (CLI: --fallback-mpp) with the scanner's value if you know it.",
+            InputWarning,
             stacklevel=2,
         )
     return slide.mpp

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InvalidTaskError
 from ..task import MAX_IMAGES_PER_CLASS, ClassSpec, TaskSpec
 from .classifier import DEFAULT_TILES_PER_CLASS, DEFAULT_TILING, SlideClassifier
-from .reader import DEFAULT_FALLBACK_MPP, open_slide
+from .reader import open_slide
 from .rules import DEFAULT_RULE, SlideRule
 from .task import MAX_SLIDES_PER_CLASS, SlideTask
 from .tiling import iter_tiles, tile_slide
@@ -28,7 +28,7 @@ def slide_support_tiles(
     tiling: Mapping[str, Any],
     seed: int = 0,
     backend: str = "auto",
-    fallback_mpp: float = DEFAULT_FALLBACK_MPP,
+    fallback_mpp: float | None = None,
     progress: bool = False,
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """(up to ``tiles_per_slide`` tissue tiles of one slide, its record: file, sha256, tiles, mpp)."""
@@ -64,7 +64,7 @@ def synthesize_slide_classifier(
     tiles_per_class: int | None = DEFAULT_TILES_PER_CLASS,
     seed: int = 0,
     backend: str = "auto",
-    fallback_mpp: float = DEFAULT_FALLBACK_MPP,
+    fallback_mpp: float | None = None,
     progress: bool = False,
 ) -> SlideClassifier:
     """A :class:`SlideClassifier` for ``task``: tiles of every slide -> one synthesis of a tile classifier.
@@ -120,7 +120,7 @@ def update_slide_classifier(
     processor: Any = None,
     seed: int = 0,
     backend: str = "auto",
-    fallback_mpp: float = DEFAULT_FALLBACK_MPP,
+    fallback_mpp: float | None = None,
 ) -> SlideClassifier:
     """Re-synthesize with newly verified slides ({class: [slide paths]}) added to the stored support tiles.
 

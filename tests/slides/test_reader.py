@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -65,13 +66,22 @@ def test_level_and_factor_follow_the_target_resolution(tmp_path):
             slide.level_for_mpp(0)
 
 
-def test_a_bogus_resolution_falls_back_with_a_warning(tmp_path):
-    from sgps_hf.slides import tile_slide
+def test_a_bogus_resolution_is_assumed_with_a_warning_or_taken_from_the_user(tmp_path):
+    from sgps_hf.errors import InputWarning
+    from sgps_hf.slides import DEFAULT_FALLBACK_MPP, tile_slide
 
     image = np.full((256, 256, 3), 200, dtype=np.uint8)
     path = write_pyramidal_tiff(tmp_path / "dpi.tiff", image, mpp=1e4 / (96 / 2.54))  # a 96-dpi placeholder
-    with open_slide(path, fallback_mpp=0.25) as slide:
-        assert not slide.mpp_recorded and slide.mpp == 0.25
-        with pytest.warns(UserWarning, match="records no plausible resolution.*assuming 0.25 um/px"):
+    with open_slide(path) as slide:
+        assert not slide.mpp_recorded and not slide.mpp_given and slide.mpp == DEFAULT_FALLBACK_MPP
+        with pytest.warns(InputWarning, match="records no plausible resolution.*assuming 0.5 um/px"):
+            tile_slide(slide, min_tissue=0)
+    with open_slide(path, fallback_mpp=0.25) as slide:  # the scanner's value, from the user: nothing to warn of
+        assert not slide.mpp_recorded and slide.mpp_given and slide.mpp == 0.25
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", InputWarning)
             tiles = tile_slide(slide, min_tissue=0)
         assert tiles.side0 == pytest.approx(128 * 1.0 / 0.25)
+    for implausible in (0.0, -0.5, 100.0):
+        with pytest.raises(ImageLoadError, match="outside 0.05-20; give the scanner's microns per pixel"):
+            open_slide(path, fallback_mpp=implausible)

@@ -51,3 +51,23 @@ def test_real_slide_opens_and_tiles(name, backend):
             assert tile_overlay(tiles).size == tiles.thumbnail.shape[1::-1]
     fallback = [w for w in caught if "records no plausible resolution" in str(w.message)]
     assert bool(fallback) == (mpp is None)
+
+
+def test_slide_info_states_an_assumed_resolution_as_one_warning_line(capsys):
+    """A slide without a recorded resolution: `sgps slide info` says so in one `sgps: warning:` line (no Python
+    warning with a source path); `--fallback-mpp` with the scanner's value is taken without a warning."""
+    from sgps_hf import cli
+
+    path = WSI / "breast-crop-pyramid.tiff"
+    if not path.is_file():
+        pytest.skip(f"{path} is not available")
+    assert cli.main(["slide", "info", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "0.5 um/px (assumed)" in out
+    assert err.splitlines() == [
+        "sgps: warning: breast-crop-pyramid.tiff records no plausible resolution (microns per pixel); assuming "
+        "0.5 um/px at level 0. Pass fallback_mpp= (CLI: --fallback-mpp) with the scanner's value if you know it."
+    ]
+    assert cli.main(["slide", "info", str(path), "--fallback-mpp", "0.25"]) == 0
+    out, err = capsys.readouterr()
+    assert "0.25 um/px (--fallback-mpp)" in out and err == ""
