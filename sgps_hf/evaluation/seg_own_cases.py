@@ -44,21 +44,21 @@ def evaluate_segmenter(segmenter: Any, data: Any) -> dict[str, Any]:
     (image path or object, mask) inputs, for the worst-case overlays.
     """
     from ..models.sgps_seg.processing_sgps_seg import load_mask, load_rgb
-    from ..models.sgps_seg.task import SegmentationTask
+    from ..models.sgps_seg.task import folder_pairs
 
     if isinstance(data, (str, Path)):
         masks = Path(data) / "masks"
         labels = {p.name for p in masks.iterdir() if p.is_dir()} if masks.is_dir() else set()
-        # the segmenter's own label when the folder has it, else the folder's only label
-        task = SegmentationTask("evaluation", Path(data), label=segmenter.label if segmenter.label in labels else None)
-        pairs = list(zip(task.images, task.masks, strict=True))
+        # the segmenter's own label when the folder has it, else the folder's only label. Not a SegmentationTask:
+        # the limits of a support set (64 examples, some foreground) do not apply to cases to evaluate on.
+        _, pairs = folder_pairs(Path(data), segmenter.label if segmenter.label in labels else None)
     else:
         pairs = list(data)
     if not pairs:
         raise DataError("No (image, mask) pairs to evaluate; give a folder with images/ and masks/<label>/.")
     images = [load_rgb(image) for image, _ in pairs]
     references = [
-        load_mask(mask, image.size, name=f"mask {i}")
+        load_mask(mask, image.size, name=f"mask {i}", allow_empty=True)
         for i, (image, (_, mask)) in enumerate(zip(images, pairs, strict=True))
     ]
     predictions = segmenter.predict(images)

@@ -44,6 +44,22 @@ def test_evaluate_per_image_and_worst_overlays(saved_segmenter, tmp_path, capsys
     assert len(worst) == 2 and "worst-1-" in (out / "report.md").read_text()
 
 
+def test_an_evaluation_folder_is_not_held_to_the_limits_of_a_support_set(saved_segmenter, tmp_path):
+    """More labelled cases than a task may have examples (64), one of them a negative (an empty mask): all are scored,
+    each under its file name."""
+    from PIL import Image
+
+    from sgps_hf import SynthesizedSegmenter
+    from sgps_hf.models.sgps_seg.task import MAX_EXAMPLES
+
+    labelled = write_task_folder(tmp_path / "labelled", MAX_EXAMPLES + 6, seed=70)
+    Image.new("L", (40, 32)).save(labelled / "masks" / "lesion" / "0000.png")  # a case without the lesion
+    result = evaluate_segmenter(SynthesizedSegmenter.from_pretrained(saved_segmenter), labelled)
+    assert result["num_images"] == MAX_EXAMPLES + 6
+    assert [row["name"] for row in result["per_image"]] == [f"{i:04d}.png" for i in range(MAX_EXAMPLES + 6)]
+    assert all(0.0 <= row["dice"] <= 1.0 for row in result["per_image"])
+
+
 def test_overlay_marks_prediction_and_reference():
     image, mask = blob_pair(3)
     shown = np.asarray(mask_overlay(image, mask > 0, reference=mask > 0))

@@ -43,7 +43,7 @@ class SegmentationTask:
         self.name = name.strip()
         self.description = description.strip() if description and description.strip() else None
         if isinstance(examples, (str, os.PathLike)):
-            label, examples = _folder_examples(Path(examples), label)
+            label, examples = folder_pairs(Path(examples), label)
         self.label = label or self.name  # the structure the foreground mask marks
         if isinstance(examples, (str, bytes)) or not isinstance(examples, Iterable):
             raise InvalidTaskError(
@@ -114,7 +114,10 @@ class SegmentationTask:
         return f"SegmentationTask(name={self.name!r}, label={self.label!r}, examples={len(self)})"
 
 
-def _folder_examples(folder: Path, label: str | None) -> tuple[str, list[tuple[Path, Path]]]:
+def folder_pairs(folder: Path, label: str | None) -> tuple[str, list[tuple[Path, Path]]]:
+    """(label, (image path, mask path) pairs) of a folder in the segmentation layout, ``images/<stem>.*`` and
+    ``masks/<label>/<stem>.png``; ``label`` None takes the folder's only label. Images without a mask are left out
+    with a warning; a mask without an image is an error."""
     images_dir, masks_dir = folder / "images", folder / "masks"
     if not folder.is_dir():
         raise InvalidTaskError(f"Task folder {folder} does not exist; check the path.")
