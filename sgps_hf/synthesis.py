@@ -18,6 +18,7 @@ the network class.
 from __future__ import annotations
 
 import copy
+import os
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
@@ -30,7 +31,7 @@ from .hub.checkpoints import display_name, state_dict_sha256, synthesizer_refere
 from .hub.classifier_checks import FORMAT_VERSION
 from .hub.model_card import md_code
 from .hub.support_images import clean_image, support_manifest
-from .imaging import DecodedImage, ImageInput, decode_image
+from .imaging import DecodedImage, ImageInput, decode_image, image_fingerprint
 from .models.sgps.classifier import SynthesizedClassifier
 from .models.sgps.image_processing_sgps import SGPSImageProcessor
 from .models.sgps.processing_sgps import SGPSProcessor
@@ -135,6 +136,7 @@ def update(
     _check_compatible(synthesizer, classifier)
     old_task = classifier.info["task"]
     added_images = {name: [decode_image(image) for image in images] for name, images in added.items()}
+    _refuse_repeated_cases(support, added, added_images)
     classes = [
         ClassSpec(
             name=entry["name"],
@@ -168,6 +170,29 @@ def _normalise_additions(classifier: SynthesizedClassifier, additions: Additions
     if not added:
         raise InvalidTaskError("No new images were given; add at least one verified case to a class.")
     return added
+
+
+def _refuse_repeated_cases(
+    support: Mapping[str, Sequence[Any]],
+    added: Mapping[str, Sequence[ImageInput]],
+    added_images: Mapping[str, Sequence[DecodedImage]],
+) -> None:
+    """An added case whose pixels are already in its class (a stored support image, or an earlier image of the same
+    addition) would count twice and pull the class towards it; it is most often the same update run again."""
+    repeated = []
+    for name, images in added_images.items():
+        seen = {image_fingerprint(image) for image in support.get(name, [])}
+        for source, image in zip(added[name], images, strict=True):
+            digest = image_fingerprint(clean_image(image.pixels))  # the pixels a stored support image keeps
+            if digest in seen:
+                shown = os.path.basename(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else "an image"
+                repeated.append(f"{shown} for {name!r}")
+            seen.add(digest)
+    if repeated:
+        raise InvalidTaskError(
+            f"Already one of its class's images (same pixels): {', '.join(repeated[:5])}"
+            f"{', ...' if len(repeated) > 5 else ''}. Nothing was added; leave the repeated case(s) out."
+        )
 
 
 def _check_compatible(synthesizer: nn.Module, classifier: SynthesizedClassifier) -> None:

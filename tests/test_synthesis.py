@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import huggingface_hub as hfh
 import numpy as np
@@ -114,6 +115,36 @@ def test_update_errors_say_what_to_fix(synth, saved, tmp_path):
         synth.update(bare, {"class_0": [noise_image(1)]})
     with pytest.raises(CheckpointError, match="emits .* at 48 px"):
         tiny_synthesizer(seed=0, image_size=48).update(classifier, {"class_0": [noise_image(1)]})
+
+
+def test_a_case_already_in_its_class_is_refused_and_nothing_is_added(synth, saved, task, tmp_path):
+    """The same image again (its original file, a copy under another name, or twice in one addition) would count
+    twice: refused, naming it; the classifier is unchanged. The same image for another class is a label conflict
+    (a warning), not a repeat."""
+    import shutil
+    import warnings
+
+    from sgps_hf.errors import AccuracyWarning
+
+    classifier = SynthesizedClassifier.from_pretrained(saved)
+    original = task.classes[0].images[0]
+    renamed = tmp_path / "renamed.png"
+    shutil.copy(original, renamed)
+    repeats = [
+        ({"class_0": [original]}, f"{original.name} for 'class_0'"),
+        ({"class_0": [renamed]}, "renamed.png for 'class_0'"),
+        ({"class_1": [renamed, noise_image(5), renamed]}, "renamed.png for 'class_1'"),  # twice in one addition
+    ]
+    for addition, named in repeats:
+        message = f"Already one of its class's images (same pixels): {named}."
+        with pytest.raises(InvalidTaskError, match=re.escape(message)):
+            synth.update(classifier, addition)
+    assert classifier.version == 1 and len(classifier.support["class_0"]) == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        updated = synth.update(classifier, {"class_1": [renamed]})
+    assert updated.version == 2 and len(updated.support["class_1"]) == 2
+    assert any(issubclass(w.category, AccuracyWarning) and "more than one class" in str(w.message) for w in caught)
 
 
 def test_tampered_support_files_are_refused(saved, tmp_path):
