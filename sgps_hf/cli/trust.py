@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-card", action="store_true", help="leave the classifier folder and its card as they are"
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_skip_other_classes(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     calibrate = subparsers.add_parser(
@@ -49,7 +50,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--method", choices=("lac", "aps"), default="lac", help="conformal score (default lac)")
     calibrate.add_argument("--batch-size", type=int, default=64)
     calibrate.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_skip_other_classes(calibrate)
     calibrate.set_defaults(handler=_calibrate)
+
+
+def _add_skip_other_classes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--skip-other-classes",
+        action="store_true",
+        help="leave out cases of classes the classifier does not have (default: they are an error)",
+    )
+
+
+def _other_classes(args: argparse.Namespace) -> str:
+    return "skip" if args.skip_other_classes else "error"
+
+
+def _print_left_out(left_out: dict[str, int]) -> None:
+    if left_out:
+        classes = ", ".join(f"{name} ({count})" for name, count in sorted(left_out.items()))
+        print(f"Left out {sum(left_out.values())} cases of classes this classifier does not have: {classes}")
 
 
 def _local_folder(classifier: str, flag: str) -> Path:
@@ -82,8 +102,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         min_subgroup_size=args.min_subgroup_size,
+        other_classes=_other_classes(args),
     )
     report = write_report(evaluation, args.out)
+    _print_left_out(evaluation.left_out)
     summary = evaluation.summary()
     acc, bal = evaluation.scores["accuracy"], evaluation.scores["balanced_accuracy"]
     print(
@@ -116,8 +138,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     folder = _local_folder(args.classifier, "calibrate")
     classifier = SynthesizedClassifier.from_pretrained(folder)
     result = classifier.calibrate_conformal(
-        args.data, coverage=args.coverage, method=args.method, batch_size=args.batch_size, progress=not args.quiet
+        args.data,
+        coverage=args.coverage,
+        method=args.method,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        other_classes=_other_classes(args),
     )
+    _print_left_out(result.get("left_out", {}))
     classifier.save_pretrained(folder)
     print(
         f"Calibrated on {result['num_cases']} cases ({result['method']}, threshold {result['threshold']:.4f}): "

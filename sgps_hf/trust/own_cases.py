@@ -37,18 +37,27 @@ class LabelledCases:
     names: list[str]
     metadata: dict[str, list[Any]] = field(default_factory=dict)
     source: str = "labelled images"
+    left_out: dict[str, int] = field(default_factory=dict)  # other classes' cases skipped: class -> count
 
     def __len__(self) -> int:
         return len(self.images)
 
 
-def load_cases(data: Any, label_names: Sequence[str]) -> LabelledCases:
+#: What to do with labelled cases of classes the classifier does not have.
+OTHER_CLASSES = ("error", "skip")
+
+
+def load_cases(data: Any, label_names: Sequence[str], other_classes: str = "error") -> LabelledCases:
     """The labelled cases of ``data`` (folder, ``datasets.Dataset`` or ``{class: [images]}``) for ``label_names``.
 
-    Raises DataError when the data has classes the classifier does not know, or no images.
+    ``other_classes``: ``"error"`` raises DataError when the data has classes the classifier does not know;
+    ``"skip"`` leaves their cases out (counted in ``left_out``), e.g. to check a classifier of a few classes on a
+    larger labelled archive. Raises DataError when no image is left.
     """
+    if other_classes not in OTHER_CLASSES:
+        raise DataError(f"other_classes must be one of {OTHER_CLASSES}, got {other_classes!r}.")
     if isinstance(data, Mapping):
-        return _cases_from_mapping(data, label_names)
+        return _cases_from_mapping(data, label_names, other_classes == "skip")
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
         if not path.is_dir():
@@ -59,7 +68,8 @@ def load_cases(data: Any, label_names: Sequence[str]) -> LabelledCases:
     from ..data.loading import load_image_dataset
 
     dataset = load_image_dataset(data, keep_metadata=True)
-    return _cases_from_dataset(dataset, label_names, root=Path(data) if isinstance(data, (str, os.PathLike)) else None)
+    root = Path(data) if isinstance(data, (str, os.PathLike)) else None
+    return _cases_from_dataset(dataset, label_names, root, other_classes == "skip")
 
 
 def _check_classes(present: Sequence[str], label_names: Sequence[str]) -> None:
@@ -67,11 +77,22 @@ def _check_classes(present: Sequence[str], label_names: Sequence[str]) -> None:
     if unknown:
         raise DataError(
             f"Unknown classes {unknown}: this classifier knows {list(label_names)}. Name the class folders like the "
-            "classifier's classes (or leave out cases of other classes)."
+            "classifier's classes, or leave out the other classes' cases with other_classes='skip' (CLI: "
+            "--skip-other-classes)."
         )
 
 
-def _cases_from_mapping(data: Mapping[str, Sequence[Any]], label_names: Sequence[str]) -> LabelledCases:
+def _check_some_left(count: int, label_names: Sequence[str]) -> None:
+    if count == 0:
+        raise DataError(
+            f"No labelled case is of a class this classifier knows ({list(label_names)}); name the class folders "
+            "like its classes."
+        )
+
+
+def _cases_from_mapping(data: Mapping[str, Sequence[Any]], label_names: Sequence[str], skip: bool) -> LabelledCases:
+    left_out = {name: len(items) for name, items in data.items() if name not in label_names} if skip else {}
+    data = {name: items for name, items in data.items() if name not in left_out}
     _check_classes(list(data), label_names)
     images, labels, names = [], [], []
     for name, items in data.items():
@@ -80,14 +101,23 @@ def _cases_from_mapping(data: Mapping[str, Sequence[Any]], label_names: Sequence
             labels.append(list(label_names).index(name))
             names.append(str(item) if isinstance(item, (str, os.PathLike)) else f"{name}#{index}")
     if not images:
+        if left_out:
+            _check_some_left(0, label_names)
         raise DataError("No labelled images were given; give at least one image per class you want to evaluate.")
-    return LabelledCases(images, np.asarray(labels, dtype=np.int64), names)
+    return LabelledCases(images, np.asarray(labels, dtype=np.int64), names, left_out=left_out)
 
 
-def _cases_from_dataset(dataset: Any, label_names: Sequence[str], root: Path | None) -> LabelledCases:
+def _cases_from_dataset(dataset: Any, label_names: Sequence[str], root: Path | None, skip: bool) -> LabelledCases:
     from datasets import Image
 
     classes = dataset.features["label"].names
+    left_out: dict[str, int] = {}
+    if skip:
+        counts = np.bincount(np.asarray(dataset["label"], dtype=np.int64), minlength=len(classes))
+        left_out = {name: int(counts[i]) for i, name in enumerate(classes) if name not in label_names and counts[i]}
+        known = {i for i, name in enumerate(classes) if name in label_names}
+        dataset = dataset.filter(lambda label: label in known, input_columns="label")
+        _check_some_left(len(dataset), label_names)
     _check_classes([classes[i] for i in sorted(set(dataset["label"]))], label_names)
     raw = dataset.cast_column("image", Image(decode=False))["image"]
     images, names = [], []
@@ -102,7 +132,7 @@ def _cases_from_dataset(dataset: Any, label_names: Sequence[str], root: Path | N
     labels = np.asarray([list(label_names).index(classes[i]) for i in dataset["label"]], dtype=np.int64)
     metadata = {name: list(dataset[name]) for name in dataset.column_names if name not in ("image", "label")}
     source = str(root) if root is not None else "a datasets.Dataset"
-    return LabelledCases(images, labels, names, metadata, source)
+    return LabelledCases(images, labels, names, metadata, source, left_out)
 
 
 def _relative(path: Path, root: Path | None) -> str:
@@ -226,6 +256,7 @@ class OwnCasesEvaluation:
     subgroups: dict[str, Any]
     probabilities: np.ndarray
     labels: np.ndarray
+    left_out: dict[str, int] = field(default_factory=dict)  # cases of other classes skipped: class -> count
 
     def summary(self) -> dict[str, Any]:
         """The JSON-ready numbers stored in the classifier's ``info["metrics"]`` and its card (NaN as None)."""
@@ -256,6 +287,7 @@ class OwnCasesEvaluation:
             {
                 "task": self.task_name,
                 "data": self.source,
+                "left_out": self.left_out,
                 "scores": self.scores,
                 "subgroups": self.subgroups,
                 "predictions": self.predictions,
@@ -270,14 +302,15 @@ def evaluate_classifier(
     batch_size: int = 64,
     progress: bool = False,
     min_subgroup_size: int = 30,
+    other_classes: str = "error",
 ) -> OwnCasesEvaluation:
     """Classify the labelled cases of ``data`` with ``classifier`` and compute the report (see the module doc).
 
     ``subgroups``: metadata columns to audit (e.g. ``["sex", "fitzpatrick", "age"]``; numeric columns with many
     values are binned); a subgroup with fewer than ``min_subgroup_size`` images is flagged as too small to say
-    anything. Raises DataError when a named column is not in the data.
+    anything. Raises DataError when a named column is not in the data. ``other_classes``: see :func:`load_cases`.
     """
-    cases = load_cases(data, classifier.label_names)
+    cases = load_cases(data, classifier.label_names, other_classes)
     if subgroups and not cases.metadata:
         raise DataError(
             f"--subgroups {' '.join(subgroups)} needs per-image metadata, but {cases.source} has none: add an "
@@ -304,7 +337,7 @@ def evaluate_classifier(
     ]
     audit = audit_subgroups(probs, cases.labels, cases.metadata, subgroups, min_size=min_subgroup_size)
     return OwnCasesEvaluation(
-        classifier.info["task"]["name"], cases.source, scores, predictions, audit, probs, cases.labels
+        classifier.info["task"]["name"], cases.source, scores, predictions, audit, probs, cases.labels, cases.left_out
     )
 
 

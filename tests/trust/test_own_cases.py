@@ -135,3 +135,44 @@ def test_cli_evaluate_classifier(tiny_classifier, labelled_folder, tmp_path, cap
     argv[-1] = str(tmp_path / "busy")
     assert main(argv) == 2 and "other files" in capsys.readouterr().err
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_cases_of_other_classes_are_an_error_or_left_out_and_counted(
+    tiny_classifier, labelled_folder, tmp_path, capsys
+):
+    """A labelled archive holds more classes than the classifier: by default an error that names the option; with
+    it, those cases are left out (metadata rows too), counted, and stated in the report and by the CLI."""
+    archive = tmp_path / "archive"
+    shutil.copytree(labelled_folder, archive)
+    extra = write_images(archive / "class_9", "other", 3, seed=90)
+    with (archive / "metadata.csv").open("a", newline="") as handle:
+        csv.writer(handle).writerows([[p.relative_to(archive).as_posix(), "F", 50, "A"] for p in extra])
+    with pytest.raises(DataError, match=r"Unknown classes \['class_9'\].*other_classes='skip' .*--skip-other-classes"):
+        evaluate_classifier(tiny_classifier, archive)
+    evaluation = evaluate_classifier(tiny_classifier, archive, subgroups=["site"], other_classes="skip")
+    direct = evaluate_classifier(tiny_classifier, labelled_folder, subgroups=["site"])
+    assert evaluation.left_out == {"class_9": 3} and evaluation.scores["num_images"] == 18
+    assert evaluation.scores["accuracy"] == direct.scores["accuracy"]
+    assert sum(g["n"] for g in evaluation.subgroups["site"]["groups"].values()) == 18
+    report = write_report(evaluation, tmp_path / "report").read_text()
+    assert "Left out: 3 cases of classes this classifier does not have: class_9 (3)." in report
+    assert json.loads((tmp_path / "report" / "results.json").read_text())["left_out"] == {"class_9": 3}
+
+    images = write_images(tmp_path / "loose", "case", 3, seed=60)
+    skipped = evaluate_classifier(tiny_classifier, {"class_0": images[:2], "tumour": images[2:]}, other_classes="skip")
+    assert skipped.left_out == {"tumour": 1} and skipped.scores["num_images"] == 2
+    with pytest.raises(DataError, match="No labelled case is of a class this classifier knows"):
+        evaluate_classifier(tiny_classifier, {"tumour": images}, other_classes="skip")
+    with pytest.raises(DataError, match="other_classes must be one of"):
+        evaluate_classifier(tiny_classifier, archive, other_classes="ignore")
+
+    folder = tmp_path / "clf"
+    tiny_classifier.save_pretrained(folder)
+    common = ["--classifier", str(folder), "--data", str(archive), "--skip-other-classes", "--quiet"]
+    assert main(["evaluate-classifier", *common, "--out", str(tmp_path / "cli-report"), "--no-card"]) == 0
+    assert "Left out 3 cases of classes this classifier does not have: class_9 (3)" in capsys.readouterr().out
+    assert main(["calibrate", *common, "--coverage", "0.8"]) == 0
+    out = capsys.readouterr().out
+    assert "Left out 3 cases" in out and "Calibrated on 18 cases" in out
+    assert main(["calibrate", "--classifier", str(folder), "--data", str(archive), "--quiet"]) == 2
+    assert "--skip-other-classes" in capsys.readouterr().err

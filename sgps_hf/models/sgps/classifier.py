@@ -125,20 +125,24 @@ class SynthesizedClassifier:
         report_dir: str | os.PathLike | None = None,
         batch_size: int = 64,
         progress: bool = False,
+        other_classes: str = "error",
     ) -> dict[str, Any]:
         """Evaluate on your own labelled cases; the numbers are stored for the model card (``info["metrics"]``).
 
         ``data``: an imagefolder folder (``<class>/<image>``, optionally with a ``metadata.csv``), a
         ``datasets.Dataset`` or ``{class name: [images]}``. ``subgroups``: metadata columns to audit per subgroup.
         ``report_dir``: also write report.md, results.json, predictions.csv and the confusion-matrix and
-        reliability PNGs there. Returns the summary: accuracy and balanced accuracy (with 95 % intervals),
+        reliability PNGs there. ``other_classes="skip"`` leaves out cases of classes this classifier does not have
+        (default: they are an error). Returns the summary: accuracy and balanced accuracy (with 95 % intervals),
         macro-F1, AUROC, ECE (and per-subgroup accuracy). The full report is
         :func:`sgps_hf.trust.own_cases.evaluate_classifier`.
         """
         from ...trust.own_cases import evaluate_classifier
         from ...trust.report import write_report
 
-        evaluation = evaluate_classifier(self, data, subgroups, batch_size=batch_size, progress=progress)
+        evaluation = evaluate_classifier(
+            self, data, subgroups, batch_size=batch_size, progress=progress, other_classes=other_classes
+        )
         if report_dir is not None:
             write_report(evaluation, report_dir)
         summary = evaluation.summary()
@@ -146,23 +150,31 @@ class SynthesizedClassifier:
         return summary
 
     def calibrate_conformal(
-        self, data: Any, coverage: float = 0.9, method: str = "lac", batch_size: int = 64, progress: bool = False
+        self,
+        data: Any,
+        coverage: float = 0.9,
+        method: str = "lac",
+        batch_size: int = 64,
+        progress: bool = False,
+        other_classes: str = "error",
     ) -> dict[str, Any]:
         """Calibrate split-conformal prediction sets on your own labelled cases (see :mod:`sgps_hf.trust.conformal`).
 
         ``data`` as for :meth:`evaluate`: cases the classifier was not synthesized from, from the population it will
         be used on. Stores the calibration in ``info["conformal"]`` (saved with the folder and stated in the card);
         :meth:`predict_sets` then returns sets that hold the true class with probability >= ``coverage``.
+        ``other_classes="skip"`` leaves out cases of classes this classifier does not have (no set can hold their
+        class, so the guarantee is for cases of its own classes); they are counted in the result's ``left_out``.
         """
         from ...trust.conformal import fit_conformal
         from ...trust.own_cases import USER_DATA, check_cases, load_cases, predict_cases
 
-        cases = load_cases(data, self.label_names)
+        cases = load_cases(data, self.label_names, other_classes)
         check_cases(self, cases, "calibration")
         probs = predict_cases(self, cases.images, batch_size=batch_size, progress=progress)
         calibration = {**fit_conformal(probs, cases.labels, coverage, method), "data": USER_DATA}
         self.info["conformal"] = calibration
-        return dict(calibration)
+        return {**calibration, "left_out": dict(cases.left_out)}
 
     def predict_sets(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 64) -> list[dict[str, Any]]:
         """For each image: ``probabilities`` (label -> probability), ``prediction_set`` (labels, most probable first)
