@@ -67,9 +67,10 @@ def _other_classes(args: argparse.Namespace) -> str:
 
 
 def _print_left_out(left_out: dict[str, int]) -> None:
+    from ..trust.own_cases import describe_left_out
+
     if left_out:
-        classes = ", ".join(f"{name} ({count})" for name, count in sorted(left_out.items()))
-        print(f"Left out {sum(left_out.values())} cases of classes this classifier does not have: {classes}")
+        print(f"Left out {describe_left_out(left_out)}")
 
 
 def _local_folder(classifier: str, flag: str) -> Path:

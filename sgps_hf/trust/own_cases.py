@@ -82,6 +82,13 @@ def _check_classes(present: Sequence[str], label_names: Sequence[str]) -> None:
         )
 
 
+def describe_left_out(left_out: dict[str, int]) -> str:
+    """What was left out, as the report and the CLI state it: '<n> cases of classes this classifier does not have:
+    <class> (<count>), ...'."""
+    classes = ", ".join(f"{name} ({count})" for name, count in sorted(left_out.items()))
+    return f"{sum(left_out.values())} cases of classes this classifier does not have: {classes}"
+
+
 def _check_some_left(count: int, label_names: Sequence[str]) -> None:
     if count == 0:
         raise DataError(
@@ -100,9 +107,9 @@ def _cases_from_mapping(data: Mapping[str, Sequence[Any]], label_names: Sequence
             images.append(item)
             labels.append(list(label_names).index(name))
             names.append(str(item) if isinstance(item, (str, os.PathLike)) else f"{name}#{index}")
+    if left_out:
+        _check_some_left(len(images), label_names)
     if not images:
-        if left_out:
-            _check_some_left(0, label_names)
         raise DataError("No labelled images were given; give at least one image per class you want to evaluate.")
     return LabelledCases(images, np.asarray(labels, dtype=np.int64), names, left_out=left_out)
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import OutputPathError
+from .own_cases import describe_left_out
 from .subgroup_audit import format_group_rows
 
 REPORT_FILES = ("report.md", "results.json", "predictions.csv", "confusion_matrix.png", "reliability.png")
@@ -74,13 +75,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
 
 
-def _left_out_lines(left_out: dict[str, int]) -> list[str]:
-    if not left_out:
-        return []
-    classes = ", ".join(f"{name} ({count})" for name, count in sorted(left_out.items()))
-    return [f"Left out: {sum(left_out.values())} cases of classes this classifier does not have: {classes}.", ""]
-
-
 def render_markdown(evaluation: Any, title: str | None = None) -> str:
     s = evaluation.scores
     lines = [
@@ -89,7 +83,7 @@ def render_markdown(evaluation: Any, title: str | None = None) -> str:
         f"{s['num_images']} labelled images of your own ({', '.join(s['classes_present'])}). These numbers hold for "
         "these cases only; they are an independent test only if none of them was a support image.",
         "",
-        *_left_out_lines(getattr(evaluation, "left_out", {})),
+        *([f"Left out: {describe_left_out(evaluation.left_out)}.", ""] if evaluation.left_out else []),
         *(
             [
                 f"**{len(s['support_cases'])} of these images are support images of the classifier** (it was "
